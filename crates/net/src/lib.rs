@@ -1,0 +1,28 @@
+//! `net`: what every HTTP role of scaleup shares.
+//!
+//! - [`server`]: the accept loop (connection cap, head size and time limits, drain);
+//! - [`upstream`]: pools of servers with health checks and balancing algorithms;
+//! - [`proxy`]: forwarding a request to a pool, with retries and clean error pages;
+//! - [`headers`]: forwarding headers, request ids, hop-by-hop headers;
+//! - [`access_log`], [`metrics`], [`finish`]: what is recorded of each request;
+//! - [`admin`]: the `/healthz`, `/metrics`, `/status` listener of every node.
+//!
+//! Nothing here knows a role's policy: the load balancer and the web server are
+//! both built from these parts.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod admin;
+pub mod body;
+pub mod finish;
+pub mod headers;
+pub mod metrics;
+pub mod pages;
+pub mod proxy;
+pub mod server;
+pub mod shutdown;
+pub mod upstream;
+
+pub use body::{empty, full, Body, BoxError};
+pub use metrics::Metrics;
+pub use shutdown::Shutdown;

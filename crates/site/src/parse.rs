@@ -1,0 +1,525 @@
+//! Reading a site file: TOML in, a checked [`Site`] out, or every mistake with its
+//! line and column and what to write instead.
+//!
+//! Parsing happens in two passes. Serde reads the raw shape (`Raw*` structs, with
+//! `deny_unknown_fields` so a typo is caught, and `Spanned` wherever a later check
+//! needs to point back at the text). Then [`resolve`] fills defaults and checks what
+//! serde cannot see: duplicate names, references to nodes that do not exist, two
+//! nodes on one address.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Mistake, SiteError};
+use crate::model::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    site: RawSiteSection,
+    #[serde(default)]
+    balancer: Option<RawBalancer>,
+    #[serde(default)]
+    lb: Vec<RawNode>,
+    #[serde(default)]
+    web: Vec<RawWeb>,
+    #[serde(default)]
+    app: Vec<RawNode>,
+    #[serde(default)]
+    database: Option<RawDatabase>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSiteSection {
+    name: String,
+    state_dir: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Spanned<String>,
+    listen: Spanned<String>,
+    bind: Option<Spanned<String>>,
+    admin: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    name: Spanned<String>,
+    listen: Spanned<String>,
+    bind: Option<Spanned<String>>,
+    admin: Spanned<String>,
+    root: Option<String>,
+    apps: Option<Vec<Spanned<String>>>,
+    access_log: Option<String>,
+    health: Option<RawHealth>,
+    timeouts: Option<RawTimeouts>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBalancer {
+    algorithm: Option<Spanned<String>>,
+    servers: Option<Vec<Spanned<String>>>,
+    health: Option<RawHealth>,
+    timeouts: Option<RawTimeouts>,
+    max_connections: Option<usize>,
+    retries: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: Option<String>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    rise: Option<Spanned<u32>>,
+    fall: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<Spanned<String>>,
+    client: Option<Spanned<String>>,
+    server: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    kind: Option<Spanned<String>>,
+    path: Option<String>,
+}
+
+/// Reads and checks the site file at `path`.
+pub fn load(path: &Path) -> Result<Site, SiteError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SiteError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    parse(&text, &path.display().to_string(), &base)
+}
+
+/// Checks site-file `text`; `origin` names it in messages and relative paths in it
+/// are taken from `base` (the file's folder).
+pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Site, SiteError> {
+    let raw: RawSite = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        SiteError::Invalid {
+            origin: origin.to_string(),
+            mistakes: vec![Mistake::at(text, span, e.message().to_string(), hint_for(e.message()))],
+        }
+    })?;
+    let mut checker = Checker {
+        text,
+        mistakes: Vec::new(),
+    };
+    let site = checker.resolve(raw, base);
+    if checker.mistakes.is_empty() {
+        Ok(site)
+    } else {
+        checker.mistakes.sort_by_key(|m| (m.line, m.column));
+        Err(SiteError::Invalid {
+            origin: origin.to_string(),
+            mistakes: checker.mistakes,
+        })
+    }
+}
+
+/// The advice that goes with one of serde's or toml's own messages.
+fn hint_for(message: &str) -> Option<String> {
+    if message.starts_with("unknown field") {
+        Some("remove the key or fix its spelling; the keys allowed here are listed above".into())
+    } else if message.starts_with("missing field") {
+        Some("add the key to this table".into())
+    } else if message.contains("duplicate key") {
+        Some("each key may appear once in a table".into())
+    } else {
+        None
+    }
+}
+
+struct Checker<'a> {
+    text: &'a str,
+    mistakes: Vec<Mistake>,
+}
+
+impl Checker<'_> {
+    fn mistake(&mut self, span: Range<usize>, message: impl Into<String>, hint: impl Into<String>) {
+        self.mistakes.push(Mistake::at(
+            self.text,
+            span,
+            message.into(),
+            Some(hint.into()),
+        ));
+    }
+
+    fn resolve(&mut self, raw: RawSite, base: &Path) -> Site {
+        let state_dir = absolute(base, raw.site.state_dir.as_deref().unwrap_or(".scaleup"));
+
+        let lbs: Vec<LbNode> = raw
+            .lb
+            .iter()
+            .map(|n| LbNode {
+                node: self.node(&n.name, &n.listen, n.bind.as_ref(), &n.admin),
+            })
+            .collect();
+        let apps: Vec<AppNode> = raw
+            .app
+            .iter()
+            .map(|n| AppNode {
+                node: self.node(&n.name, &n.listen, n.bind.as_ref(), &n.admin),
+            })
+            .collect();
+
+        let roles = self.check_names(&raw);
+        let all_apps: Vec<String> = apps.iter().map(|a| a.node.name.clone()).collect();
+        let webs: Vec<WebNode> = raw
+            .web
+            .iter()
+            .map(|w| WebNode {
+                node: self.node(&w.name, &w.listen, w.bind.as_ref(), &w.admin),
+                root: w.root.as_deref().map(|r| absolute(base, r)),
+                apps: match &w.apps {
+                    Some(list) => self.references(list, &roles, Role::App, "apps"),
+                    None => all_apps.clone(),
+                },
+                access_log: match w.access_log.as_deref() {
+                    Some("-") => None,
+                    Some(p) => Some(absolute(&state_dir, p)),
+                    None => Some(state_dir.join(format!("{}-access.log", w.name.get_ref()))),
+                },
+                health: self.health(w.health.as_ref()),
+                timeouts: self.timeouts(w.timeouts.as_ref()),
+                max_connections: w.max_connections.unwrap_or(10_000),
+            })
+            .collect();
+
+        let all_webs: Vec<String> = webs.iter().map(|w| w.node.name.clone()).collect();
+        let balancer = match &raw.balancer {
+            None => Balancer {
+                algorithm: Algorithm::RoundRobin,
+                servers: all_webs,
+                health: self.health(None),
+                timeouts: self.timeouts(None),
+                max_connections: 10_000,
+                retries: 1,
+            },
+            Some(b) => Balancer {
+                algorithm: self.algorithm(b.algorithm.as_ref()),
+                servers: match &b.servers {
+                    Some(list) => self.references(list, &roles, Role::Web, "servers"),
+                    None => all_webs,
+                },
+                health: self.health(b.health.as_ref()),
+                timeouts: self.timeouts(b.timeouts.as_ref()),
+                max_connections: b.max_connections.unwrap_or(10_000),
+                retries: b.retries.unwrap_or(1),
+            },
+        };
+
+        let database = match &raw.database {
+            None => Database::Sqlite {
+                path: state_dir.join("foobar.db"),
+            },
+            Some(d) => {
+                if let Some(kind) = &d.kind {
+                    if kind.get_ref() != "sqlite" {
+                        self.mistake(
+                            kind.span(),
+                            format!("unknown database kind `{}`", kind.get_ref()),
+                            "write `kind = \"sqlite\"`",
+                        );
+                    }
+                }
+                Database::Sqlite {
+                    path: absolute(&state_dir, d.path.as_deref().unwrap_or("foobar.db")),
+                }
+            }
+        };
+
+        self.check_roles_present(&raw);
+        self.check_addresses(&raw);
+
+        Site {
+            name: raw.site.name,
+            state_dir,
+            balancer,
+            lbs,
+            webs,
+            apps,
+            database,
+        }
+    }
+
+    fn node(
+        &mut self,
+        name: &Spanned<String>,
+        listen: &Spanned<String>,
+        bind: Option<&Spanned<String>>,
+        admin: &Spanned<String>,
+    ) -> Node {
+        let listen_addr = self.address(listen, "listen");
+        Node {
+            name: name.get_ref().clone(),
+            listen: listen_addr,
+            bind: bind.map(|b| self.address(b, "bind")).unwrap_or(listen_addr),
+            admin: self.address(admin, "admin"),
+        }
+    }
+
+    fn address(&mut self, value: &Spanned<String>, key: &str) -> SocketAddr {
+        value.get_ref().parse().unwrap_or_else(|_| {
+            self.mistake(
+                value.span(),
+                format!("`{}` is not an address for `{key}`", value.get_ref()),
+                "write an IP address and a port, like \"127.0.0.1:8080\" or \"[::1]:8080\"",
+            );
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    }
+
+    fn duration(&mut self, value: Option<&Spanned<String>>, default: Duration) -> Duration {
+        let Some(value) = value else { return default };
+        match humantime::parse_duration(value.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                self.mistake(
+                    value.span(),
+                    format!("`{}` is not a duration", value.get_ref()),
+                    "write a positive duration with its unit, like \"100ms\", \"2s\" or \"1m\"",
+                );
+                default
+            }
+        }
+    }
+
+    fn count(&mut self, value: Option<&Spanned<u32>>, default: u32) -> u32 {
+        match value {
+            Some(v) if *v.get_ref() == 0 => {
+                self.mistake(v.span(), "this count must be at least 1", "write 1 or more");
+                default
+            }
+            Some(v) => *v.get_ref(),
+            None => default,
+        }
+    }
+
+    fn health(&mut self, raw: Option<&RawHealth>) -> HealthCheck {
+        HealthCheck {
+            path: raw
+                .and_then(|h| h.path.clone())
+                .unwrap_or_else(|| "/healthz".into()),
+            interval: self.duration(raw.and_then(|h| h.interval.as_ref()), Duration::from_secs(2)),
+            timeout: self.duration(raw.and_then(|h| h.timeout.as_ref()), Duration::from_secs(1)),
+            rise: self.count(raw.and_then(|h| h.rise.as_ref()), 2),
+            fall: self.count(raw.and_then(|h| h.fall.as_ref()), 3),
+        }
+    }
+
+    fn timeouts(&mut self, raw: Option<&RawTimeouts>) -> Timeouts {
+        Timeouts {
+            connect: self.duration(raw.and_then(|t| t.connect.as_ref()), Duration::from_secs(3)),
+            client: self.duration(raw.and_then(|t| t.client.as_ref()), Duration::from_secs(30)),
+            server: self.duration(raw.and_then(|t| t.server.as_ref()), Duration::from_secs(60)),
+        }
+    }
+
+    fn algorithm(&mut self, raw: Option<&Spanned<String>>) -> Algorithm {
+        let Some(raw) = raw else {
+            return Algorithm::RoundRobin;
+        };
+        match raw.get_ref().as_str() {
+            "roundrobin" => Algorithm::RoundRobin,
+            "leastconn" => Algorithm::LeastConn,
+            "source" => Algorithm::Source,
+            other => {
+                self.mistake(
+                    raw.span(),
+                    format!("unknown algorithm `{other}`"),
+                    "write \"roundrobin\", \"leastconn\" or \"source\"",
+                );
+                Algorithm::RoundRobin
+            }
+        }
+    }
+
+    /// Every node name once, well formed; returns each name's role.
+    fn check_names(&mut self, raw: &RawSite) -> HashMap<String, Role> {
+        let names = raw
+            .lb
+            .iter()
+            .map(|n| (Role::Lb, &n.name))
+            .chain(raw.web.iter().map(|n| (Role::Web, &n.name)))
+            .chain(raw.app.iter().map(|n| (Role::App, &n.name)));
+        let mut seen: HashMap<String, (Role, Range<usize>)> = HashMap::new();
+        for (role, name) in names {
+            let value = name.get_ref();
+            let well_formed = !value.is_empty()
+                && value.len() <= 63
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !well_formed {
+                self.mistake(
+                    name.span(),
+                    format!("`{value}` is not a node name"),
+                    "use 1 to 63 lowercase letters, digits or dashes, like \"web1\"",
+                );
+            }
+            if let Some((_, first)) = seen.get(value) {
+                let (line, _) = crate::error::line_column(self.text, first.start);
+                self.mistake(
+                    name.span(),
+                    format!("node name `{value}` is already used at line {line}"),
+                    "give every node its own name, like \"web2\"",
+                );
+            } else {
+                seen.insert(value.clone(), (role, name.span()));
+            }
+        }
+        seen.into_iter().map(|(k, (role, _))| (k, role)).collect()
+    }
+
+    fn references(
+        &mut self,
+        list: &[Spanned<String>],
+        roles: &HashMap<String, Role>,
+        want: Role,
+        key: &str,
+    ) -> Vec<String> {
+        let candidates: Vec<&str> = {
+            let mut c: Vec<&str> = roles
+                .iter()
+                .filter(|(_, r)| **r == want)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            c.sort_unstable();
+            c
+        };
+        let mut out = Vec::new();
+        for name in list {
+            match roles.get(name.get_ref()) {
+                Some(role) if *role == want => out.push(name.get_ref().clone()),
+                Some(role) => self.mistake(
+                    name.span(),
+                    format!(
+                        "`{}` is a {role} node, but `{key}` lists {want} nodes",
+                        name.get_ref()
+                    ),
+                    format!("name one of the {want} nodes: {}", candidates.join(", ")),
+                ),
+                None => self.mistake(
+                    name.span(),
+                    format!("there is no node called `{}`", name.get_ref()),
+                    if candidates.is_empty() {
+                        format!("add a [[{want}]] node with this name")
+                    } else {
+                        format!(
+                            "name one of the {want} nodes ({}) or add a [[{want}]] node",
+                            candidates.join(", ")
+                        )
+                    },
+                ),
+            }
+        }
+        if list.is_empty() {
+            self.mistakes.push(Mistake::at(
+                self.text,
+                0..0,
+                format!("`{key}` is empty"),
+                Some(format!("list at least one {want} node")),
+            ));
+        }
+        out
+    }
+
+    fn check_roles_present(&mut self, raw: &RawSite) {
+        for (count, role, why) in [
+            (raw.lb.len(), Role::Lb, "clients enter the site through a load balancer"),
+            (raw.web.len(), Role::Web, "the load balancers need a web server to send to"),
+            (raw.app.len(), Role::App, "the web servers need an application server"),
+        ] {
+            if count == 0 {
+                self.mistakes.push(Mistake::at(
+                    self.text,
+                    0..0,
+                    format!("the site has no {role} node: {why}"),
+                    Some(format!(
+                        "add a [[{role}]] table with name, listen and admin addresses"
+                    )),
+                ));
+            }
+        }
+    }
+
+    /// Two nodes of one site cannot bind the same address.
+    fn check_addresses(&mut self, raw: &RawSite) {
+        let mut seen: HashMap<String, String> = HashMap::new();
+        let all = raw
+            .lb
+            .iter()
+            .map(|n| (&n.name, [Some(&n.listen), n.bind.as_ref(), Some(&n.admin)]))
+            .chain(
+                raw.web
+                    .iter()
+                    .map(|n| (&n.name, [Some(&n.listen), n.bind.as_ref(), Some(&n.admin)])),
+            )
+            .chain(
+                raw.app
+                    .iter()
+                    .map(|n| (&n.name, [Some(&n.listen), n.bind.as_ref(), Some(&n.admin)])),
+            );
+        for (name, addrs) in all {
+            // `bind` replaces `listen` as what is bound; count each address once per node.
+            let bound = [addrs[1].or(addrs[0]), addrs[2]];
+            for addr in bound.into_iter().flatten() {
+                let Ok(parsed) = addr.get_ref().parse::<SocketAddr>() else {
+                    continue;
+                };
+                if parsed.port() == 0 {
+                    continue;
+                }
+                let key = parsed.to_string();
+                if let Some(owner) = seen.get(&key) {
+                    let message = format!(
+                        "`{key}` is already used by node `{owner}`; two listeners cannot share an address"
+                    );
+                    self.mistake(addr.span(), message, "give this listener its own port");
+                } else {
+                    seen.insert(key, name.get_ref().clone());
+                }
+            }
+        }
+    }
+}
+
+fn absolute(base: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    std::path::absolute(&joined).unwrap_or(joined)
+}
