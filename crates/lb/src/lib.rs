@@ -13,9 +13,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use net::headers::{add_forwarded, RequestIds, X_REQUEST_ID};
+use net::proxy::Policy;
 use net::server::{Handler, Limits};
 use net::upstream::Pool;
 use net::{Body, Metrics, Shutdown};
@@ -56,7 +57,7 @@ struct LoadBalancer {
     pool: Arc<Pool>,
     ids: RequestIds,
     metrics: Arc<Metrics>,
-    retries: u32,
+    policy: Policy,
     started: SystemTime,
 }
 
@@ -66,7 +67,7 @@ impl Handler for LoadBalancer {
         self.metrics.request_started();
         let request_id = self.ids.ensure(req.headers_mut());
         add_forwarded(req.headers_mut(), peer, "http", false);
-        let mut resp = net::proxy::forward(&self.pool, req, peer, self.retries, &request_id).await;
+        let mut resp = net::proxy::forward(&self.pool, req, peer, self.policy, &request_id).await;
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         let status = resp.status().as_u16();
         let metrics = self.metrics.clone();
@@ -84,7 +85,7 @@ impl net::admin::Report for LoadBalancer {
         out
     }
 
-    fn status(&self) -> serde_json::Value {
+    async fn status(&self) -> serde_json::Value {
         serde_json::json!({
             "node": self.name,
             "role": "lb",
@@ -96,7 +97,7 @@ impl net::admin::Report for LoadBalancer {
         })
     }
 
-    fn healthy(&self) -> bool {
+    async fn healthy(&self) -> bool {
         self.pool.any_up()
     }
 
@@ -122,7 +123,10 @@ pub async fn serve(config: Config, listener: TcpListener, admin: TcpListener, sh
         pool,
         ids: RequestIds::default(),
         metrics: Arc::new(Metrics::default()),
-        retries: b.retries,
+        policy: Policy {
+            retries: b.retries,
+            unreachable: StatusCode::SERVICE_UNAVAILABLE,
+        },
         started: SystemTime::now(),
     });
     let limits = Limits {

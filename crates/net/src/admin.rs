@@ -2,6 +2,7 @@
 //! `/status` (JSON). It runs on its own port so that operators and monitoring reach
 //! it even when the main listener is saturated, and so that it can stay on loopback.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,10 +19,10 @@ pub trait Report: Send + Sync + 'static {
     /// The node's metrics in Prometheus text format.
     fn metrics(&self) -> String;
     /// The node's state as JSON.
-    fn status(&self) -> serde_json::Value;
+    fn status(&self) -> impl Future<Output = serde_json::Value> + Send;
     /// Whether the node can do its job (for `/healthz`).
-    fn healthy(&self) -> bool {
-        true
+    fn healthy(&self) -> impl Future<Output = bool> + Send {
+        async { true }
     }
     /// Pages beyond the three standard ones (a dashboard, say); `None` is 404.
     fn extra(&self, _path: &str) -> Option<Response<Body>> {
@@ -36,7 +37,7 @@ impl<R: Report> Handler for Admin<R> {
         let path = req.uri().path();
         match path {
             "/healthz" => {
-                if self.0.healthy() {
+                if self.0.healthy().await {
                     text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
                 } else {
                     text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "unhealthy\n".into())
@@ -46,7 +47,7 @@ impl<R: Report> Handler for Admin<R> {
             "/status" => text(
                 StatusCode::OK,
                 "application/json",
-                serde_json::to_string_pretty(&self.0.status()).unwrap_or_default(),
+                serde_json::to_string_pretty(&self.0.status().await).unwrap_or_default(),
             ),
             other => self.0.extra(other).unwrap_or_else(|| {
                 text(

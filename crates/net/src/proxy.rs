@@ -14,14 +14,24 @@ use crate::pages::error_page;
 use crate::upstream::Pool;
 use crate::Body;
 
+/// How a hop forwards: the parts of proxy behaviour that differ between roles.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// How many other servers an idempotent, bodiless request that failed to
+    /// connect may be tried on.
+    pub retries: u32,
+    /// The status when no server can be reached: a load balancer says 503 (the
+    /// service is missing, as HAProxy does), a web server 502 (its upstream is
+    /// broken, as nginx does).
+    pub unreachable: StatusCode,
+}
+
 /// Sends `req` (its forwarding headers already set) to a server of `pool`.
-/// `retries` is how many other servers an idempotent, bodiless request that failed
-/// to connect may be tried on.
 pub async fn forward(
     pool: &Pool,
     req: Request<Incoming>,
     peer: SocketAddr,
-    retries: u32,
+    policy: Policy,
     request_id: &HeaderValue,
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
@@ -43,7 +53,7 @@ pub async fn forward(
             } else {
                 format!("Could not reach any {} server. Please try again in a moment.", pool.name)
             };
-            return error_page(StatusCode::SERVICE_UNAVAILABLE, &detail, Some(request_id));
+            return error_page(policy.unreachable, &detail, Some(request_id));
         };
         let server = &pool.servers()[index];
         let upstream_body: Body = if replayable {
@@ -82,9 +92,9 @@ pub async fn forward(
                 tracing::warn!(server = %server.name, request_id = ?request_id, "cannot connect: {reason}");
                 pool.report_failure(index, &reason, refused);
                 tried.push(index);
-                if !replayable || tried.len() > retries as usize {
+                if !replayable || tried.len() > policy.retries as usize {
                     return error_page(
-                        StatusCode::SERVICE_UNAVAILABLE,
+                        policy.unreachable,
                         &format!("Could not connect to a {} server. Please try again in a moment.", pool.name),
                         Some(request_id),
                     );

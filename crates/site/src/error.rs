@@ -43,7 +43,9 @@ impl Mistake {
         let (line, column) = line_column(text, start);
         let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
         let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
-        let source_line = text[line_start..line_end].trim_end_matches('\r').to_string();
+        let source_line = text[line_start..line_end]
+            .trim_end_matches('\r')
+            .to_string();
         let end = span.end.clamp(start, line_end);
         let width = text[start..end].chars().count().max(1);
         Mistake {
@@ -81,10 +83,7 @@ impl Mistake {
     /// The mistake as a compiler-style message: `file:line:col: message`, the line,
     /// a caret under the mistake, and the hint.
     pub fn render(&self, origin: &str) -> String {
-        let mut out = format!(
-            "{origin}:{}:{}: {}\n",
-            self.line, self.column, self.message
-        );
+        let mut out = format!("{origin}:{}:{}: {}\n", self.line, self.column, self.message);
         let gutter = self.line.to_string();
         let pad = " ".repeat(gutter.len());
         out.push_str(&format!("{pad} |\n{gutter} | {}\n", self.source_line));

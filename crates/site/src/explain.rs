@@ -1,1 +1,1356 @@
+//! Explaining a site to a person: what `scaleup explain` prints.
+//!
+//! From a resolved [`Site`] this builds four things ([`explain`]):
+//!
+//! - a Mermaid diagram (`graph TD`) of the request path, for Markdown viewers;
+//! - a plain-text picture drawn with box characters, for an 80-column terminal;
+//! - every element of the site (the DNS entry, each node, the database) with why
+//!   it is there, in the words of the scale-up design;
+//! - the site's risks (single points of failure, no TLS, open admin listeners,
+//!   idle nodes), most serious first, each with what would remove it.
+//!
+//! Nothing here reads files or opens sockets; it only looks at the model.
 
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
+
+use crate::model::{Algorithm, Database, Node, Site, WebNode};
+
+/// Terminal width the picture and the text are laid out for.
+const WIDTH: usize = 80;
+/// Left margin of the picture's tiers.
+const INDENT: usize = 2;
+
+/// Everything `scaleup explain` says about a site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// The request path as a Mermaid `graph TD` diagram (without the code fence).
+    pub mermaid: String,
+    /// The same tiers as a box-drawing picture for a terminal, at most 80 columns
+    /// wide unless a single address or path is longer than that.
+    pub picture: String,
+    /// The DNS entry, every node and the database, in request order, with why each
+    /// one is there.
+    pub elements: Vec<Element>,
+    /// What could go wrong with this site, most serious first.
+    pub risks: Vec<Risk>,
+}
+
+/// One element of the site and the reason it exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    /// The node name (`lb1`), the site name for the DNS entry, `database` for the database.
+    pub name: String,
+    /// What it is: "DNS entry", "load balancer", "web server", "application server", "database".
+    pub kind: String,
+    /// Where it is reached: listen address and admin address for a node, the records
+    /// for the DNS entry, the file for the database.
+    pub address: String,
+    /// Why the design has it, in plain English.
+    pub why: String,
+}
+
+/// Something that could take the site (or its data) down or expose it, with its remedy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Risk {
+    /// How bad it is; risks are ordered by it.
+    pub severity: Severity,
+    /// What the risk is and what would happen.
+    pub what: String,
+    /// What would remove it.
+    pub fix: String,
+}
+
+/// How serious a [`Risk`] is. Orders from most to least serious.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// The site goes down, loses data, or leaks secrets.
+    High,
+    /// The site degrades or exposes its internals.
+    Medium,
+    /// Waste or confusion, not harm.
+    Low,
+}
+
+impl Severity {
+    /// The word printed for this severity.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::High => "high",
+            Severity::Medium => "medium",
+            Severity::Low => "low",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Explains `site`: its diagram, its picture, why each element is there, its risks.
+pub fn explain(site: &Site) -> Explanation {
+    let view = View::new(site);
+    Explanation {
+        mermaid: mermaid(&view),
+        picture: picture(&view),
+        elements: elements(&view),
+        risks: risks(&view),
+    }
+}
+
+impl Explanation {
+    /// What `scaleup explain` prints to a terminal: the picture, the Mermaid diagram
+    /// in a fenced block, every element with why it is there, and the risks with the
+    /// fix for each.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&self.picture);
+        out.push('\n');
+        out.push_str(
+            "The same as a Mermaid diagram (GitHub and most Markdown viewers draw it):\n\n",
+        );
+        out.push_str("```mermaid\n");
+        out.push_str(&self.mermaid);
+        if !self.mermaid.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str("```\n\n");
+
+        out.push_str("Why each element is there\n\n");
+        for e in &self.elements {
+            let head = if e.name == e.kind {
+                e.name.clone()
+            } else {
+                format!("{} ({})", e.name, e.kind)
+            };
+            out.push_str(&wrap(&head, "  ", "  "));
+            out.push_str(&wrap(&e.address, "    at ", "       "));
+            out.push_str(&wrap(&e.why, "    ", "    "));
+            out.push('\n');
+        }
+
+        if self.risks.is_empty() {
+            out.push_str("Risks: none found.\n");
+        } else {
+            out.push_str("Risks, most serious first\n\n");
+            for (i, r) in self.risks.iter().enumerate() {
+                let head = format!("  {}. [{}] ", i + 1, r.severity.as_str().to_uppercase());
+                let hang = " ".repeat(format!("  {}. ", i + 1).len());
+                out.push_str(&wrap(&r.what, &head, &hang));
+                out.push_str(&wrap(&r.fix, &format!("{hang}Fix: "), &hang));
+                out.push('\n');
+            }
+        }
+        while out.ends_with("\n\n") {
+            out.pop();
+        }
+        out
+    }
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render_text())
+    }
+}
+
+/// The site with the facts every part of the explanation needs worked out once.
+struct View<'a> {
+    site: &'a Site,
+    /// The web servers the load balancers send to, in `balancer.servers` order, once each.
+    pool: Vec<&'a WebNode>,
+    /// The application servers that some pooled web server proxies to, once each,
+    /// in site order.
+    used_apps: Vec<&'a str>,
+    /// Mermaid node id for each node name.
+    ids: HashMap<&'a str, String>,
+}
+
+impl<'a> View<'a> {
+    fn new(site: &'a Site) -> Self {
+        let mut pool: Vec<&WebNode> = Vec::new();
+        for name in &site.balancer.servers {
+            if let Some(web) = site.web(name) {
+                if !pool.iter().any(|w| w.node.name == web.node.name) {
+                    pool.push(web);
+                }
+            }
+        }
+        let used_apps = site
+            .apps
+            .iter()
+            .map(|a| a.node.name.as_str())
+            .filter(|a| pool.iter().any(|w| w.apps.iter().any(|x| x == a)))
+            .collect();
+
+        let mut ids: HashMap<&str, String> = HashMap::new();
+        let mut taken: Vec<String> = ["user", "dns", "db"].map(String::from).to_vec();
+        for (role, node) in site.nodes() {
+            let base = format!("{}_{}", role.as_str(), mermaid_id(&node.name));
+            let mut id = base.clone();
+            let mut n = 2;
+            while taken.contains(&id) {
+                id = format!("{base}_{n}");
+                n += 1;
+            }
+            taken.push(id.clone());
+            ids.insert(node.name.as_str(), id);
+        }
+        View {
+            site,
+            pool,
+            used_apps,
+            ids,
+        }
+    }
+
+    fn id(&self, name: &str) -> String {
+        self.ids
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| format!("n_{}", mermaid_id(name)))
+    }
+
+    fn in_pool(&self, web: &str) -> bool {
+        self.pool.iter().any(|w| w.node.name == web)
+    }
+
+    /// The web servers (any, pooled or not) that proxy to `app`.
+    fn webs_of(&self, app: &str) -> Vec<&'a str> {
+        self.site
+            .webs
+            .iter()
+            .filter(|w| w.apps.iter().any(|a| a == app))
+            .map(|w| w.node.name.as_str())
+            .collect()
+    }
+
+    fn lb_names(&self) -> Vec<&'a str> {
+        self.site.lbs.iter().map(|l| l.node.name.as_str()).collect()
+    }
+
+    fn app_names(&self) -> Vec<&'a str> {
+        self.site
+            .apps
+            .iter()
+            .map(|a| a.node.name.as_str())
+            .collect()
+    }
+}
+
+/// How the database is described: its kind, where it is, and whether it is an
+/// SQLite file on the application servers' disk.
+struct DbFacts {
+    /// "SQLite file", say.
+    kind: &'static str,
+    /// The file or server address.
+    location: String,
+    /// The data lives inside the application servers (one disk, one machine).
+    embedded: bool,
+}
+
+fn db_facts(db: &Database) -> DbFacts {
+    // The fallback arm keeps this compiling while other database kinds are added to
+    // the model; they get a plain description until this module learns them.
+    #[allow(unreachable_patterns)]
+    match db {
+        Database::Sqlite { path } => DbFacts {
+            kind: "SQLite file",
+            location: path.display().to_string(),
+            embedded: true,
+        },
+        other => DbFacts {
+            kind: "database",
+            location: format!("{other:?}"),
+            embedded: false,
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Elements
+// ---------------------------------------------------------------------------------
+
+fn elements(v: &View) -> Vec<Element> {
+    let site = v.site;
+    let mut out = Vec::new();
+
+    let records: Vec<String> = site
+        .lbs
+        .iter()
+        .map(|l| format!("{} ({})", dns_record(&l.node.listen), l.node.name))
+        .collect();
+    let lb_ips = join(&dedup(
+        site.lbs.iter().map(|l| l.node.listen.ip().to_string()),
+    ));
+    out.push(Element {
+        name: site.name.clone(),
+        kind: "DNS entry".into(),
+        address: records.join(", "),
+        why: format!(
+            "Turns {} into the addresses where browsers connect: the load balancers. There is \
+             no floating address yet, so the DNS entry lists every load balancer's address \
+             ({lb_ips}) and each browser picks one of them.",
+            site.name
+        ),
+    });
+
+    let b = &site.balancer;
+    let pool_names: Vec<&str> = v.pool.iter().map(|w| w.node.name.as_str()).collect();
+    let n_lbs = site.lbs.len();
+    for lb in &site.lbs {
+        let mut why = format!(
+            "The entry point of {}: it distributes incoming requests over the web servers in \
+             its pool ({}), {} ({}), so that no web server is overwhelmed. It checks every \
+             web server's health (GET {} every {}; {} failed checks take a server out, {} good \
+             ones bring it back), so a dead web server stops receiving requests.",
+            site.name,
+            join(&pool_names),
+            algorithm_words(b.algorithm),
+            b.algorithm.as_str(),
+            b.health.path,
+            humantime::format_duration(b.health.interval),
+            b.health.fall,
+            b.health.rise,
+        );
+        if n_lbs >= 2 {
+            let _ = write!(
+                why,
+                " It is one of {n_lbs} load balancers ({}), so that the failure of one load \
+                 balancer does not take the site down: the load balancer is no longer a single \
+                 point of failure. Today the DNS entry lists each of them; a floating address \
+                 moved between them by heartbeats (a real cluster) is planned.",
+                join(&v.lb_names())
+            );
+        } else {
+            why.push_str(
+                " It is the only load balancer: a second one, clustered with it, would remove \
+                 the load balancer as a single point of failure.",
+            );
+        }
+        out.push(Element {
+            name: lb.node.name.clone(),
+            kind: "load balancer".into(),
+            address: node_address(&lb.node),
+            why,
+        });
+    }
+
+    for web in &site.webs {
+        let root = match &web.root {
+            Some(p) => format!("from {}", p.display()),
+            None => "from the built-in foobar assets".into(),
+        };
+        let mut why = format!(
+            "Serves the static files (HTML, CSS, JavaScript, images) itself, {root}, so the \
+             application servers spend their time only on dynamic pages. It is a reverse proxy: \
+             everything else goes to {} over a keep-alive pool, and it checks their health. And \
+             it is a security layer in front of the application: browsers never talk to an \
+             application server directly, and slow or excessive clients stop here (at most {} \
+             connections, {} to send a request).",
+            join(&web.apps),
+            web.max_connections,
+            humantime::format_duration(web.timeouts.client),
+        );
+        if !v.in_pool(&web.node.name) {
+            why.push_str(
+                " No load balancer sends to it today: it is not listed in balancer.servers.",
+            );
+        }
+        out.push(Element {
+            name: web.node.name.clone(),
+            kind: "web server".into(),
+            address: node_address(&web.node),
+            why,
+        });
+    }
+
+    for app in &site.apps {
+        let name = app.node.name.as_str();
+        let mut why = String::from(
+            "Runs the foobar application: its business logic and dynamic content (pages and \
+             the JSON API, users, sign-in, sessions), and it is the only tier that talks to the \
+             database. It keeps no state of its own (sessions live in the database), so \
+             application servers are interchangeable and the tier scales by adding [[app]] \
+             nodes.",
+        );
+        let webs = v.webs_of(name);
+        if webs.is_empty() {
+            why.push_str(" No web server proxies to it today.");
+        } else {
+            let _ = write!(why, " It receives requests from {}.", join(&webs));
+        }
+        out.push(Element {
+            name: name.to_string(),
+            kind: "application server".into(),
+            address: node_address(&app.node),
+            why,
+        });
+    }
+
+    let db = db_facts(&site.database);
+    let mut why = String::from(
+        "Keeps all of the foobar data (users, sessions, content) in one place, so every \
+         application server sees the same data and there is one thing to back up. Kept apart \
+         from the application code, it can be backed up and scaled on its own.",
+    );
+    if db.embedded {
+        let _ = write!(
+            why,
+            " Today it is an {} embedded in the application server ({}): simple and fast, \
+             but on one machine's disk (see the risks).",
+            db.kind,
+            join(&v.app_names())
+        );
+    }
+    out.push(Element {
+        name: "database".into(),
+        kind: "database".into(),
+        address: format!("{} {}", db.kind, db.location),
+        why,
+    });
+    out
+}
+
+fn algorithm_words(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::RoundRobin => "each in turn",
+        Algorithm::LeastConn => "to the one with the fewest requests in flight",
+        Algorithm::Source => "by a hash of the client's address, so a client keeps its server",
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Risks
+// ---------------------------------------------------------------------------------
+
+fn risks(v: &View) -> Vec<Risk> {
+    let site = v.site;
+    let mut out = Vec::new();
+
+    // The load balancers.
+    match site.lbs.as_slice() {
+        [] => {}
+        [only] => out.push(Risk {
+            severity: Severity::High,
+            what: format!(
+                "The load balancer {} is a single point of failure: every client enters \
+                 through it, so if it stops nobody reaches {}, however healthy the servers \
+                 behind it are.",
+                only.node.name, site.name
+            ),
+            fix: "Add a second [[lb]] node on another machine and list both addresses in the \
+                  site's DNS. The load-balancer cluster (a floating address moved by \
+                  authenticated heartbeats) is planned and will make the takeover automatic."
+                .into(),
+        }),
+        many => out.push(Risk {
+            severity: Severity::Medium,
+            what: format!(
+                "The {} load balancers ({}) are not a cluster yet: there is no floating \
+                 address, and no shared heartbeat secret is configured, so nothing moves \
+                 traffic off a failed one. Clients that resolved the dead one's address fail \
+                 until DNS stops giving it out and their cached answer expires.",
+                many.len(),
+                join(&v.lb_names())
+            ),
+            fix: "The load-balancer cluster is the fix: a floating address held by the active \
+                  load balancer and taken over by the passive one, with heartbeats \
+                  authenticated by a shared secret. It is planned but not yet available in \
+                  scaleup. Until then keep the DNS TTL short and take a dead load balancer's \
+                  address out of DNS quickly."
+                .into(),
+        }),
+    }
+
+    // The web tier.
+    if let [only] = v.pool.as_slice() {
+        let name = &only.node.name;
+        let others: Vec<&str> = site
+            .webs
+            .iter()
+            .map(|w| w.node.name.as_str())
+            .filter(|w| w != name)
+            .collect();
+        out.push(Risk {
+            severity: Severity::High,
+            what: format!(
+                "The web server {name} is a single point of failure: the load balancers send \
+                 every request to it, so if it stops the whole site is down."
+            ),
+            fix: if others.is_empty() {
+                format!(
+                    "Add a second [[web]] node (on its own machine) and list it in \
+                     balancer.servers, e.g. servers = [\"{name}\", \"web2\"]; the load \
+                     balancers' health checks then route around a failed one."
+                )
+            } else {
+                format!(
+                    "List {} in balancer.servers as well; the load balancers' health checks \
+                     then route around a failed web server.",
+                    join(&others)
+                )
+            },
+        });
+    }
+
+    // The application tier.
+    if let [only] = v.used_apps.as_slice() {
+        let others: Vec<&str> = v.app_names().into_iter().filter(|a| a != only).collect();
+        out.push(Risk {
+            severity: Severity::High,
+            what: format!(
+                "The application server {only} is a single point of failure: every dynamic \
+                 request (pages, sign-in, the API) ends there, so if it stops only static \
+                 files are still served."
+            ),
+            fix: if others.is_empty() {
+                "Add a second [[app]] node and list it in each web server's apps (a web server \
+                 without an apps key uses every application server). Sessions live in the \
+                 database, so application servers are interchangeable and no sticky sessions \
+                 are needed."
+                    .into()
+            } else {
+                format!(
+                    "List {} in the web servers' apps as well. Sessions live in the database, \
+                     so application servers are interchangeable.",
+                    join(&others)
+                )
+            },
+        });
+    }
+
+    // The database.
+    let db = db_facts(&site.database);
+    if db.embedded {
+        out.push(Risk {
+            severity: Severity::High,
+            what: format!(
+                "The database is a single point of failure for all data and every write: it \
+                 is one {} ({}) on the application server's disk. If that disk or machine is \
+                 lost, so is everything since the last backup; and because the file is \
+                 embedded, the application tier is tied to that one machine.",
+                db.kind, db.location
+            ),
+            fix: "Move the data to a MySQL/MariaDB primary with replicas on machines of their \
+                  own: writes go to the primary, reads to the replicas, and a replica can take \
+                  over if the primary fails. That is the site file's [database] section; \
+                  MySQL/MariaDB support is coming with the database-tier work. Until then, \
+                  copy the SQLite file to another machine regularly."
+                .into(),
+        });
+    }
+
+    // No TLS: the model has no HTTPS listener yet, so this is always true.
+    out.push(Risk {
+        severity: Severity::High,
+        what: format!(
+            "There is no TLS: traffic between browsers and {} is plain HTTP, so passwords and \
+             session cookies can be read (and changed) on the wire by anyone on the path.",
+            site.name
+        ),
+        fix: "Terminate HTTPS for the site. HTTPS support in scaleup is coming; until then, \
+              put a TLS terminator (a reverse proxy holding the certificate) in front of the \
+              load balancers and send browsers only to it."
+            .into(),
+    });
+
+    // Admin listeners reachable from the network.
+    for (role, node) in site.nodes() {
+        let ip = node.admin.ip().to_canonical();
+        if ip.is_loopback() {
+            continue;
+        }
+        let reach = if ip.is_unspecified() {
+            "every network interface"
+        } else {
+            "a network address"
+        };
+        out.push(Risk {
+            severity: Severity::Medium,
+            what: format!(
+                "The admin listener of {} ({role}) is bound to {}, {reach} beyond loopback: \
+                 anyone who can reach it can read /metrics and /status, which tell the \
+                 site's layout, addresses and traffic.",
+                node.name, node.admin
+            ),
+            fix: format!(
+                "Bind admin to loopback (admin = \"127.0.0.1:{}\") or to a management network \
+                 behind a firewall.",
+                node.admin.port()
+            ),
+        });
+    }
+
+    // Nodes that receive nothing.
+    for web in &site.webs {
+        if !v.in_pool(&web.node.name) {
+            out.push(Risk {
+                severity: Severity::Low,
+                what: format!(
+                    "{} receives no traffic: it is not listed in balancer.servers, so no load \
+                     balancer sends to it.",
+                    web.node.name
+                ),
+                fix: format!(
+                    "Add \"{}\" to balancer.servers, or remove the [[web]] node if it is not \
+                     meant to serve.",
+                    web.node.name
+                ),
+            });
+        }
+    }
+    for app in &site.apps {
+        let name = app.node.name.as_str();
+        if !v.used_apps.contains(&name) {
+            out.push(Risk {
+                severity: Severity::Low,
+                what: format!(
+                    "{name} receives no traffic: no web server in the load balancers' pool \
+                     proxies to it."
+                ),
+                fix: format!(
+                    "Add \"{name}\" to the apps of a pooled web server (a web server without an \
+                     apps key uses every application server), or remove the [[app]] node."
+                ),
+            });
+        }
+    }
+
+    out.sort_by_key(|r| r.severity);
+    out
+}
+
+// ---------------------------------------------------------------------------------
+// Mermaid
+// ---------------------------------------------------------------------------------
+
+fn mermaid(v: &View) -> String {
+    let site = v.site;
+    let mut m = String::from("graph TD\n");
+    let line = |m: &mut String, s: String| {
+        m.push_str("    ");
+        m.push_str(&s);
+        m.push('\n');
+    };
+
+    line(&mut m, format!("user([\"{}\"])", label(&["Browser"])));
+    line(
+        &mut m,
+        format!(
+            "dns[\"{}\"]",
+            label(&[&format!("DNS {}", site.name), "lists every load balancer"])
+        ),
+    );
+
+    m.push_str("    subgraph lb_tier [\"Load balancers (no floating address yet)\"]\n");
+    for lb in &site.lbs {
+        line(
+            &mut m,
+            format!(
+                "    {}[\"{}\"]",
+                v.id(&lb.node.name),
+                node_label(&lb.node, None)
+            ),
+        );
+    }
+    m.push_str("    end\n");
+
+    m.push_str("    subgraph web_tier [\"Web servers: static files, reverse proxy\"]\n");
+    for web in &site.webs {
+        let note = (!v.in_pool(&web.node.name)).then_some("not in the pool: no traffic");
+        line(
+            &mut m,
+            format!(
+                "    {}[\"{}\"]",
+                v.id(&web.node.name),
+                node_label(&web.node, note)
+            ),
+        );
+    }
+    m.push_str("    end\n");
+
+    m.push_str("    subgraph app_tier [\"Application servers: the foobar application\"]\n");
+    for app in &site.apps {
+        line(
+            &mut m,
+            format!(
+                "    {}[\"{}\"]",
+                v.id(&app.node.name),
+                node_label(&app.node, None)
+            ),
+        );
+    }
+    m.push_str("    end\n");
+
+    let db = db_facts(&site.database);
+    let where_ = if db.embedded {
+        "embedded in the application servers"
+    } else {
+        "database server"
+    };
+    line(
+        &mut m,
+        format!("db[(\"{}\")]", label(&[db.kind, &db.location, where_])),
+    );
+
+    line(&mut m, "user -->|\"HTTP (no TLS)\"| dns".into());
+    for lb in &site.lbs {
+        line(
+            &mut m,
+            format!(
+                "dns -->|\"{}\"| {}",
+                label(&[&dns_record(&lb.node.listen)]),
+                v.id(&lb.node.name)
+            ),
+        );
+    }
+    let algorithm = site.balancer.algorithm.as_str();
+    for lb in &site.lbs {
+        for web in &v.pool {
+            line(
+                &mut m,
+                format!(
+                    "{} -->|\"{algorithm}\"| {}",
+                    v.id(&lb.node.name),
+                    v.id(&web.node.name)
+                ),
+            );
+        }
+    }
+    for web in &site.webs {
+        for app in &web.apps {
+            line(
+                &mut m,
+                format!("{} -->|\"HTTP\"| {}", v.id(&web.node.name), v.id(app)),
+            );
+        }
+    }
+    for app in &site.apps {
+        line(&mut m, format!("{} -->|\"SQL\"| db", v.id(&app.node.name)));
+    }
+
+    let idle: Vec<String> = site
+        .webs
+        .iter()
+        .filter(|w| !v.in_pool(&w.node.name))
+        .map(|w| v.id(&w.node.name))
+        .chain(
+            site.apps
+                .iter()
+                .filter(|a| !v.used_apps.contains(&a.node.name.as_str()))
+                .map(|a| v.id(&a.node.name)),
+        )
+        .collect();
+    if !idle.is_empty() {
+        line(&mut m, "classDef idle stroke-dasharray: 5 5".into());
+        line(&mut m, format!("class {} idle", idle.join(",")));
+    }
+    m
+}
+
+/// A Mermaid node id for `name`: ASCII letters, digits and underscores only.
+fn mermaid_id(name: &str) -> String {
+    let id: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if id.is_empty() {
+        "node".into()
+    } else {
+        id
+    }
+}
+
+/// A Mermaid label (for inside double quotes) made of `lines`.
+fn label(lines: &[&str]) -> String {
+    lines
+        .iter()
+        .map(|l| {
+            l.replace('#', "#35;")
+                .replace('"', "#quot;")
+                .replace('<', "#lt;")
+                .replace('>', "#gt;")
+        })
+        .collect::<Vec<_>>()
+        .join("<br/>")
+}
+
+fn node_label(node: &Node, note: Option<&str>) -> String {
+    let listen = node.listen.to_string();
+    let admin = format!("admin {}", node.admin);
+    let mut lines = vec![node.name.as_str(), listen.as_str(), admin.as_str()];
+    lines.extend(note);
+    label(&lines)
+}
+
+// ---------------------------------------------------------------------------------
+// The terminal picture
+// ---------------------------------------------------------------------------------
+
+fn picture(v: &View) -> String {
+    let site = v.site;
+    let mut out = String::new();
+    let margin = " ".repeat(INDENT);
+
+    let _ = writeln!(out, "{margin}browser");
+    arrow(&mut out, "HTTP (no TLS yet)");
+
+    let mut dns = vec![format!("DNS {}", site.name)];
+    dns.extend(
+        site.lbs
+            .iter()
+            .map(|l| format!("{} -> {}", dns_record(&l.node.listen), l.node.name)),
+    );
+    tier(&mut out, "DNS entry", &[dns]);
+    arrow(&mut out, "each browser picks one of the addresses");
+
+    let lb_title = if site.lbs.len() >= 2 {
+        "load balancers (no floating address yet)"
+    } else {
+        "load balancer"
+    };
+    let lb_boxes: Vec<Vec<String>> = site.lbs.iter().map(|l| node_box(&l.node)).collect();
+    tier(&mut out, lb_title, &lb_boxes);
+    let pool: Vec<&str> = v.pool.iter().map(|w| w.node.name.as_str()).collect();
+    arrow(
+        &mut out,
+        &format!("{} over {}", site.balancer.algorithm.as_str(), join(&pool)),
+    );
+
+    let web_boxes: Vec<Vec<String>> = site
+        .webs
+        .iter()
+        .map(|w| {
+            let mut b = node_box(&w.node);
+            b.push(format!("to {}", join(&w.apps)));
+            if !v.in_pool(&w.node.name) {
+                b.push("not in pool: no traffic".into());
+            }
+            b
+        })
+        .collect();
+    tier(
+        &mut out,
+        "web servers: static files, reverse proxy",
+        &web_boxes,
+    );
+    arrow(&mut out, "HTTP, keep-alive pool");
+
+    let app_boxes: Vec<Vec<String>> = site.apps.iter().map(|a| node_box(&a.node)).collect();
+    tier(
+        &mut out,
+        "application servers: the foobar application",
+        &app_boxes,
+    );
+    arrow(&mut out, "SQL");
+
+    let db = db_facts(&site.database);
+    let mut db_box = vec![db.kind.to_string(), db.location.clone()];
+    if db.embedded {
+        db_box.push(format!("on the disk of {}", join(&v.app_names())));
+    }
+    tier(&mut out, "database", &[db_box]);
+    out
+}
+
+fn node_box(node: &Node) -> Vec<String> {
+    let mut b = vec![node.name.clone(), node.listen.to_string()];
+    if node.bind != node.listen {
+        b.push(format!("binds {}", node.bind));
+    }
+    b.push(format!("admin {}", node.admin));
+    b
+}
+
+/// A down arrow between tiers, labelled.
+fn arrow(out: &mut String, text: &str) {
+    let pad = " ".repeat(INDENT + 4);
+    for l in fit(text, WIDTH - INDENT - 6) {
+        let _ = writeln!(out, "{pad}│ {l}");
+    }
+    let _ = writeln!(out, "{pad}▼");
+}
+
+/// A titled row (or rows) of equal boxes, as many side by side as fit in [`WIDTH`].
+fn tier(out: &mut String, title: &str, boxes: &[Vec<String>]) {
+    let margin = " ".repeat(INDENT);
+    let _ = writeln!(out, "{margin}{title}");
+    let max_inner = WIDTH - INDENT - 4;
+    let boxes: Vec<Vec<String>> = boxes
+        .iter()
+        .map(|b| b.iter().flat_map(|l| fit(l, max_inner)).collect())
+        .collect();
+    let inner = boxes
+        .iter()
+        .flatten()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    let outer = inner + 4;
+    let per_row = ((WIDTH - INDENT + 1) / (outer + 1)).max(1);
+    let rule = "─".repeat(inner + 2);
+    for row in boxes.chunks(per_row) {
+        let height = row.iter().map(Vec::len).max().unwrap_or(0);
+        let top: Vec<String> = row.iter().map(|_| format!("┌{rule}┐")).collect();
+        let _ = writeln!(out, "{margin}{}", top.join(" "));
+        for i in 0..height {
+            let cells: Vec<String> = row
+                .iter()
+                .map(|b| {
+                    let text = b.get(i).map(String::as_str).unwrap_or("");
+                    let pad = inner - text.chars().count();
+                    format!("│ {text}{} │", " ".repeat(pad))
+                })
+                .collect();
+            let _ = writeln!(out, "{margin}{}", cells.join(" "));
+        }
+        let bottom: Vec<String> = row.iter().map(|_| format!("└{rule}┘")).collect();
+        let _ = writeln!(out, "{margin}{}", bottom.join(" "));
+    }
+}
+
+/// Splits `text` into lines of at most `width` characters, at spaces where it can
+/// and inside a word only when the word alone is too long.
+fn fit(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        let mut word: Vec<char> = word.chars().collect();
+        let cur_len = current.chars().count();
+        if cur_len > 0 && cur_len + 1 + word.len() <= width {
+            current.push(' ');
+            current.extend(word);
+            continue;
+        }
+        if cur_len > 0 {
+            lines.push(std::mem::take(&mut current));
+        }
+        while word.len() > width {
+            let rest = word.split_off(width);
+            lines.push(word.into_iter().collect());
+            word = rest;
+        }
+        current = word.into_iter().collect();
+    }
+    if !current.is_empty() || lines.is_empty() {
+        lines.push(current);
+    }
+    lines
+}
+
+/// Word-wraps prose to [`WIDTH`]: the first line starts with `first`, the rest with
+/// `rest`. Words longer than a line are left whole. Ends with a newline.
+fn wrap(text: &str, first: &str, rest: &str) -> String {
+    let mut out = String::new();
+    let mut line = first.to_string();
+    let mut empty = true;
+    for word in text.split_whitespace() {
+        if !empty && line.chars().count() + 1 + word.chars().count() > WIDTH {
+            out.push_str(&line);
+            out.push('\n');
+            line = rest.to_string();
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    out.push_str(line.trim_end());
+    out.push('\n');
+    out
+}
+
+// ---------------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------------
+
+/// Listen, bind (when different) and admin addresses of a node.
+fn node_address(node: &Node) -> String {
+    let mut s = node.listen.to_string();
+    if node.bind != node.listen {
+        let _ = write!(s, " (binds {})", node.bind);
+    }
+    let _ = write!(s, ", admin {}", node.admin);
+    s
+}
+
+/// The DNS record that points at `addr` (DNS carries no port).
+fn dns_record(addr: &SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => format!("A {}", a.ip()),
+        SocketAddr::V6(a) => format!("AAAA {}", a.ip()),
+    }
+}
+
+fn join<S: AsRef<str>>(items: &[S]) -> String {
+    if items.is_empty() {
+        return "none".into();
+    }
+    items
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn dedup(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for i in items {
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn site(text: &str) -> Site {
+        crate::parse(text, "test.toml", Path::new("/tmp")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn default() -> Site {
+        site(&crate::default_site(8080, "/tmp/x"))
+    }
+
+    /// lb1, one web server, one app server, and `extra` appended.
+    fn small(extra: &str) -> String {
+        format!(
+            r#"[site]
+name = "www.foobar.com"
+state_dir = "/tmp/s"
+
+[[lb]]
+name = "lb1"
+listen = "127.0.0.1:7000"
+admin = "127.0.0.1:7100"
+
+[[app]]
+name = "app1"
+listen = "127.0.0.1:7003"
+admin = "127.0.0.1:7103"
+{extra}"#
+        )
+    }
+
+    const WEB1: &str = r#"
+[[web]]
+name = "web1"
+listen = "127.0.0.1:7002"
+admin = "127.0.0.1:7102"
+"#;
+
+    const WEB2: &str = r#"
+[[web]]
+name = "web2"
+listen = "127.0.0.1:7012"
+admin = "127.0.0.1:7112"
+"#;
+
+    fn has(risks: &[Risk], severity: Severity, words: &[&str]) -> bool {
+        risks
+            .iter()
+            .any(|r| r.severity == severity && words.iter().all(|w| r.what.contains(w)))
+    }
+
+    #[test]
+    fn default_site_lists_the_single_points_of_failure() {
+        let e = explain(&default());
+        let spof = "single point of failure";
+        assert!(
+            has(&e.risks, Severity::High, &["web server web1", spof]),
+            "{:#?}",
+            e.risks
+        );
+        assert!(has(
+            &e.risks,
+            Severity::High,
+            &["application server app1", spof]
+        ));
+        assert!(has(&e.risks, Severity::High, &["database", spof, "SQLite"]));
+        assert!(e
+            .risks
+            .iter()
+            .any(|r| r.fix.contains("MySQL/MariaDB") && r.fix.contains("[database]")));
+        // Two load balancers: not a SPOF, but not a cluster either.
+        assert!(!has(&e.risks, Severity::High, &["load balancer lb1"]));
+        assert!(has(
+            &e.risks,
+            Severity::Medium,
+            &["not a cluster", "heartbeat secret"]
+        ));
+        assert!(has(&e.risks, Severity::High, &["no TLS", "plain HTTP"]));
+        // Everything is on loopback.
+        assert!(!e.risks.iter().any(|r| r.what.contains("admin listener")));
+        assert!(!e.risks.iter().any(|r| r.severity == Severity::Low));
+    }
+
+    #[test]
+    fn risks_are_ordered_by_severity() {
+        let e = explain(&site(
+            &small(&format!("{WEB1}{WEB2}\n[balancer]\nservers = [\"web1\"]\n"))
+                .replace("127.0.0.1:7100", "0.0.0.0:7100"),
+        ));
+        let severities: Vec<Severity> = e.risks.iter().map(|r| r.severity).collect();
+        let mut sorted = severities.clone();
+        sorted.sort();
+        assert_eq!(severities, sorted);
+        assert!(severities.contains(&Severity::High));
+        assert!(severities.contains(&Severity::Medium));
+        assert!(severities.contains(&Severity::Low));
+    }
+
+    #[test]
+    fn an_admin_listener_beyond_loopback_is_a_risk_naming_the_node() {
+        let text = small(WEB1).replace("127.0.0.1:7102", "0.0.0.0:9000");
+        let e = explain(&site(&text));
+        let admin: Vec<&Risk> = e
+            .risks
+            .iter()
+            .filter(|r| r.what.contains("admin listener"))
+            .collect();
+        assert_eq!(admin.len(), 1, "{admin:#?}");
+        assert!(admin[0].what.contains("web1"));
+        assert!(admin[0].what.contains("0.0.0.0:9000"));
+        assert!(admin[0].what.contains("/metrics"));
+        assert!(admin[0].fix.contains("127.0.0.1"));
+        assert_eq!(admin[0].severity, Severity::Medium);
+
+        let text = small(WEB1).replace("127.0.0.1:7103", "[::]:9001");
+        let e = explain(&site(&text));
+        assert!(e
+            .risks
+            .iter()
+            .any(|r| r.what.contains("admin listener of app1")));
+        let text = small(WEB1).replace("127.0.0.1:7100", "[::1]:9002");
+        let e = explain(&site(&text));
+        assert!(!e.risks.iter().any(|r| r.what.contains("admin listener")));
+    }
+
+    #[test]
+    fn two_web_servers_remove_the_web_single_point_of_failure() {
+        let text = small(&format!(
+            "{WEB1}{WEB2}\n[balancer]\nservers = [\"web1\", \"web2\"]\n"
+        ));
+        let e = explain(&site(&text));
+        assert!(!e
+            .risks
+            .iter()
+            .any(|r| r.what.contains("web server") && r.what.contains("single point of failure")));
+        // Without a [balancer] section every web server is in the pool.
+        let e = explain(&site(&small(&format!("{WEB1}{WEB2}"))));
+        assert!(!e
+            .risks
+            .iter()
+            .any(|r| r.what.contains("web server") && r.what.contains("single point of failure")));
+    }
+
+    #[test]
+    fn a_web_server_outside_the_pool_receives_no_traffic() {
+        let text = small(&format!("{WEB1}{WEB2}\n[balancer]\nservers = [\"web1\"]\n"));
+        let e = explain(&site(&text));
+        assert!(has(&e.risks, Severity::Low, &["web2 receives no traffic"]));
+        // web1 alone carries the traffic: still a single point of failure, and the
+        // fix names the idle web server.
+        let spof = e
+            .risks
+            .iter()
+            .find(|r| {
+                r.what
+                    .contains("web server web1 is a single point of failure")
+            })
+            .expect("web SPOF");
+        assert!(spof.fix.contains("web2"));
+        assert!(e.mermaid.contains("class web_web2 idle"));
+        assert!(e.picture.contains("not in pool"));
+    }
+
+    #[test]
+    fn one_load_balancer_is_a_single_point_of_failure() {
+        let e = explain(&site(&small(WEB1)));
+        assert!(has(
+            &e.risks,
+            Severity::High,
+            &["load balancer lb1", "single point of failure"]
+        ));
+        assert!(!e.risks.iter().any(|r| r.what.contains("not a cluster")));
+    }
+
+    #[test]
+    fn two_app_servers_remove_the_app_single_point_of_failure() {
+        let text = small(&format!(
+            "{WEB1}\n[[app]]\nname = \"app2\"\nlisten = \"127.0.0.1:7013\"\nadmin = \"127.0.0.1:7113\"\n"
+        ));
+        let e = explain(&site(&text));
+        assert!(!e
+            .risks
+            .iter()
+            .any(|r| r.what.starts_with("The application server")));
+        // The database is still one SQLite file.
+        assert!(has(
+            &e.risks,
+            Severity::High,
+            &["database", "single point of failure"]
+        ));
+    }
+
+    #[test]
+    fn mermaid_shows_every_node_and_the_path() {
+        let s = default();
+        let e = explain(&s);
+        assert!(e.mermaid.starts_with("graph TD\n"));
+        for (_, node) in s.nodes() {
+            assert!(e.mermaid.contains(&node.name), "{} missing", node.name);
+            assert!(e.mermaid.contains(&node.listen.to_string()));
+        }
+        for edge in [
+            "user -->",
+            "dns -->|\"A 127.0.0.1\"| lb_lb1",
+            "dns -->|\"A 127.0.0.1\"| lb_lb2",
+            "lb_lb1 -->|\"roundrobin\"| web_web1",
+            "lb_lb2 -->|\"roundrobin\"| web_web1",
+            "web_web1 -->|\"HTTP\"| app_app1",
+            "app_app1 -->|\"SQL\"| db",
+        ] {
+            assert!(e.mermaid.contains(edge), "{edge} missing in\n{}", e.mermaid);
+        }
+        assert!(e.mermaid.contains("DNS www.foobar.com"));
+        assert!(e.mermaid.contains("SQLite"));
+    }
+
+    #[test]
+    fn mermaid_ids_are_sanitized() {
+        let text = small(WEB1)
+            .replace("\"lb1\"", "\"lb-east\"")
+            .replace("\"app1\"", "\"end\"");
+        let e = explain(&site(&text));
+        assert!(e.mermaid.contains("lb_lb_east[\""));
+        assert!(e.mermaid.contains("app_end[\""));
+        // Every edge's endpoints are plain identifiers.
+        for line in e.mermaid.lines().filter(|l| l.contains("-->")) {
+            let from = line.trim().split(' ').next().unwrap();
+            let to = line.trim().rsplit(' ').next().unwrap();
+            for id in [from, to] {
+                assert!(
+                    id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "bad id {id:?} in {line:?}"
+                );
+            }
+        }
+        assert_eq!(mermaid_id("a.b-c"), "a_b_c");
+        assert_eq!(
+            label(&["say \"hi\" #1 <b>"]),
+            "say #quot;hi#quot; #35;1 #lt;b#gt;"
+        );
+    }
+
+    #[test]
+    fn picture_shows_every_node_name_and_address() {
+        let s = default();
+        let e = explain(&s);
+        for (_, node) in s.nodes() {
+            assert!(e.picture.contains(&node.name), "{} missing", node.name);
+            assert!(e.picture.contains(&node.listen.to_string()));
+            assert!(e.picture.contains(&node.admin.to_string()));
+        }
+        assert!(e.picture.contains("/tmp/x/foobar.db"));
+        for line in e.picture.lines() {
+            assert!(line.chars().count() <= WIDTH, "too wide: {line}");
+        }
+    }
+
+    #[test]
+    fn picture_fits_many_nodes_per_tier_in_80_columns() {
+        let mut extra = String::new();
+        for i in 1..=7 {
+            let _ = write!(
+                extra,
+                "\n[[web]]\nname = \"web{i}\"\nlisten = \"10.0.0.{i}:8080\"\nadmin = \"127.0.0.1:{}\"\n",
+                9000 + i
+            );
+        }
+        let s = site(&small(&extra));
+        let e = explain(&s);
+        for (_, node) in s.nodes() {
+            assert!(e.picture.contains(&node.name), "{} missing", node.name);
+            assert!(e.picture.contains(&node.listen.to_string()));
+        }
+        for line in e.picture.lines() {
+            assert!(line.chars().count() <= WIDTH, "too wide: {line}");
+        }
+        // Side by side: fewer box rows than web servers.
+        let tops = e
+            .picture
+            .lines()
+            .filter(|l| l.trim_start().starts_with('┌'))
+            .count();
+        assert!(tops < 7 + 4, "{}", e.picture);
+    }
+
+    #[test]
+    fn elements_cover_dns_every_node_and_the_database() {
+        let s = default();
+        let e = explain(&s);
+        let names: Vec<&str> = e.elements.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["www.foobar.com", "lb1", "lb2", "web1", "app1", "database"]
+        );
+        let lb1 = &e.elements[1];
+        assert_eq!(lb1.kind, "load balancer");
+        assert_eq!(lb1.address, "127.0.0.1:8080, admin 127.0.0.1:8090");
+        assert!(lb1.why.contains("health"));
+        assert!(lb1.why.contains("distributes"));
+        assert!(e.elements[3].why.contains("static files"));
+        assert!(e.elements[3].why.contains("reverse proxy"));
+        assert!(e.elements[3].why.contains("security layer"));
+        assert!(e.elements[4].why.contains("business logic"));
+        assert!(e.elements[4].why.contains("no state of its own"));
+        assert!(e.elements[5].why.contains("back"));
+        assert!(e.elements[0].address.contains("A 127.0.0.1 (lb1)"));
+        for el in &e.elements {
+            assert!(!el.why.contains("  "), "double space in {:?}", el.why);
+        }
+    }
+
+    #[test]
+    fn render_text_has_picture_mermaid_elements_and_risks() {
+        let e = explain(&default());
+        let text = e.render_text();
+        assert!(text.contains("```mermaid\ngraph TD\n"));
+        assert!(text.contains(&e.picture));
+        assert!(text.contains("Why each element is there"));
+        assert!(text.contains("Risks, most serious first"));
+        assert!(text.contains("[HIGH]"));
+        assert!(text.contains("Fix: "));
+        // Everything outside the Mermaid block (which is for machines) fits a terminal.
+        let (before, after) = text.split_once("```mermaid").unwrap();
+        let after = after.split_once("```").unwrap().1;
+        for line in before.lines().chain(after.lines()) {
+            assert!(line.chars().count() <= WIDTH, "too wide: {line}");
+        }
+        println!("{text}");
+    }
+
+    #[test]
+    fn fit_and_wrap_keep_to_the_width() {
+        assert_eq!(fit("abc def", 3), ["abc", "def"]);
+        assert_eq!(fit("abcdefg", 3), ["abc", "def", "g"]);
+        assert_eq!(fit("", 3), [""]);
+        assert_eq!(wrap("a b", "- ", "  "), "- a b\n");
+        let long = "word ".repeat(40);
+        for line in wrap(&long, "  ", "  ").lines() {
+            assert!(line.len() <= WIDTH);
+        }
+    }
+}

@@ -127,7 +127,12 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Site, SiteError> {
         let span = e.span().unwrap_or(0..0);
         SiteError::Invalid {
             origin: origin.to_string(),
-            mistakes: vec![Mistake::at(text, span, e.message().to_string(), hint_for(e.message()))],
+            mistakes: vec![Mistake::at(
+                text,
+                span,
+                e.message().to_string(),
+                hint_for(e.message()),
+            )],
         }
     })?;
     let mut checker = Checker {
@@ -330,7 +335,10 @@ impl Checker<'_> {
             path: raw
                 .and_then(|h| h.path.clone())
                 .unwrap_or_else(|| "/healthz".into()),
-            interval: self.duration(raw.and_then(|h| h.interval.as_ref()), Duration::from_secs(2)),
+            interval: self.duration(
+                raw.and_then(|h| h.interval.as_ref()),
+                Duration::from_secs(2),
+            ),
             timeout: self.duration(raw.and_then(|h| h.timeout.as_ref()), Duration::from_secs(1)),
             rise: self.count(raw.and_then(|h| h.rise.as_ref()), 2),
             fall: self.count(raw.and_then(|h| h.fall.as_ref()), 3),
@@ -456,9 +464,21 @@ impl Checker<'_> {
 
     fn check_roles_present(&mut self, raw: &RawSite) {
         for (count, role, why) in [
-            (raw.lb.len(), Role::Lb, "clients enter the site through a load balancer"),
-            (raw.web.len(), Role::Web, "the load balancers need a web server to send to"),
-            (raw.app.len(), Role::App, "the web servers need an application server"),
+            (
+                raw.lb.len(),
+                Role::Lb,
+                "clients enter the site through a load balancer",
+            ),
+            (
+                raw.web.len(),
+                Role::Web,
+                "the load balancers need a web server to send to",
+            ),
+            (
+                raw.app.len(),
+                Role::App,
+                "the web servers need an application server",
+            ),
         ] {
             if count == 0 {
                 self.mistakes.push(Mistake::at(
