@@ -36,7 +36,10 @@ pub struct Config {
 impl Config {
     /// The configuration of load balancer `name` of `site`.
     pub fn from_site(site: &site::Site, name: &str) -> anyhow::Result<Config> {
-        anyhow::ensure!(site.lb(name).is_some(), "`{name}` is not a load balancer of this site");
+        anyhow::ensure!(
+            site.lb(name).is_some(),
+            "`{name}` is not a load balancer of this site"
+        );
         let servers = site
             .balancer
             .servers
@@ -72,7 +75,9 @@ impl Handler for LoadBalancer {
         let status = resp.status().as_u16();
         let metrics = self.metrics.clone();
         resp.map(|body| {
-            net::finish::on_finish(body, move |_| metrics.request_finished(status, start.elapsed()))
+            net::finish::on_finish(body, move |_| {
+                metrics.request_finished(status, start.elapsed())
+            })
         })
     }
 }
@@ -102,13 +107,19 @@ impl net::admin::Report for LoadBalancer {
     }
 
     fn extra(&self, path: &str) -> Option<Response<Body>> {
-        (path == "/stats" || path == "/").then(|| stats::page(&self.name, &self.metrics, &self.pool))
+        (path == "/stats" || path == "/")
+            .then(|| stats::page(&self.name, &self.metrics, &self.pool))
     }
 }
 
 /// Runs load balancer `config` on `listener` (clients) and `admin` (operators)
 /// until `shutdown`, then drains open connections.
-pub async fn serve(config: Config, listener: TcpListener, admin: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let b = &config.balancer;
     let pool = Arc::new(Pool::new(
         "web",

@@ -37,7 +37,11 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}tr.up{{backgro
         conns = metrics.connections_open(),
     );
     let mut resp = Response::new(net::full(html));
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }

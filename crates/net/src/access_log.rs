@@ -53,7 +53,14 @@ impl AccessLog {
     }
 
     /// Notes what the log line needs from the request, before the request moves on.
-    pub fn begin(&self, method: &Method, uri: &Uri, version: Version, headers: &HeaderMap, peer: SocketAddr) -> Entry {
+    pub fn begin(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        version: Version,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Entry {
         let header = |name: http::header::HeaderName| {
             headers
                 .get(name)
@@ -168,7 +175,10 @@ mod tests {
         let path = dir.path().join("logs/access.log");
         let log = AccessLog::open(Some(&path)).unwrap();
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::USER_AGENT, HeaderValue::from_static("curl/8 \"x\""));
+        headers.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static("curl/8 \"x\""),
+        );
         let entry = log.begin(
             &Method::GET,
             &"/a?b=c".parse().unwrap(),
@@ -187,6 +197,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(text.starts_with("10.1.2.3 - - ["), "{text}");
-        assert!(text.contains("] \"GET /a?b=c HTTP/1.1\" 200 1234 \"-\" \"curl/8 \\x22x\\x22\" rid=rid1 rt=0."), "{text}");
+        assert!(
+            text.contains(
+                "] \"GET /a?b=c HTTP/1.1\" 200 1234 \"-\" \"curl/8 \\x22x\\x22\" rid=rid1 rt=0."
+            ),
+            "{text}"
+        );
     }
 }

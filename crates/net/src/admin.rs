@@ -40,10 +40,18 @@ impl<R: Report> Handler for Admin<R> {
                 if self.0.healthy().await {
                     text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
                 } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "unhealthy\n".into())
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain; charset=utf-8",
+                        "unhealthy\n".into(),
+                    )
                 }
             }
-            "/metrics" => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.0.metrics()),
+            "/metrics" => text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.0.metrics(),
+            ),
             "/status" => text(
                 StatusCode::OK,
                 "application/json",
@@ -63,16 +71,29 @@ impl<R: Report> Handler for Admin<R> {
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut resp = Response::new(crate::full(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
 /// Serves the admin listener on `listener` until `shutdown`.
-pub async fn serve_admin<R: Report>(listener: TcpListener, report: Arc<R>, shutdown: Shutdown) -> std::io::Result<()> {
+pub async fn serve_admin<R: Report>(
+    listener: TcpListener,
+    report: Arc<R>,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
     let limits = Limits {
         max_connections: 256,
         ..Limits::default()
     };
-    serve(listener, limits, Arc::new(Admin(report)), Arc::new(Metrics::default()), shutdown).await
+    serve(
+        listener,
+        limits,
+        Arc::new(Admin(report)),
+        Arc::new(Metrics::default()),
+        shutdown,
+    )
+    .await
 }

@@ -6,20 +6,24 @@
 //! next to a socket write.
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
 /// Any error a body can fail with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type used throughout scaleup.
-pub type Body = BoxBody<Bytes, BoxError>;
+/// Not `Sync`: no body is read from two threads at once, and requiring it would
+/// shut out bodies that are not (axum's, for one).
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A body holding `bytes` in one piece.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A body with nothing in it (HEAD, 304, 204).
 pub fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed()
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
 }

@@ -16,14 +16,14 @@ use crate::{Body, BoxError};
 /// Wraps `body`; `done(bytes_sent)` runs once, when the body is finished or dropped.
 pub fn on_finish<F>(body: Body, done: F) -> Body
 where
-    F: FnOnce(u64) + Send + Sync + Unpin + 'static,
+    F: FnOnce(u64) + Send + Unpin + 'static,
 {
     Finish {
         inner: body,
         sent: 0,
         done: Some(done),
     }
-    .boxed()
+    .boxed_unsync()
 }
 
 struct Finish<F: FnOnce(u64)> {

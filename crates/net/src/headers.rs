@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
 
 /// `X-Request-Id`: one id follows a request through every hop and every log line.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -36,14 +38,16 @@ impl RequestIds {
     pub fn ensure(&self, headers: &mut HeaderMap) -> HeaderValue {
         if let Some(existing) = headers.get(&X_REQUEST_ID) {
             let bytes = existing.as_bytes();
-            if !bytes.is_empty()
-                && bytes.len() <= 128
-                && bytes.iter().all(|b| b.is_ascii_graphic())
+            if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
             {
                 return existing.clone();
             }
         }
-        let id = format!("{:08x}{:016x}", self.prefix, self.next.fetch_add(1, Relaxed));
+        let id = format!(
+            "{:08x}{:016x}",
+            self.prefix,
+            self.next.fetch_add(1, Relaxed)
+        );
         let value = HeaderValue::from_str(&id).expect("hex is a valid header value");
         headers.insert(X_REQUEST_ID.clone(), value.clone());
         value
@@ -52,7 +56,12 @@ impl RequestIds {
 
 /// Adds this hop's client to `X-Forwarded-For` and sets `X-Forwarded-Proto` unless a
 /// trusted earlier hop did (`trust_proto`).
-pub fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, proto: &'static str, trust_proto: bool) {
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    proto: &'static str,
+    trust_proto: bool,
+) {
     let ip = peer.ip().to_string();
     let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(chain) if !chain.is_empty() => format!("{chain}, {ip}"),

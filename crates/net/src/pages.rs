@@ -8,7 +8,11 @@ use crate::headers::X_REQUEST_ID;
 use crate::Body;
 
 /// An HTML error page for `status`, explaining `detail` to a person.
-pub fn error_page(status: StatusCode, detail: &str, request_id: Option<&HeaderValue>) -> Response<Body> {
+pub fn error_page(
+    status: StatusCode,
+    detail: &str,
+    request_id: Option<&HeaderValue>,
+) -> Response<Body> {
     let title = format!(
         "{} {}",
         status.as_u16(),
@@ -26,7 +30,10 @@ pub fn error_page(status: StatusCode, detail: &str, request_id: Option<&HeaderVa
     let mut resp = Response::new(crate::full(html));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(rid) = request_id {
         headers.insert(X_REQUEST_ID.clone(), rid.clone());

@@ -49,9 +49,15 @@ pub async fn forward(
     loop {
         let Some((index, _in_flight)) = pool.pick(peer.ip(), &tried) else {
             let detail = if tried.is_empty() {
-                format!("No {} server is available right now. Please try again in a moment.", pool.name)
+                format!(
+                    "No {} server is available right now. Please try again in a moment.",
+                    pool.name
+                )
             } else {
-                format!("Could not reach any {} server. Please try again in a moment.", pool.name)
+                format!(
+                    "Could not reach any {} server. Please try again in a moment.",
+                    pool.name
+                )
             };
             return error_page(policy.unreachable, &detail, Some(request_id));
         };
@@ -62,7 +68,7 @@ pub async fn forward(
             body.take()
                 .expect("a non-replayable request is sent once")
                 .map_err(Into::into)
-                .boxed()
+                .boxed_unsync()
         };
         let mut upstream = Request::new(upstream_body);
         *upstream.method_mut() = parts.method.clone();
@@ -70,7 +76,11 @@ pub async fn forward(
         *upstream.uri_mut() = match server.uri_for(&path).parse() {
             Ok(uri) => uri,
             Err(_) => {
-                return error_page(StatusCode::BAD_REQUEST, "The request target is not valid.", Some(request_id))
+                return error_page(
+                    StatusCode::BAD_REQUEST,
+                    "The request target is not valid.",
+                    Some(request_id),
+                )
             }
         };
         *upstream.headers_mut() = if replayable {
@@ -79,12 +89,13 @@ pub async fn forward(
             std::mem::take(&mut parts.headers)
         };
 
-        let sent = tokio::time::timeout(pool.timeouts.server, pool.client().request(upstream)).await;
+        let sent =
+            tokio::time::timeout(pool.timeouts.server, pool.client().request(upstream)).await;
         match sent {
             Ok(Ok(resp)) => {
                 let (mut head, body) = resp.into_parts();
                 strip_hop_by_hop(&mut head.headers);
-                return Response::from_parts(head, body.map_err(Into::into).boxed());
+                return Response::from_parts(head, body.map_err(Into::into).boxed_unsync());
             }
             Ok(Err(e)) if e.is_connect() => {
                 let refused = is_refused(&e);
@@ -95,7 +106,10 @@ pub async fn forward(
                 if !replayable || tried.len() > policy.retries as usize {
                     return error_page(
                         policy.unreachable,
-                        &format!("Could not connect to a {} server. Please try again in a moment.", pool.name),
+                        &format!(
+                            "Could not connect to a {} server. Please try again in a moment.",
+                            pool.name
+                        ),
                         Some(request_id),
                     );
                 }

@@ -351,10 +351,12 @@ struct CheckError {
 /// health), `GET path`, any 2xx or 3xx within the timeout is good.
 async fn check(addr: SocketAddr, health: &HealthCheck) -> Result<(), CheckError> {
     let attempt = async {
-        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| CheckError {
-            refused: e.kind() == std::io::ErrorKind::ConnectionRefused,
-            reason: format!("connect: {e}"),
-        })?;
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| CheckError {
+                refused: e.kind() == std::io::ErrorKind::ConnectionRefused,
+                reason: format!("connect: {e}"),
+            })?;
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await

@@ -962,7 +962,7 @@ fn file_body(mut file: File, segments: Vec<Segment>, head: bool) -> io::Result<P
         .map_ok(Frame::data)
         .map_err(|e| Box::new(e) as net::BoxError);
     Ok(Payload {
-        body: StreamBody::new(stream).boxed(),
+        body: StreamBody::new(stream).boxed_unsync(),
         len: total,
     })
 }

@@ -1,0 +1,299 @@
+//! `db`: database access for the foobar application.
+//!
+//! The application talks to one [`Db`] handle and never sees which engine is behind it.
+//! Today that is an embedded SQLite file ([`Config::Sqlite`]); the shape is chosen so that a
+//! MySQL/MariaDB primary with replicas can slot in later without touching the application:
+//!
+//! - every write returns a [`Written`] value carrying a [`Position`], an opaque token naming
+//!   the point in the write history where the write landed (a GTID on MySQL);
+//! - every read takes `after: Option<&Position>`, meaning "this reader has already seen a
+//!   write at this position; do not answer from older data". A replicated backend uses it to
+//!   pick a replica that has caught up, or the primary;
+//! - [`Position`] round-trips through a short string so the application can keep it in a
+//!   cookie, which keeps app servers stateless.
+//!
+//! Layout: this file holds the public types and dispatches to a backend module
+//! (`sqlite.rs`); `error.rs` holds [`DbError`], whose variants tell callers what they can do
+//! about a failure (pick another name, retry later, or report a bug).
+//!
+//! Timestamps are unix seconds (`i64`) everywhere, passed in by the caller so that tests and
+//! every backend agree on what "now" is.
+#![forbid(unsafe_code)]
+
+mod error;
+mod sqlite;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use error::DbError;
+
+/// Which database to use and where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Config {
+    /// An embedded SQLite file: the zero-setup default for local runs and tests.
+    Sqlite {
+        /// The database file; it and its parent directory are created when missing.
+        path: PathBuf,
+    },
+}
+
+/// A handle to the database. Cloning is cheap and shares the connection pool, so every
+/// request handler can hold its own copy.
+#[derive(Clone)]
+pub struct Db {
+    /// Shared so clones reuse one pool instead of opening connections of their own.
+    backend: Arc<Backend>,
+}
+
+/// The engines a [`Db`] can drive. Each variant owns its pools and knows how to honour a
+/// [`Position`] on reads.
+enum Backend {
+    Sqlite(sqlite::Sqlite),
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let engine = match &*self.backend {
+            Backend::Sqlite(_) => "sqlite",
+        };
+        f.debug_struct("Db").field("engine", &engine).finish()
+    }
+}
+
+/// Where in the database's write history a write landed.
+///
+/// Opaque on purpose: callers only store it (see [`Position::encode`]) and hand it back to a
+/// read as `after`. On SQLite there is a single copy of the data, so every read already sees
+/// every committed write and the position carries nothing; a replicated backend will carry a
+/// GTID here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position(PositionRepr);
+
+/// The backend-specific content of a [`Position`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PositionRepr {
+    /// SQLite: one copy of the data, nothing to wait for.
+    Sqlite,
+}
+
+/// The text form of [`PositionRepr::Sqlite`].
+const SQLITE_POSITION: &str = "sqlite";
+
+impl Position {
+    /// A short, cookie-safe string form (no spaces, commas, semicolons or quotes).
+    pub fn encode(&self) -> String {
+        match self.0 {
+            PositionRepr::Sqlite => SQLITE_POSITION.to_owned(),
+        }
+    }
+
+    /// Parses what [`Position::encode`] produced. Returns `None` for anything else (a stale or
+    /// tampered cookie), which callers treat as "no position known".
+    pub fn decode(text: &str) -> Option<Position> {
+        match text {
+            SQLITE_POSITION => Some(Position(PositionRepr::Sqlite)),
+            _ => None,
+        }
+    }
+}
+
+/// The result of a write, together with where it landed so later reads can wait for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written<T> {
+    /// What the write produced (the new row, or `()`).
+    pub value: T,
+    /// Hand this to later reads as `after` to read your own writes.
+    pub position: Position,
+}
+
+/// A registered account.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    /// Unique; the application lowercases and validates it before it gets here.
+    pub username: String,
+    /// A PHC-format password hash; the database never sees the password itself.
+    pub password_hash: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// Hand-written so that logging a user never prints the password hash.
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A post, joined with its author's name because every place that shows a post shows who
+/// wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Post {
+    /// Increases with time, so it doubles as the pagination cursor (`before_id`).
+    pub id: i64,
+    pub user_id: i64,
+    /// The author's username.
+    pub author: String,
+    pub body: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// Row counts for status pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counts {
+    pub users: i64,
+    pub posts: i64,
+}
+
+impl Db {
+    /// Opens (creating when missing) the database and brings its schema up to date.
+    /// Safe to call on every start: migrations already applied are skipped.
+    pub async fn open(config: &Config) -> Result<Db, DbError> {
+        let backend = match config {
+            Config::Sqlite { path } => Backend::Sqlite(sqlite::Sqlite::open(path).await?),
+        };
+        Ok(Db {
+            backend: Arc::new(backend),
+        })
+    }
+
+    /// Closes the connections, waiting for queries in flight; later calls fail with
+    /// [`DbError::Unavailable`]. Call it at shutdown so SQLite checkpoints its write-ahead
+    /// log and the file is complete on its own.
+    pub async fn close(&self) {
+        match &*self.backend {
+            Backend::Sqlite(db) => db.close().await,
+        }
+    }
+
+    /// Checks the database answers a trivial query; used by health checks.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        match &*self.backend {
+            Backend::Sqlite(db) => db.ping().await,
+        }
+    }
+
+    /// Registers a user. Fails with [`DbError::Conflict`] when the username is taken.
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<Written<User>, DbError> {
+        match &*self.backend {
+            Backend::Sqlite(db) => db.create_user(username, password_hash, now).await,
+        }
+    }
+
+    /// Looks a user up by exact username.
+    pub async fn user_by_name(
+        &self,
+        username: &str,
+        after: Option<&Position>,
+    ) -> Result<Option<User>, DbError> {
+        match &*self.backend {
+            Backend::Sqlite(db) => db.user_by_name(username, after).await,
+        }
+    }
+
+    /// Looks a user up by id.
+    pub async fn user_by_id(
+        &self,
+        id: i64,
+        after: Option<&Position>,
+    ) -> Result<Option<User>, DbError> {
+        match &*self.backend {
+            Backend::Sqlite(db) => db.user_by_id(id, after).await,
+        }
+    }
+
+    /// Stores a login session under the hash of its token. Also removes sessions that have
+    /// expired, so the table does not grow without bound.
+    pub async fn create_session(
+        &self,
+        token_hash: &[u8],
+        user_id: i64,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Written<()>, DbError> {
+        match &*self.backend {
+            Backend::Sqlite(db) => {
+                db.create_session(token_hash, user_id, now, expires_at)
+                    .await
+            }
+        }
+    }
+
+    /// The user a session token hash belongs to, if the session exists and has not expired
+    /// at `now`.
+    pub async fn session_user(
+        &self,
+        token_hash: &[u8],
+        now: i64,
+        after: Option<&Position>,
+    ) -> Result<Option<User>, DbError> {
+        match &*self.backend {
+            Backend::Sqlite(db) => db.session_user(token_hash, now, after).await,
+        }
+    }
+
+    /// Ends a session. Deleting a session that does not exist is not an error: logging out
+    /// twice should simply succeed.
+    pub async fn delete_session(&self, token_hash: &[u8]) -> Result<Written<()>, DbError> {
+        match &*self.backend {
+            Backend::Sqlite(db) => db.delete_session(token_hash).await,
+        }
+    }
+
+    /// Publishes a post and returns it with its author's name.
+    pub async fn create_post(
+        &self,
+        user_id: i64,
+        body: &str,
+        now: i64,
+    ) -> Result<Written<Post>, DbError> {
+        match &*self.backend {
+            Backend::Sqlite(db) => db.create_post(user_id, body, now).await,
+        }
+    }
+
+    /// Everyone's posts, newest first: at most `limit` posts with an id below `before_id`
+    /// (all posts when `None`).
+    pub async fn timeline(
+        &self,
+        before_id: Option<i64>,
+        limit: u32,
+        after: Option<&Position>,
+    ) -> Result<Vec<Post>, DbError> {
+        match &*self.backend {
+            Backend::Sqlite(db) => db.timeline(before_id, limit, after).await,
+        }
+    }
+
+    /// One user's posts, newest first, paged like [`Db::timeline`].
+    pub async fn user_posts(
+        &self,
+        user_id: i64,
+        before_id: Option<i64>,
+        limit: u32,
+        after: Option<&Position>,
+    ) -> Result<Vec<Post>, DbError> {
+        match &*self.backend {
+            Backend::Sqlite(db) => db.user_posts(user_id, before_id, limit, after).await,
+        }
+    }
+
+    /// How many users and posts exist, for status pages.
+    pub async fn counts(&self, after: Option<&Position>) -> Result<Counts, DbError> {
+        match &*self.backend {
+            Backend::Sqlite(db) => db.counts(after).await,
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! `scaleup`: runs the scale-up infrastructure of `www.foobar.com` from one site file.
+//!
+//! - `scaleup up` starts every node of a site on this machine and supervises them;
+//! - `scaleup run NODE --site FILE` runs one node, as on its own server;
+//! - `scaleup check`, `explain` and `status` read a site file and tell a person
+//!   whether it is right, how it is shaped and how it is doing.
+//!
+//! The binary only wires things together: each role lives in its own crate.
+#![forbid(unsafe_code)]
+
+mod probe;
+mod run;
+mod status;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "scaleup",
+    version,
+    about = "Run the scale-up web infrastructure of www.foobar.com"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the site comes from: a file, or the built-in default.
+#[derive(clap::Args, Clone)]
+struct SiteArgs {
+    /// The site file. Without it, the built-in default site is used.
+    #[arg(long, value_name = "FILE")]
+    site: Option<PathBuf>,
+    /// First port of the built-in default site (it uses this port and up).
+    #[arg(long, default_value_t = 8080, value_name = "PORT")]
+    base_port: u16,
+    /// State directory of the built-in default site.
+    #[arg(long, default_value = ".scaleup", value_name = "DIR")]
+    state_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start every node of the site on this machine; Ctrl-C stops them all.
+    Up(SiteArgs),
+    /// Run one node of a site file, as on its own server.
+    Run {
+        /// The node's name in the site file (lb1, web1, app1...).
+        node: String,
+        /// The site file.
+        #[arg(long, value_name = "FILE")]
+        site: PathBuf,
+        /// Stop when standard input closes (set by `scaleup up`, so that nodes never
+        /// outlive their supervisor).
+        #[arg(long, hide = true)]
+        supervised: bool,
+    },
+    /// Check a site file and point at each mistake.
+    Check {
+        /// The site file.
+        #[arg(long, value_name = "FILE")]
+        site: PathBuf,
+    },
+    /// Show the site's shape, why each element is there, and its risks.
+    Explain {
+        #[command(flatten)]
+        site: SiteArgs,
+        /// Print only the Mermaid diagram.
+        #[arg(long)]
+        mermaid: bool,
+    },
+    /// Ask every node of a running site how it is doing.
+    Status {
+        #[command(flatten)]
+        site: SiteArgs,
+        /// Print the nodes' raw status as one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => up::up(&args),
+        Command::Run {
+            node,
+            site,
+            supervised,
+        } => run::run(&site, &node, supervised),
+        Command::Check { site } => check(&site),
+        Command::Explain { site, mermaid } => explain(&site, mermaid),
+        Command::Status { site, json } => status::status(&site, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the site the arguments name: the file, or the default site (written into
+/// its state directory so that nodes can read it like any other file).
+fn load_site(args: &SiteArgs, write_default: bool) -> anyhow::Result<(PathBuf, site::Site)> {
+    if let Some(path) = &args.site {
+        let site = site::load(path)?;
+        return Ok((path.clone(), site));
+    }
+    let state_dir = std::path::absolute(&args.state_dir)?;
+    let text = site::default_site(args.base_port, &state_dir.to_string_lossy());
+    let path = state_dir.join("site.toml");
+    if write_default {
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create state directory {}: {e}", state_dir.display())
+        })?;
+        std::fs::write(&path, &text)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    let site = site::parse(&text, "(built-in default site)", &state_dir)?;
+    Ok((path, site))
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let site = site::load(path)?;
+    println!(
+        "{}: ok, {} load balancer(s), {} web server(s), {} application server(s)",
+        path.display(),
+        site.lbs.len(),
+        site.webs.len(),
+        site.apps.len()
+    );
+    Ok(())
+}
+
+fn explain(args: &SiteArgs, mermaid_only: bool) -> anyhow::Result<()> {
+    let (_, site) = load_site(args, false)?;
+    let explanation = site::explain::explain(&site);
+    if mermaid_only {
+        print!("{}", explanation.mermaid);
+    } else {
+        print!("{}", explanation.render_text());
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! `scaleup run NODE --site FILE`: one node of a site, as on its own server.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use site::{Database, Role, Site};
+
+/// Runs node `name` of the site file at `path` until SIGINT or SIGTERM (or, when
+/// `supervised`, until standard input closes), then stops it cleanly.
+pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
+    init_logging();
+    let site = site::load(path)?;
+    let (role, node) = site.node(name).ok_or_else(|| {
+        let names: Vec<&str> = site.nodes().map(|(_, n)| n.name.as_str()).collect();
+        anyhow::anyhow!(
+            "there is no node called `{name}` in {}; its nodes are: {}",
+            path.display(),
+            names.join(", ")
+        )
+    })?;
+    let node = node.clone();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(format!("{name}-worker"))
+        .build()?;
+    runtime.block_on(async {
+        let (trigger, shutdown) = net::shutdown::channel();
+        let trigger = std::sync::Arc::new(trigger);
+        watch_signals(trigger.clone())?;
+        if supervised {
+            watch_stdin(trigger.clone());
+        }
+        let listener = net::server::bind(node.bind)?;
+        let admin = net::server::bind(node.admin)?;
+        match role {
+            Role::Lb => {
+                lb::serve(
+                    lb::Config::from_site(&site, name)?,
+                    listener,
+                    admin,
+                    shutdown,
+                )
+                .await
+            }
+            Role::Web => {
+                let root = document_root(&site, name)?;
+                web::serve(
+                    web::Config::from_site(&site, name, root)?,
+                    listener,
+                    admin,
+                    shutdown,
+                )
+                .await
+            }
+            Role::App => {
+                app::serve(name, app_config(&site, name)?, listener, admin, shutdown).await
+            }
+        }
+    })?;
+    tracing::info!(node = name, "stopped");
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in `scaleup up`'s pipes or files.
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+/// SIGINT and SIGTERM both mean "stop cleanly".
+fn watch_signals(trigger: std::sync::Arc<net::shutdown::Trigger>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        trigger.fire();
+    });
+    Ok(())
+}
+
+/// A supervised node stops when its supervisor's end of stdin closes, which also
+/// happens when the supervisor is killed: nodes never outlive `scaleup up`.
+fn watch_stdin(trigger: std::sync::Arc<net::shutdown::Trigger>) {
+    // A plain thread, not a runtime task: a blocked read must not hold up shutdown.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        let why = loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => break "closed".to_string(),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break e.to_string(),
+            }
+        };
+        tracing::info!("supervisor gone (standard input {why}): stopping");
+        trigger.fire();
+    });
+}
+
+/// The web server's document root: the site's, or the built-in foobar assets
+/// written into the state directory.
+fn document_root(site: &Site, name: &str) -> anyhow::Result<PathBuf> {
+    let web = site.web(name).expect("role checked by the caller");
+    if let Some(root) = &web.root {
+        return Ok(root.clone());
+    }
+    let root = site.state_dir.join("public");
+    for (rel, bytes) in app::ASSETS {
+        let path = root.join(rel);
+        if std::fs::read(&path).ok().as_deref() == Some(*bytes) {
+            continue;
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(root)
+}
+
+fn app_config(site: &Site, name: &str) -> anyhow::Result<app::AppConfig> {
+    anyhow::ensure!(
+        site.app(name).is_some(),
+        "`{name}` is not an application server"
+    );
+    let db = match &site.database {
+        Database::Sqlite { path } => db::Config::Sqlite { path: path.clone() },
+    };
+    Ok(app::AppConfig {
+        db,
+        site_name: site.name.clone(),
+        secure_cookies: false,
+    })
+}

@@ -1,0 +1,284 @@
+//! `scaleup up`: every node of a site on this machine, each in its own process, as
+//! they would be on their own servers.
+//!
+//! Nodes start in dependency order (application servers, then web servers, then
+//! load balancers), each once the previous tier answers its health check. A node
+//! that dies is restarted after a short back-off. Ctrl-C (or SIGTERM) stops the
+//! nodes in reverse order with SIGTERM, so load balancers drain first, and waits for
+//! each to exit. Nodes also stop on their own if this supervisor disappears (they
+//! watch their standard input), so none is ever left behind.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use site::{Node, Role, Site};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::SiteArgs;
+
+/// How long a node may take to answer its health check after starting.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub fn up(args: &SiteArgs) -> anyhow::Result<()> {
+    let (path, site) = crate::load_site(args, true)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(supervise(&path, &site))
+}
+
+/// Nodes in start order: what a tier depends on starts first.
+fn start_order(site: &Site) -> Vec<(Role, Node)> {
+    let mut nodes: Vec<(Role, Node)> = site.nodes().map(|(r, n)| (r, n.clone())).collect();
+    nodes.sort_by_key(|(role, _)| match role {
+        Role::App => 0,
+        Role::Web => 1,
+        Role::Lb => 2,
+    });
+    nodes
+}
+
+async fn supervise(path: &Path, site: &Site) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let order = start_order(site);
+    println!(
+        "scaleup: starting {} ({} nodes) from {}",
+        site.name,
+        order.len(),
+        path.display()
+    );
+    let mut signals = Signals::new()?;
+    let mut tasks = Vec::new();
+    for (role, node) in order {
+        println!(
+            "  starting {:<6} {:<4} on {} (admin {})",
+            node.name,
+            role.as_str(),
+            node.listen,
+            node.admin
+        );
+        let started = Instant::now();
+        let mut running = spawn_node(&exe, path, &node.name)?;
+        let ready = tokio::select! {
+            ready = wait_ready(&node) => ready,
+            status = running.child.wait() => Err(anyhow::anyhow!(
+                "it exited ({})",
+                status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+            )),
+            _ = signals.recv() => Err(anyhow::anyhow!("interrupted")),
+        };
+        let (trigger, stop) = net::shutdown::channel();
+        let task = tokio::spawn(keep_running(
+            exe.clone(),
+            path.to_path_buf(),
+            node.clone(),
+            running,
+            stop,
+        ));
+        tasks.push((node.name.clone(), trigger, task));
+        if let Err(e) = ready {
+            stop_all(tasks).await;
+            anyhow::bail!(
+                "{} did not start: {e:#}; its log lines above say why",
+                node.name
+            );
+        }
+        println!(
+            "  ready    {:<6} in {:.1} s",
+            node.name,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    println!(
+        "\n{} is up. Open one of the load balancers (the site's DNS lists both):",
+        site.name
+    );
+    for lb in &site.lbs {
+        println!("  http://{}/   ({})", lb.node.listen, lb.node.name);
+    }
+    for lb in &site.lbs {
+        println!(
+            "  stats: http://{}/stats   ({})",
+            lb.node.admin, lb.node.name
+        );
+    }
+    println!("Ctrl-C stops every node.\n");
+
+    signals.recv().await;
+    println!("\nscaleup: stopping");
+    stop_all(tasks).await;
+    println!("scaleup: every node stopped");
+    Ok(())
+}
+
+/// Stops the nodes one by one in reverse start order (load balancers first, so no
+/// client is sent to a tier that is already gone), waiting for each to exit.
+async fn stop_all(tasks: Vec<(String, net::shutdown::Trigger, tokio::task::JoinHandle<()>)>) {
+    for (name, trigger, task) in tasks.into_iter().rev() {
+        trigger.fire();
+        if task.await.is_err() {
+            eprintln!("scaleup: the supervisor of {name} panicked");
+        }
+    }
+}
+
+/// A node's process, and the write end of its standard input: the node runs while
+/// this end is open. It is kept apart from the `Child` because `Child::wait` closes
+/// the child's stdin.
+struct Running {
+    child: Child,
+    _lifeline: tokio::process::ChildStdin,
+}
+
+fn spawn_node(exe: &Path, site: &Path, name: &str) -> anyhow::Result<Running> {
+    let mut child = Command::new(exe)
+        .arg("run")
+        .arg(name)
+        .arg("--site")
+        .arg(site)
+        .arg("--supervised")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Own process group: a terminal's Ctrl-C reaches only the supervisor, which
+        // then stops the nodes in order.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start {name}: {e}"))?;
+    let lifeline = child.stdin.take().expect("stdin is piped");
+    for (stream, is_err) in [
+        (
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            false,
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            true,
+        ),
+    ] {
+        let Some(stream) = stream else { continue };
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if is_err {
+                    eprintln!("{name:>6} | {line}");
+                } else {
+                    println!("{name:>6} | {line}");
+                }
+            }
+        });
+    }
+    Ok(Running {
+        child,
+        _lifeline: lifeline,
+    })
+}
+
+/// Polls the node's admin `/healthz` until it answers 200.
+async fn wait_ready(node: &Node) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline {
+        match crate::probe::get(node.admin, "/healthz", Duration::from_secs(1)).await {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, body)) => last = format!("status {status}: {}", body.trim()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!(
+        "no healthy answer on {} within {READY_TIMEOUT:?} (last: {last})",
+        node.admin
+    )
+}
+
+/// Keeps one node running until `stop`: restarts it when it dies, stops it with
+/// SIGTERM (then SIGKILL) when asked.
+async fn keep_running(
+    exe: std::path::PathBuf,
+    site: std::path::PathBuf,
+    node: Node,
+    mut running: Running,
+    stop: net::Shutdown,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        tokio::select! {
+            status = running.child.wait() => {
+                if stop.is_triggered() {
+                    return;
+                }
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                eprintln!("scaleup: {} exited ({status}); restarting in {:.1} s", node.name, backoff.as_secs_f64());
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                match spawn_node(&exe, &site, &node.name) {
+                    Ok(next) => running = next,
+                    Err(e) => {
+                        eprintln!("scaleup: {e:#}");
+                        return;
+                    }
+                }
+            }
+            _ = stop.wait() => {
+                terminate(&node.name, &mut running.child).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn terminate(name: &str, child: &mut Child) {
+    let Some(pid) = child.id() else { return };
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+        Ok(Ok(status)) if status.success() => println!("  stopped  {name}"),
+        Ok(Ok(status)) => println!("  stopped  {name} ({status})"),
+        Ok(Err(e)) => eprintln!("scaleup: waiting for {name}: {e}"),
+        Err(_) => {
+            eprintln!("scaleup: {name} did not stop within {STOP_TIMEOUT:?}; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// Ctrl-C and SIGTERM, as one stream.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Bad input gets a clear error and loses nothing: malformed and oversize requests on
+//! the wire, paths that try to leave the document root, and wrong site files.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversize_and_traversal_requests_are_refused() {
+    let base = free_base(DEFAULT_SITE_PORTS);
+    let state = tempfile::tempdir().unwrap();
+    let site = write_default_site(base, state.path());
+    let _app = run_node("app1", &site);
+    let _web = run_node("web1", &site);
+    let _lb = run_node("lb1", &site);
+    wait_status(
+        &format!("http://127.0.0.1:{base}/"),
+        200,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let lb: SocketAddr = ([127, 0, 0, 1], base).into();
+    let web: SocketAddr = ([127, 0, 0, 1], base + 2).into();
+    for (name, addr) in [("lb1", lb), ("web1", web)] {
+        let answer = raw_exchange(addr, b"GARBAGE\r\n\r\n");
+        assert_eq!(
+            status_of(&answer),
+            400,
+            "{name}: malformed request line: {answer}"
+        );
+        let answer = raw_exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n");
+        assert_eq!(
+            status_of(&answer),
+            400,
+            "{name}: malformed header: {answer}"
+        );
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(64 * 1024)
+        );
+        let answer = raw_exchange(addr, big.as_bytes());
+        assert_eq!(
+            status_of(&answer),
+            431,
+            "{name}: oversize header: {}",
+            &answer[..answer.len().min(200)]
+        );
+
+        for path in [
+            "/../../etc/passwd",
+            "/static/../../../etc/passwd",
+            "/%2e%2e/%2e%2e/etc/passwd",
+            "/static/..%2f..%2f..%2fetc/passwd",
+            "/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
+            "/..\\..\\etc\\passwd",
+        ] {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let answer = raw_exchange(addr, request.as_bytes());
+            assert!(
+                !answer.contains("root:x:0:0"),
+                "{name}: {path} leaked /etc/passwd"
+            );
+            let status = status_of(&answer);
+            assert!(
+                matches!(status, 400 | 404),
+                "{name}: {path} answered {status}"
+            );
+        }
+        // Dotfiles are never served.
+        let answer = raw_exchange(
+            addr,
+            b"GET /.env HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status_of(&answer), 404, "{name}: dotfile");
+    }
+    // The servers are still fine after all that.
+    wait_status(
+        &format!("http://127.0.0.1:{base}/"),
+        200,
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+/// `scaleup check` on a site file: exit 1 and `file:line:column: message`.
+fn check(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("site.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = scaleup()
+        .arg("check")
+        .arg("--site")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "check accepted a wrong site file:\n{text}"
+    );
+    String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "site.toml")
+}
+
+#[test]
+fn wrong_site_files_are_refused_with_line_and_column() {
+    let base = site::default_site(30000, "/tmp/state");
+
+    let unknown = base.replacen("algorithm = \"roundrobin\"", "algoritm = \"roundrobin\"", 1);
+    let err = check(&unknown);
+    let line = unknown
+        .lines()
+        .position(|l| l.starts_with("algoritm"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!("site.toml:{line}:1: unknown field `algoritm`")),
+        "{err}"
+    );
+    assert!(err.contains("help:"), "{err}");
+
+    let duplicate = base.replacen("name = \"lb2\"", "name = \"lb1\"", 1);
+    let err = check(&duplicate);
+    let line = duplicate
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| *l == "name = \"lb1\"")
+        .nth(1)
+        .unwrap()
+        .0
+        + 1;
+    assert!(
+        err.contains(&format!(
+            "site.toml:{line}:8: node name `lb1` is already used"
+        )),
+        "{err}"
+    );
+
+    let dangling = base.replacen("servers = [\"web1\"]", "servers = [\"web1\", \"web9\"]", 1);
+    let err = check(&dangling);
+    let line = dangling
+        .lines()
+        .position(|l| l.starts_with("servers ="))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!(
+            "site.toml:{line}:20: there is no node called `web9`"
+        )),
+        "{err}"
+    );
+
+    let wrong_role = base.replacen("apps = [\"app1\"]", "apps = [\"lb1\"]", 1);
+    let err = check(&wrong_role);
+    assert!(
+        err.contains("`lb1` is a lb node, but `apps` lists app nodes"),
+        "{err}"
+    );
+
+    let bad_duration = base.replacen("interval = \"1s\"", "interval = \"soon\"", 1);
+    let err = check(&bad_duration);
+    assert!(err.contains("`soon` is not a duration"), "{err}");
+
+    // A good file passes.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("site.toml");
+    std::fs::write(&path, &base).unwrap();
+    let out = scaleup()
+        .arg("check")
+        .arg("--site")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn explain_names_the_single_points_of_failure() {
+    let out = scaleup()
+        .arg("explain")
+        .arg("--base-port")
+        .arg("30000")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("```mermaid"), "{text}");
+    for node in ["lb1", "lb2", "web1", "app1"] {
+        assert!(text.contains(node), "{node} missing:\n{text}");
+    }
+    let lower = text.to_lowercase();
+    assert!(lower.contains("single point of failure"), "{text}");
+    assert!(lower.contains("tls"), "{text}");
+}

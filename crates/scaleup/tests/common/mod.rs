@@ -1,0 +1,208 @@
+//! What the integration tests share: free ports, the real `scaleup` binary as child
+//! processes that are always cleaned up, and raw-socket helpers.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// How many ports the built-in default site uses from its base port (base..base+14).
+pub const DEFAULT_SITE_PORTS: u16 = 14;
+
+/// A base port with `count` free ports after it on 127.0.0.1, picked at random so
+/// that tests running in parallel do not collide.
+pub fn free_base(count: u16) -> u16 {
+    for _ in 0..200 {
+        let seed = std::process::id() as u64
+            ^ Instant::now().elapsed().as_nanos() as u64
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64;
+        let base = 20_000 + (seed.wrapping_mul(6364136223846793005) >> 33) as u16 % 30_000;
+        if (base..base + count).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {count} free ports in a row on 127.0.0.1");
+}
+
+/// The `scaleup` binary under test.
+pub fn scaleup() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_scaleup"))
+}
+
+/// A child process that is killed (and reaped) when the test ends, pass or fail.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    /// Lines the process printed on stdout and stderr.
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            let name = name.to_string();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("[{name}] {line}");
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Proc {
+            child,
+            name: name.to_string(),
+            lines: rx,
+        }
+    }
+
+    /// Waits for a printed line containing `needle`.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("{} did not print {needle:?} within {timeout:?}", self.name),
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not exit within {timeout:?}", self.name);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Writes the built-in default site on `base` into `dir`; the site file's path.
+pub fn write_default_site(base: u16, dir: &Path) -> PathBuf {
+    let text = site::default_site(base, &dir.to_string_lossy());
+    let path = dir.join("site.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs one node of a site file, as `scaleup run` on its own server.
+pub fn run_node(name: &str, site: &Path) -> Proc {
+    let mut cmd = scaleup();
+    cmd.arg("run").arg(name).arg("--site").arg(site);
+    Proc::spawn(name, cmd)
+}
+
+/// Polls `GET url` until it answers `want`, within `timeout`; the elapsed time.
+pub async fn wait_status(url: &str, want: u16, timeout: Duration) -> Duration {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < timeout {
+        match client.get(url).send().await {
+            Ok(resp) if resp.status().as_u16() == want => return start.elapsed(),
+            Ok(resp) => last = format!("status {}", resp.status()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not answer {want} within {timeout:?} (last: {last})");
+}
+
+/// Sends `bytes` on a fresh connection and reads the answer until the server closes
+/// or goes quiet.
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+        // A complete answer without Content-Length issues would hang; stop once the
+        // head and a Content-Length body are in.
+        if let Some(done) = complete_len(&out) {
+            if out.len() >= done {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn complete_len(bytes: &[u8]) -> Option<usize> {
+    let text = String::from_utf8_lossy(bytes);
+    let head_end = text.find("\r\n\r\n")? + 4;
+    let len = text[..head_end]
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    Some(head_end + len)
+}
+
+/// The status code of a raw HTTP answer.
+pub fn status_of(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"))
+}
+
+/// The value of hidden field `csrf` in a page.
+pub fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("no csrf field in page: {html}"));
+    let rest = &html[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}

@@ -1,0 +1,282 @@
+//! The whole site end to end: `scaleup up` on the built-in default site, a real
+//! HTTP client through a load balancer, then Ctrl-C.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_cleanly() {
+    let base = free_base(DEFAULT_SITE_PORTS);
+    let state = tempfile::tempdir().unwrap();
+    let mut cmd = scaleup();
+    cmd.arg("up")
+        .arg("--base-port")
+        .arg(base.to_string())
+        .arg("--state-dir")
+        .arg(state.path());
+    let mut up = Proc::spawn("up", cmd);
+    up.wait_for_line("is up", Duration::from_secs(120));
+
+    let lb1 = format!("http://127.0.0.1:{base}");
+    let lb2 = format!("http://127.0.0.1:{}", base + 1);
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+
+    // The home page, through lb1, with the request id every hop shares.
+    let home = client.get(format!("{lb1}/")).send().await.unwrap();
+    assert_eq!(home.status(), 200);
+    let request_id = home.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(home.text().await.unwrap().contains("/static/style.css"));
+
+    // Sign up (the form's CSRF token comes from the form page).
+    let form = client
+        .get(format!("{lb1}/signup"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&form);
+    let resp = client
+        .post(format!("{lb1}/signup"))
+        .form(&[
+            ("username", "alice"),
+            ("password", "correct horse battery"),
+            ("csrf", &csrf),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303, "signup redirects");
+
+    // A form post without the CSRF token is refused.
+    let resp = client
+        .post(format!("{lb1}/posts"))
+        .form(&[("body", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+
+    // Write a post, then read it on the timeline (HTML and JSON) and on alice's page.
+    let page = client
+        .get(format!("{lb1}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&page);
+    let resp = client
+        .post(format!("{lb1}/posts"))
+        .form(&[("body", "Hello from the scale-up site"), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let timeline = client
+        .get(format!("{lb1}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(timeline.contains("Hello from the scale-up site"));
+    let json: serde_json::Value = client
+        .get(format!("{lb1}/api/timeline"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(json["posts"][0]["body"], "Hello from the scale-up site");
+    assert_eq!(json["posts"][0]["author"], "alice");
+    let user_page = client.get(format!("{lb2}/u/alice")).send().await.unwrap();
+    assert_eq!(user_page.status(), 200, "lb2 serves the same site");
+    assert!(user_page
+        .text()
+        .await
+        .unwrap()
+        .contains("Hello from the scale-up site"));
+
+    // Log out: the compose form is gone; log in again: it is back.
+    let csrf = csrf_of(&timeline);
+    let resp = client
+        .post(format!("{lb1}/logout"))
+        .form(&[("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let anonymous = client
+        .get(format!("{lb1}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !anonymous.contains("name=\"body\""),
+        "logged out: no compose form"
+    );
+    let form = client
+        .get(format!("{lb1}/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let resp = client
+        .post(format!("{lb1}/login"))
+        .form(&[
+            ("username", "alice"),
+            ("password", "correct horse battery"),
+            ("csrf", &csrf_of(&form)),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let back = client
+        .get(format!("{lb1}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        back.contains("name=\"body\""),
+        "logged in again: compose form"
+    );
+
+    // The JSON API with a bearer token.
+    let api = reqwest::Client::new();
+    let login: serde_json::Value = api
+        .post(format!("{lb2}/api/login"))
+        .json(&serde_json::json!({"username": "alice", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().expect("login gives a token");
+    let resp = api
+        .post(format!("{lb2}/api/posts"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"body": "via the API"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+
+    // A static file from the web server: ETag, then 304; a range, then 206.
+    let css = client
+        .get(format!("{lb1}/static/style.css"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(css.status(), 200);
+    assert!(css.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/css"));
+    let etag = css.headers()["etag"].clone();
+    let full = css.bytes().await.unwrap();
+    let again = client
+        .get(format!("{lb1}/static/style.css"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    let part = client
+        .get(format!("{lb1}/static/style.css"))
+        .header("range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"],
+        format!("bytes 0-9/{}", full.len()).as_str()
+    );
+    assert_eq!(part.bytes().await.unwrap(), full.slice(0..10));
+
+    // The web server's access log has the first request, with the load balancer's id.
+    let log_path = state.path().join("web1-access.log");
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains(&request_id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("rid={request_id}")))
+        .unwrap_or_else(|| panic!("no access-log line for {request_id} in:\n{log}"));
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(line.contains("\"GET / HTTP/1.1\" 200 "), "{line}");
+
+    // Every node's admin listener reports; `scaleup status` sees them all up.
+    let metrics = client
+        .get(format!("http://127.0.0.1:{}/metrics", base + 10))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("scaleup_upstream_up{node=\"lb1\",pool=\"web\",server=\"web1\"} 1"),
+        "{metrics}"
+    );
+    let status = scaleup()
+        .arg("status")
+        .arg("--base-port")
+        .arg(base.to_string())
+        .arg("--state-dir")
+        .arg(state.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "status: {text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    for node in ["lb1", "lb2", "web1", "app1"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(node) && l.contains(" up ")),
+            "{node} up in:\n{text}"
+        );
+    }
+
+    // Ctrl-C: every node stops, the supervisor exits 0, nothing listens any more.
+    up.signal(Signal::SIGINT);
+    assert_eq!(up.wait_exit(Duration::from_secs(30)), Some(0));
+    for port in [base, base + 1, base + 2, base + 3, base + 10, base + 13] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still open after stop"
+        );
+    }
+}
