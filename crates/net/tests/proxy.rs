@@ -1,0 +1,307 @@
+//! The proxy parts against real origin servers on loopback: balancing algorithms,
+//! retries on another server, health checks with rise and fall, timeouts, and the
+//! connection cap.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use net::proxy::{forward, Policy};
+use net::server::{serve, Handler, Limits};
+use net::upstream::Pool;
+use net::{Body, Metrics};
+use site::{Algorithm, HealthCheck, Timeouts};
+use tokio::net::TcpListener;
+
+/// An origin that answers with its name, after `delay`, and 500 on /healthz when sick.
+struct Origin {
+    name: &'static str,
+    delay: Duration,
+    sick: Arc<AtomicBool>,
+}
+
+impl Handler for Origin {
+    async fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+        if req.uri().path() == "/healthz" && self.sick.load(Ordering::Relaxed) {
+            let mut resp = Response::new(net::full("sick"));
+            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            return resp;
+        }
+        tokio::time::sleep(self.delay).await;
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        Response::new(net::full(format!("{} {forwarded}", self.name)))
+    }
+}
+
+async fn origin(name: &'static str, delay: Duration) -> (SocketAddr, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sick = Arc::new(AtomicBool::new(false));
+    let handler = Arc::new(Origin {
+        name,
+        delay,
+        sick: sick.clone(),
+    });
+    let (_trigger, shutdown) = net::shutdown::channel();
+    std::mem::forget(_trigger); // the origin lives as long as the test process
+    tokio::spawn(serve(
+        listener,
+        Limits::default(),
+        handler,
+        Arc::new(Metrics::default()),
+        shutdown,
+    ));
+    (addr, sick)
+}
+
+/// An address nobody listens on (bound, then released).
+fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn health(interval_ms: u64) -> HealthCheck {
+    HealthCheck {
+        path: "/healthz".into(),
+        interval: Duration::from_millis(interval_ms),
+        timeout: Duration::from_millis(200),
+        rise: 2,
+        fall: 2,
+    }
+}
+
+fn timeouts(server_ms: u64) -> Timeouts {
+    Timeouts {
+        connect: Duration::from_millis(500),
+        client: Duration::from_secs(5),
+        server: Duration::from_millis(server_ms),
+    }
+}
+
+/// A proxy in front of `pool`, like the load balancer's; its address.
+struct Front {
+    pool: Arc<Pool>,
+    policy: Policy,
+}
+
+impl Handler for Front {
+    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        net::headers::add_forwarded(req.headers_mut(), peer, "http", false);
+        forward(
+            &self.pool,
+            req,
+            peer,
+            self.policy,
+            &HeaderValue::from_static("test"),
+        )
+        .await
+    }
+}
+
+async fn front(pool: Arc<Pool>, limits: Limits) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(Front {
+        pool,
+        policy: Policy {
+            retries: 1,
+            unreachable: StatusCode::SERVICE_UNAVAILABLE,
+        },
+    });
+    let (trigger, shutdown) = net::shutdown::channel();
+    std::mem::forget(trigger);
+    tokio::spawn(serve(
+        listener,
+        limits,
+        handler,
+        Arc::new(Metrics::default()),
+        shutdown,
+    ));
+    addr
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
+    let resp = client.get(url).send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn round_robin_spreads_and_forwarded_for_is_set() {
+    let (a, _) = origin("a", Duration::ZERO).await;
+    let (b, _) = origin("b", Duration::ZERO).await;
+    let pool = Arc::new(Pool::new(
+        "web",
+        vec![("a".into(), a), ("b".into(), b)],
+        Algorithm::RoundRobin,
+        health(1000),
+        timeouts(2000),
+    ));
+    let url = format!("http://{}/", front(pool, Limits::default()).await);
+    let client = reqwest::Client::new();
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        let (status, body) = get(&client, &url).await;
+        assert_eq!(status, 200);
+        assert!(body.ends_with(" 127.0.0.1"), "X-Forwarded-For: {body}");
+        names.push(body.split(' ').next().unwrap().to_string());
+    }
+    names.sort();
+    assert_eq!(names, ["a", "a", "b", "b"]);
+}
+
+#[tokio::test]
+async fn source_hash_sticks_and_leastconn_avoids_the_busy_server() {
+    let (a, _) = origin("a", Duration::ZERO).await;
+    let (b, _) = origin("b", Duration::ZERO).await;
+    let servers = vec![("a".into(), a), ("b".into(), b)];
+    let pool = Pool::new(
+        "web",
+        servers.clone(),
+        Algorithm::Source,
+        health(1000),
+        timeouts(2000),
+    );
+    let client: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+    let first = pool.pick(client, &[]).unwrap().0;
+    for _ in 0..10 {
+        assert_eq!(
+            pool.pick(client, &[]).unwrap().0,
+            first,
+            "same client, same server"
+        );
+    }
+
+    let pool = Pool::new(
+        "web",
+        servers,
+        Algorithm::LeastConn,
+        health(1000),
+        timeouts(2000),
+    );
+    let (busy, _held) = pool.pick(client, &[]).unwrap();
+    for _ in 0..5 {
+        let (index, _guard) = pool.pick(client, &[]).unwrap();
+        assert_ne!(index, busy, "leastconn picks the idle server");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_server_is_retried_elsewhere_and_taken_out_at_once() {
+    let (live, _) = origin("live", Duration::ZERO).await;
+    let pool = Arc::new(Pool::new(
+        "web",
+        vec![("dead".into(), dead_addr()), ("live".into(), live)],
+        Algorithm::RoundRobin,
+        health(60_000),
+        timeouts(2000),
+    ));
+    let url = format!("http://{}/", front(pool.clone(), Limits::default()).await);
+    let client = reqwest::Client::new();
+    for _ in 0..4 {
+        let (status, body) = get(&client, &url).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.starts_with("live"));
+    }
+    assert!(!pool.servers()[0].is_up(), "refused: down at once");
+    assert!(pool.servers()[1].is_up());
+
+    // A POST with a body is not replayed; with every server down it gets a 503 page.
+    pool.servers()[1].check_failed(1, "test", true);
+    let resp = client.post(&url).body("data").send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("503 Service Unavailable"));
+}
+
+#[tokio::test]
+async fn health_checks_follow_fall_and_rise() {
+    let (a, sick) = origin("a", Duration::ZERO).await;
+    let pool = Arc::new(Pool::new(
+        "web",
+        vec![("a".into(), a)],
+        Algorithm::RoundRobin,
+        health(50),
+        timeouts(2000),
+    ));
+    let (trigger, shutdown) = net::shutdown::channel();
+    pool.spawn_health_checks(shutdown);
+    let server = pool.servers()[0].clone();
+    sick.store(true, Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while server.is_up() {
+        assert!(tokio::time::Instant::now() < deadline, "never went down");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sick.store(false, Ordering::Relaxed);
+    while !server.is_up() {
+        assert!(tokio::time::Instant::now() < deadline, "never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = pool.status();
+    assert!(status["servers"][0]["last_change_reason"]
+        .as_str()
+        .unwrap()
+        .contains("good checks"));
+    trigger.fire();
+}
+
+#[tokio::test]
+async fn a_slow_server_gets_a_504_page() {
+    let (slow, _) = origin("slow", Duration::from_secs(5)).await;
+    let pool = Arc::new(Pool::new(
+        "web",
+        vec![("slow".into(), slow)],
+        Algorithm::RoundRobin,
+        health(60_000),
+        timeouts(200),
+    ));
+    let url = format!("http://{}/", front(pool, Limits::default()).await);
+    let started = std::time::Instant::now();
+    let (status, body) = get(&reqwest::Client::new(), &url).await;
+    assert_eq!(status, 504);
+    assert!(body.contains("did not answer in time"));
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn the_connection_cap_holds_extra_clients_until_a_slot_frees() {
+    let (a, _) = origin("a", Duration::ZERO).await;
+    let pool = Arc::new(Pool::new(
+        "web",
+        vec![("a".into(), a)],
+        Algorithm::RoundRobin,
+        health(60_000),
+        timeouts(2000),
+    ));
+    let limits = Limits {
+        max_connections: 1,
+        ..Limits::default()
+    };
+    let addr = front(pool, limits).await;
+    // The first client holds the only slot with an idle keep-alive connection.
+    let hog = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    assert!(
+        client.get(format!("http://{addr}/")).send().await.is_err(),
+        "over the cap: waits"
+    );
+    drop(hog);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let resp = client.get(format!("http://{addr}/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.bytes().await;
+}
