@@ -5,8 +5,14 @@
 //! `net::upstream` for health checks and algorithms, `net::proxy` for retries and
 //! error pages). Its admin listener adds a stats page to the usual `/healthz`,
 //! `/metrics` and `/status`.
+//!
+//! In a cluster ([`floating`]), it also serves the site's floating address while
+//! the `cluster` crate says it is the active node, tells the election whether its
+//! backends are healthy, and on a clean stop hands the address over before it
+//! stops accepting.
 #![forbid(unsafe_code)]
 
+mod floating;
 mod stats;
 
 use std::net::SocketAddr;
@@ -31,6 +37,8 @@ pub struct Config {
     pub balancer: site::Balancer,
     /// The web servers of the pool: name and address.
     pub servers: Vec<(String, SocketAddr)>,
+    /// The cluster this load balancer belongs to, if any.
+    pub cluster: Option<floating::Membership>,
 }
 
 impl Config {
@@ -50,6 +58,7 @@ impl Config {
             name: name.to_string(),
             balancer: site.balancer.clone(),
             servers,
+            cluster: floating::Membership::from_site(site, name)?,
         })
     }
 }
@@ -57,6 +66,7 @@ impl Config {
 /// The running load balancer: its pool and its counters.
 struct LoadBalancer {
     name: String,
+    cluster: Option<cluster::Cluster>,
     pool: Arc<Pool>,
     ids: RequestIds,
     metrics: Arc<Metrics>,
@@ -87,6 +97,9 @@ impl net::admin::Report for LoadBalancer {
         let mut out = String::with_capacity(4096);
         self.metrics.render(&self.name, &mut out);
         self.pool.render_metrics(&self.name, &mut out);
+        if let Some(cluster) = &self.cluster {
+            cluster.render_metrics(&self.name, &mut out);
+        }
         out
     }
 
@@ -94,6 +107,8 @@ impl net::admin::Report for LoadBalancer {
         serde_json::json!({
             "node": self.name,
             "role": "lb",
+            "pid": std::process::id(),
+            "cluster": self.cluster.as_ref().map(cluster::Cluster::status),
             "started": httpdate::fmt_http_date(self.started),
             "requests": self.metrics.requests_total(),
             "responses_by_class": self.metrics.by_class(),
@@ -113,7 +128,8 @@ impl net::admin::Report for LoadBalancer {
 }
 
 /// Runs load balancer `config` on `listener` (clients) and `admin` (operators)
-/// until `shutdown`, then drains open connections.
+/// until `shutdown`; then hands the floating address over (in a cluster) and drains
+/// open connections.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
@@ -128,9 +144,17 @@ pub async fn serve(
         b.health.clone(),
         b.timeouts.clone(),
     ));
-    pool.spawn_health_checks(shutdown.clone());
+    // Listeners stop on `inner`, fired only after the cluster has handed over.
+    let (inner_trigger, inner) = net::shutdown::channel();
+    pool.spawn_health_checks(inner.clone());
+    let member = config
+        .cluster
+        .as_ref()
+        .map(|m| cluster::Cluster::start(m.member.clone()))
+        .transpose()?;
     let lb = Arc::new(LoadBalancer {
         name: config.name.clone(),
+        cluster: member,
         pool,
         ids: RequestIds::default(),
         metrics: Arc::new(Metrics::default()),
@@ -152,8 +176,34 @@ pub async fn serve(
         algorithm = b.algorithm.as_str(),
         "load balancer serving"
     );
-    let admin_task = tokio::spawn(net::admin::serve_admin(admin, lb.clone(), shutdown.clone()));
-    net::server::serve(listener, limits, lb.clone(), lb.metrics.clone(), shutdown).await?;
+    let floating_task = match &config.cluster {
+        Some(membership) => Some(floating::spawn(
+            membership,
+            lb.clone(),
+            limits.clone(),
+            inner.clone(),
+        )?),
+        None => None,
+    };
+    let admin_task = tokio::spawn(net::admin::serve_admin(admin, lb.clone(), inner.clone()));
+    let main_task = tokio::spawn(net::server::serve(
+        listener,
+        limits,
+        lb.clone(),
+        lb.metrics.clone(),
+        inner,
+    ));
+
+    shutdown.wait().await;
+    if let Some(cluster) = &lb.cluster {
+        tracing::info!("handing the floating address to the peer");
+        cluster.leave(floating::HANDOVER_WAIT).await;
+    }
+    inner_trigger.fire();
+    if let Some(task) = floating_task {
+        task.await?;
+    }
+    main_task.await??;
     admin_task.await??;
     Ok(())
 }

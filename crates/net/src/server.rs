@@ -72,6 +72,31 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// Binds a floating address: with `SO_REUSEPORT`, so that during a handover both
+/// load balancers can listen at once and no client meets a closed port; and with
+/// `IP_FREEBIND`, so that an IP the node does not hold yet (linux mode) can be
+/// bound before it arrives.
+pub fn bind_floating(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv4() {
+        socket.set_freebind(true)?;
+    } else {
+        socket.set_freebind_ipv6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into()).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on the floating address {addr}: {e}"),
+        )
+    })?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// Serves HTTP/1.1 on `listener` with `handler` until `shutdown`, then drains.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
@@ -107,29 +132,23 @@ pub async fn serve<H: Handler>(
             },
             _ = shutdown.wait() => break,
         };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let metrics = metrics.clone();
-        let builder = builder.clone();
-        let shutdown = shutdown.clone();
-        metrics.connection_opened();
-        tracker.spawn(async move {
-            let service = service_fn(move |req| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.wait() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-            metrics.connection_closed();
-            drop(permit);
-        });
+        spawn_connection(
+            &tracker, &builder, stream, peer, &handler, &metrics, &shutdown, permit,
+        );
+    }
+    // Connections the kernel completed but nobody accepted yet would be reset when
+    // the listener closes: accept them now and answer their first request. (With
+    // SO_REUSEPORT and net.ipv4.tcp_migrate_req=1 the kernel hands the rest to the
+    // peer listener.)
+    while let Some(Ok((stream, peer))) = futures_util::FutureExt::now_or_never(listener.accept()) {
+        let permit = permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        spawn_connection(
+            &tracker, &builder, stream, peer, &handler, &metrics, &shutdown, permit,
+        );
     }
     drop(listener);
     tracker.close();
@@ -144,4 +163,65 @@ pub async fn serve<H: Handler>(
         );
     }
     Ok(())
+}
+
+/// How long a connection accepted just before shutdown may take to send its first
+/// request: it is served, not closed under the client.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_connection<H: Handler>(
+    tracker: &TaskTracker,
+    builder: &Arc<hyper::server::conn::http1::Builder>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    handler: &Arc<H>,
+    metrics: &Arc<Metrics>,
+    shutdown: &Shutdown,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let handler = handler.clone();
+    let metrics = metrics.clone();
+    let builder = builder.clone();
+    let shutdown = shutdown.clone();
+    metrics.connection_opened();
+    tracker.spawn(async move {
+        // Set on the first request: a graceful shutdown closes an idle connection at
+        // once, which for a connection whose request is still on the wire means a
+        // failed request.
+        let first = Arc::new(tokio::sync::Notify::new());
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let service = {
+            let (first, started) = (first.clone(), started.clone());
+            service_fn(move |req| {
+                if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    first.notify_one();
+                }
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
+            })
+        };
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = shutdown.wait() => {
+                if !started.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::select! {
+                        _ = conn.as_mut() => {
+                            metrics.connection_closed();
+                            return;
+                        }
+                        _ = first.notified() => {}
+                        _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+                    }
+                }
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+        metrics.connection_closed();
+        drop(permit);
+    });
 }

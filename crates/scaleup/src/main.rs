@@ -8,6 +8,7 @@
 //! The binary only wires things together: each role lives in its own crate.
 #![forbid(unsafe_code)]
 
+mod drill;
 mod probe;
 mod run;
 mod status;
@@ -73,6 +74,11 @@ enum Command {
         #[arg(long)]
         mermaid: bool,
     },
+    /// Rehearse a failure on a running site and measure what clients saw.
+    Drill {
+        #[command(subcommand)]
+        what: DrillCommand,
+    },
     /// Ask every node of a running site how it is doing.
     Status {
         #[command(flatten)]
@@ -80,6 +86,24 @@ enum Command {
         /// Print the nodes' raw status as one JSON document.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DrillCommand {
+    /// Stop a load balancer (SIGKILL, or SIGTERM with --graceful) under a bounded
+    /// stream of requests to the floating address; report the gap and who took over.
+    Kill {
+        /// The load balancer to stop (lb1, lb2).
+        node: String,
+        #[command(flatten)]
+        site: SiteArgs,
+        /// Stop it cleanly (SIGTERM) instead of killing it.
+        #[arg(long)]
+        graceful: bool,
+        /// How long to keep sending requests after the stop.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
     },
 }
 
@@ -95,6 +119,15 @@ fn main() -> ExitCode {
         Command::Check { site } => check(&site),
         Command::Explain { site, mermaid } => explain(&site, mermaid),
         Command::Status { site, json } => status::status(&site, json),
+        Command::Drill {
+            what:
+                DrillCommand::Kill {
+                    node,
+                    site,
+                    graceful,
+                    duration,
+                },
+        } => drill::drill(&site, &node, graceful, duration),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,7 +146,12 @@ fn load_site(args: &SiteArgs, write_default: bool) -> anyhow::Result<(PathBuf, s
         return Ok((path.clone(), site));
     }
     let state_dir = std::path::absolute(&args.state_dir)?;
-    let text = site::default_site(args.base_port, &state_dir.to_string_lossy());
+    // A fresh heartbeat secret each time: every node of this run reads it from the
+    // file written below.
+    let secret: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let text = site::default_site(args.base_port, &state_dir.to_string_lossy(), &secret);
     let path = state_dir.join("site.toml");
     if write_default {
         std::fs::create_dir_all(&state_dir).map_err(|e| {

@@ -96,12 +96,37 @@ async fn supervise(path: &Path, site: &Site) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    println!(
-        "\n{} is up. Open one of the load balancers (the site's DNS lists both):",
-        site.name
-    );
-    for lb in &site.lbs {
-        println!("  http://{}/   ({})", lb.node.listen, lb.node.name);
+    match &site.cluster {
+        Some(cluster) => {
+            let by_rank = |l: &&site::LbNode| (l.priority, std::cmp::Reverse(l.node.name.clone()));
+            let first = site
+                .lbs
+                .iter()
+                .max_by_key(by_rank)
+                .map_or("?", |l| l.node.name.as_str());
+            let second = site
+                .lbs
+                .iter()
+                .min_by_key(by_rank)
+                .map_or("?", |l| l.node.name.as_str());
+            println!(
+                "\n{} is up: open http://{}/",
+                site.name,
+                cluster.floating.describe()
+            );
+            println!(
+                "  (the load balancers' floating address: {first} holds it, {second} stands by)"
+            );
+        }
+        None => {
+            println!(
+                "\n{} is up. Open one of the load balancers (the site's DNS lists both):",
+                site.name
+            );
+            for lb in &site.lbs {
+                println!("  http://{}/   ({})", lb.node.listen, lb.node.name);
+            }
+        }
     }
     for lb in &site.lbs {
         println!(

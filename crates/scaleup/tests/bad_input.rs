@@ -106,7 +106,7 @@ fn check(text: &str) -> String {
 
 #[test]
 fn wrong_site_files_are_refused_with_line_and_column() {
-    let base = site::default_site(30000, "/tmp/state");
+    let base = site::default_site(30000, "/tmp/state", "test-secret");
 
     let unknown = base.replacen("algorithm = \"roundrobin\"", "algoritm = \"roundrobin\"", 1);
     let err = check(&unknown);

@@ -14,12 +14,12 @@ async fn dead_web_server_gives_503_then_recovers_and_dead_app_gives_502() {
     let base = free_base(DEFAULT_SITE_PORTS);
     let state = tempfile::tempdir().unwrap();
     let site = write_default_site(base, state.path());
-    let lb = format!("http://127.0.0.1:{base}");
-    let web = format!("http://127.0.0.1:{}", base + 2);
+    let lb = format!("http://127.0.0.1:{}", base + 1);
+    let web = format!("http://127.0.0.1:{}", base + 3);
 
     let _app = run_node("app1", &site);
     wait_status(
-        &format!("http://127.0.0.1:{}/healthz", base + 13),
+        &format!("http://127.0.0.1:{}/healthz", base + 14),
         200,
         Duration::from_secs(60),
     )

@@ -21,8 +21,9 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
     let mut up = Proc::spawn("up", cmd);
     up.wait_for_line("is up", Duration::from_secs(120));
 
+    // The site's floating address, held by the active load balancer, and lb2's own.
     let lb1 = format!("http://127.0.0.1:{base}");
-    let lb2 = format!("http://127.0.0.1:{}", base + 1);
+    let lb2 = format!("http://127.0.0.1:{}", base + 2);
     let client = reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
@@ -237,7 +238,7 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
 
     // Every node's admin listener reports; `scaleup status` sees them all up.
     let metrics = client
-        .get(format!("http://127.0.0.1:{}/metrics", base + 10))
+        .get(format!("http://127.0.0.1:{}/metrics", base + 11))
         .send()
         .await
         .unwrap()
@@ -273,7 +274,15 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
     // Ctrl-C: every node stops, the supervisor exits 0, nothing listens any more.
     up.signal(Signal::SIGINT);
     assert_eq!(up.wait_exit(Duration::from_secs(30)), Some(0));
-    for port in [base, base + 1, base + 2, base + 3, base + 10, base + 13] {
+    for port in [
+        base,
+        base + 1,
+        base + 2,
+        base + 3,
+        base + 4,
+        base + 11,
+        base + 14,
+    ] {
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
             "port {port} still open after stop"

@@ -4,18 +4,22 @@
 //!
 //! - a Mermaid diagram (`graph TD`) of the request path, for Markdown viewers;
 //! - a plain-text picture drawn with box characters, for an 80-column terminal;
-//! - every element of the site (the DNS entry, each node, the database) with why
-//!   it is there, in the words of the scale-up design;
-//! - the site's risks (single points of failure, no TLS, open admin listeners,
-//!   idle nodes), most serious first, each with what would remove it.
+//! - every element of the site (the DNS entry, the load balancers' floating address
+//!   when they form a cluster, each node, the database) with why it is there, in the
+//!   words of the scale-up design;
+//! - the site's risks (single points of failure, no TLS, unauthenticated heartbeats,
+//!   open admin listeners, idle nodes), most serious first, each with what would
+//!   remove it.
 //!
 //! Nothing here reads files or opens sockets; it only looks at the model.
 
+use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
-use crate::model::{Algorithm, Database, Node, Site, WebNode};
+use crate::model::{Algorithm, Cluster, Database, Floating, LbNode, Node, Secret, Site, WebNode};
 
 /// Terminal width the picture and the text are laid out for.
 const WIDTH: usize = 80;
@@ -40,12 +44,15 @@ pub struct Explanation {
 /// One element of the site and the reason it exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Element {
-    /// The node name (`lb1`), the site name for the DNS entry, `database` for the database.
+    /// The node name (`lb1`), the site name for the DNS entry, `floating address` for
+    /// the load-balancer cluster, `database` for the database.
     pub name: String,
-    /// What it is: "DNS entry", "load balancer", "web server", "application server", "database".
+    /// What it is: "DNS entry", "load-balancer cluster", "load balancer", "web server",
+    /// "application server", "database".
     pub kind: String,
-    /// Where it is reached: listen address and admin address for a node, the records
-    /// for the DNS entry, the file for the database.
+    /// Where it is reached: listen, admin (and heartbeat) addresses for a node, the
+    /// records for the DNS entry, the floating address for the cluster, the file for
+    /// the database.
     pub address: String,
     /// Why the design has it, in plain English.
     pub why: String,
@@ -167,6 +174,11 @@ struct View<'a> {
     used_apps: Vec<&'a str>,
     /// Mermaid node id for each node name.
     ids: HashMap<&'a str, String>,
+    /// The load-balancer cluster, when the site has one.
+    cluster: Option<&'a Cluster>,
+    /// The load balancers in election order: higher priority first, then the name
+    /// that sorts first (the cluster's tie-break). The first one starts active.
+    ranked: Vec<&'a LbNode>,
 }
 
 impl<'a> View<'a> {
@@ -187,7 +199,7 @@ impl<'a> View<'a> {
             .collect();
 
         let mut ids: HashMap<&str, String> = HashMap::new();
-        let mut taken: Vec<String> = ["user", "dns", "db"].map(String::from).to_vec();
+        let mut taken: Vec<String> = ["user", "dns", "vip", "db"].map(String::from).to_vec();
         for (role, node) in site.nodes() {
             let base = format!("{}_{}", role.as_str(), mermaid_id(&node.name));
             let mut id = base.clone();
@@ -199,11 +211,24 @@ impl<'a> View<'a> {
             taken.push(id.clone());
             ids.insert(node.name.as_str(), id);
         }
+        let mut ranked: Vec<&LbNode> = site.lbs.iter().collect();
+        ranked.sort_by_key(|l| (Reverse(l.priority), l.node.name.as_str()));
         View {
             site,
             pool,
             used_apps,
             ids,
+            cluster: site.cluster.as_ref(),
+            ranked,
+        }
+    }
+
+    /// The cluster with the node that starts active and the one that starts passive,
+    /// when the site has a cluster of two load balancers.
+    fn pair(&self) -> Option<(&'a Cluster, &'a LbNode, &'a LbNode)> {
+        match (self.cluster, self.ranked.as_slice()) {
+            (Some(c), [active, passive]) => Some((c, active, passive)),
+            _ => None,
         }
     }
 
@@ -270,25 +295,55 @@ fn elements(v: &View) -> Vec<Element> {
     let site = v.site;
     let mut out = Vec::new();
 
-    let records: Vec<String> = site
-        .lbs
-        .iter()
-        .map(|l| format!("{} ({})", dns_record(&l.node.listen), l.node.name))
-        .collect();
-    let lb_ips = join(&dedup(
-        site.lbs.iter().map(|l| l.node.listen.ip().to_string()),
-    ));
-    out.push(Element {
-        name: site.name.clone(),
-        kind: "DNS entry".into(),
-        address: records.join(", "),
-        why: format!(
-            "Turns {} into the addresses where browsers connect: the load balancers. There is \
-             no floating address yet, so the DNS entry lists every load balancer's address \
-             ({lb_ips}) and each browser picks one of them.",
-            site.name
-        ),
-    });
+    if let Some((c, active, passive)) = v.pair() {
+        let addr = c.floating.describe();
+        out.push(Element {
+            name: site.name.clone(),
+            kind: "DNS entry".into(),
+            address: format!(
+                "{} (the floating address {addr})",
+                floating_record(&c.floating)
+            ),
+            why: format!(
+                "Turns {} into the one address where browsers connect: the load balancers' \
+                 floating address ({addr}), held by whichever load balancer is active. When \
+                 the active one fails the address moves to the other one, not the DNS entry, \
+                 so no DNS change is needed and no browser is left with a dead load \
+                 balancer's address in its cache.",
+                site.name
+            ),
+        });
+        out.push(cluster_element(c, active, passive));
+    } else {
+        let records: Vec<String> = site
+            .lbs
+            .iter()
+            .map(|l| format!("{} ({})", dns_record(&l.node.listen), l.node.name))
+            .collect();
+        let lb_ips = join(&dedup(
+            site.lbs.iter().map(|l| l.node.listen.ip().to_string()),
+        ));
+        let why = if site.lbs.len() >= 2 {
+            format!(
+                "Turns {} into the addresses where browsers connect: the load balancers. They \
+                 are not a cluster, so there is no floating address: the DNS entry lists every \
+                 load balancer's address ({lb_ips}) and each browser picks one of them.",
+                site.name
+            )
+        } else {
+            format!(
+                "Turns {} into the address where browsers connect: the load balancer's \
+                 ({lb_ips}).",
+                site.name
+            )
+        };
+        out.push(Element {
+            name: site.name.clone(),
+            kind: "DNS entry".into(),
+            address: records.join(", "),
+            why,
+        });
+    }
 
     let b = &site.balancer;
     let pool_names: Vec<&str> = v.pool.iter().map(|w| w.node.name.as_str()).collect();
@@ -308,25 +363,72 @@ fn elements(v: &View) -> Vec<Element> {
             b.health.fall,
             b.health.rise,
         );
-        if n_lbs >= 2 {
+        let mut address = node_address(&lb.node);
+        if let Some((c, active, passive)) = v.pair() {
+            if let Some(hb) = lb.heartbeat {
+                let _ = write!(address, ", heartbeat {hb}");
+            }
+            let peer = if lb.node.name == active.node.name {
+                passive
+            } else {
+                active
+            };
+            if lb.node.name == active.node.name {
+                let _ = write!(
+                    why,
+                    " It is the active member of the load-balancer cluster at start \
+                     (priority {}, higher than {}'s {}): it holds the floating address {} and \
+                     serves every client, while {} watches it by heartbeat, ready to take \
+                     over.",
+                    lb.priority,
+                    peer.node.name,
+                    peer.priority,
+                    c.floating.describe(),
+                    peer.node.name
+                );
+            } else {
+                let _ = write!(
+                    why,
+                    " It is the passive member of the load-balancer cluster at start \
+                     (priority {}, {} has {}): it serves no client while {} holds the \
+                     floating address, watches {} by heartbeat every {}, and takes the address \
+                     when {} fails.",
+                    lb.priority,
+                    peer.node.name,
+                    peer.priority,
+                    peer.node.name,
+                    peer.node.name,
+                    humantime::format_duration(c.interval),
+                    peer.node.name
+                );
+            }
+            if lb.priority == peer.priority {
+                let _ = write!(
+                    why,
+                    " The two priorities are equal, so the name that sorts first ({}) starts \
+                     active.",
+                    active.node.name
+                );
+            }
+        } else if n_lbs >= 2 {
             let _ = write!(
                 why,
                 " It is one of {n_lbs} load balancers ({}), so that the failure of one load \
-                 balancer does not take the site down: the load balancer is no longer a single \
-                 point of failure. Today the DNS entry lists each of them; a floating address \
-                 moved between them by heartbeats (a real cluster) is planned.",
+                 balancer does not take the whole site down. They are not a cluster: the DNS \
+                 entry lists each of them and nothing moves a failed one's clients to another \
+                 (see the risks).",
                 join(&v.lb_names())
             );
         } else {
             why.push_str(
-                " It is the only load balancer: a second one, clustered with it, would remove \
-                 the load balancer as a single point of failure.",
+                " It is the only load balancer: a second one, clustered with it (a [cluster] \
+                 section), would remove the load balancer as a single point of failure.",
             );
         }
         out.push(Element {
             name: lb.node.name.clone(),
             kind: "load balancer".into(),
-            address: node_address(&lb.node),
+            address,
             why,
         });
     }
@@ -407,6 +509,97 @@ fn elements(v: &View) -> Vec<Element> {
     out
 }
 
+/// The floating address as an element: why the cluster is there and how it takes over.
+fn cluster_element(c: &Cluster, active: &LbNode, passive: &LbNode) -> Element {
+    let addr = c.floating.describe();
+    let (a, p) = (&active.node.name, &passive.node.name);
+    let signed = if c.secret.is_some() {
+        "signed with the shared secret, so forged or replayed ones are refused"
+    } else {
+        "not authenticated (see the risks)"
+    };
+    let mut why = format!(
+        "Makes the two load balancers one, so that the failure of one does not take the site \
+         down: the load balancer is no longer a single point of failure. {a} (priority {}) \
+         starts active and holds this address; {p} (priority {}) starts passive and watches \
+         it through heartbeats every {} ({signed}). When {a} stops answering, {p} takes the \
+         address after {} missed heartbeats, within about {}; when {a}'s process dies, the \
+         heartbeat link between them (a TCP connection) closes and {p} takes over at once. A \
+         load balancer whose web servers are all down gives way to one whose are not.",
+        active.priority,
+        passive.priority,
+        humantime::format_duration(c.interval),
+        c.dead_after,
+        humantime::format_duration(dead_time(c)),
+    );
+    match &c.floating {
+        Floating::Local { .. } => why.push_str(
+            " In local mode the address is a loopback port that only the active load balancer \
+             binds, so both run on this machine: it shows the takeover, but does not survive \
+             the loss of the machine.",
+        ),
+        Floating::Linux {
+            interface,
+            address,
+            prefix,
+            ..
+        } => {
+            let _ = write!(
+                why,
+                " In linux mode the node becoming active adds {address}/{prefix} to {interface} \
+                 and announces it with gratuitous ARP, so switches and neighbours send the \
+                 address's traffic to the new machine at once instead of when their ARP \
+                 entries expire; the node stepping down removes it."
+            );
+        }
+        Floating::Hook {
+            on_active,
+            on_passive,
+            ..
+        } => {
+            why.push_str(
+                " In hook mode scaleup runs your commands to move the address (through a cloud \
+                 provider's API, say)",
+            );
+            if let Some(cmd) = on_active {
+                let _ = write!(why, ": `{cmd}` on becoming active");
+            }
+            if let Some(cmd) = on_passive {
+                let _ = write!(why, ", `{cmd}` on becoming passive");
+            }
+            why.push('.');
+        }
+    }
+    if c.preempt {
+        let _ = write!(
+            why,
+            " Preempt is on: when {a} comes back after a failure it takes the address back \
+             from {p}, which moves the clients a second time."
+        );
+    } else {
+        let _ = write!(
+            why,
+            " Preempt is off: when {a} comes back after a failure it stays passive and {p} \
+             keeps the address, so the clients move only once."
+        );
+    }
+    let auth = if c.secret.is_some() {
+        "authenticated"
+    } else {
+        "not authenticated"
+    };
+    Element {
+        name: "floating address".into(),
+        kind: "load-balancer cluster".into(),
+        address: format!(
+            "{addr}, {} mode; heartbeats every {}, {auth}",
+            mode_name(&c.floating),
+            humantime::format_duration(c.interval)
+        ),
+        why,
+    }
+}
+
 fn algorithm_words(a: Algorithm) -> &'static str {
     match a {
         Algorithm::RoundRobin => "each in turn",
@@ -424,38 +617,51 @@ fn risks(v: &View) -> Vec<Risk> {
     let mut out = Vec::new();
 
     // The load balancers.
-    match site.lbs.as_slice() {
-        [] => {}
-        [only] => out.push(Risk {
-            severity: Severity::High,
-            what: format!(
-                "The load balancer {} is a single point of failure: every client enters \
-                 through it, so if it stops nobody reaches {}, however healthy the servers \
-                 behind it are.",
-                only.node.name, site.name
-            ),
-            fix: "Add a second [[lb]] node on another machine and list both addresses in the \
-                  site's DNS. The load-balancer cluster (a floating address moved by \
-                  authenticated heartbeats) is planned and will make the takeover automatic."
-                .into(),
-        }),
-        many => out.push(Risk {
-            severity: Severity::Medium,
-            what: format!(
-                "The {} load balancers ({}) are not a cluster yet: there is no floating \
-                 address, and no shared heartbeat secret is configured, so nothing moves \
-                 traffic off a failed one. Clients that resolved the dead one's address fail \
-                 until DNS stops giving it out and their cached answer expires.",
-                many.len(),
-                join(&v.lb_names())
-            ),
-            fix: "The load-balancer cluster is the fix: a floating address held by the active \
-                  load balancer and taken over by the passive one, with heartbeats \
-                  authenticated by a shared secret. It is planned but not yet available in \
-                  scaleup. Until then keep the DNS TTL short and take a dead load balancer's \
-                  address out of DNS quickly."
-                .into(),
-        }),
+    if let Some((c, _, _)) = v.pair() {
+        cluster_risks(c, &mut out);
+    } else {
+        match site.lbs.as_slice() {
+            [] => {}
+            [only] => out.push(Risk {
+                severity: Severity::High,
+                what: format!(
+                    "The load balancer {} is a single point of failure: every client enters \
+                     through it, so if it stops nobody reaches {}, however healthy the servers \
+                     behind it are.",
+                    only.node.name, site.name
+                ),
+                fix: "Add a second [[lb]] node on another machine and make the two a cluster: a \
+                      [cluster] section (mode, the floating address, secret_env) and heartbeat \
+                      and priority on each [[lb]]. Point DNS at the floating address; the \
+                      passive load balancer then takes it over when the active one fails."
+                    .into(),
+            }),
+            many => out.push(Risk {
+                severity: Severity::Medium,
+                what: format!(
+                    "The {} load balancers ({}) are not a cluster: there is no floating \
+                     address, and no shared heartbeat secret is configured, so nothing moves \
+                     traffic off a failed one. Clients that resolved the dead one's address \
+                     fail until DNS stops giving it out and their cached answer expires.",
+                    many.len(),
+                    join(&v.lb_names())
+                ),
+                fix: format!(
+                    "Make them a cluster{}: add a [cluster] section with mode (\"linux\" on two \
+                     servers, \"local\" on one machine, \"hook\" for a cloud API), the floating \
+                     address (address = \"10.0.0.100/24:80\" with interface = \"eth0\" in \
+                     linux mode) and secret_env = \"SCALEUP_CLUSTER_SECRET\"; give each [[lb]] \
+                     a heartbeat = \"IP:PORT\" and a priority (the higher one starts active); \
+                     and point DNS at the floating address alone. The passive load balancer \
+                     then takes the address when the active one fails.",
+                    if many.len() > 2 {
+                        " (a cluster is two load balancers: keep two of them)"
+                    } else {
+                        ""
+                    }
+                ),
+            }),
+        }
     }
 
     // The web tier.
@@ -616,6 +822,48 @@ fn risks(v: &View) -> Vec<Risk> {
     out
 }
 
+/// What could go wrong with a load-balancer cluster: who may forge its heartbeats,
+/// where its secret is kept, and whether both members share one machine.
+fn cluster_risks(c: &Cluster, out: &mut Vec<Risk>) {
+    match &c.secret {
+        None => out.push(Risk {
+            severity: Severity::High,
+            what: "The load-balancer cluster's heartbeats are not authenticated: anyone on the \
+                   network can forge a heartbeat and take or release the floating address, \
+                   taking the site down or sending its clients elsewhere."
+                .into(),
+            fix: "Set `secret_env = \"SCALEUP_CLUSTER_SECRET\"` (or `secret`) in [cluster], with \
+                  the same secret on both load balancers: heartbeats are then signed, and forged \
+                  or replayed ones are refused."
+                .into(),
+        }),
+        Some(Secret::Literal(_)) => out.push(Risk {
+            severity: Severity::Low,
+            what: "The cluster secret is written in the site file: whoever can read the file \
+                   (a copy, a backup, a repository) can forge the load balancers' heartbeats."
+                .into(),
+            fix: "Use secret_env = \"SCALEUP_CLUSTER_SECRET\" in [cluster] instead of secret, and \
+                  set that variable on both load balancers."
+                .into(),
+        }),
+        Some(Secret::Env(_)) => {}
+    }
+    if let Floating::Local { address } = &c.floating {
+        out.push(Risk {
+            severity: Severity::Medium,
+            what: format!(
+                "Both load balancers run on one machine: the cluster is in local mode (the \
+                 floating address {address} is a port on this machine), so it survives a load \
+                 balancer's process dying, but a failure of the machine takes both down."
+            ),
+            fix: "Run the load balancers on two servers and use mode = \"linux\" in [cluster] \
+                  (with interface and address = \"IP/PREFIX:PORT\"), so the floating IP moves \
+                  between the machines; or mode = \"hook\" where a cloud API moves the address."
+                .into(),
+        });
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Mermaid
 // ---------------------------------------------------------------------------------
@@ -629,27 +877,87 @@ fn mermaid(v: &View) -> String {
         m.push('\n');
     };
 
+    let pair = v.pair();
     line(&mut m, format!("user([\"{}\"])", label(&["Browser"])));
+    let dns_note = if pair.is_some() {
+        "points at the floating address"
+    } else if site.lbs.len() >= 2 {
+        "lists every load balancer"
+    } else {
+        "points at the load balancer"
+    };
     line(
         &mut m,
         format!(
             "dns[\"{}\"]",
-            label(&[&format!("DNS {}", site.name), "lists every load balancer"])
+            label(&[&format!("DNS {}", site.name), dns_note])
         ),
     );
 
-    m.push_str("    subgraph lb_tier [\"Load balancers (no floating address yet)\"]\n");
-    for lb in &site.lbs {
+    if let Some((c, active, _)) = pair {
+        let addr = c.floating.describe();
         line(
             &mut m,
             format!(
-                "    {}[\"{}\"]",
-                v.id(&lb.node.name),
-                node_label(&lb.node, None)
+                "vip{{{{\"{}\"}}}}",
+                label(&[
+                    "floating address",
+                    &addr,
+                    &format!(
+                        "{} mode: {}",
+                        mode_name(&c.floating),
+                        takeover_words(&c.floating)
+                    ),
+                ])
             ),
         );
+        let preempt = if c.preempt {
+            "preempt on"
+        } else {
+            "preempt off"
+        };
+        let _ = writeln!(
+            m,
+            "    subgraph lb_tier [\"{}\"]",
+            label(&[&format!(
+                "Load-balancer cluster: one active, one passive; {preempt}"
+            )])
+        );
+        for lb in &site.lbs {
+            let state = if lb.node.name == active.node.name {
+                format!("priority {}, starts active", lb.priority)
+            } else {
+                format!("priority {}, passive", lb.priority)
+            };
+            line(
+                &mut m,
+                format!(
+                    "    {}[\"{}\"]",
+                    v.id(&lb.node.name),
+                    node_label(&lb.node, Some(&state))
+                ),
+            );
+        }
+        m.push_str("    end\n");
+    } else {
+        let title = if site.lbs.len() >= 2 {
+            "Load balancers (not a cluster: no floating address)"
+        } else {
+            "Load balancer"
+        };
+        let _ = writeln!(m, "    subgraph lb_tier [\"{}\"]", label(&[title]));
+        for lb in &site.lbs {
+            line(
+                &mut m,
+                format!(
+                    "    {}[\"{}\"]",
+                    v.id(&lb.node.name),
+                    node_label(&lb.node, None)
+                ),
+            );
+        }
+        m.push_str("    end\n");
     }
-    m.push_str("    end\n");
 
     m.push_str("    subgraph web_tier [\"Web servers: static files, reverse proxy\"]\n");
     for web in &site.webs {
@@ -690,15 +998,38 @@ fn mermaid(v: &View) -> String {
     );
 
     line(&mut m, "user -->|\"HTTP (no TLS)\"| dns".into());
-    for lb in &site.lbs {
+    if let Some((c, active, passive)) = pair {
+        let (a, p) = (v.id(&active.node.name), v.id(&passive.node.name));
         line(
             &mut m,
             format!(
-                "dns -->|\"{}\"| {}",
-                label(&[&dns_record(&lb.node.listen)]),
-                v.id(&lb.node.name)
+                "dns -->|\"{}\"| vip",
+                label(&[&floating_record(&c.floating)])
             ),
         );
+        line(&mut m, format!("vip -->|\"active\"| {a}"));
+        line(
+            &mut m,
+            format!(
+                "vip -.->|\"{}\"| {p}",
+                label(&[&format!("takes over if {} fails", active.node.name)])
+            ),
+        );
+        line(
+            &mut m,
+            format!("{a} <-->|\"{}\"| {p}", label(&[&heartbeat_words(c)])),
+        );
+    } else {
+        for lb in &site.lbs {
+            line(
+                &mut m,
+                format!(
+                    "dns -->|\"{}\"| {}",
+                    label(&[&dns_record(&lb.node.listen)]),
+                    v.id(&lb.node.name)
+                ),
+            );
+        }
     }
     let algorithm = site.balancer.algorithm.as_str();
     for lb in &site.lbs {
@@ -792,21 +1123,86 @@ fn picture(v: &View) -> String {
     arrow(&mut out, "HTTP (no TLS yet)");
 
     let mut dns = vec![format!("DNS {}", site.name)];
-    dns.extend(
-        site.lbs
-            .iter()
-            .map(|l| format!("{} -> {}", dns_record(&l.node.listen), l.node.name)),
-    );
-    tier(&mut out, "DNS entry", &[dns]);
-    arrow(&mut out, "each browser picks one of the addresses");
+    if let Some((c, active, passive)) = v.pair() {
+        dns.push(format!(
+            "{} -> floating address",
+            floating_record(&c.floating)
+        ));
+        tier(&mut out, "DNS entry", &[dns]);
+        arrow(&mut out, "one address for the site: the floating address");
 
-    let lb_title = if site.lbs.len() >= 2 {
-        "load balancers (no floating address yet)"
+        let mut vip = vec![c.floating.describe()];
+        if let Floating::Linux {
+            interface,
+            address,
+            prefix,
+            ..
+        } = &c.floating
+        {
+            vip.push(format!("{address}/{prefix} on {interface}"));
+        }
+        vip.push(takeover_words(&c.floating));
+        let preempt = if c.preempt { "on" } else { "off" };
+        vip.push(format!("preempt {preempt}"));
+        tier(
+            &mut out,
+            &format!("floating address ({} mode)", mode_name(&c.floating)),
+            &[vip],
+        );
+        arrow(
+            &mut out,
+            &format!(
+                "to the active load balancer; {} takes the address if {} fails",
+                passive.node.name, active.node.name
+            ),
+        );
+
+        let boxes = [active, passive].map(|l| {
+            let mut b = node_box(&l.node);
+            if let Some(hb) = l.heartbeat {
+                b.push(format!("heartbeat {hb}"));
+            }
+            b.push(format!("priority {}", l.priority));
+            b.push(if l.node.name == active.node.name {
+                "starts active".into()
+            } else {
+                "passive".into()
+            });
+            b
+        });
+        let [a, p] = boxes;
+        pair_tier(
+            &mut out,
+            "load-balancer cluster: one active, one passive",
+            &a,
+            &p,
+            &[
+                "heartbeat".to_string(),
+                format!("every {}", humantime::format_duration(c.interval)),
+            ],
+            &[if c.secret.is_some() {
+                "authenticated".into()
+            } else {
+                "NOT authenticated".into()
+            }],
+        );
     } else {
-        "load balancer"
-    };
-    let lb_boxes: Vec<Vec<String>> = site.lbs.iter().map(|l| node_box(&l.node)).collect();
-    tier(&mut out, lb_title, &lb_boxes);
+        dns.extend(
+            site.lbs
+                .iter()
+                .map(|l| format!("{} -> {}", dns_record(&l.node.listen), l.node.name)),
+        );
+        tier(&mut out, "DNS entry", &[dns]);
+        let lb_title = if site.lbs.len() >= 2 {
+            arrow(&mut out, "each browser picks one of the addresses");
+            "load balancers (not a cluster: no floating address)"
+        } else {
+            arrow(&mut out, "the load balancer's address");
+            "load balancer"
+        };
+        let lb_boxes: Vec<Vec<String>> = site.lbs.iter().map(|l| node_box(&l.node)).collect();
+        tier(&mut out, lb_title, &lb_boxes);
+    }
     let pool: Vec<&str> = v.pool.iter().map(|w| w.node.name.as_str()).collect();
     arrow(
         &mut out,
@@ -858,6 +1254,82 @@ fn node_box(node: &Node) -> Vec<String> {
     b
 }
 
+/// Two boxes side by side, joined by a two-way arrow labelled `above` and `below`
+/// (the load-balancer pair and its heartbeat link). When they do not fit side by
+/// side in [`WIDTH`], the second box goes under the first with the link between.
+fn pair_tier(
+    out: &mut String,
+    title: &str,
+    left: &[String],
+    right: &[String],
+    above: &[String],
+    below: &[String],
+) {
+    let margin = " ".repeat(INDENT);
+    let max_inner = WIDTH - INDENT - 4;
+    let [left, right] = [left, right].map(|b| {
+        b.iter()
+            .flat_map(|l| fit(l, max_inner))
+            .collect::<Vec<String>>()
+    });
+    let inner = left
+        .iter()
+        .chain(&right)
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    let labels = above.iter().chain(below).map(|l| l.chars().count());
+    let gap = (labels.max().unwrap_or(0) + 2).max(4);
+    if INDENT + 2 * (inner + 4) + gap > WIDTH {
+        tier(out, title, &[left]);
+        let link: Vec<String> = above.iter().chain(below).cloned().collect();
+        let pad = " ".repeat(INDENT + 4);
+        let _ = writeln!(out, "{pad}▲");
+        for l in fit(&link.join(", "), WIDTH - INDENT - 6) {
+            let _ = writeln!(out, "{pad}│ {l}");
+        }
+        let _ = writeln!(out, "{pad}▼");
+        tier(out, "", &[right]);
+        return;
+    }
+    let _ = writeln!(out, "{margin}{title}");
+    let rule = "─".repeat(inner + 2);
+    // Row `arrow_row` of the boxes' text carries the arrow; the labels sit around it.
+    let arrow_row = above.len();
+    let height = left
+        .len()
+        .max(right.len())
+        .max(above.len() + 1 + below.len());
+    let cell = |b: &[String], i: usize| {
+        let text = b.get(i).map(String::as_str).unwrap_or("");
+        format!("│ {text}{} │", " ".repeat(inner - text.chars().count()))
+    };
+    let centred = |text: &str| {
+        let n = text.chars().count();
+        let before = (gap - n) / 2;
+        format!(
+            "{}{text}{}",
+            " ".repeat(before),
+            " ".repeat(gap - n - before)
+        )
+    };
+    let blank = " ".repeat(gap);
+    let _ = writeln!(out, "{margin}┌{rule}┐{blank}┌{rule}┐");
+    for i in 0..height {
+        let middle = if i == arrow_row {
+            format!("◄{}►", "─".repeat(gap - 2))
+        } else if let Some(l) = above.get(i) {
+            centred(l)
+        } else {
+            below
+                .get(i - arrow_row - 1)
+                .map_or_else(|| blank.clone(), |l| centred(l))
+        };
+        let _ = writeln!(out, "{margin}{}{middle}{}", cell(&left, i), cell(&right, i));
+    }
+    let _ = writeln!(out, "{margin}└{rule}┘{blank}└{rule}┘");
+}
+
 /// A down arrow between tiers, labelled.
 fn arrow(out: &mut String, text: &str) {
     let pad = " ".repeat(INDENT + 4);
@@ -867,10 +1339,13 @@ fn arrow(out: &mut String, text: &str) {
     let _ = writeln!(out, "{pad}▼");
 }
 
-/// A titled row (or rows) of equal boxes, as many side by side as fit in [`WIDTH`].
+/// A titled row (or rows) of equal boxes, as many side by side as fit in [`WIDTH`];
+/// an empty title is left out.
 fn tier(out: &mut String, title: &str, boxes: &[Vec<String>]) {
     let margin = " ".repeat(INDENT);
-    let _ = writeln!(out, "{margin}{title}");
+    if !title.is_empty() {
+        let _ = writeln!(out, "{margin}{title}");
+    }
     let max_inner = WIDTH - INDENT - 4;
     let boxes: Vec<Vec<String>> = boxes
         .iter()
@@ -975,10 +1450,74 @@ fn node_address(node: &Node) -> String {
 
 /// The DNS record that points at `addr` (DNS carries no port).
 fn dns_record(addr: &SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(a) => format!("A {}", a.ip()),
-        SocketAddr::V6(a) => format!("AAAA {}", a.ip()),
+    ip_record(addr.ip())
+}
+
+/// The DNS record that points at `ip`.
+fn ip_record(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(ip) => format!("A {ip}"),
+        IpAddr::V6(ip) => format!("AAAA {ip}"),
     }
+}
+
+/// The DNS record that points at the floating address, or what stands for it when
+/// only the hooks know the address.
+fn floating_record(f: &Floating) -> String {
+    match f {
+        Floating::Local { address } => dns_record(address),
+        Floating::Linux { address, .. } => ip_record(*address),
+        Floating::Hook {
+            address: Some(a), ..
+        } => {
+            if let Ok(addr) = a.parse::<SocketAddr>() {
+                dns_record(&addr)
+            } else if let Ok(ip) = a.parse::<IpAddr>() {
+                ip_record(ip)
+            } else {
+                a.clone()
+            }
+        }
+        Floating::Hook { address: None, .. } => "the address the hooks move".into(),
+    }
+}
+
+/// The word for the cluster's mode in the site file.
+fn mode_name(f: &Floating) -> &'static str {
+    match f {
+        Floating::Local { .. } => "local",
+        Floating::Linux { .. } => "linux",
+        Floating::Hook { .. } => "hook",
+    }
+}
+
+/// How the floating address moves, in a few words.
+fn takeover_words(f: &Floating) -> String {
+    match f {
+        Floating::Local { .. } => "the active one binds it".into(),
+        Floating::Linux { .. } => "moved with gratuitous ARP".into(),
+        Floating::Hook { .. } => "moved by the on_active/on_passive hooks".into(),
+    }
+}
+
+/// The heartbeat link's label: how often, and whether it is authenticated.
+fn heartbeat_words(c: &Cluster) -> String {
+    let auth = if c.secret.is_some() {
+        "authenticated"
+    } else {
+        "NOT authenticated"
+    };
+    format!(
+        "heartbeat every {}, {auth}",
+        humantime::format_duration(c.interval)
+    )
+}
+
+/// About how long the passive load balancer waits for a silent active one.
+fn dead_time(c: &Cluster) -> Duration {
+    c.interval
+        .checked_mul(c.dead_after)
+        .unwrap_or(Duration::MAX)
 }
 
 fn join<S: AsRef<str>>(items: &[S]) -> String {
@@ -1012,7 +1551,7 @@ mod tests {
     }
 
     fn default() -> Site {
-        site(&crate::default_site(8080, "/tmp/x"))
+        site(&crate::default_site(8080, "/tmp/x", "test-secret"))
     }
 
     /// lb1, one web server, one app server, and `extra` appended.
@@ -1074,17 +1613,30 @@ admin = "127.0.0.1:7112"
             .risks
             .iter()
             .any(|r| r.fix.contains("MySQL/MariaDB") && r.fix.contains("[database]")));
-        // Two load balancers: not a SPOF, but not a cluster either.
+        // Two load balancers in a cluster: neither a SPOF nor "not a cluster".
         assert!(!has(&e.risks, Severity::High, &["load balancer lb1"]));
-        assert!(has(
-            &e.risks,
-            Severity::Medium,
-            &["not a cluster", "heartbeat secret"]
-        ));
+        assert!(!e.risks.iter().any(|r| r.what.contains("not a cluster")));
+        assert!(!e.risks.iter().any(|r| r.what.contains("not authenticated")));
         assert!(has(&e.risks, Severity::High, &["no TLS", "plain HTTP"]));
+        // Local mode: one machine carries both load balancers.
+        let local = e
+            .risks
+            .iter()
+            .find(|r| r.what.contains("Both load balancers run on one machine"))
+            .expect("local-mode risk");
+        assert_eq!(local.severity, Severity::Medium);
+        assert!(local.fix.contains("linux"));
         // Everything is on loopback.
         assert!(!e.risks.iter().any(|r| r.what.contains("admin listener")));
-        assert!(!e.risks.iter().any(|r| r.severity == Severity::Low));
+        // The only low risk: the generated secret is written in the file.
+        let low: Vec<&Risk> = e
+            .risks
+            .iter()
+            .filter(|r| r.severity == Severity::Low)
+            .collect();
+        assert_eq!(low.len(), 1, "{low:#?}");
+        assert!(low[0].what.contains("secret is written in the site file"));
+        assert!(low[0].fix.contains("secret_env"));
     }
 
     #[test]
@@ -1207,8 +1759,10 @@ admin = "127.0.0.1:7112"
         }
         for edge in [
             "user -->",
-            "dns -->|\"A 127.0.0.1\"| lb_lb1",
-            "dns -->|\"A 127.0.0.1\"| lb_lb2",
+            "dns -->|\"A 127.0.0.1\"| vip",
+            "vip -->|\"active\"| lb_lb1",
+            "vip -.->|\"takes over if lb1 fails\"| lb_lb2",
+            "lb_lb1 <-->|\"heartbeat every 100ms, authenticated\"| lb_lb2",
             "lb_lb1 -->|\"roundrobin\"| web_web1",
             "lb_lb2 -->|\"roundrobin\"| web_web1",
             "web_web1 -->|\"HTTP\"| app_app1",
@@ -1218,6 +1772,13 @@ admin = "127.0.0.1:7112"
         }
         assert!(e.mermaid.contains("DNS www.foobar.com"));
         assert!(e.mermaid.contains("SQLite"));
+        // DNS points at the floating address alone, not at each load balancer.
+        assert!(e
+            .mermaid
+            .contains("vip{{\"floating address<br/>127.0.0.1:8080"));
+        assert!(!e.mermaid.contains("dns -->|\"A 127.0.0.1\"| lb_"));
+        assert!(e.mermaid.contains("priority 150, starts active"));
+        assert!(e.mermaid.contains("priority 100, passive"));
     }
 
     #[test]
@@ -1262,6 +1823,48 @@ admin = "127.0.0.1:7112"
     }
 
     #[test]
+    fn picture_shows_the_cluster_with_its_heartbeat_link() {
+        let e = explain(&default());
+        let p = &e.picture;
+        assert!(p.contains("A 127.0.0.1 -> floating address"), "{p}");
+        assert!(p.contains("floating address (local mode)"));
+        assert!(p.contains("127.0.0.1:8080"));
+        assert!(p.contains("load-balancer cluster"));
+        // lb1 and lb2 side by side, the heartbeat link between them.
+        let link = p.lines().find(|l| l.contains('◄')).expect("heartbeat link");
+        let (left, right) = link.split_once('◄').unwrap();
+        assert!(left.contains("127.0.0.1:8091"), "{link}");
+        assert!(right.contains("127.0.0.1:8092"), "{link}");
+        assert!(p.contains("every 100ms"));
+        assert!(p.contains(" authenticated "));
+        assert!(p.contains("starts active"));
+        let names = p.lines().find(|l| l.contains("│ lb1")).expect("lb1 box");
+        assert!(names.find("lb1") < names.find("lb2"), "{names}");
+        for line in p.lines() {
+            assert!(line.chars().count() <= WIDTH, "too wide: {line}");
+        }
+    }
+
+    #[test]
+    fn picture_stacks_a_cluster_too_wide_for_one_row() {
+        let text = cluster_site("mode = \"linux\"\ninterface = \"eth0\"\naddress = \"2001:db8::100/64:80\"\nsecret_env = \"S\"\n")
+            .replace("10.0.0.1:80", "[2001:db8:aaaa:bbbb:cccc:dddd:eeee:1]:80")
+            .replace("10.0.0.2:80", "[2001:db8:aaaa:bbbb:cccc:dddd:eeee:2]:80");
+        let e = explain(&site(&text));
+        for line in e.picture.lines() {
+            assert!(line.chars().count() <= WIDTH, "too wide: {line}");
+        }
+        assert!(
+            e.picture.contains("heartbeat, every 100ms, authenticated"),
+            "{}",
+            e.picture
+        );
+        assert!(e.picture.contains("eeee:1]:80"));
+        assert!(e.picture.contains("eeee:2]:80"));
+        assert!(e.mermaid.contains("dns -->|\"AAAA 2001:db8::100\"| vip"));
+    }
+
+    #[test]
     fn picture_fits_many_nodes_per_tier_in_80_columns() {
         let mut extra = String::new();
         for i in 1..=7 {
@@ -1296,20 +1899,52 @@ admin = "127.0.0.1:7112"
         let names: Vec<&str> = e.elements.iter().map(|x| x.name.as_str()).collect();
         assert_eq!(
             names,
-            ["www.foobar.com", "lb1", "lb2", "web1", "app1", "database"]
+            [
+                "www.foobar.com",
+                "floating address",
+                "lb1",
+                "lb2",
+                "web1",
+                "app1",
+                "database"
+            ]
         );
-        let lb1 = &e.elements[1];
+        let lb1 = &e.elements[2];
         assert_eq!(lb1.kind, "load balancer");
-        assert_eq!(lb1.address, "127.0.0.1:8080, admin 127.0.0.1:8090");
+        assert_eq!(
+            lb1.address,
+            "127.0.0.1:8081, admin 127.0.0.1:8091, heartbeat 127.0.0.1:8101"
+        );
         assert!(lb1.why.contains("health"));
         assert!(lb1.why.contains("distributes"));
-        assert!(e.elements[3].why.contains("static files"));
-        assert!(e.elements[3].why.contains("reverse proxy"));
-        assert!(e.elements[3].why.contains("security layer"));
-        assert!(e.elements[4].why.contains("business logic"));
-        assert!(e.elements[4].why.contains("no state of its own"));
-        assert!(e.elements[5].why.contains("back"));
-        assert!(e.elements[0].address.contains("A 127.0.0.1 (lb1)"));
+        assert!(lb1.why.contains("active"));
+        assert!(e.elements[3].why.contains("passive"));
+        assert!(e.elements[4].why.contains("static files"));
+        assert!(e.elements[4].why.contains("reverse proxy"));
+        assert!(e.elements[4].why.contains("security layer"));
+        assert!(e.elements[5].why.contains("business logic"));
+        assert!(e.elements[5].why.contains("no state of its own"));
+        assert!(e.elements[6].why.contains("back"));
+        // DNS points at the one floating address, not at each load balancer.
+        let dns = &e.elements[0];
+        assert_eq!(dns.kind, "DNS entry");
+        assert_eq!(
+            dns.address,
+            "A 127.0.0.1 (the floating address 127.0.0.1:8080)"
+        );
+        assert!(dns.why.contains("floating address"));
+        let vip = &e.elements[1];
+        assert_eq!(vip.kind, "load-balancer cluster");
+        assert!(vip.address.starts_with("127.0.0.1:8080, local mode"));
+        for words in [
+            "single point of failure",
+            "about 300ms",
+            "heartbeat link",
+            "at once",
+            "Preempt is off",
+        ] {
+            assert!(vip.why.contains(words), "{words} missing in {}", vip.why);
+        }
         for el in &e.elements {
             assert!(!el.why.contains("  "), "double space in {:?}", el.why);
         }
@@ -1332,6 +1967,175 @@ admin = "127.0.0.1:7112"
             assert!(line.chars().count() <= WIDTH, "too wide: {line}");
         }
         println!("{text}");
+    }
+
+    /// Two load balancers with heartbeats (lb2 has the higher priority), one web
+    /// server, one app server, and a [cluster] section made of `cluster`.
+    fn cluster_site(cluster: &str) -> String {
+        format!(
+            r#"[site]
+name = "www.foobar.com"
+state_dir = "/tmp/s"
+
+[cluster]
+{cluster}
+[[lb]]
+name = "lb1"
+listen = "10.0.0.1:80"
+admin = "127.0.0.1:7100"
+heartbeat = "10.0.0.1:7200"
+priority = 100
+
+[[lb]]
+name = "lb2"
+listen = "10.0.0.2:80"
+admin = "127.0.0.1:7101"
+heartbeat = "10.0.0.2:7200"
+priority = 200
+{WEB1}
+[[app]]
+name = "app1"
+listen = "127.0.0.1:7003"
+admin = "127.0.0.1:7103"
+"#
+        )
+    }
+
+    #[test]
+    fn a_cluster_without_a_secret_has_unauthenticated_heartbeats() {
+        let e = explain(&site(&cluster_site(
+            "mode = \"local\"\naddress = \"127.0.0.1:8000\"\n",
+        )));
+        let risk = e
+            .risks
+            .iter()
+            .find(|r| r.what.contains("heartbeats are not authenticated"))
+            .expect("unauthenticated risk");
+        assert_eq!(risk.severity, Severity::High);
+        assert!(risk.what.contains("forge a heartbeat"));
+        assert!(risk.what.contains("take or release the floating address"));
+        assert!(risk.fix.contains("secret_env = \"SCALEUP_CLUSTER_SECRET\""));
+        assert!(risk.fix.contains("[cluster]"));
+        assert!(!e.risks.iter().any(|r| r.what.contains("not a cluster")));
+        assert!(!e
+            .risks
+            .iter()
+            .any(|r| r.what.contains("written in the site file")));
+        assert!(e
+            .mermaid
+            .contains("heartbeat every 100ms, NOT authenticated"));
+        assert!(e.picture.contains("NOT authenticated"));
+        assert!(e.elements[1].why.contains("not authenticated"));
+    }
+
+    #[test]
+    fn a_linux_cluster_with_secret_env_explains_gratuitous_arp_and_preempt() {
+        let e = explain(&site(&cluster_site(
+            "mode = \"linux\"\ninterface = \"eth0\"\naddress = \"10.0.0.100/24:80\"\n\
+             secret_env = \"SCALEUP_CLUSTER_SECRET\"\ninterval = \"200ms\"\ndead_after = 5\n\
+             preempt = true\n",
+        )));
+        // Neither secret risk nor the one-machine risk.
+        assert!(!e.risks.iter().any(|r| r.what.contains("secret")
+            || r.what.contains("heartbeats")
+            || r.what.contains("Both load balancers")
+            || r.what.contains("not a cluster")
+            || r.what.contains("load balancer lb")));
+        let dns = &e.elements[0];
+        assert_eq!(
+            dns.address,
+            "A 10.0.0.100 (the floating address 10.0.0.100:80)"
+        );
+        let vip = &e.elements[1];
+        for words in [
+            "gratuitous ARP",
+            "eth0",
+            "about 1s",
+            "5 missed",
+            "Preempt is on",
+        ] {
+            assert!(vip.why.contains(words), "{words} missing in {}", vip.why);
+        }
+        // lb2 has the higher priority: it starts active.
+        assert!(vip.why.contains("lb2 (priority 200) starts active"));
+        assert!(e.mermaid.contains("vip -->|\"active\"| lb_lb2"));
+        assert!(e
+            .mermaid
+            .contains("vip -.->|\"takes over if lb2 fails\"| lb_lb1"));
+        assert!(e
+            .mermaid
+            .contains("lb_lb2 <-->|\"heartbeat every 200ms, authenticated\"| lb_lb1"));
+        assert!(e.mermaid.contains("linux mode"));
+        assert!(e.picture.contains("10.0.0.100/24 on eth0"));
+        assert!(e.picture.contains("preempt on"));
+        let link = e.picture.lines().find(|l| l.contains('◄')).expect("link");
+        assert!(
+            link.split_once('◄').unwrap().0.contains("127.0.0.1:7101"),
+            "{}",
+            e.picture
+        );
+    }
+
+    #[test]
+    fn a_hook_cluster_names_its_commands() {
+        let e = explain(&site(&cluster_site(
+            "mode = \"hook\"\non_active = \"take-vip\"\non_passive = \"drop-vip\"\n\
+             secret_env = \"S\"\n",
+        )));
+        assert!(e.elements[1].why.contains("`take-vip` on becoming active"));
+        assert!(e.elements[1].why.contains("`drop-vip` on becoming passive"));
+        assert!(e.elements[0].address.contains("the address the hooks move"));
+        assert!(e.mermaid.contains("hook mode"));
+        assert!(!e
+            .risks
+            .iter()
+            .any(|r| r.what.contains("Both load balancers")));
+    }
+
+    #[test]
+    fn equal_priorities_are_settled_by_name() {
+        let text = cluster_site("address = \"127.0.0.1:8000\"\nsecret_env = \"S\"\n")
+            .replace("priority = 200", "priority = 100");
+        let e = explain(&site(&text));
+        assert!(e.mermaid.contains("vip -->|\"active\"| lb_lb1"));
+        assert!(e.elements[2].why.contains("name that sorts first (lb1)"));
+    }
+
+    #[test]
+    fn two_load_balancers_without_a_cluster_are_not_a_cluster() {
+        let text = small(&format!(
+            "{WEB1}\n[[lb]]\nname = \"lb2\"\nlisten = \"127.0.0.1:7001\"\nadmin = \"127.0.0.1:7101\"\n"
+        ));
+        let e = explain(&site(&text));
+        let risk = e
+            .risks
+            .iter()
+            .find(|r| r.what.contains("not a cluster"))
+            .expect("not-a-cluster risk");
+        assert_eq!(risk.severity, Severity::Medium);
+        assert!(risk.what.contains("heartbeat secret"));
+        for words in [
+            "[cluster]",
+            "mode",
+            "address",
+            "secret_env",
+            "heartbeat",
+            "priority",
+        ] {
+            assert!(risk.fix.contains(words), "{words} missing in {}", risk.fix);
+        }
+        assert!(!risk.fix.contains("planned"));
+        assert!(!has(&e.risks, Severity::High, &["load balancer lb"]));
+        // DNS lists both; no floating address anywhere.
+        assert!(e.elements[0].address.contains("A 127.0.0.1 (lb1)"));
+        assert!(e.elements[0].address.contains("A 127.0.0.1 (lb2)"));
+        assert!(e.mermaid.contains("dns -->|\"A 127.0.0.1\"| lb_lb1"));
+        assert!(e.mermaid.contains("dns -->|\"A 127.0.0.1\"| lb_lb2"));
+        assert!(!e.mermaid.contains("vip"));
+        assert!(!e.picture.contains('◄'));
+        for el in &e.elements {
+            assert!(!el.why.contains("planned"), "{}", el.why);
+        }
     }
 
     #[test]

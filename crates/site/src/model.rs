@@ -22,6 +22,82 @@ pub struct Site {
     pub apps: Vec<AppNode>,
     /// Where the application keeps its data.
     pub database: Database,
+    /// The load balancers' floating address, when they form a cluster.
+    pub cluster: Option<Cluster>,
+}
+
+/// The load-balancer cluster: one floating address, held by the active node.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// How the address moves between the two load balancers.
+    pub floating: Floating,
+    /// Where the shared secret comes from; `None` leaves heartbeats unauthenticated
+    /// (and `explain` says so).
+    pub secret: Option<Secret>,
+    /// Time between heartbeats.
+    pub interval: Duration,
+    /// Missed heartbeats before the peer counts as dead.
+    pub dead_after: u32,
+    /// Whether the higher-priority node takes the address back when it returns.
+    pub preempt: bool,
+}
+
+/// How the floating address moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Floating {
+    /// A loopback `ip:port` the active node binds (one machine: `scaleup up`).
+    Local { address: SocketAddr },
+    /// An IP added to `interface` and announced with gratuitous ARP.
+    Linux {
+        interface: String,
+        address: std::net::IpAddr,
+        prefix: u8,
+        /// The port clients use on the floating IP.
+        port: u16,
+    },
+    /// User commands run on becoming active or passive (cloud APIs).
+    Hook {
+        on_active: Option<String>,
+        on_passive: Option<String>,
+        /// What clients use, for messages only (`None`: unknown to scaleup).
+        address: Option<String>,
+    },
+}
+
+/// A secret from the site file or, better, from the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// Written in the site file.
+    Literal(String),
+    /// The value of this environment variable when the node starts.
+    Env(String),
+}
+
+impl Secret {
+    /// The secret's bytes, or what to do when the variable is missing.
+    pub fn resolve(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Secret::Literal(s) => Ok(s.clone().into_bytes()),
+            Secret::Env(name) => std::env::var(name).map(String::into_bytes).map_err(|_| {
+                format!("the cluster secret comes from ${name}, which is not set: export {name}=... on both load balancers")
+            }),
+        }
+    }
+}
+
+impl Floating {
+    /// Where clients reach the site through the cluster, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Floating::Local { address } => address.to_string(),
+            Floating::Linux { address, port, .. } => {
+                std::net::SocketAddr::new(*address, *port).to_string()
+            }
+            Floating::Hook { address, .. } => address
+                .clone()
+                .unwrap_or_else(|| "(set by the hooks)".into()),
+        }
+    }
 }
 
 /// What a node is for. A node learns its role from its name in the site file.
@@ -69,6 +145,10 @@ pub struct Node {
 #[derive(Debug, Clone)]
 pub struct LbNode {
     pub node: Node,
+    /// Where it exchanges heartbeats with its peer (UDP and TCP), in a cluster.
+    pub heartbeat: Option<SocketAddr>,
+    /// Its priority in the cluster's election (higher wins; default 100).
+    pub priority: u8,
 }
 
 /// A web server node.

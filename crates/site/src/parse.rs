@@ -26,13 +26,41 @@ struct RawSite {
     #[serde(default)]
     balancer: Option<RawBalancer>,
     #[serde(default)]
-    lb: Vec<RawNode>,
+    lb: Vec<RawLb>,
     #[serde(default)]
     web: Vec<RawWeb>,
     #[serde(default)]
     app: Vec<RawNode>,
     #[serde(default)]
     database: Option<RawDatabase>,
+    #[serde(default)]
+    cluster: Option<Spanned<RawCluster>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    mode: Option<Spanned<String>>,
+    address: Option<Spanned<String>>,
+    interface: Option<String>,
+    secret: Option<String>,
+    secret_env: Option<String>,
+    interval: Option<Spanned<String>>,
+    dead_after: Option<Spanned<u32>>,
+    preempt: Option<bool>,
+    on_active: Option<String>,
+    on_passive: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLb {
+    name: Spanned<String>,
+    listen: Spanned<String>,
+    bind: Option<Spanned<String>>,
+    admin: Spanned<String>,
+    heartbeat: Option<Spanned<String>>,
+    priority: Option<u8>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +215,8 @@ impl Checker<'_> {
             .iter()
             .map(|n| LbNode {
                 node: self.node(&n.name, &n.listen, n.bind.as_ref(), &n.admin),
+                heartbeat: n.heartbeat.as_ref().map(|h| self.address(h, "heartbeat")),
+                priority: n.priority.unwrap_or(100),
             })
             .collect();
         let apps: Vec<AppNode> = raw
@@ -263,6 +293,8 @@ impl Checker<'_> {
             }
         };
 
+        let cluster = raw.cluster.as_ref().map(|c| self.cluster(c, &raw.lb));
+
         self.check_roles_present(&raw);
         self.check_addresses(&raw);
 
@@ -274,7 +306,150 @@ impl Checker<'_> {
             webs,
             apps,
             database,
+            cluster,
         }
+    }
+
+    fn cluster(&mut self, raw: &Spanned<RawCluster>, lbs: &[RawLb]) -> Cluster {
+        let span = raw.span();
+        let c = raw.get_ref();
+        if lbs.len() != 2 {
+            self.mistake(
+                span.clone(),
+                format!(
+                    "a cluster is two load balancers; this site has {}",
+                    lbs.len()
+                ),
+                "keep exactly two [[lb]] nodes, or remove [cluster]",
+            );
+        }
+        for lb in lbs {
+            if lb.heartbeat.is_none() {
+                self.mistake(
+                    lb.name.span(),
+                    format!(
+                        "load balancer `{}` has no heartbeat address",
+                        lb.name.get_ref()
+                    ),
+                    "add `heartbeat = \"IP:PORT\"` to this [[lb]]: the peer sends heartbeats there",
+                );
+            }
+        }
+        let mode = c.mode.as_ref().map_or("local", |m| m.get_ref().as_str());
+        let need_address = |checker: &mut Self| {
+            checker.mistake(
+                span.clone(),
+                format!("a `{mode}` cluster needs `address`"),
+                match mode {
+                    "linux" => "write the floating IP with its prefix and port, like address = \"10.0.0.100/24:80\"",
+                    _ => "write the floating ip:port, like address = \"127.0.0.1:8080\"",
+                },
+            )
+        };
+        let floating = match mode {
+            "local" => match &c.address {
+                Some(a) => Floating::Local {
+                    address: self.address(a, "address"),
+                },
+                None => {
+                    need_address(self);
+                    Floating::Local {
+                        address: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    }
+                }
+            },
+            "linux" => {
+                let interface = c.interface.clone().unwrap_or_else(|| {
+                    self.mistake(
+                        span.clone(),
+                        "a `linux` cluster needs `interface`",
+                        "name the network interface that carries the floating IP, like interface = \"eth0\"",
+                    );
+                    String::new()
+                });
+                let (address, prefix, port) = match &c.address {
+                    Some(a) => self.cidr_with_port(a),
+                    None => {
+                        need_address(self);
+                        (std::net::IpAddr::from([0, 0, 0, 0]), 32, 0)
+                    }
+                };
+                Floating::Linux {
+                    interface,
+                    address,
+                    prefix,
+                    port,
+                }
+            }
+            "hook" => {
+                if c.on_active.is_none() {
+                    self.mistake(
+                        span.clone(),
+                        "a `hook` cluster needs `on_active`",
+                        "write the command that moves the address here, like on_active = \"/usr/local/bin/take-vip\"",
+                    );
+                }
+                Floating::Hook {
+                    on_active: c.on_active.clone(),
+                    on_passive: c.on_passive.clone(),
+                    address: c.address.as_ref().map(|a| a.get_ref().clone()),
+                }
+            }
+            other => {
+                let m = c
+                    .mode
+                    .as_ref()
+                    .expect("a mode other than the default was written");
+                self.mistake(
+                    m.span(),
+                    format!("unknown cluster mode `{other}`"),
+                    "write \"local\", \"linux\" or \"hook\"",
+                );
+                Floating::Local {
+                    address: SocketAddr::from(([127, 0, 0, 1], 0)),
+                }
+            }
+        };
+        let secret = match (&c.secret, &c.secret_env) {
+            (Some(_), Some(_)) => {
+                self.mistake(
+                    span.clone(),
+                    "both `secret` and `secret_env` are set",
+                    "keep one: `secret_env` keeps the secret out of the file",
+                );
+                None
+            }
+            (Some(s), None) => Some(Secret::Literal(s.clone())),
+            (None, Some(e)) => Some(Secret::Env(e.clone())),
+            (None, None) => None,
+        };
+        Cluster {
+            floating,
+            secret,
+            interval: self.duration(c.interval.as_ref(), Duration::from_millis(100)),
+            dead_after: self.count(c.dead_after.as_ref(), 3),
+            preempt: c.preempt.unwrap_or(false),
+        }
+    }
+
+    /// `10.0.0.100/24:80`: a floating IP, its prefix length and the port clients use.
+    fn cidr_with_port(&mut self, value: &Spanned<String>) -> (std::net::IpAddr, u8, u16) {
+        let text = value.get_ref();
+        let parsed = text.rsplit_once(':').and_then(|(cidr, port)| {
+            let (ip, prefix) = cidr.split_once('/')?;
+            let ip: std::net::IpAddr = ip.parse().ok()?;
+            let prefix: u8 = prefix.parse().ok()?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            (prefix <= max).then_some((ip, prefix, port.parse().ok()?))
+        });
+        parsed.unwrap_or_else(|| {
+            self.mistake(
+                value.span(),
+                format!("`{text}` is not a floating address"),
+                "write IP/PREFIX:PORT, like \"10.0.0.100/24:80\"",
+            );
+            (std::net::IpAddr::from([0, 0, 0, 0]), 32, 0)
+        })
     }
 
     fn node(
@@ -500,6 +675,11 @@ impl Checker<'_> {
             .lb
             .iter()
             .map(|n| (&n.name, [Some(&n.listen), n.bind.as_ref(), Some(&n.admin)]))
+            .chain(
+                raw.lb
+                    .iter()
+                    .map(|n| (&n.name, [n.heartbeat.as_ref(), None, None])),
+            )
             .chain(
                 raw.web
                     .iter()

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// How many ports the built-in default site uses from its base port (base..base+14).
-pub const DEFAULT_SITE_PORTS: u16 = 14;
+/// How many ports the built-in default site uses from its base port: +0 the
+/// floating address, +1/+2 lb1/lb2, +3 web1, +4 app1, +11..+14 their admin
+/// listeners, +21/+22 the heartbeats.
+pub const DEFAULT_SITE_PORTS: u16 = 23;
 
 /// A base port with `count` free ports after it on 127.0.0.1, picked at random so
 /// that tests running in parallel do not collide.
@@ -116,7 +118,7 @@ impl Drop for Proc {
 
 /// Writes the built-in default site on `base` into `dir`; the site file's path.
 pub fn write_default_site(base: u16, dir: &Path) -> PathBuf {
-    let text = site::default_site(base, &dir.to_string_lossy());
+    let text = site::default_site(base, &dir.to_string_lossy(), "test-secret");
     let path = dir.join("site.toml");
     std::fs::write(&path, text).unwrap();
     path

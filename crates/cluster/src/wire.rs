@@ -1,0 +1,239 @@
+//! The heartbeat on the wire: one UDP datagram, authenticated with HMAC-SHA-256
+//! over everything before the tag, and ordered by `(boot, seq)` so a recorded beat
+//! can never be played back.
+//!
+//! ```text
+//! magic "SUHB" | version u8 | state u8 | priority u8 | healthy u8
+//! boot u64 | seq u64 | name_len u8 | name | tag [16]
+//! ```
+//!
+//! `boot` is the sender's start time in nanoseconds since the epoch: it grows across
+//! restarts, so a restarted node's beats are accepted while an old run's are not.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+const MAGIC: &[u8; 4] = b"SUHB";
+const VERSION: u8 = 1;
+const TAG_LEN: usize = 16;
+/// Longest datagram a beat can be; reading buffers are this size.
+pub const MAX_BEAT: usize = 4 + 4 + 16 + 1 + 255 + TAG_LEN;
+
+/// What a node says about itself in each beat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Holds the floating address.
+    Active,
+    /// Watches the active node, ready to take over.
+    Passive,
+    /// Stopping on purpose: the peer should take over now, not after missed beats.
+    Leaving,
+}
+
+impl State {
+    fn code(self) -> u8 {
+        match self {
+            State::Active => 1,
+            State::Passive => 2,
+            State::Leaving => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<State> {
+        match code {
+            1 => Some(State::Active),
+            2 => Some(State::Passive),
+            3 => Some(State::Leaving),
+            _ => None,
+        }
+    }
+
+    /// The word used in status pages and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Passive => "passive",
+            State::Leaving => "leaving",
+        }
+    }
+}
+
+/// One heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Beat {
+    /// The sender's node name.
+    pub name: String,
+    /// The sender's state.
+    pub state: State,
+    /// The sender's effective priority (lowered when its backends are all down).
+    pub priority: u8,
+    /// Whether the sender has at least one healthy backend.
+    pub healthy: bool,
+    /// When the sender's process started (ns since the epoch).
+    pub boot: u64,
+    /// Counts up with every beat of one boot.
+    pub seq: u64,
+}
+
+/// Why a datagram was not accepted as a beat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// Not a beat at all, or of another version.
+    Malformed,
+    /// The tag does not match: wrong secret, or forged.
+    Forged,
+    /// Authentic, but not newer than a beat already seen: a replay.
+    Replayed,
+}
+
+impl Rejected {
+    /// The word used in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejected::Malformed => "malformed",
+            Rejected::Forged => "forged",
+            Rejected::Replayed => "replayed",
+        }
+    }
+}
+
+fn mac(secret: &[u8]) -> Hmac<Sha256> {
+    Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length")
+}
+
+/// The first `TAG_LEN` bytes of HMAC-SHA-256(secret, parts...).
+pub fn tag(secret: &[u8], parts: &[&[u8]]) -> [u8; TAG_LEN] {
+    let mut mac = mac(secret);
+    for part in parts {
+        mac.update(part);
+    }
+    let full = mac.finalize().into_bytes();
+    let mut out = [0u8; TAG_LEN];
+    out.copy_from_slice(&full[..TAG_LEN]);
+    out
+}
+
+/// Whether `given` is the tag of `parts`, compared in constant time.
+pub fn verify(secret: &[u8], parts: &[&[u8]], given: &[u8]) -> bool {
+    given.len() == TAG_LEN && tag(secret, parts).ct_eq(given).into()
+}
+
+impl Beat {
+    /// The datagram for this beat, signed with `secret`.
+    pub fn encode(&self, secret: &[u8]) -> Vec<u8> {
+        let name = &self.name.as_bytes()[..self.name.len().min(255)];
+        let mut out = Vec::with_capacity(4 + 4 + 16 + 1 + name.len() + TAG_LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&[
+            VERSION,
+            self.state.code(),
+            self.priority,
+            u8::from(self.healthy),
+        ]);
+        out.extend_from_slice(&self.boot.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.push(name.len() as u8);
+        out.extend_from_slice(name);
+        let tag = tag(secret, &[&out]);
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// Reads and authenticates a datagram (replay is checked by [`ReplayGuard`]).
+    pub fn decode(bytes: &[u8], secret: &[u8]) -> Result<Beat, Rejected> {
+        if bytes.len() < 4 + 4 + 16 + 1 + TAG_LEN || &bytes[..4] != MAGIC || bytes[4] != VERSION {
+            return Err(Rejected::Malformed);
+        }
+        let name_len = bytes[24] as usize;
+        let body_len = 25 + name_len;
+        if bytes.len() != body_len + TAG_LEN {
+            return Err(Rejected::Malformed);
+        }
+        let (body, given) = bytes.split_at(body_len);
+        if !verify(secret, &[body], given) {
+            return Err(Rejected::Forged);
+        }
+        let state = State::from_code(bytes[5]).ok_or(Rejected::Malformed)?;
+        let name = std::str::from_utf8(&body[25..]).map_err(|_| Rejected::Malformed)?;
+        Ok(Beat {
+            name: name.to_string(),
+            state,
+            priority: bytes[6],
+            healthy: bytes[7] != 0,
+            boot: u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes")),
+            seq: u64::from_be_bytes(bytes[16..24].try_into().expect("8 bytes")),
+        })
+    }
+}
+
+/// Accepts each peer's beats only in increasing `(boot, seq)` order.
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    last: Option<(u64, u64)>,
+}
+
+impl ReplayGuard {
+    /// Whether `beat` is newer than every beat accepted before; remembers it if so.
+    pub fn admit(&mut self, beat: &Beat) -> Result<(), Rejected> {
+        let key = (beat.boot, beat.seq);
+        match self.last {
+            Some(last) if key <= last => Err(Rejected::Replayed),
+            _ => {
+                self.last = Some(key);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn beat(seq: u64) -> Beat {
+        Beat {
+            name: "lb1".into(),
+            state: State::Active,
+            priority: 150,
+            healthy: true,
+            boot: 1_700_000_000_000_000_000,
+            seq,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_authentication() {
+        let bytes = beat(7).encode(b"s3cret");
+        assert_eq!(Beat::decode(&bytes, b"s3cret").unwrap(), beat(7));
+        assert_eq!(Beat::decode(&bytes, b"wrong"), Err(Rejected::Forged));
+        let mut tampered = bytes.clone();
+        tampered[6] = 255; // raise the priority in flight
+        assert_eq!(Beat::decode(&tampered, b"s3cret"), Err(Rejected::Forged));
+        assert_eq!(Beat::decode(b"hello", b"s3cret"), Err(Rejected::Malformed));
+        assert_eq!(
+            Beat::decode(&bytes[..bytes.len() - 1], b"s3cret"),
+            Err(Rejected::Malformed)
+        );
+    }
+
+    #[test]
+    fn replays_and_old_boots_are_refused() {
+        let mut guard = ReplayGuard::default();
+        assert!(guard.admit(&beat(1)).is_ok());
+        assert!(guard.admit(&beat(2)).is_ok());
+        assert_eq!(guard.admit(&beat(2)), Err(Rejected::Replayed));
+        assert_eq!(guard.admit(&beat(1)), Err(Rejected::Replayed));
+        let mut restarted = beat(0);
+        restarted.boot += 1;
+        assert!(
+            guard.admit(&restarted).is_ok(),
+            "a new boot starts its own sequence"
+        );
+        assert_eq!(
+            guard.admit(&beat(3)),
+            Err(Rejected::Replayed),
+            "the old boot is over"
+        );
+    }
+}

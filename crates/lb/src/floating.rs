@@ -1,0 +1,220 @@
+//! The load balancer's side of the cluster: serving the floating address while
+//! active, and feeding the election with the backends' health.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster::{State, Takeover};
+use net::server::Limits;
+use net::Shutdown;
+use site::Floating;
+
+use crate::LoadBalancer;
+
+/// How long a stopping node waits for its peer to take the address before it stops
+/// accepting anyway.
+pub const HANDOVER_WAIT: Duration = Duration::from_secs(2);
+
+/// This load balancer's place in the cluster.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// Heartbeats, election, takeover.
+    pub member: cluster::Config,
+    /// The `ip:port` clients use, which this node serves while active (local mode)
+    /// or always (linux mode: the kernel delivers only while the IP is here).
+    pub floating: Option<SocketAddr>,
+    /// Whether the floating listener is bound only while active (local mode).
+    pub only_while_active: bool,
+}
+
+impl Membership {
+    /// The membership of load balancer `name`, if the site has a cluster.
+    pub fn from_site(site: &site::Site, name: &str) -> anyhow::Result<Option<Membership>> {
+        let Some(c) = &site.cluster else {
+            return Ok(None);
+        };
+        let me = site
+            .lb(name)
+            .ok_or_else(|| anyhow::anyhow!("`{name}` is not a load balancer"))?;
+        let peer = site
+            .lbs
+            .iter()
+            .find(|l| l.node.name != name)
+            .ok_or_else(|| anyhow::anyhow!("the cluster needs a second load balancer"))?;
+        let heartbeat = |lb: &site::LbNode| {
+            lb.heartbeat.ok_or_else(|| {
+                anyhow::anyhow!("load balancer `{}` has no heartbeat address", lb.node.name)
+            })
+        };
+        let secret = match &c.secret {
+            Some(secret) => secret.resolve().map_err(anyhow::Error::msg)?,
+            None => Vec::new(),
+        };
+        let (takeover, floating, only_while_active) = match &c.floating {
+            Floating::Local { address } => (Takeover::Local, Some(*address), true),
+            Floating::Linux {
+                interface,
+                address,
+                prefix,
+                port,
+            } => (
+                Takeover::Linux {
+                    interface: interface.clone(),
+                    address: *address,
+                    prefix: *prefix,
+                },
+                Some(SocketAddr::new(*address, *port)),
+                false,
+            ),
+            Floating::Hook {
+                on_active,
+                on_passive,
+                ..
+            } => (
+                Takeover::Hook {
+                    on_active: on_active.clone(),
+                    on_passive: on_passive.clone(),
+                },
+                None,
+                false,
+            ),
+        };
+        Ok(Some(Membership {
+            member: cluster::Config {
+                name: name.to_string(),
+                priority: me.priority,
+                heartbeat: heartbeat(me)?,
+                peer_name: peer.node.name.clone(),
+                peer_heartbeat: heartbeat(peer)?,
+                secret,
+                interval: c.interval,
+                dead_after: c.dead_after,
+                preempt: c.preempt,
+                takeover,
+            },
+            floating,
+            only_while_active,
+        }))
+    }
+}
+
+/// Starts serving the floating address as the election decides, and reporting the
+/// backends' health to it; ends after `stop`.
+pub fn spawn(
+    membership: &Membership,
+    lb: Arc<LoadBalancer>,
+    limits: Limits,
+    stop: Shutdown,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let cluster = lb.cluster.as_ref().expect("a member was started");
+    let mut role = cluster.role();
+    let interval = membership.member.interval;
+    let address = membership.floating;
+    let only_while_active = membership.only_while_active;
+    // Linux mode: bind the floating IP once, up front (IP_FREEBIND).
+    let mut always = match (address, only_while_active) {
+        (Some(addr), false) => Some(net::server::bind_floating(addr)?),
+        _ => None,
+    };
+    Ok(tokio::spawn(async move {
+        let mut serving: Option<Serving> = None;
+        if let Some(listener) = always.take() {
+            serving = Some(start(listener, &lb, &limits));
+        }
+        let mut health = tokio::time::interval(interval);
+        loop {
+            if only_while_active {
+                let state = *role.borrow_and_update();
+                match (state, &serving, address) {
+                    (State::Active, None, Some(addr)) => match net::server::bind_floating(addr) {
+                        Ok(listener) => {
+                            // A steering program left by the previous owner's handover
+                            // would send every connection to one listener: remove it.
+                            if let Err(e) = net::reuseport::clear(&listener) {
+                                tracing::warn!("clearing connection steering on {addr}: {e}");
+                            }
+                            tracing::info!("serving the floating address {addr}");
+                            serving = Some(start(listener, &lb, &limits));
+                        }
+                        Err(e) => tracing::error!("{e}"),
+                    },
+                    (State::Passive, Some(_), Some(addr)) => {
+                        tracing::info!("no longer serving the floating address {addr}");
+                        serving.take().expect("checked above").trigger.fire();
+                    }
+                    _ => {}
+                }
+            }
+            tokio::select! {
+                changed = role.changed() => if changed.is_err() { break },
+                _ = health.tick() => {
+                    if let Some(cluster) = &lb.cluster {
+                        cluster.set_healthy(lb.pool.any_up());
+                    }
+                }
+                _ = stop.wait() => break,
+            }
+        }
+        if let Some(serving) = serving {
+            if only_while_active && *role.borrow() == State::Leaving {
+                serving.hand_over().await;
+            }
+            // Close our second descriptor first, so that the socket closes as soon
+            // as the accept loop lets go of it.
+            let Serving {
+                trigger,
+                task,
+                socket,
+            } = serving;
+            drop(socket);
+            trigger.fire();
+            let _ = task.await;
+        }
+    }))
+}
+
+/// A floating listener being served.
+struct Serving {
+    trigger: net::shutdown::Trigger,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// A second handle on the listening socket, to steer its group on handover.
+    socket: std::os::fd::OwnedFd,
+}
+
+/// How long a leaving node keeps its listener after steering new connections to
+/// the peer: long enough for handshakes already under way to complete and be
+/// accepted, so that closing resets nothing.
+const QUEUE_SETTLE: Duration = Duration::from_millis(50);
+
+impl Serving {
+    /// Sends new connections to the peer, which bound the address last, and waits
+    /// for this listener's queues to empty.
+    async fn hand_over(&self) {
+        if let Err(e) = net::reuseport::steer_to(&self.socket, 1) {
+            tracing::warn!("steering new connections to the peer: {e}");
+        }
+        tokio::time::sleep(QUEUE_SETTLE).await;
+    }
+}
+
+fn start(listener: tokio::net::TcpListener, lb: &Arc<LoadBalancer>, limits: &Limits) -> Serving {
+    use std::os::fd::AsFd;
+    let socket = listener
+        .as_fd()
+        .try_clone_to_owned()
+        .expect("duplicating a listening socket's descriptor");
+    let (trigger, shutdown) = net::shutdown::channel();
+    let task = tokio::spawn(net::server::serve(
+        listener,
+        limits.clone(),
+        lb.clone(),
+        lb.metrics.clone(),
+        shutdown,
+    ));
+    Serving {
+        trigger,
+        task,
+        socket,
+    }
+}
