@@ -68,13 +68,14 @@ pub struct Cluster {
     leave_tx: mpsc::Sender<oneshot::Sender<()>>,
 }
 
-enum Event {
-    /// The link to the peer is established and authenticated.
-    LinkUp,
-    /// The peer's side closed the link: its process is gone.
-    LinkLost,
-    /// The link failed in the network; says nothing about the peer's process.
-    LinkBroken,
+/// What the heartbeat link reports.
+enum Link {
+    /// Established and authenticated.
+    Up,
+    /// The peer's side closed it: its process is gone.
+    Lost,
+    /// Failed in the network; says nothing about the peer's process.
+    Broken,
 }
 
 impl Cluster {
@@ -327,15 +328,15 @@ impl Member {
                 }
                 _ = sleep => self.election.lock().expect("poisoned").on_tick(Instant::now()),
                 Some(event) = events.recv() => match event {
-                    Event::LinkUp => {
+                    Link::Up => {
                         self.counters.link_up.store(true, Relaxed);
                         None
                     }
-                    Event::LinkLost => {
+                    Link::Lost => {
                         self.counters.link_up.store(false, Relaxed);
                         self.election.lock().expect("poisoned").on_link_lost(Instant::now())
                     }
-                    Event::LinkBroken => {
+                    Link::Broken => {
                         self.counters.link_up.store(false, Relaxed);
                         None
                     }
@@ -497,11 +498,11 @@ async fn accept_links(listener: TcpListener, config: Config) {
 /// Keeps a link open to the peer; reports when it comes up and when the peer's
 /// side closes it (its process ended). A link broken by the network (an error, not
 /// an orderly close or a reset) is only reconnected: missed beats decide then.
-async fn hold_link(config: Config, events: mpsc::Sender<Event>) {
+async fn hold_link(config: Config, events: mpsc::Sender<Link>) {
     loop {
         if let Ok(mut stream) = connect_link(&config).await {
             tracing::info!("cluster: heartbeat link to {} up", config.peer_name);
-            let _ = events.send(Event::LinkUp).await;
+            let _ = events.send(Link::Up).await;
             let mut sink = [0u8; 64];
             let closed_by_peer = loop {
                 match stream.read(&mut sink).await {
@@ -514,13 +515,13 @@ async fn hold_link(config: Config, events: mpsc::Sender<Event>) {
                 }
             };
             if closed_by_peer {
-                let _ = events.send(Event::LinkLost).await;
+                let _ = events.send(Link::Lost).await;
             } else {
                 tracing::info!(
                     "cluster: heartbeat link to {} broken by the network",
                     config.peer_name
                 );
-                let _ = events.send(Event::LinkBroken).await;
+                let _ = events.send(Link::Broken).await;
             }
         }
         tokio::time::sleep(config.interval).await;

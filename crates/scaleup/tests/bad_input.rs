@@ -16,15 +16,9 @@ async fn malformed_oversize_and_traversal_requests_are_refused() {
     let _app = run_node("app1", &site);
     let _web = run_node("web1", &site);
     let _lb = run_node("lb1", &site);
-    wait_status(
-        &format!("http://127.0.0.1:{base}/"),
-        200,
-        Duration::from_secs(60),
-    )
-    .await;
-
-    let lb: SocketAddr = ([127, 0, 0, 1], base).into();
-    let web: SocketAddr = ([127, 0, 0, 1], base + 2).into();
+    let lb: SocketAddr = ([127, 0, 0, 1], base + 1).into();
+    let web: SocketAddr = ([127, 0, 0, 1], base + 3).into();
+    wait_status(&format!("http://{lb}/"), 200, Duration::from_secs(60)).await;
     for (name, addr) in [("lb1", lb), ("web1", web)] {
         let answer = raw_exchange(addr, b"GARBAGE\r\n\r\n");
         assert_eq!(
@@ -78,12 +72,7 @@ async fn malformed_oversize_and_traversal_requests_are_refused() {
         assert_eq!(status_of(&answer), 404, "{name}: dotfile");
     }
     // The servers are still fine after all that.
-    wait_status(
-        &format!("http://127.0.0.1:{base}/"),
-        200,
-        Duration::from_secs(5),
-    )
-    .await;
+    wait_status(&format!("http://{lb}/"), 200, Duration::from_secs(5)).await;
 }
 
 /// `scaleup check` on a site file: exit 1 and `file:line:column: message`.

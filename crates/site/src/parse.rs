@@ -671,6 +671,19 @@ impl Checker<'_> {
     /// Two nodes of one site cannot bind the same address.
     fn check_addresses(&mut self, raw: &RawSite) {
         let mut seen: HashMap<String, String> = HashMap::new();
+        // In local mode the floating address is bound by the load balancers too.
+        if let Some(cluster) = &raw.cluster {
+            let c = cluster.get_ref();
+            let local = c.mode.as_ref().is_none_or(|m| m.get_ref() == "local");
+            if let (true, Some(Ok(addr))) = (
+                local,
+                c.address
+                    .as_ref()
+                    .map(|a| a.get_ref().parse::<SocketAddr>()),
+            ) {
+                seen.insert(addr.to_string(), "the cluster's floating address".into());
+            }
+        }
         let all = raw
             .lb
             .iter()
@@ -703,11 +716,11 @@ impl Checker<'_> {
                 let key = parsed.to_string();
                 if let Some(owner) = seen.get(&key) {
                     let message = format!(
-                        "`{key}` is already used by node `{owner}`; two listeners cannot share an address"
+                        "`{key}` is already used by {owner}; two listeners cannot share an address"
                     );
                     self.mistake(addr.span(), message, "give this listener its own port");
                 } else {
-                    seen.insert(key, name.get_ref().clone());
+                    seen.insert(key, format!("node `{}`", name.get_ref()));
                 }
             }
         }
