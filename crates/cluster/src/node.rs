@@ -65,10 +65,18 @@ pub struct Cluster {
     counters: Arc<Counters>,
     healthy: Arc<AtomicBool>,
     health_changed: Arc<Notify>,
-    leave_tx: mpsc::Sender<oneshot::Sender<()>>,
+    commands: mpsc::Sender<Command>,
 }
 
 /// What the heartbeat link reports.
+/// What the load balancer asks of the member.
+enum Command {
+    /// Announce leaving; answer once the peer says it is active.
+    Leave(oneshot::Sender<()>),
+    /// Give the address up; answer when done.
+    Release(oneshot::Sender<()>),
+}
+
 enum Link {
     /// Established and authenticated.
     Up,
@@ -111,7 +119,7 @@ impl Cluster {
         let counters = Arc::new(Counters::default());
         let healthy = Arc::new(AtomicBool::new(true));
         let health_changed = Arc::new(Notify::new());
-        let (leave_tx, leave_rx) = mpsc::channel(1);
+        let (commands, commands_rx) = mpsc::channel(2);
 
         let member = Member {
             config: config.clone(),
@@ -135,7 +143,7 @@ impl Cluster {
                 runtime.block_on(async move {
                     let udp = UdpSocket::from_std(std_udp).expect("inside a runtime");
                     let tcp = TcpListener::from_std(std_tcp).expect("inside a runtime");
-                    member.run(udp, tcp, leave_rx).await;
+                    member.run(udp, tcp, commands_rx).await;
                 });
             })?;
         Ok(Cluster {
@@ -145,7 +153,7 @@ impl Cluster {
             counters,
             healthy,
             health_changed,
-            leave_tx,
+            commands,
         })
     }
 
@@ -162,11 +170,16 @@ impl Cluster {
     }
 
     /// Stops on purpose: tells the peer, waits (at most `wait`) until the peer
-    /// holds the address, then releases it. No client request needs to fail.
+    /// holds the address, then gives the address up (linux: removes the IP; hook:
+    /// runs `on_passive`). The caller closes its floating listener after this.
     pub async fn leave(&self, wait: Duration) {
         let (done_tx, done_rx) = oneshot::channel();
-        if self.leave_tx.send(done_tx).await.is_ok() {
+        if self.commands.send(Command::Leave(done_tx)).await.is_ok() {
             let _ = tokio::time::timeout(wait, done_rx).await;
+        }
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.commands.send(Command::Release(done_tx)).await.is_ok() {
+            let _ = done_rx.await;
         }
     }
 
@@ -282,7 +295,7 @@ impl Member {
         mut self,
         udp: UdpSocket,
         tcp: TcpListener,
-        mut leave_rx: mpsc::Receiver<oneshot::Sender<()>>,
+        mut commands: mpsc::Receiver<Command>,
     ) {
         // A node starts passive: an address left on this host by an earlier run
         // (killed before it could release it) must not answer for the site.
@@ -345,11 +358,20 @@ impl Member {
                     let healthy = self.healthy.load(Relaxed);
                     self.election.lock().expect("poisoned").set_healthy(healthy, Instant::now())
                 }
-                Some(done) = leave_rx.recv() => {
-                    let t = self.election.lock().expect("poisoned").leave();
-                    leaving = Some(done);
-                    t
-                }
+                Some(command) = commands.recv() => match command {
+                    Command::Leave(done) => {
+                        let t = self.election.lock().expect("poisoned").leave();
+                        leaving = Some(done);
+                        t
+                    }
+                    Command::Release(done) => {
+                        if let Err(e) = self.config.takeover.release_and_wait(Duration::from_secs(10)).await {
+                            tracing::error!("cluster: giving the floating address up: {e:#}");
+                        }
+                        let _ = done.send(());
+                        None
+                    }
+                },
             };
             if let Some(transition) = transition {
                 self.apply(&transition).await;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::TryStreamExt;
+use tokio::sync::{mpsc, oneshot};
 
 /// How the floating address moves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +63,7 @@ impl Takeover {
                 }
                 self.announce().await
             }
-            Takeover::Hook { on_active, .. } => run_hook(on_active.as_deref(), "active"),
+            Takeover::Hook { on_active, .. } => run_hook(on_active.as_deref(), "active").map(drop),
         }
     }
 
@@ -97,7 +98,23 @@ impl Takeover {
                 }
                 Ok(())
             }
-            Takeover::Hook { on_passive, .. } => run_hook(on_passive.as_deref(), "passive"),
+            Takeover::Hook { on_passive, .. } => {
+                run_hook(on_passive.as_deref(), "passive").map(drop)
+            }
+        }
+    }
+
+    /// Gives the address up and waits until that is done, hooks included: for a
+    /// node about to exit.
+    pub async fn release_and_wait(&self, limit: Duration) -> anyhow::Result<()> {
+        match self {
+            Takeover::Hook { on_passive, .. } => {
+                if let Some(done) = run_hook(on_passive.as_deref(), "passive")? {
+                    let _ = tokio::time::timeout(limit, done).await;
+                }
+                Ok(())
+            }
+            _ => self.release().await,
         }
     }
 
@@ -138,24 +155,46 @@ async fn link_index(handle: &rtnetlink::Handle, interface: &str) -> anyhow::Resu
     }
 }
 
-fn run_hook(command: Option<&str>, role: &'static str) -> anyhow::Result<()> {
+/// Hooks run one at a time, in the order of the transitions: an `on_passive` that
+/// finished after a later `on_active` would leave the address in the wrong place.
+/// The answer resolves when this hook has run.
+fn run_hook(
+    command: Option<&str>,
+    role: &'static str,
+) -> anyhow::Result<Option<oneshot::Receiver<()>>> {
+    use std::sync::OnceLock;
+    type Job = (String, &'static str, oneshot::Sender<()>);
+    static QUEUE: OnceLock<mpsc::UnboundedSender<Job>> = OnceLock::new();
     let Some(command) = command else {
-        return Ok(());
+        return Ok(None);
     };
-    let mut child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .env("SCALEUP_ROLE", role)
-        .spawn()
-        .with_context(|| format!("cannot run the {role} hook `{command}`"))?;
-    let command = command.to_string();
-    // The election must not wait on a slow cloud API; the outcome is logged.
-    tokio::spawn(async move {
-        match child.wait().await {
-            Ok(status) if status.success() => tracing::info!("{role} hook `{command}` done"),
-            Ok(status) => tracing::error!("{role} hook `{command}` failed: {status}"),
-            Err(e) => tracing::error!("{role} hook `{command}`: {e}"),
-        }
+    let queue = QUEUE.get_or_init(|| {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        // The election must not wait on a slow cloud API: hooks run on a task of
+        // their own, and their outcome is logged.
+        tokio::spawn(async move {
+            while let Some((command, role, done)) = rx.recv().await {
+                let status = tokio::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(&command)
+                    .env("SCALEUP_ROLE", role)
+                    .status()
+                    .await;
+                match status {
+                    Ok(status) if status.success() => {
+                        tracing::info!("{role} hook `{command}` done")
+                    }
+                    Ok(status) => tracing::error!("{role} hook `{command}` failed: {status}"),
+                    Err(e) => tracing::error!("cannot run the {role} hook `{command}`: {e}"),
+                }
+                let _ = done.send(());
+            }
+        });
+        tx
     });
-    Ok(())
+    let (done, finished) = oneshot::channel();
+    queue
+        .send((command.to_string(), role, done))
+        .map_err(|_| anyhow::anyhow!("the hook runner stopped"))?;
+    Ok(Some(finished))
 }

@@ -52,6 +52,12 @@ async fn cluster_status(admin: u16) -> serde_json::Value {
 }
 
 async fn wait_role(admin: u16, role: &str) {
+    wait_status(
+        &format!("http://127.0.0.1:{admin}/status"),
+        200,
+        Duration::from_secs(60),
+    )
+    .await;
     for _ in 0..300 {
         if cluster_status(admin).await["role"] == role {
             return;
@@ -168,5 +174,58 @@ async fn forged_and_replayed_heartbeats_are_ignored_and_counted() {
         ),
         "{metrics}"
     );
+    drop(lb1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hook_mode_runs_the_users_commands_on_each_transition() {
+    let base = free_base(DEFAULT_SITE_PORTS);
+    let state = tempfile::tempdir().unwrap();
+    let log = state.path().join("hooks.log");
+    let text = site::default_site(base, &state.path().to_string_lossy(), "test-secret").replace(
+        &format!("mode = \"local\"\naddress = \"127.0.0.1:{base}\""),
+        &format!(
+            "mode = \"hook\"\non_active = \"echo active $SCALEUP_ROLE >> {0}\"\non_passive = \"echo passive $SCALEUP_ROLE >> {0}\"",
+            log.display()
+        ),
+    );
+    assert!(text.contains("mode = \"hook\""));
+    let site_path = state.path().join("site.toml");
+    std::fs::write(&site_path, text).unwrap();
+
+    // Alone, lb2 becomes active; when lb1 (higher priority, preempt off) joins it
+    // stays; when lb2 stops cleanly, lb1 takes over.
+    let _app = run_node("app1", &site_path);
+    let _web = run_node("web1", &site_path);
+    wait_status(
+        &format!("http://127.0.0.1:{}/healthz", base + 13),
+        200,
+        Duration::from_secs(60),
+    )
+    .await;
+    let mut lb2 = run_node("lb2", &site_path);
+    wait_role(base + 12, "active").await;
+    let lb1 = run_node("lb1", &site_path);
+    wait_role(base + 11, "passive").await;
+    lb2.signal(Signal::SIGTERM);
+    wait_role(base + 11, "active").await;
+    assert_eq!(
+        lb2.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "a clean stop exits 0"
+    );
+    let mut lines = String::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(&log).unwrap_or_default();
+        if lines.lines().count() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each node runs on_passive at start (clearing an address left over), lb2 then
+    // on_active; on its clean stop lb1 runs on_active and lb2 on_passive.
+    let count = |needle: &str| lines.lines().filter(|l| *l == needle).count();
+    assert_eq!(count("active active"), 2, "{lines}");
+    assert_eq!(count("passive passive"), 3, "{lines}");
     drop(lb1);
 }
