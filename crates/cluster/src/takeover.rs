@@ -48,9 +48,7 @@ impl Takeover {
                 address,
                 prefix,
             } => {
-                let (connection, handle, _) = rtnetlink::new_connection().context("netlink")?;
-                tokio::spawn(connection);
-                let index = link_index(&handle, interface).await?;
+                let (handle, index) = netlink(interface).await?;
                 match handle.address().add(index, *address, *prefix).execute().await {
                     Ok(()) => {}
                     // EEXIST: already ours (a split that healed, or a restart).
@@ -76,9 +74,7 @@ impl Takeover {
                 address,
                 prefix,
             } => {
-                let (connection, handle, _) = rtnetlink::new_connection().context("netlink")?;
-                tokio::spawn(connection);
-                let index = link_index(&handle, interface).await?;
+                let (handle, index) = netlink(interface).await?;
                 let mut found = handle
                     .address()
                     .get()
@@ -143,14 +139,17 @@ impl Takeover {
     }
 }
 
-async fn link_index(handle: &rtnetlink::Handle, interface: &str) -> anyhow::Result<u32> {
+/// A netlink handle, and the index of `interface`.
+async fn netlink(interface: &str) -> anyhow::Result<(rtnetlink::Handle, u32)> {
+    let (connection, handle, _) = rtnetlink::new_connection().context("netlink")?;
+    tokio::spawn(connection);
     let mut links = handle
         .link()
         .get()
         .match_name(interface.to_string())
         .execute();
     match links.try_next().await {
-        Ok(Some(link)) => Ok(link.header.index),
+        Ok(Some(link)) => Ok((handle, link.header.index)),
         _ => anyhow::bail!("there is no network interface `{interface}`; check `cluster.interface` in the site file"),
     }
 }

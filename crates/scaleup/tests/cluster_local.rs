@@ -71,14 +71,7 @@ async fn wait_role(admin: u16, role: &str) {
 async fn the_floating_address_survives_sigkill_and_graceful_stops() {
     let base = free_base(DEFAULT_SITE_PORTS);
     let state = tempfile::tempdir().unwrap();
-    let mut cmd = scaleup();
-    cmd.arg("up")
-        .arg("--base-port")
-        .arg(base.to_string())
-        .arg("--state-dir")
-        .arg(state.path());
-    let mut up = Proc::spawn("up", cmd);
-    up.wait_for_line("is up", Duration::from_secs(120));
+    let mut up = start_up(base, state.path());
     let (lb1_admin, lb2_admin) = (base + 11, base + 12);
     wait_role(lb1_admin, "active").await;
     wait_role(lb2_admin, "passive").await;

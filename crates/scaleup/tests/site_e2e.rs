@@ -12,14 +12,7 @@ use nix::sys::signal::Signal;
 async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_cleanly() {
     let base = free_base(DEFAULT_SITE_PORTS);
     let state = tempfile::tempdir().unwrap();
-    let mut cmd = scaleup();
-    cmd.arg("up")
-        .arg("--base-port")
-        .arg(base.to_string())
-        .arg("--state-dir")
-        .arg(state.path());
-    let mut up = Proc::spawn("up", cmd);
-    up.wait_for_line("is up", Duration::from_secs(120));
+    let mut up = start_up(base, state.path());
 
     // The site's floating address, held by the active load balancer, and lb2's own.
     let lb1 = format!("http://127.0.0.1:{base}");
@@ -38,14 +31,7 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
     assert!(home.text().await.unwrap().contains("/static/style.css"));
 
     // Sign up (the form's CSRF token comes from the form page).
-    let form = client
-        .get(format!("{lb1}/signup"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let form = page(&client, &format!("{lb1}/signup")).await;
     let csrf = csrf_of(&form);
     let resp = client
         .post(format!("{lb1}/signup"))
@@ -69,15 +55,8 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
     assert_eq!(resp.status(), 403);
 
     // Write a post, then read it on the timeline (HTML and JSON) and on alice's page.
-    let page = client
-        .get(format!("{lb1}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = csrf_of(&page);
+    let home_page = page(&client, &format!("{lb1}/")).await;
+    let csrf = csrf_of(&home_page);
     let resp = client
         .post(format!("{lb1}/posts"))
         .form(&[("body", "Hello from the scale-up site"), ("csrf", &csrf)])
@@ -85,14 +64,7 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
         .await
         .unwrap();
     assert_eq!(resp.status(), 303);
-    let timeline = client
-        .get(format!("{lb1}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let timeline = page(&client, &format!("{lb1}/")).await;
     assert!(timeline.contains("Hello from the scale-up site"));
     let json: serde_json::Value = client
         .get(format!("{lb1}/api/timeline"))
@@ -121,26 +93,12 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
         .await
         .unwrap();
     assert_eq!(resp.status(), 303);
-    let anonymous = client
-        .get(format!("{lb1}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let anonymous = page(&client, &format!("{lb1}/")).await;
     assert!(
         !anonymous.contains("name=\"body\""),
         "logged out: no compose form"
     );
-    let form = client
-        .get(format!("{lb1}/login"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let form = page(&client, &format!("{lb1}/login")).await;
     let resp = client
         .post(format!("{lb1}/login"))
         .form(&[
@@ -152,14 +110,7 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
         .await
         .unwrap();
     assert_eq!(resp.status(), 303);
-    let back = client
-        .get(format!("{lb1}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let back = page(&client, &format!("{lb1}/")).await;
     assert!(
         back.contains("name=\"body\""),
         "logged in again: compose form"
@@ -237,14 +188,7 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
     assert!(line.contains("\"GET / HTTP/1.1\" 200 "), "{line}");
 
     // Every node's admin listener reports; `scaleup status` sees them all up.
-    let metrics = client
-        .get(format!("http://127.0.0.1:{}/metrics", base + 11))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = page(&client, &format!("http://127.0.0.1:{}/metrics", base + 11)).await;
     assert!(
         metrics.contains("scaleup_upstream_up{node=\"lb1\",pool=\"web\",server=\"web1\"} 1"),
         "{metrics}"

@@ -208,3 +208,21 @@ pub fn csrf_of(html: &str) -> String {
     let rest = &html[at + "name=\"csrf\" value=\"".len()..];
     rest[..rest.find('"').unwrap()].to_string()
 }
+
+/// `GET url` with `client`: the page's text.
+pub async fn page(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// Starts `scaleup up` on the built-in default site and waits until it is up.
+pub fn start_up(base: u16, state: &Path) -> Proc {
+    let mut cmd = scaleup();
+    cmd.arg("up")
+        .arg("--base-port")
+        .arg(base.to_string())
+        .arg("--state-dir")
+        .arg(state);
+    let up = Proc::spawn("up", cmd);
+    up.wait_for_line("is up", Duration::from_secs(120));
+    up
+}
