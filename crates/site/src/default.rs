@@ -25,6 +25,11 @@ algorithm = "roundrobin"
 servers = ["web1"]
 max_connections = 10000
 retries = 1
+# HTTPS frontends pass TLS through to the web server ("tcp"), which ends it and
+# learns each client's address from a PROXY protocol v2 header.
+tls_mode = "tcp"
+# Set to true to answer plain HTTP with 308 to HTTPS (/healthz and ACME excepted).
+https_redirect = false
 
 [balancer.health]
 path = "/healthz"
@@ -42,19 +47,27 @@ server = "60s"
 [[lb]]
 name = "lb1"
 listen = "127.0.0.1:{lb1}"
+tls_listen = "127.0.0.1:{lb1_tls}"
 admin = "127.0.0.1:{lb1_admin}"
 
 [[lb]]
 name = "lb2"
 listen = "127.0.0.1:{lb2}"
+tls_listen = "127.0.0.1:{lb2_tls}"
 admin = "127.0.0.1:{lb2_admin}"
 
 # The web server: static files from the built-in assets, the rest to the app.
 [[web]]
 name = "web1"
 listen = "127.0.0.1:{web1}"
+tls_listen = "127.0.0.1:{web1_tls}"
 admin = "127.0.0.1:{web1_admin}"
 apps = ["app1"]
+
+# Browsers may keep the static assets for an hour.
+[[web.cache]]
+match = "/static/*"
+cache_control = "public, max-age=3600"
 
 [web.health]
 path = "/healthz"
@@ -67,6 +80,11 @@ name = "app1"
 listen = "127.0.0.1:{app1}"
 admin = "127.0.0.1:{app1_admin}"
 
+# The site's certificate: none given, so a self-signed one for the site's name is
+# made once in the state directory (`scaleup up` says how to trust it).
+[tls]
+hsts = "max-age=63072000"
+
 # The database: SQLite embedded in the application server.
 [database]
 kind = "sqlite"
@@ -76,6 +94,9 @@ path = "foobar.db"
         lb2 = p(1),
         web1 = p(2),
         app1 = p(3),
+        lb1_tls = p(4),
+        lb2_tls = p(5),
+        web1_tls = p(6),
         lb1_admin = p(10),
         lb2_admin = p(11),
         web1_admin = p(12),
