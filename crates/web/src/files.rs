@@ -57,6 +57,9 @@ const GZIP_CACHE_BUDGET: usize = 32 << 20;
 /// name a file, so it is answered as "not here" without asking the kernel.
 const NAME_MAX: usize = 255;
 
+/// The one hidden directory served: site metadata such as ACME challenges.
+const WELL_KNOWN: &str = ".well-known";
+
 /// Characters re-escaped when a normalised path is put back into a `Location` header.
 const PATH_SEGMENT: &AsciiSet = &CONTROLS
     .add(b' ')
@@ -267,7 +270,12 @@ impl RelPath {
                 name => parts.push(name.to_owned()),
             }
         }
-        if parts.iter().any(|part| part.starts_with('.')) {
+        // `/.well-known/` (RFC 8615) is public by definition: ACME challenges live
+        // there. Any other hidden component stays hidden.
+        let hidden = |(i, part): (usize, &String)| {
+            part.starts_with('.') && !(i == 0 && part == WELL_KNOWN)
+        };
+        if parts.iter().enumerate().any(hidden) {
             return Err(StatusCode::NOT_FOUND);
         }
         Ok(Self { parts, dir })
@@ -1801,6 +1809,34 @@ mod tests {
         let (status, _, body) = get(&files, "/alias.txt", &[]).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, "hi");
+    }
+
+    #[tokio::test]
+    async fn well_known_files_are_served_but_hidden_files_inside_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let challenge = dir.path().join(".well-known/acme-challenge");
+        std::fs::create_dir_all(&challenge).unwrap();
+        std::fs::write(challenge.join("tok3n"), "tok3n.key").unwrap();
+        std::fs::write(challenge.join(".secret"), "no").unwrap();
+        let files = StaticFiles::new(dir.path()).unwrap();
+        let get = |path: &'static str| {
+            let files = files.clone();
+            async move {
+                match files
+                    .serve(&Method::GET, &path.parse().unwrap(), &HeaderMap::new())
+                    .await
+                {
+                    Outcome::Response(resp) => resp.status(),
+                    Outcome::NotFound => StatusCode::NOT_FOUND,
+                }
+            }
+        };
+        assert_eq!(get("/.well-known/acme-challenge/tok3n").await, StatusCode::OK);
+        assert_eq!(
+            get("/.well-known/acme-challenge/.secret").await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(get("/a/.well-known/x").await, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]
