@@ -458,9 +458,11 @@ impl Inner {
             );
             return Ok(Found::Refused);
         };
-        let hidden = inside.components().any(
-            |c| matches!(c, Component::Normal(name) if name.as_encoded_bytes().starts_with(b".")),
-        );
+        let hidden = inside.components().enumerate().any(|(i, c)| {
+            matches!(c, Component::Normal(name)
+                if name.as_encoded_bytes().starts_with(b".")
+                    && !(i == 0 && name.as_encoded_bytes() == WELL_KNOWN.as_bytes()))
+        });
         if hidden {
             return Ok(Found::Refused);
         }
@@ -812,7 +814,9 @@ fn preconditions(req: &Request, res: &Resource, weak: bool) -> Precondition {
             return Precondition::NotModified;
         }
     } else if let Some(date) = req.if_modified_since {
-        if res.modified <= date {
+        // A date in the future is invalid (RFC 9110 §13.1.3): a client clock ahead
+        // of ours must not pin a stale copy, so it is ignored, as nginx does.
+        if res.modified <= date && date <= SystemTime::now() {
             return Precondition::NotModified;
         }
     }
