@@ -104,13 +104,6 @@ pub fn server_config(files: &site::TlsFiles) -> anyhow::Result<Arc<rustls::Serve
     Ok(Arc::new(config))
 }
 
-/// The acceptor for the site's certificate; what a TLS listener needs.
-pub fn acceptor(site: &site::Site) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    Ok(tokio_rustls::TlsAcceptor::from(server_config(&cert_files(
-        site,
-    )?)?))
-}
-
 /// Only for messages: where the certificate in use came from.
 pub fn describe(site: &site::Site) -> PathBuf {
     site.tls
