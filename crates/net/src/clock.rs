@@ -15,8 +15,8 @@
 //! HTTP/2 connections (ALPN `h2`, or the cleartext preface) get only the idle rule:
 //! a 408 in HTTP/1 bytes would mean nothing inside HTTP/2 framing.
 
-use std::io;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -113,7 +113,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Watched<T> {
                 std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
                 break;
             }
-            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &TIMEOUT_408[done..]))?;
+            let n =
+                std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &TIMEOUT_408[done..]))?;
             if n == 0 {
                 break;
             }

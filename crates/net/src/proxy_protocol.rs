@@ -30,7 +30,10 @@ pub fn header(client: SocketAddr, local: SocketAddr) -> io::Result<Vec<u8>> {
         ),
         (SocketAddr::V6(c), SocketAddr::V4(_)) => match c.ip().to_ipv4_mapped() {
             Some(ip) => (SocketAddr::new(ip.into(), c.port()), local),
-            None => (client, SocketAddr::new(local.ip().to_canonical(), local.port())),
+            None => (
+                client,
+                SocketAddr::new(local.ip().to_canonical(), local.port()),
+            ),
         },
         _ => (client, local),
     };
@@ -76,10 +79,7 @@ pub async fn accept(
     let mut bytes = vec![0u8; 16 + len];
     stream.read_exact(&mut bytes).await?;
     let header = Header::try_from(&bytes[..]).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("bad PROXY header: {e}"),
-        )
+        io::Error::new(io::ErrorKind::InvalidData, format!("bad PROXY header: {e}"))
     })?;
     Ok(match (header.command, header.addresses) {
         (Command::Proxy, Addresses::IPv4(a)) => {
@@ -134,8 +134,11 @@ mod tests {
     #[tokio::test]
     async fn a_header_from_an_untrusted_peer_is_refused() {
         let (mut client, mut server, peer) = pair().await;
-        let bytes = header("203.0.113.7:1".parse().unwrap(), "127.0.0.1:443".parse().unwrap())
-            .unwrap();
+        let bytes = header(
+            "203.0.113.7:1".parse().unwrap(),
+            "127.0.0.1:443".parse().unwrap(),
+        )
+        .unwrap();
         client.write_all(&bytes).await.unwrap();
         let err = accept(&mut server, peer, &["10.0.0.1".parse().unwrap()])
             .await

@@ -256,7 +256,11 @@ impl<H: Handler> Conn<H> {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let clock = Clock::new(self.limits.header_timeout, self.limits.keepalive_timeout, h2);
+        let clock = Clock::new(
+            self.limits.header_timeout,
+            self.limits.keepalive_timeout,
+            h2,
+        );
         let io = TokioIo::new(Watched::new(io, clock.clone()));
         let info = ConnInfo { secure };
         let handler = self.handler.clone();

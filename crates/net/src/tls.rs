@@ -140,6 +140,9 @@ mod tests {
             key: "/nonexistent/site.key".into(),
         };
         let err = server_config(&files).unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/site.crt") && err.contains("PEM"), "{err}");
+        assert!(
+            err.contains("/nonexistent/site.crt") && err.contains("PEM"),
+            "{err}"
+        );
     }
 }

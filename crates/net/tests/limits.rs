@@ -80,7 +80,10 @@ async fn a_slowloris_head_gets_408_at_the_timeout_while_others_are_served() {
                 break;
             }
         }
-        (read_all(&mut stream, Duration::from_secs(3)), started.elapsed())
+        (
+            read_all(&mut stream, Duration::from_secs(3)),
+            started.elapsed(),
+        )
     });
     // Meanwhile other clients are answered at once.
     for _ in 0..10 {
@@ -120,7 +123,11 @@ async fn an_idle_keep_alive_connection_is_closed_silently() {
     .unwrap();
     let (answer, took) = answer;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "no 408 for an idle connection");
+    assert_eq!(
+        answer.matches("HTTP/1.1").count(),
+        1,
+        "no 408 for an idle connection"
+    );
     assert!(took < Duration::from_secs(2), "closed after {took:?}");
 }
 
@@ -157,10 +164,12 @@ async fn endless_continuation_frames_end_the_connection() {
         stream
             .set_write_timeout(Some(Duration::from_secs(2)))
             .unwrap();
-        stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .unwrap();
         stream.write_all(&frame(4, 0, 0, &[])).unwrap(); // SETTINGS
-        // HEADERS without END_HEADERS: `:method GET` (static index 2), then a literal
-        // header repeated in CONTINUATION frames, 16 MiB at most.
+                                                         // HEADERS without END_HEADERS: `:method GET` (static index 2), then a literal
+                                                         // header repeated in CONTINUATION frames, 16 MiB at most.
         let literal = {
             let mut l = vec![0x40, 5];
             l.extend_from_slice(b"x-pad");

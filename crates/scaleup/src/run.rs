@@ -56,7 +56,9 @@ pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
 }
 
 /// Binds an optional listener (a node's HTTPS one).
-fn bind_optional(addr: Option<std::net::SocketAddr>) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+fn bind_optional(
+    addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
     Ok(addr.map(net::server::bind).transpose()?)
 }
 

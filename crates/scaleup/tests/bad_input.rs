@@ -126,8 +126,9 @@ fn wrong_https_keys_are_refused_with_line_and_column() {
     let err = check(&no_web_tls);
     let line = line_of(&no_web_tls, "tls_listen");
     assert!(
-        err.contains(&format!("site.toml:{line}:14: this HTTPS frontend passes TLS through"))
-            && err.contains("web1"),
+        err.contains(&format!(
+            "site.toml:{line}:14: this HTTPS frontend passes TLS through"
+        )) && err.contains("web1"),
         "{err}"
     );
 
@@ -141,13 +142,18 @@ fn wrong_https_keys_are_refused_with_line_and_column() {
 
     let clash = base.replacen("127.0.0.1:30006", "127.0.0.1:30004", 1);
     let err = check(&clash);
-    assert!(err.contains("`127.0.0.1:30004` is already used by node `lb1`"), "{err}");
+    assert!(
+        err.contains("`127.0.0.1:30004` is already used by node `lb1`"),
+        "{err}"
+    );
 
     let bad_rule = base.replacen("match = \"/static/*\"", "match = \"static/*\"", 1);
     let err = check(&bad_rule);
     let line = line_of(&bad_rule, "match =");
     assert!(
-        err.contains(&format!("site.toml:{line}:9: `static/*` is not a path pattern")),
+        err.contains(&format!(
+            "site.toml:{line}:9: `static/*` is not a path pattern"
+        )),
         "{err}"
     );
 

@@ -105,7 +105,11 @@ fn devtools_get(port: u16, path: &str) -> Value {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     // Chromium keeps the connection open: read the head, then Content-Length bytes.
     let mut bytes = Vec::new();
     let mut buf = [0u8; 8192];

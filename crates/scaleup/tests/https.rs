@@ -79,13 +79,21 @@ fn https_passes_through_the_load_balancer_to_the_web_server_with_the_client_addr
 
     let h1 = curl(
         state.path(),
-        &["--http1.1", "--interface", "127.0.0.2", &format!("{lb1}/static/style.css")],
+        &[
+            "--http1.1",
+            "--interface",
+            "127.0.0.2",
+            &format!("{lb1}/static/style.css"),
+        ],
     );
     assert_eq!((h1.status, h1.version.as_str()), (200, "1.1"));
     assert!(h1.head.contains("cache-control: public, max-age=3600"));
 
     // lb2 is the same site.
-    let lb2 = curl(state.path(), &["--http2", &format!("https://localhost:{}/", base + 5)]);
+    let lb2 = curl(
+        state.path(),
+        &["--http2", &format!("https://localhost:{}/", base + 5)],
+    );
     assert_eq!(lb2.status, 200);
 
     // The web server logged the real client, over the protocol the client spoke.
@@ -135,13 +143,18 @@ fn https_ends_at_the_load_balancer_in_http_mode_and_plain_http_redirects() {
     let seen = curl(state.path(), &[&format!("{plain}/signup?next=1")]);
     assert_eq!(seen.status, 308);
     assert!(
-        seen.head
-            .contains(&format!("location: https://127.0.0.1:{}/signup?next=1", base + 4)),
+        seen.head.contains(&format!(
+            "location: https://127.0.0.1:{}/signup?next=1",
+            base + 4
+        )),
         "{}",
         seen.head
     );
     // ... except health checks and ACME challenges.
-    assert_eq!(curl(state.path(), &[&format!("{plain}/healthz")]).status, 200);
+    assert_eq!(
+        curl(state.path(), &[&format!("{plain}/healthz")]).status,
+        200
+    );
     let acme = curl(
         state.path(),
         &[&format!("{plain}/.well-known/acme-challenge/missing")],

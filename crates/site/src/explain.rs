@@ -1117,7 +1117,11 @@ admin = "127.0.0.1:7112"
             Severity::Medium,
             &["not a cluster", "heartbeat secret"]
         ));
-        assert!(has(&e.risks, Severity::Medium, &["Plain HTTP is still served"]));
+        assert!(has(
+            &e.risks,
+            Severity::Medium,
+            &["Plain HTTP is still served"]
+        ));
         assert!(has(&e.risks, Severity::Medium, &["self-signed"]));
         // Everything is on loopback.
         assert!(!e.risks.iter().any(|r| r.what.contains("admin listener")));

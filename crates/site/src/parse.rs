@@ -257,11 +257,7 @@ impl Checker<'_> {
                 tls_listen: w.tls_listen.as_ref().map(|a| self.address(a, "tls_listen")),
                 max_body_bytes: w.max_body_bytes.unwrap_or(1024 * 1024),
                 headers: self.headers(w.headers.as_ref()),
-                cache: w
-                    .cache
-                    .iter()
-                    .map(|c| self.cache_rule(c))
-                    .collect(),
+                cache: w.cache.iter().map(|c| self.cache_rule(c)).collect(),
             })
             .collect();
 
@@ -425,7 +421,9 @@ impl Checker<'_> {
                 "start the pattern with `/` or `*`, like \"/static/*\" or \"*.css\"",
             );
         }
-        if raw.cache_control.get_ref().contains(['\r', '\n']) || raw.cache_control.get_ref().is_empty() {
+        if raw.cache_control.get_ref().contains(['\r', '\n'])
+            || raw.cache_control.get_ref().is_empty()
+        {
             self.mistake(
                 raw.cache_control.span(),
                 "`cache_control` must be one non-empty line",

@@ -272,9 +272,8 @@ impl RelPath {
         }
         // `/.well-known/` (RFC 8615) is public by definition: ACME challenges live
         // there. Any other hidden component stays hidden.
-        let hidden = |(i, part): (usize, &String)| {
-            part.starts_with('.') && !(i == 0 && part == WELL_KNOWN)
-        };
+        let hidden =
+            |(i, part): (usize, &String)| part.starts_with('.') && !(i == 0 && part == WELL_KNOWN);
         if parts.iter().enumerate().any(hidden) {
             return Err(StatusCode::NOT_FOUND);
         }
@@ -1835,7 +1834,10 @@ mod tests {
                 }
             }
         };
-        assert_eq!(get("/.well-known/acme-challenge/tok3n").await, StatusCode::OK);
+        assert_eq!(
+            get("/.well-known/acme-challenge/tok3n").await,
+            StatusCode::OK
+        );
         assert_eq!(
             get("/.well-known/acme-challenge/.secret").await,
             StatusCode::NOT_FOUND

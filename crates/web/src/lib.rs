@@ -245,9 +245,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let tls = match (&tls_listener, &config.tls) {
         (None, _) => None,
-        (Some(_), Some(files)) => Some(tokio_rustls::TlsAcceptor::from(
-            net::tls::server_config(files)?,
-        )),
+        (Some(_), Some(files)) => Some(tokio_rustls::TlsAcceptor::from(net::tls::server_config(
+            files,
+        )?)),
         (Some(_), None) => anyhow::bail!(
             "web server {} has an HTTPS listener but no certificate in its configuration",
             config.name
@@ -274,7 +274,12 @@ pub async fn serve(
     let cache = config
         .cache
         .iter()
-        .map(|rule| Ok((rule.clone(), header("cache-control", &rule.cache_control)?.1)))
+        .map(|rule| {
+            Ok((
+                rule.clone(),
+                header("cache-control", &rule.cache_control)?.1,
+            ))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let files = StaticFiles::new(&config.root)
         .map_err(|e| anyhow::anyhow!("document root {}: {e}", config.root.display()))?;

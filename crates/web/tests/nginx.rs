@@ -104,14 +104,25 @@ fn make_root(root: &Path) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes).unwrap();
     };
-    let text: String = (0..400).map(|i| format!("line {i} of a text file\n")).collect();
-    write("index.html", b"<!doctype html><title>hello</title><p>hello, world</p>\n");
+    let text: String = (0..400)
+        .map(|i| format!("line {i} of a text file\n"))
+        .collect();
+    write(
+        "index.html",
+        b"<!doctype html><title>hello</title><p>hello, world</p>\n",
+    );
     write("style.css", "body { color: #333; }\n".repeat(40).as_bytes());
     write("big.txt", text.as_bytes());
     write("small.txt", b"tiny\n");
     write("empty.txt", b"");
-    write("data.json", format!("{{\"items\": [{}]}}", "1,".repeat(200) + "1").as_bytes());
-    write("image.png", &[0x89, b'P', b'N', b'G', 13, 10, 26, 10, 0, 0, 0, 0]);
+    write(
+        "data.json",
+        format!("{{\"items\": [{}]}}", "1,".repeat(200) + "1").as_bytes(),
+    );
+    write(
+        "image.png",
+        &[0x89, b'P', b'N', b'G', 13, 10, 26, 10, 0, 0, 0, 0],
+    );
     write("dir/index.html", b"<p>a directory index</p>\n");
     write("dir/page.html", b"<p>a page</p>\n");
     write(".hidden", b"secret\n");
@@ -121,7 +132,10 @@ fn make_root(root: &Path) {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(app.as_bytes()).unwrap();
     write("app.js.gz", &gz.finish().unwrap());
-    write("app.js.br", b"not really brotli, but only we would serve it");
+    write(
+        "app.js.br",
+        b"not really brotli, but only we would serve it",
+    );
     // Both servers must see the same modification times.
     let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     for entry in walk(root) {
@@ -165,7 +179,8 @@ fn ask(addr: SocketAddr, method: &str, path: &str, extra: &[String]) -> Answer {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for line in extra {
         request.push_str(line);
         request.push_str("\r\n");
@@ -240,8 +255,16 @@ fn table() -> Vec<Row> {
         row("GET", "/big.txt", &["Range: bytes=100-"]),
         row("GET", "/big.txt", &["Range: bytes=99999999-"]),
         row("GET", "/big.txt", &["Range: bytes=0-1,5-6"]),
-        row("GET", "/big.txt", &["Range: bytes=0-99", "If-Range: {etag}"]),
-        row("GET", "/big.txt", &["Range: bytes=0-99", "If-Range: \"other\""]),
+        row(
+            "GET",
+            "/big.txt",
+            &["Range: bytes=0-99", "If-Range: {etag}"],
+        ),
+        row(
+            "GET",
+            "/big.txt",
+            &["Range: bytes=0-99", "If-Range: \"other\""],
+        ),
         row("GET", "/big.txt", &["If-None-Match: {etag}"]),
         row("GET", "/big.txt", &["If-None-Match: \"nomatch\""]),
         row("GET", "/big.txt", &[FUTURE]),
@@ -272,7 +295,11 @@ fn table() -> Vec<Row> {
             ..row("GET", "/.hidden", &[])
         },
         row("GET", "/a%00b", &[]),
-        row("GET", "/big.txt", &["If-Modified-Since: Tue, 14 Nov 2023 22:13:20 GMT"]),
+        row(
+            "GET",
+            "/big.txt",
+            &["If-Modified-Since: Tue, 14 Nov 2023 22:13:20 GMT"],
+        ),
         Row {
             expect: Expect::Differ(
                 502,
@@ -327,10 +354,16 @@ fn compared(a: &Answer) -> Vec<(&'static str, String)> {
     let mut out = vec![
         ("status", a.status.to_string()),
         ("content-range", format!("{:?}", a.get("content-range"))),
-        ("content-encoding", format!("{:?}", a.get("content-encoding"))),
+        (
+            "content-encoding",
+            format!("{:?}", a.get("content-encoding")),
+        ),
     ];
     if file {
-        out.push(("content-type", format!("{:?}", essence(a.get("content-type")))));
+        out.push((
+            "content-type",
+            format!("{:?}", essence(a.get("content-type"))),
+        ));
         out.push(("etag", a.get("etag").is_some().to_string()));
     }
     let multipart = a
@@ -410,7 +443,9 @@ async fn the_web_server_answers_like_nginx() {
                         failures.push(format!("{what}\n  ours:  {ca:?}\n  nginx: {cb:?}"));
                     }
                     if varies(&b) && !varies(&a) {
-                        failures.push(format!("{what}: nginx sends Vary: Accept-Encoding, we do not"));
+                        failures.push(format!(
+                            "{what}: nginx sends Vary: Accept-Encoding, we do not"
+                        ));
                     }
                 }
                 Expect::Differ(our_status, their_status, why) => {
@@ -430,5 +465,10 @@ async fn the_web_server_answers_like_nginx() {
     .unwrap();
     trigger.fire();
     let _ = server.await;
-    assert!(report.is_empty(), "{} rows differ:\n{}", report.len(), report.join("\n"));
+    assert!(
+        report.is_empty(),
+        "{} rows differ:\n{}",
+        report.len(),
+        report.join("\n")
+    );
 }
