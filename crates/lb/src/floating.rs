@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluster::{State, Takeover};
-use net::server::Limits;
 use net::Shutdown;
 use site::Floating;
 
-use crate::LoadBalancer;
+use crate::{Frontends, Task};
 
 /// How long a stopping node waits for its peer to take the address before it stops
 /// accepting anyway.
@@ -24,6 +23,8 @@ pub struct Membership {
     /// The `ip:port` clients use, which this node serves while active (local mode)
     /// or always (linux mode: the kernel delivers only while the IP is here).
     pub floating: Option<SocketAddr>,
+    /// The floating `ip:port` for HTTPS, served like `floating` (local mode).
+    pub tls_floating: Option<SocketAddr>,
     /// Whether the floating listener is bound only while active (local mode).
     pub only_while_active: bool,
 }
@@ -52,7 +53,7 @@ impl Membership {
             None => Vec::new(),
         };
         let (takeover, floating, only_while_active) = match &c.floating {
-            Floating::Local { address } => (Takeover::Local, Some(*address), true),
+            Floating::Local { address, .. } => (Takeover::Local, Some(*address), true),
             Floating::Linux {
                 interface,
                 address,
@@ -94,6 +95,10 @@ impl Membership {
                 takeover,
             },
             floating,
+            tls_floating: match &c.floating {
+                Floating::Local { tls_address, .. } => *tls_address,
+                _ => None,
+            },
             only_while_active,
         }))
     }
@@ -103,45 +108,60 @@ impl Membership {
 /// backends' health to it; ends after `stop`.
 pub fn spawn(
     membership: &Membership,
-    lb: Arc<LoadBalancer>,
-    limits: Limits,
+    frontends: Arc<Frontends>,
     stop: Shutdown,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let cluster = lb.cluster.as_ref().expect("a member was started");
+    let cluster = frontends.lb.cluster.as_ref().expect("a member was started");
     let mut role = cluster.role();
     let interval = membership.member.interval;
-    let address = membership.floating;
+    let addresses: Vec<(SocketAddr, bool)> = membership
+        .floating
+        .map(|a| (a, false))
+        .into_iter()
+        .chain(membership.tls_floating.map(|a| (a, true)))
+        .collect();
     let only_while_active = membership.only_while_active;
     // Linux mode: bind the floating IP once, up front (IP_FREEBIND).
-    let mut always = match (address, only_while_active) {
-        (Some(addr), false) => Some(net::server::bind_floating(addr)?),
-        _ => None,
-    };
-    Ok(tokio::spawn(async move {
-        let mut serving: Option<Serving> = None;
-        if let Some(listener) = always.take() {
-            serving = Some(start(listener, &lb, &limits));
+    let mut always = Vec::new();
+    if !only_while_active {
+        for (addr, tls) in &addresses {
+            always.push((net::server::bind_floating(*addr)?, *tls));
         }
+    }
+    Ok(tokio::spawn(async move {
+        let mut serving: Vec<Serving> = always
+            .into_iter()
+            .filter_map(|(listener, tls)| start(listener, tls, &frontends))
+            .collect();
         let mut health = tokio::time::interval(interval);
         loop {
             if only_while_active {
                 let state = *role.borrow_and_update();
-                match (state, &serving, address) {
-                    (State::Active, None, Some(addr)) => match net::server::bind_floating(addr) {
-                        Ok(listener) => {
-                            // A steering program left by the previous owner's handover
-                            // would send every connection to one listener: remove it.
-                            if let Err(e) = net::reuseport::clear(&listener) {
-                                tracing::warn!("clearing connection steering on {addr}: {e}");
+                match state {
+                    State::Active if serving.is_empty() => {
+                        for (addr, tls) in &addresses {
+                            match net::server::bind_floating(*addr) {
+                                Ok(listener) => {
+                                    // A steering program left by the previous owner's
+                                    // handover would send every connection to one
+                                    // listener: remove it.
+                                    if let Err(e) = net::reuseport::clear(&listener) {
+                                        tracing::warn!(
+                                            "clearing connection steering on {addr}: {e}"
+                                        );
+                                    }
+                                    tracing::info!("serving the floating address {addr}");
+                                    serving.extend(start(listener, *tls, &frontends));
+                                }
+                                Err(e) => tracing::error!("{e}"),
                             }
-                            tracing::info!("serving the floating address {addr}");
-                            serving = Some(start(listener, &lb, &limits));
                         }
-                        Err(e) => tracing::error!("{e}"),
-                    },
-                    (State::Passive, Some(_), Some(addr)) => {
-                        tracing::info!("no longer serving the floating address {addr}");
-                        serving.take().expect("checked above").trigger.fire();
+                    }
+                    State::Passive if !serving.is_empty() => {
+                        tracing::info!("no longer serving the floating address");
+                        for s in serving.drain(..) {
+                            s.trigger.fire();
+                        }
                     }
                     _ => {}
                 }
@@ -149,24 +169,27 @@ pub fn spawn(
             tokio::select! {
                 changed = role.changed() => if changed.is_err() { break },
                 _ = health.tick() => {
-                    if let Some(cluster) = &lb.cluster {
-                        cluster.set_healthy(lb.pool.any_up());
+                    if let Some(cluster) = &frontends.lb.cluster {
+                        cluster.set_healthy(frontends.lb.pool.any_up());
                     }
                 }
                 _ = stop.wait() => break,
             }
         }
-        if let Some(serving) = serving {
-            if only_while_active && *role.borrow() == State::Leaving {
-                serving.hand_over().await;
+        if only_while_active && *role.borrow() == State::Leaving {
+            for s in &serving {
+                s.steer_to_peer();
             }
+            tokio::time::sleep(QUEUE_SETTLE).await;
+        }
+        for s in serving {
             // Close our second descriptor first, so that the socket closes as soon
             // as the accept loop lets go of it.
             let Serving {
                 trigger,
                 task,
                 socket,
-            } = serving;
+            } = s;
             drop(socket);
             trigger.fire();
             let _ = task.await;
@@ -177,44 +200,40 @@ pub fn spawn(
 /// A floating listener being served.
 struct Serving {
     trigger: net::shutdown::Trigger,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: Task,
     /// A second handle on the listening socket, to steer its group on handover.
     socket: std::os::fd::OwnedFd,
 }
 
-/// How long a leaving node keeps its listener after steering new connections to
+/// How long a leaving node keeps its listeners after steering new connections to
 /// the peer: long enough for handshakes already under way to complete and be
 /// accepted, so that closing resets nothing.
 const QUEUE_SETTLE: Duration = Duration::from_millis(50);
 
 impl Serving {
-    /// Sends new connections to the peer, which bound the address last, and waits
-    /// for this listener's queues to empty.
-    async fn hand_over(&self) {
+    /// Sends new connections to the peer, which bound the address last.
+    fn steer_to_peer(&self) {
         if let Err(e) = net::reuseport::steer_to(&self.socket, 1) {
             tracing::warn!("steering new connections to the peer: {e}");
         }
-        tokio::time::sleep(QUEUE_SETTLE).await;
     }
 }
 
-fn start(listener: tokio::net::TcpListener, lb: &Arc<LoadBalancer>, limits: &Limits) -> Serving {
+fn start(listener: tokio::net::TcpListener, tls: bool, frontends: &Frontends) -> Option<Serving> {
     use std::os::fd::AsFd;
     let socket = listener
         .as_fd()
         .try_clone_to_owned()
         .expect("duplicating a listening socket's descriptor");
     let (trigger, shutdown) = net::shutdown::channel();
-    let task = tokio::spawn(net::server::serve(
-        listener,
-        limits.clone(),
-        lb.clone(),
-        lb.metrics.clone(),
-        shutdown,
-    ));
-    Serving {
+    let task = if tls {
+        frontends.spawn_https(listener, shutdown)?
+    } else {
+        frontends.spawn_http(listener, shutdown)
+    };
+    Some(Serving {
         trigger,
         task,
         socket,
-    }
+    })
 }

@@ -10,20 +10,27 @@
 //! the `cluster` crate says it is the active node, tells the election whether its
 //! backends are healthy, and on a clean stop hands the address over before it
 //! stops accepting.
+//!
+//! A load balancer may also have an HTTPS frontend (`tls_listen`), in one of two
+//! modes: `tcp` relays TLS untouched to the web servers with a PROXY protocol header
+//! ([`passthrough`]), `http` ends TLS here and forwards plain HTTP with
+//! `X-Forwarded-Proto: https`. The plain-HTTP frontend can answer 308 to HTTPS.
 #![forbid(unsafe_code)]
 
 mod floating;
+mod passthrough;
 mod stats;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::{Request, Response, StatusCode};
+use http::header::{HOST, LOCATION};
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use net::headers::{add_forwarded, RequestIds, X_REQUEST_ID};
 use net::proxy::Policy;
-use net::server::{Handler, Limits};
+use net::server::{ConnInfo, Handler, Limits, Transport};
 use net::upstream::Pool;
 use net::{Body, Metrics, Shutdown};
 use tokio::net::TcpListener;
@@ -39,6 +46,12 @@ pub struct Config {
     pub servers: Vec<(String, SocketAddr)>,
     /// The cluster this load balancer belongs to, if any.
     pub cluster: Option<floating::Membership>,
+    /// Each pool member's HTTPS address, in pool order (for `tcp` mode).
+    pub servers_tls: Vec<Option<SocketAddr>>,
+    /// This node's HTTPS port, where the plain frontend redirects (if it does).
+    pub tls_port: Option<u16>,
+    /// The certificate, when this node ends TLS (`http` mode).
+    pub tls: Option<site::TlsFiles>,
 }
 
 impl Config {
@@ -48,16 +61,39 @@ impl Config {
             site.lb(name).is_some(),
             "`{name}` is not a load balancer of this site"
         );
-        let servers = site
+        let webs: Vec<&site::WebNode> = site
             .balancer
             .servers
             .iter()
-            .filter_map(|s| site.web(s).map(|w| (w.node.name.clone(), w.node.listen)))
+            .filter_map(|s| site.web(s))
             .collect();
+        let tls_listen = site.lb(name).and_then(|l| l.tls_listen);
+        let ends_tls = tls_listen.is_some() && site.balancer.tls_mode == site::TlsMode::Http;
         Ok(Config {
             name: name.to_string(),
             balancer: site.balancer.clone(),
-            servers,
+            servers: webs
+                .iter()
+                .map(|w| (w.node.name.clone(), w.node.listen))
+                .collect(),
+            servers_tls: webs.iter().map(|w| w.tls_listen).collect(),
+            // Clients of the floating address are sent to the floating HTTPS port.
+            tls_port: match &site.cluster {
+                Some(site::Cluster {
+                    floating:
+                        site::Floating::Local {
+                            tls_address: Some(tls),
+                            ..
+                        },
+                    ..
+                }) => Some(tls.port()),
+                _ => tls_listen.map(|a| a.port()),
+            },
+            tls: if ends_tls {
+                Some(net::tls::cert_files(site)?)
+            } else {
+                None
+            },
             cluster: floating::Membership::from_site(site, name)?,
         })
     }
@@ -72,14 +108,23 @@ struct LoadBalancer {
     metrics: Arc<Metrics>,
     policy: Policy,
     started: SystemTime,
+    /// Answer plain-HTTP requests with 308 to this HTTPS port.
+    redirect_to: Option<u16>,
 }
 
 impl Handler for LoadBalancer {
     async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let start = Instant::now();
         self.metrics.request_started();
+        let secure = req.extensions().get::<ConnInfo>().is_some_and(|c| c.secure);
+        if let (false, Some(port)) = (secure, self.redirect_to) {
+            if let Some(resp) = redirect(&req, port) {
+                return resp;
+            }
+        }
         let request_id = self.ids.ensure(req.headers_mut());
-        add_forwarded(req.headers_mut(), peer, "http", false);
+        let proto = if secure { "https" } else { "http" };
+        add_forwarded(req.headers_mut(), peer, proto, false);
         let mut resp = net::proxy::forward(&self.pool, req, peer, self.policy, &request_id).await;
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         let status = resp.status().as_u16();
@@ -90,6 +135,41 @@ impl Handler for LoadBalancer {
             })
         })
     }
+}
+
+/// 308 to the same URL on HTTPS, except for health checks and ACME challenges
+/// (a certificate authority validates a new certificate over plain HTTP).
+fn redirect(req: &Request<Incoming>, port: u16) -> Option<Response<Body>> {
+    let path = req.uri().path();
+    if path == "/healthz" || path.starts_with("/.well-known/acme-challenge/") {
+        return None;
+    }
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .unwrap_or("localhost");
+    // Drop a port (keeping a bracketed IPv6 address whole).
+    let host = match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    };
+    let port = if port == 443 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let location = HeaderValue::from_str(&format!("https://{host}{port}{target}")).ok()?;
+    let mut resp = Response::new(net::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    resp.headers_mut().insert(LOCATION, location);
+    Some(resp)
 }
 
 impl net::admin::Report for LoadBalancer {
@@ -127,12 +207,13 @@ impl net::admin::Report for LoadBalancer {
     }
 }
 
-/// Runs load balancer `config` on `listener` (clients) and `admin` (operators)
-/// until `shutdown`; then hands the floating address over (in a cluster) and drains
-/// open connections.
+/// Runs load balancer `config` on `listener` (clients), `tls_listener` (the HTTPS
+/// frontend, if any) and `admin` (operators) until `shutdown`; then hands the
+/// floating address over (in a cluster) and drains open connections.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    tls_listener: Option<TcpListener>,
     admin: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -163,10 +244,12 @@ pub async fn serve(
             unreachable: StatusCode::SERVICE_UNAVAILABLE,
         },
         started: SystemTime::now(),
+        redirect_to: config.tls_port.filter(|_| b.https_redirect),
     });
     let limits = Limits {
         max_connections: b.max_connections,
         header_timeout: b.timeouts.client,
+        keepalive_timeout: b.timeouts.keepalive,
         ..Limits::default()
     };
     tracing::info!(
@@ -176,23 +259,55 @@ pub async fn serve(
         algorithm = b.algorithm.as_str(),
         "load balancer serving"
     );
+    let https = match (
+        &config.tls,
+        tls_listener.is_some()
+            || config
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.tls_floating.is_some()),
+    ) {
+        (_, false) => None,
+        (Some(files), true) => Some(Https::Terminate(Transport {
+            tls: Some(net::tls::server_config(files)?.into()),
+            proxy_from: Vec::new(),
+        })),
+        (None, true) => Some(Https::Relay(Arc::new(passthrough::Relay {
+            pool: lb.pool.clone(),
+            targets: config.servers_tls.clone(),
+            connect_timeout: b.timeouts.connect,
+            retries: b.retries,
+            max_connections: b.max_connections,
+            metrics: lb.metrics.clone(),
+        }))),
+    };
+    let frontends = Arc::new(Frontends {
+        lb: lb.clone(),
+        https,
+        limits: limits.clone(),
+    });
     let floating_task = match &config.cluster {
         Some(membership) => Some(floating::spawn(
             membership,
-            lb.clone(),
-            limits.clone(),
+            frontends.clone(),
             inner.clone(),
         )?),
         None => None,
     };
     let admin_task = tokio::spawn(net::admin::serve_admin(admin, lb.clone(), inner.clone()));
-    let main_task = tokio::spawn(net::server::serve(
-        listener,
-        limits,
-        lb.clone(),
-        lb.metrics.clone(),
-        inner,
-    ));
+    let tls_task = match tls_listener {
+        None => None,
+        Some(tls_listener) => {
+            tracing::info!(
+                node = %config.name,
+                tls_listen = %tls_listener.local_addr()?,
+                mode = b.tls_mode.as_str(),
+                "load balancer serving HTTPS"
+            );
+            frontends.spawn_https(tls_listener, inner.clone())
+        }
+    };
+    let main_task = frontends.spawn_http(listener, inner);
 
     shutdown.wait().await;
     if let Some(cluster) = &lb.cluster {
@@ -204,6 +319,60 @@ pub async fn serve(
         task.await?;
     }
     main_task.await??;
+    if let Some(task) = tls_task {
+        task.await??;
+    }
     admin_task.await??;
     Ok(())
+}
+
+/// How the HTTPS frontend treats a connection.
+enum Https {
+    /// End TLS here (`http` mode).
+    Terminate(Transport),
+    /// Relay TLS to a web server (`tcp` mode).
+    Relay(Arc<passthrough::Relay>),
+}
+
+/// Everything needed to start a frontend on a listener: the node's own listeners
+/// at start, the floating address's whenever this node becomes active.
+struct Frontends {
+    lb: Arc<LoadBalancer>,
+    https: Option<Https>,
+    limits: Limits,
+}
+
+type Task = tokio::task::JoinHandle<std::io::Result<()>>;
+
+impl Frontends {
+    /// Serves plain HTTP on `listener` until `stop`.
+    fn spawn_http(&self, listener: TcpListener, stop: Shutdown) -> Task {
+        tokio::spawn(net::server::serve(
+            listener,
+            self.limits.clone(),
+            self.lb.clone(),
+            self.lb.metrics.clone(),
+            stop,
+        ))
+    }
+
+    /// Serves HTTPS on `listener` until `stop`, if this node has an HTTPS frontend.
+    fn spawn_https(&self, listener: TcpListener, stop: Shutdown) -> Option<Task> {
+        Some(match self.https.as_ref()? {
+            Https::Terminate(transport) => tokio::spawn(net::server::serve_with(
+                listener,
+                transport.clone(),
+                self.limits.clone(),
+                self.lb.clone(),
+                self.lb.metrics.clone(),
+                stop,
+            )),
+            Https::Relay(relay) => tokio::spawn(passthrough::serve(
+                listener,
+                relay.clone(),
+                stop,
+                self.limits.drain_timeout,
+            )),
+        })
+    }
 }

@@ -72,9 +72,11 @@ impl AccessLog {
             started: Instant::now(),
             at: SystemTime::now(),
             peer,
+            // HTTP/2 requests carry the scheme and authority in the URI; log the
+            // path as nginx does, so lines read the same whatever the protocol.
             request_line: format!(
                 "{method} {} {}",
-                quote_safe(&uri.to_string()),
+                quote_safe(uri.path_and_query().map_or("/", |p| p.as_str())),
                 version_str(version)
             ),
             referer: header(http::header::REFERER),

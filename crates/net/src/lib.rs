@@ -1,6 +1,10 @@
 //! `net`: what every HTTP role of scaleup shares.
 //!
-//! - [`server`]: the accept loop (connection cap, head size and time limits, drain);
+//! - [`server`]: the accept loop (connection cap, HTTP/1.1 and HTTP/2, TLS, PROXY
+//!   protocol, head size and time limits with [`clock`], body limit, drain);
+//! - [`tls`]: the site's certificate (or a self-signed one) and rustls settings;
+//! - [`proxy_protocol`]: PROXY protocol v2, written by a TLS-passthrough load
+//!   balancer and read (from trusted peers only) by the web server;
 //! - [`upstream`]: pools of servers with health checks and balancing algorithms;
 //! - [`proxy`]: forwarding a request to a pool, with retries and clean error pages;
 //! - [`headers`]: forwarding headers, request ids, hop-by-hop headers;
@@ -15,14 +19,17 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod clock;
 pub mod finish;
 pub mod headers;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reuseport;
 pub mod server;
 pub mod shutdown;
+pub mod tls;
 pub mod upstream;
 
 pub use body::{empty, full, Body, BoxError};

@@ -1,5 +1,7 @@
-//! The accept loop every role uses: a connection cap, HTTP/1.1 with keep-alive, a
-//! limit on the request head (size and time), and graceful drain on shutdown.
+//! The accept loop every role uses: a connection cap, HTTP/1.1 and HTTP/2 (by ALPN
+//! over TLS, by the preface in clear), optional TLS and PROXY protocol, limits on the
+//! request head (size and time, with a real 408), on the body (413) and on HTTP/2
+//! abuse, and graceful drain on shutdown.
 //!
 //! Malformed request lines and oversize heads are answered by hyper's parser itself
 //! (400, 431, 414) before a handler ever runs, so no role can forget them.
@@ -10,15 +12,36 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::{Clock, Watched};
 use crate::{Body, Metrics, Shutdown};
+
+/// What a request carries about its connection, in its extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The connection is TLS ended here: the request came over HTTPS.
+    pub secure: bool,
+}
+
+/// How connections of one listener are opened before HTTP starts.
+#[derive(Clone, Default)]
+pub struct Transport {
+    /// End TLS with this acceptor; `None` is plain TCP.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Peers allowed to open with a PROXY protocol v2 header naming the real
+    /// client (the load balancers); a header from anyone else closes the connection.
+    pub proxy_from: Vec<std::net::IpAddr>,
+}
 
 /// What a role does with one request. `peer` is the client's address as this node
 /// sees it (the previous hop).
@@ -42,6 +65,11 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// How long open connections may finish their work after shutdown is asked.
     pub drain_timeout: Duration,
+    /// How long a kept-alive connection may sit with no request before it is closed.
+    pub keepalive_timeout: Duration,
+    /// Largest request body a client may announce (`Content-Length`); more is 413.
+    /// `None`: no limit here (a load balancer leaves it to the web servers).
+    pub max_body_bytes: Option<u64>,
 }
 
 impl Default for Limits {
@@ -51,6 +79,8 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(30),
             max_header_bytes: 32 * 1024,
             drain_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(75),
+            max_body_bytes: None,
         }
     }
 }
@@ -97,7 +127,7 @@ pub fn bind_floating(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Serves HTTP/1.1 on `listener` with `handler` until `shutdown`, then drains.
+/// Serves plain HTTP on `listener` with `handler` until `shutdown`, then drains.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     limits: Limits,
@@ -105,15 +135,57 @@ pub async fn serve<H: Handler>(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let tracker = TaskTracker::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
+    serve_with(
+        listener,
+        Transport::default(),
+        limits,
+        handler,
+        metrics,
+        shutdown,
+    )
+    .await
+}
+
+/// The HTTP settings of every connection. The HTTP/2 ones are what keeps a client
+/// from exhausting the server with protocol tricks: a cap on concurrent streams, on
+/// the header block (an endless CONTINUATION sequence ends at this size), and on
+/// streams reset before they were served (the "rapid reset" attack).
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // Our own clock answers a slow head with 408 (hyper would just close).
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
-    let builder = Arc::new(builder);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
+        .max_header_list_size(limits.max_header_bytes.max(8192) as u32)
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on `listener`, opened as `transport` says, with
+/// `handler` until `shutdown`, then drains.
+pub async fn serve_with<H: Handler>(
+    listener: TcpListener,
+    transport: Transport,
+    limits: Limits,
+    handler: Arc<H>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let tracker = TaskTracker::new();
+    let builder = Arc::new(http_builder(&limits));
+    let transport = Arc::new(transport);
+    let limits = Arc::new(limits);
 
     loop {
         let permit = tokio::select! {
@@ -132,23 +204,29 @@ pub async fn serve<H: Handler>(
             },
             _ = shutdown.wait() => break,
         };
-        spawn_connection(
-            &tracker, &builder, stream, peer, &handler, &metrics, &shutdown, permit,
-        );
+        let conn = Conn {
+            handler: handler.clone(),
+            builder: builder.clone(),
+            limits: limits.clone(),
+            shutdown: shutdown.clone(),
+        };
+        conn.spawn(&tracker, stream, peer, &transport, &metrics, permit);
     }
     // Connections the kernel completed but nobody accepted yet would be reset when
-    // the listener closes: accept them now and answer their first request. (With
-    // SO_REUSEPORT and net.ipv4.tcp_migrate_req=1 the kernel hands the rest to the
-    // peer listener.)
+    // the listener closes: accept them now and answer their first request.
     while let Some(Ok((stream, peer))) = futures_util::FutureExt::now_or_never(listener.accept()) {
         let permit = permits
             .clone()
             .acquire_owned()
             .await
             .expect("semaphore is never closed");
-        spawn_connection(
-            &tracker, &builder, stream, peer, &handler, &metrics, &shutdown, permit,
-        );
+        let conn = Conn {
+            handler: handler.clone(),
+            builder: builder.clone(),
+            limits: limits.clone(),
+            shutdown: shutdown.clone(),
+        };
+        conn.spawn(&tracker, stream, peer, &transport, &metrics, permit);
     }
     drop(listener);
     tracker.close();
@@ -165,54 +243,117 @@ pub async fn serve<H: Handler>(
     Ok(())
 }
 
+/// What one connection's task needs.
+struct Conn<H> {
+    handler: Arc<H>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Arc<Limits>,
+    shutdown: Shutdown,
+}
+
 /// How long a connection accepted just before shutdown may take to send its first
 /// request: it is served, not closed under the client.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
-#[allow(clippy::too_many_arguments)]
-fn spawn_connection<H: Handler>(
-    tracker: &TaskTracker,
-    builder: &Arc<hyper::server::conn::http1::Builder>,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    handler: &Arc<H>,
-    metrics: &Arc<Metrics>,
-    shutdown: &Shutdown,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    let _ = stream.set_nodelay(true);
-    let handler = handler.clone();
-    let metrics = metrics.clone();
-    let builder = builder.clone();
-    let shutdown = shutdown.clone();
-    metrics.connection_opened();
-    tracker.spawn(async move {
+impl<H: Handler> Conn<H> {
+    /// Serves the connection on a task of `tracker`.
+    fn spawn(
+        self,
+        tracker: &TaskTracker,
+        stream: TcpStream,
+        peer: SocketAddr,
+        transport: &Arc<Transport>,
+        metrics: &Arc<Metrics>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let transport = transport.clone();
+        let metrics = metrics.clone();
+        metrics.connection_opened();
+        tracker.spawn(async move {
+            self.open(stream, peer, &transport).await;
+            metrics.connection_closed();
+            drop(permit);
+        });
+    }
+
+    /// The PROXY header and the TLS handshake (both within the head timeout), then HTTP.
+    async fn open(self, mut stream: TcpStream, peer: SocketAddr, transport: &Transport) {
+        let head = self.limits.header_timeout;
+        let peer = if transport.proxy_from.is_empty() {
+            peer
+        } else {
+            let accepted = tokio::time::timeout(
+                head,
+                crate::proxy_protocol::accept(&mut stream, peer, &transport.proxy_from),
+            )
+            .await;
+            match accepted {
+                Ok(Ok(client)) => client,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, "connection refused: {e}");
+                    return;
+                }
+                Err(_) => return,
+            }
+        };
+        let Some(tls) = &transport.tls else {
+            return self.http(stream, peer, false, false).await;
+        };
+        match tokio::time::timeout(head, tls.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                self.http(stream, peer, true, h2).await
+            }
+            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake not finished within {head:?}"),
+        }
+    }
+
+    async fn http<IO>(self, io: IO, peer: SocketAddr, secure: bool, h2: bool)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let clock = Clock::new(
+            self.limits.header_timeout,
+            self.limits.keepalive_timeout,
+            h2,
+        );
+        let io = TokioIo::new(Watched::new(io, clock.clone()));
+        let info = ConnInfo { secure };
+        let handler = self.handler.clone();
+        let max_body = self.limits.max_body_bytes;
         // Set on the first request: a graceful shutdown closes an idle connection at
         // once, which for a connection whose request is still on the wire means a
         // failed request.
         let first = Arc::new(tokio::sync::Notify::new());
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let service = {
-            let (first, started) = (first.clone(), started.clone());
-            service_fn(move |req| {
-                if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    first.notify_one();
-                }
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
-            })
-        };
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let (first_tx, started_tx) = (first.clone(), started.clone());
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            let handler = handler.clone();
+            let clock = clock.clone();
+            if !started_tx.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                first_tx.notify_one();
+            }
+            async move {
+                clock.request_started();
+                req.extensions_mut().insert(info);
+                let resp = match too_large(&req, max_body) {
+                    Some(refusal) => refusal,
+                    None => handler.handle(req, peer).await,
+                };
+                let done = move |_| clock.response_done();
+                Ok::<_, Infallible>(resp.map(|body| crate::finish::on_finish(body, done)))
+            }
+        });
+        let conn = self.builder.serve_connection(io, service);
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}
-            _ = shutdown.wait() => {
+            _ = self.shutdown.wait() => {
                 if !started.load(std::sync::atomic::Ordering::Relaxed) {
                     tokio::select! {
-                        _ = conn.as_mut() => {
-                            metrics.connection_closed();
-                            return;
-                        }
+                        _ = conn.as_mut() => return,
                         _ = first.notified() => {}
                         _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
                     }
@@ -221,7 +362,35 @@ fn spawn_connection<H: Handler>(
                 let _ = conn.await;
             }
         }
-        metrics.connection_closed();
-        drop(permit);
-    });
+    }
+}
+
+/// 413 for a request that announces a body over the limit, before anything reads it.
+fn too_large(req: &Request<Incoming>, max: Option<u64>) -> Option<Response<Body>> {
+    let max = max?;
+    let announced: u64 = req
+        .headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if announced <= max {
+        return None;
+    }
+    let mut resp = Response::new(crate::full(format!(
+        "request body too large: {announced} bytes, at most {max} accepted\n"
+    )));
+    *resp.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if req.version() < Version::HTTP_2 {
+        // The body is not read, so the connection cannot carry another request.
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Some(resp)
 }

@@ -82,6 +82,7 @@ fn timeouts(server_ms: u64) -> Timeouts {
         connect: Duration::from_millis(500),
         client: Duration::from_secs(5),
         server: Duration::from_millis(server_ms),
+        keepalive: Duration::from_secs(5),
     }
 }
 

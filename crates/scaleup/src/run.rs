@@ -36,23 +36,15 @@ pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
         let admin = net::server::bind(node.admin)?;
         match role {
             Role::Lb => {
-                lb::serve(
-                    lb::Config::from_site(&site, name)?,
-                    listener,
-                    admin,
-                    shutdown,
-                )
-                .await
+                let config = lb::Config::from_site(&site, name)?;
+                let tls = bind_optional(site.lb(name).and_then(|l| l.tls_listen))?;
+                lb::serve(config, listener, tls, admin, shutdown).await
             }
             Role::Web => {
                 let root = document_root(&site, name)?;
-                web::serve(
-                    web::Config::from_site(&site, name, root)?,
-                    listener,
-                    admin,
-                    shutdown,
-                )
-                .await
+                let config = web::Config::from_site(&site, name, root)?;
+                let tls = bind_optional(site.web(name).and_then(|w| w.tls_listen))?;
+                web::serve(config, listener, tls, admin, shutdown).await
             }
             Role::App => {
                 app::serve(name, app_config(&site, name)?, listener, admin, shutdown).await
@@ -61,6 +53,13 @@ pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
     })?;
     tracing::info!(node = name, "stopped");
     Ok(())
+}
+
+/// Binds an optional listener (a node's HTTPS one).
+fn bind_optional(
+    addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    Ok(addr.map(net::server::bind).transpose()?)
 }
 
 fn init_logging() {

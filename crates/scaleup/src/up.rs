@@ -54,6 +54,11 @@ async fn supervise(path: &Path, site: &Site) -> anyhow::Result<()> {
         order.len(),
         path.display()
     );
+    // Made here, before any node starts, so nodes that end TLS share one certificate.
+    let https = site.lbs.iter().any(|l| l.tls_listen.is_some());
+    if https {
+        net::tls::cert_files(site)?;
+    }
     let mut signals = Signals::new()?;
     let mut tasks = Vec::new();
     for (role, node) in order {
@@ -110,23 +115,46 @@ async fn supervise(path: &Path, site: &Site) -> anyhow::Result<()> {
                 .min_by_key(by_rank)
                 .map_or("?", |l| l.node.name.as_str());
             println!(
-                "\n{} is up: open http://{}/",
+                "
+{} is up: open http://{}/",
                 site.name,
                 cluster.floating.describe()
             );
+            if let site::Floating::Local {
+                tls_address: Some(tls),
+                ..
+            } = &cluster.floating
+            {
+                println!("  or https://localhost:{}/", tls.port());
+            }
             println!(
                 "  (the load balancers' floating address: {first} holds it, {second} stands by)"
             );
         }
         None => {
             println!(
-                "\n{} is up. Open one of the load balancers (the site's DNS lists both):",
+                "
+{} is up. Open one of the load balancers (the site's DNS lists both):",
                 site.name
             );
             for lb in &site.lbs {
+                if let Some(tls) = lb.tls_listen {
+                    println!("  https://localhost:{}/   ({})", tls.port(), lb.node.name);
+                }
                 println!("  http://{}/   ({})", lb.node.listen, lb.node.name);
             }
         }
+    }
+    if https && site.tls.files.is_none() {
+        let cert = net::tls::describe(site);
+        println!(
+            "The HTTPS certificate is self-signed ({cert}). To trust it:\n  \
+             curl: --cacert {cert}\n  \
+             this machine: cp {cert} /usr/local/share/ca-certificates/{name}.crt && update-ca-certificates\n  \
+             a browser: import {cert} as an authority, or accept the warning once",
+            cert = cert.display(),
+            name = site.name,
+        );
     }
     for lb in &site.lbs {
         println!(

@@ -93,6 +93,68 @@ fn check(text: &str) -> String {
     String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "site.toml")
 }
 
+/// The line (1-based) of the first line of `text` starting with `prefix`.
+fn line_of(text: &str, prefix: &str) -> usize {
+    text.lines().position(|l| l.starts_with(prefix)).unwrap() + 1
+}
+
+#[test]
+fn wrong_https_keys_are_refused_with_line_and_column() {
+    let base = site::default_site(30000, "/tmp/state", "test-secret");
+
+    let mode = base.replacen("tls_mode = \"tcp\"", "tls_mode = \"tls\"", 1);
+    let err = check(&mode);
+    let line = line_of(&mode, "tls_mode");
+    assert!(
+        err.contains(&format!("site.toml:{line}:12: unknown tls_mode `tls`")),
+        "{err}"
+    );
+
+    // Passthrough needs the web server's HTTPS listener.
+    let no_web_tls = base.replacen("tls_listen = \"127.0.0.1:30008\"\n", "", 1);
+    let err = check(&no_web_tls);
+    let line = line_of(&no_web_tls, "tls_listen");
+    assert!(
+        err.contains(&format!(
+            "site.toml:{line}:14: this HTTPS frontend passes TLS through"
+        )) && err.contains("web1"),
+        "{err}"
+    );
+
+    let half_pair = base.replacen("[tls]\n", "[tls]\ncert = \"site.crt\"\n", 1);
+    let err = check(&half_pair);
+    let line = line_of(&half_pair, "cert =");
+    assert!(
+        err.contains(&format!("site.toml:{line}:8: `cert` and `key` go together")),
+        "{err}"
+    );
+
+    let clash = base.replacen("127.0.0.1:30008", "127.0.0.1:30004", 1);
+    let err = check(&clash);
+    assert!(
+        err.contains("`127.0.0.1:30004` is already used by node `web1`"),
+        "{err}"
+    );
+
+    let bad_rule = base.replacen("match = \"/static/*\"", "match = \"static/*\"", 1);
+    let err = check(&bad_rule);
+    let line = line_of(&bad_rule, "match =");
+    assert!(
+        err.contains(&format!(
+            "site.toml:{line}:9: `static/*` is not a path pattern"
+        )),
+        "{err}"
+    );
+
+    let bad_header = base.replacen(
+        "[[web.cache]]",
+        "[web.headers]\n\"x-bad header\" = \"1\"\n\n[[web.cache]]",
+        1,
+    );
+    let err = check(&bad_header);
+    assert!(err.contains("`x-bad header` is not a header name"), "{err}");
+}
+
 #[test]
 fn wrong_site_files_are_refused_with_line_and_column() {
     let base = site::default_site(30000, "/tmp/state", "test-secret");

@@ -7,8 +7,9 @@
 ///
 /// It is a site file like any other: `scaleup up` writes it into the state directory
 /// and every node reads it from there, so the default takes the same path as a
-/// user's file. Ports, from `base_port`: +0 the site (floating address), +1..+4 the
-/// nodes, +11..+14 their admin listeners, +21/+22 the heartbeats.
+/// user's file. Ports, from `base_port`: +0 the site (floating address, HTTP),
+/// +1..+4 the nodes, +5 the site over HTTPS (floating), +6..+8 the nodes' HTTPS
+/// listeners, +11..+14 their admin listeners, +21/+22 the heartbeats.
 pub fn default_site(base_port: u16, state_dir: &str, secret: &str) -> String {
     let p = |offset: u16| base_port + offset;
     let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
@@ -27,6 +28,11 @@ algorithm = "roundrobin"
 servers = ["web1"]
 max_connections = 10000
 retries = 1
+# HTTPS frontends pass TLS through to the web server ("tcp"), which ends it and
+# learns each client's address from a PROXY protocol v2 header.
+tls_mode = "tcp"
+# Set to true to answer plain HTTP with 308 to HTTPS (/healthz and ACME excepted).
+https_redirect = false
 
 [balancer.health]
 path = "/healthz"
@@ -42,10 +48,12 @@ server = "60s"
 
 # The two load balancers are a cluster: the active one holds the site's floating
 # address, the passive one watches it by heartbeat and takes the address when the
-# active one dies. Here the address is a loopback port only the active node binds.
+# active one dies. Here the address is a loopback port only the active node binds
+# (and another for HTTPS).
 [cluster]
 mode = "local"
 address = "127.0.0.1:{vip}"
+tls_address = "127.0.0.1:{vip_tls}"
 secret = "{secret}"
 interval = "100ms"
 dead_after = 3
@@ -54,6 +62,7 @@ preempt = false
 [[lb]]
 name = "lb1"
 listen = "127.0.0.1:{lb1}"
+tls_listen = "127.0.0.1:{lb1_tls}"
 admin = "127.0.0.1:{lb1_admin}"
 heartbeat = "127.0.0.1:{lb1_hb}"
 priority = 150
@@ -61,6 +70,7 @@ priority = 150
 [[lb]]
 name = "lb2"
 listen = "127.0.0.1:{lb2}"
+tls_listen = "127.0.0.1:{lb2_tls}"
 admin = "127.0.0.1:{lb2_admin}"
 heartbeat = "127.0.0.1:{lb2_hb}"
 priority = 100
@@ -69,8 +79,14 @@ priority = 100
 [[web]]
 name = "web1"
 listen = "127.0.0.1:{web1}"
+tls_listen = "127.0.0.1:{web1_tls}"
 admin = "127.0.0.1:{web1_admin}"
 apps = ["app1"]
+
+# Browsers may keep the static assets for an hour.
+[[web.cache]]
+match = "/static/*"
+cache_control = "public, max-age=3600"
 
 [web.health]
 path = "/healthz"
@@ -83,6 +99,11 @@ name = "app1"
 listen = "127.0.0.1:{app1}"
 admin = "127.0.0.1:{app1_admin}"
 
+# The site's certificate: none given, so a self-signed one for the site's name is
+# made once in the state directory (`scaleup up` says how to trust it).
+[tls]
+hsts = "max-age=63072000"
+
 # The database: SQLite embedded in the application server.
 [database]
 kind = "sqlite"
@@ -93,6 +114,10 @@ path = "foobar.db"
         lb2 = p(2),
         web1 = p(3),
         app1 = p(4),
+        vip_tls = p(5),
+        lb1_tls = p(6),
+        lb2_tls = p(7),
+        web1_tls = p(8),
         lb1_admin = p(11),
         lb2_admin = p(12),
         web1_admin = p(13),

@@ -19,7 +19,9 @@ use std::fmt::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::model::{Algorithm, Cluster, Database, Floating, LbNode, Node, Secret, Site, WebNode};
+use crate::model::{
+    Algorithm, Cluster, Database, Floating, LbNode, Node, Secret, Site, TlsMode, WebNode,
+};
 
 /// Terminal width the picture and the text are laid out for.
 const WIDTH: usize = 80;
@@ -742,19 +744,44 @@ fn risks(v: &View) -> Vec<Risk> {
         });
     }
 
-    // No TLS: the model has no HTTPS listener yet, so this is always true.
-    out.push(Risk {
-        severity: Severity::High,
-        what: format!(
-            "There is no TLS: traffic between browsers and {} is plain HTTP, so passwords and \
-             session cookies can be read (and changed) on the wire by anyone on the path.",
-            site.name
-        ),
-        fix: "Terminate HTTPS for the site. HTTPS support in scaleup is coming; until then, \
-              put a TLS terminator (a reverse proxy holding the certificate) in front of the \
-              load balancers and send browsers only to it."
-            .into(),
-    });
+    // No TLS, or TLS that browsers are not sent to.
+    let https = site.lbs.iter().any(|l| l.tls_listen.is_some());
+    if !https {
+        out.push(Risk {
+            severity: Severity::High,
+            what: format!(
+                "There is no TLS: traffic between browsers and {} is plain HTTP, so passwords \
+                 and session cookies can be read (and changed) on the wire by anyone on the path.",
+                site.name
+            ),
+            fix: "Give each [[lb]] a `tls_listen` address (and each [[web]] one, for the \
+                  default `tls_mode = \"tcp\"`), with the site's certificate in [tls]."
+                .into(),
+        });
+    } else if !site.balancer.https_redirect {
+        out.push(Risk {
+            severity: Severity::Medium,
+            what: format!(
+                "Plain HTTP is still served: a browser that types {} without https:// \
+                 logs in over plain HTTP until it has seen the HSTS header once.",
+                site.name
+            ),
+            fix: "Set `https_redirect = true` in [balancer]: the plain-HTTP frontend then \
+                  answers 308 to HTTPS (health checks and ACME challenges excepted)."
+                .into(),
+        });
+    }
+    if https && site.tls.files.is_none() {
+        out.push(Risk {
+            severity: Severity::Medium,
+            what: "The certificate is self-signed: browsers warn, and users who learn to click \
+                   through warnings can be fooled by anyone on the path."
+                .into(),
+            fix: "Put the site's certificate and key (from a CA, e.g. by ACME; the web \
+                  servers serve /.well-known/acme-challenge/) in [tls] `cert` and `key`."
+                .into(),
+        });
+    }
 
     // Admin listeners reachable from the network.
     for (role, node) in site.nodes() {
@@ -848,7 +875,7 @@ fn cluster_risks(c: &Cluster, out: &mut Vec<Risk>) {
         }),
         Some(Secret::Env(_)) => {}
     }
-    if let Floating::Local { address } = &c.floating {
+    if let Floating::Local { address, .. } = &c.floating {
         out.push(Risk {
             severity: Severity::Medium,
             what: format!(
@@ -997,7 +1024,7 @@ fn mermaid(v: &View) -> String {
         format!("db[(\"{}\")]", label(&[db.kind, &db.location, where_])),
     );
 
-    line(&mut m, "user -->|\"HTTP (no TLS)\"| dns".into());
+    line(&mut m, format!("user -->|\"{}\"| dns", browser_link(site)));
     if let Some((c, active, passive)) = pair {
         let (a, p) = (v.id(&active.node.name), v.id(&passive.node.name));
         line(
@@ -1114,13 +1141,24 @@ fn node_label(node: &Node, note: Option<&str>) -> String {
 // The terminal picture
 // ---------------------------------------------------------------------------------
 
+/// How browsers reach the load balancers, as the diagrams label it.
+fn browser_link(site: &Site) -> String {
+    if site.lbs.iter().all(|l| l.tls_listen.is_none()) {
+        return "HTTP (no TLS)".into();
+    }
+    match site.balancer.tls_mode {
+        TlsMode::Tcp => "HTTPS (TLS passed through to the web servers)".into(),
+        TlsMode::Http => "HTTPS (TLS ends at the load balancers)".into(),
+    }
+}
+
 fn picture(v: &View) -> String {
     let site = v.site;
     let mut out = String::new();
     let margin = " ".repeat(INDENT);
 
     let _ = writeln!(out, "{margin}browser");
-    arrow(&mut out, "HTTP (no TLS yet)");
+    arrow(&mut out, &browser_link(site));
 
     let mut dns = vec![format!("DNS {}", site.name)];
     if let Some((c, active, passive)) = v.pair() {
@@ -1465,7 +1503,7 @@ fn ip_record(ip: IpAddr) -> String {
 /// only the hooks know the address.
 fn floating_record(f: &Floating) -> String {
     match f {
-        Floating::Local { address } => dns_record(address),
+        Floating::Local { address, .. } => dns_record(address),
         Floating::Linux { address, .. } => ip_record(*address),
         Floating::Hook {
             address: Some(a), ..
@@ -1617,7 +1655,12 @@ admin = "127.0.0.1:7112"
         assert!(!has(&e.risks, Severity::High, &["load balancer lb1"]));
         assert!(!e.risks.iter().any(|r| r.what.contains("not a cluster")));
         assert!(!e.risks.iter().any(|r| r.what.contains("not authenticated")));
-        assert!(has(&e.risks, Severity::High, &["no TLS", "plain HTTP"]));
+        assert!(has(
+            &e.risks,
+            Severity::Medium,
+            &["Plain HTTP is still served"]
+        ));
+        assert!(has(&e.risks, Severity::Medium, &["self-signed"]));
         // Local mode: one machine carries both load balancers.
         let local = e
             .risks

@@ -24,6 +24,8 @@ pub struct Site {
     pub database: Database,
     /// The load balancers' floating address, when they form a cluster.
     pub cluster: Option<Cluster>,
+    /// The site's certificate and HTTPS policy, shared by every node that speaks TLS.
+    pub tls: Tls,
 }
 
 /// The load-balancer cluster: one floating address, held by the active node.
@@ -45,8 +47,12 @@ pub struct Cluster {
 /// How the floating address moves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Floating {
-    /// A loopback `ip:port` the active node binds (one machine: `scaleup up`).
-    Local { address: SocketAddr },
+    /// A loopback `ip:port` the active node binds (one machine: `scaleup up`), and
+    /// another for HTTPS.
+    Local {
+        address: SocketAddr,
+        tls_address: Option<SocketAddr>,
+    },
     /// An IP added to `interface` and announced with gratuitous ARP.
     Linux {
         interface: String,
@@ -89,13 +95,54 @@ impl Floating {
     /// Where clients reach the site through the cluster, for messages.
     pub fn describe(&self) -> String {
         match self {
-            Floating::Local { address } => address.to_string(),
+            Floating::Local { address, .. } => address.to_string(),
             Floating::Linux { address, port, .. } => {
                 std::net::SocketAddr::new(*address, *port).to_string()
             }
             Floating::Hook { address, .. } => address
                 .clone()
                 .unwrap_or_else(|| "(set by the hooks)".into()),
+        }
+    }
+}
+
+/// The site's certificate: one name (`www.foobar.com`), so one certificate, used by
+/// whichever node ends TLS (the web servers, or the load balancers in `http` mode).
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The certificate chain and private key (PEM files), when the site has its own;
+    /// `None` means a self-signed certificate for the site's name, generated once into
+    /// the state directory so browsers can be told to trust one stable certificate.
+    pub files: Option<TlsFiles>,
+    /// The `Strict-Transport-Security` value sent on HTTPS responses; `None` sends none
+    /// (a site still trying HTTPS out should not pin browsers to it for a year).
+    pub hsts: Option<String>,
+}
+
+/// A certificate chain and its key, as PEM files (absolute paths).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Where the load balancers' HTTPS frontend ends TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Pass TLS through untouched to a web server's `tls_listen`, with the client's
+    /// address in a PROXY protocol v2 header: keys stay on the web servers.
+    Tcp,
+    /// End TLS at the load balancer and forward plain HTTP with
+    /// `X-Forwarded-Proto: https`: the load balancer can see and route requests.
+    Http,
+}
+
+impl TlsMode {
+    /// The word used in site files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Tcp => "tcp",
+            TlsMode::Http => "http",
         }
     }
 }
@@ -149,6 +196,8 @@ pub struct LbNode {
     pub heartbeat: Option<SocketAddr>,
     /// Its priority in the cluster's election (higher wins; default 100).
     pub priority: u8,
+    /// The HTTPS frontend, if any (its mode is the balancer's `tls_mode`).
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// A web server node.
@@ -168,7 +217,70 @@ pub struct WebNode {
     pub timeouts: Timeouts,
     /// Most client connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// The HTTPS listener (TLS ended here; PROXY protocol v2 accepted from the load
+    /// balancers), if any.
+    pub tls_listen: Option<SocketAddr>,
+    /// Largest request body, in bytes; a larger declared `Content-Length` gets 413.
+    pub max_body_bytes: u64,
+    /// Headers added to every response that lacks them (security headers by
+    /// default); a header configured with an empty value is not added.
+    pub headers: Vec<(String, String)>,
+    /// `Cache-Control` for static files, by path pattern; the first match wins.
+    pub cache: Vec<CacheRule>,
 }
+
+/// A `Cache-Control` value for the static files whose path matches a pattern.
+#[derive(Debug, Clone)]
+pub struct CacheRule {
+    /// A URL path pattern where `*` stands for any characters, `/` included:
+    /// `"/static/*"`, `"*.css"`.
+    pub pattern: String,
+    /// The `Cache-Control` value sent for matching files (and their 304s).
+    pub cache_control: String,
+}
+
+impl CacheRule {
+    /// Whether `path` matches this rule's pattern.
+    pub fn matches(&self, path: &str) -> bool {
+        glob_match(self.pattern.as_bytes(), path.as_bytes())
+    }
+}
+
+/// `*`-only glob matching, iterative with one backtrack point (linear enough for
+/// short patterns, and no recursion a hostile path could deepen).
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// The headers a web server adds by default: what the foobar pages satisfy (no
+/// inline script or style), and what keeps a static file from being framed or
+/// sniffed into something else.
+pub const DEFAULT_HEADERS: [(&str, &str); 4] = [
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "same-origin"),
+    ("x-frame-options", "DENY"),
+    (
+        "content-security-policy",
+        "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+];
 
 /// An application server node.
 #[derive(Debug, Clone)]
@@ -191,6 +303,11 @@ pub struct Balancer {
     pub max_connections: usize,
     /// How many other servers an idempotent request that failed to connect is retried on.
     pub retries: u32,
+    /// Where the HTTPS frontends (`tls_listen` of each load balancer) end TLS.
+    pub tls_mode: TlsMode,
+    /// Whether the plain-HTTP frontend answers 308 to the HTTPS one (except
+    /// `/healthz` and `/.well-known/acme-challenge/`).
+    pub https_redirect: bool,
 }
 
 /// How a pool member is picked.
@@ -240,6 +357,8 @@ pub struct Timeouts {
     pub client: Duration,
     /// An upstream server sending its response head.
     pub server: Duration,
+    /// A kept-alive client connection with no request started, before it is closed.
+    pub keepalive: Duration,
 }
 
 /// Where the foobar data lives.
@@ -277,5 +396,29 @@ impl Site {
     /// The load balancer called `name`.
     pub fn lb(&self, name: &str) -> Option<&LbNode> {
         self.lbs.iter().find(|l| l.node.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(pattern: &str) -> CacheRule {
+        CacheRule {
+            pattern: pattern.into(),
+            cache_control: "x".into(),
+        }
+    }
+
+    #[test]
+    fn cache_patterns_match_like_globs() {
+        assert!(rule("/static/*").matches("/static/app.js"));
+        assert!(rule("/static/*").matches("/static/a/b.css"));
+        assert!(!rule("/static/*").matches("/index.html"));
+        assert!(rule("*.css").matches("/static/style.css"));
+        assert!(!rule("*.css").matches("/static/style.css.map"));
+        assert!(rule("/exact.txt").matches("/exact.txt"));
+        assert!(!rule("/exact.txt").matches("/exact.txt2"));
+        assert!(rule("/*/*.js").matches("/a/b/c.js"));
     }
 }

@@ -35,6 +35,7 @@ struct RawSite {
     database: Option<RawDatabase>,
     #[serde(default)]
     cluster: Option<Spanned<RawCluster>>,
+    tls: Option<RawTls>,
 }
 
 #[derive(Deserialize)]
@@ -42,6 +43,7 @@ struct RawSite {
 struct RawCluster {
     mode: Option<Spanned<String>>,
     address: Option<Spanned<String>>,
+    tls_address: Option<Spanned<String>>,
     interface: Option<String>,
     secret: Option<String>,
     secret_env: Option<String>,
@@ -54,6 +56,14 @@ struct RawCluster {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    hsts: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawLb {
     name: Spanned<String>,
     listen: Spanned<String>,
@@ -61,6 +71,15 @@ struct RawLb {
     admin: Spanned<String>,
     heartbeat: Option<Spanned<String>>,
     priority: Option<u8>,
+    tls_listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(rename = "match")]
+    pattern: Spanned<String>,
+    cache_control: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +111,11 @@ struct RawWeb {
     health: Option<RawHealth>,
     timeouts: Option<RawTimeouts>,
     max_connections: Option<usize>,
+    tls_listen: Option<Spanned<String>>,
+    max_body_bytes: Option<u64>,
+    headers: Option<toml::Table>,
+    #[serde(default)]
+    cache: Vec<RawCache>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +127,8 @@ struct RawBalancer {
     timeouts: Option<RawTimeouts>,
     max_connections: Option<usize>,
     retries: Option<u32>,
+    tls_mode: Option<Spanned<String>>,
+    https_redirect: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +147,7 @@ struct RawTimeouts {
     connect: Option<Spanned<String>>,
     client: Option<Spanned<String>>,
     server: Option<Spanned<String>>,
+    keepalive: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +244,7 @@ impl Checker<'_> {
                 node: self.node(&n.name, &n.listen, n.bind.as_ref(), &n.admin),
                 heartbeat: n.heartbeat.as_ref().map(|h| self.address(h, "heartbeat")),
                 priority: n.priority.unwrap_or(100),
+                tls_listen: n.tls_listen.as_ref().map(|a| self.address(a, "tls_listen")),
             })
             .collect();
         let apps: Vec<AppNode> = raw
@@ -247,6 +275,10 @@ impl Checker<'_> {
                 health: self.health(w.health.as_ref()),
                 timeouts: self.timeouts(w.timeouts.as_ref()),
                 max_connections: w.max_connections.unwrap_or(10_000),
+                tls_listen: w.tls_listen.as_ref().map(|a| self.address(a, "tls_listen")),
+                max_body_bytes: w.max_body_bytes.unwrap_or(1024 * 1024),
+                headers: self.headers(w.headers.as_ref()),
+                cache: w.cache.iter().map(|c| self.cache_rule(c)).collect(),
             })
             .collect();
 
@@ -259,6 +291,8 @@ impl Checker<'_> {
                 timeouts: self.timeouts(None),
                 max_connections: 10_000,
                 retries: 1,
+                tls_mode: TlsMode::Tcp,
+                https_redirect: false,
             },
             Some(b) => Balancer {
                 algorithm: self.algorithm(b.algorithm.as_ref()),
@@ -270,6 +304,8 @@ impl Checker<'_> {
                 timeouts: self.timeouts(b.timeouts.as_ref()),
                 max_connections: b.max_connections.unwrap_or(10_000),
                 retries: b.retries.unwrap_or(1),
+                tls_mode: self.tls_mode(b.tls_mode.as_ref()),
+                https_redirect: b.https_redirect.unwrap_or(false),
             },
         };
 
@@ -295,8 +331,10 @@ impl Checker<'_> {
 
         let cluster = raw.cluster.as_ref().map(|c| self.cluster(c, &raw.lb));
 
+        let tls = self.tls(raw.tls.as_ref(), base);
         self.check_roles_present(&raw);
         self.check_addresses(&raw);
+        self.check_https(&raw, &balancer);
 
         Site {
             name: raw.site.name,
@@ -307,6 +345,147 @@ impl Checker<'_> {
             apps,
             database,
             cluster,
+            tls,
+        }
+    }
+
+    fn tls(&mut self, raw: Option<&RawTls>, base: &Path) -> Tls {
+        let hsts = match raw.and_then(|t| t.hsts.as_deref()) {
+            Some("") => None,
+            Some(value) => Some(value.to_string()),
+            None => Some("max-age=63072000".to_string()),
+        };
+        let files = match raw.map(|t| (&t.cert, &t.key)) {
+            Some((Some(cert), Some(key))) => Some(TlsFiles {
+                cert: absolute(base, cert.get_ref()),
+                key: absolute(base, key.get_ref()),
+            }),
+            Some((Some(one), None)) | Some((None, Some(one))) => {
+                self.mistake(
+                    one.span(),
+                    "`cert` and `key` go together",
+                    "give both the certificate chain and its private key (PEM files), \
+                     or neither for a self-signed certificate",
+                );
+                None
+            }
+            _ => None,
+        };
+        Tls { files, hsts }
+    }
+
+    fn tls_mode(&mut self, raw: Option<&Spanned<String>>) -> TlsMode {
+        let Some(raw) = raw else { return TlsMode::Tcp };
+        match raw.get_ref().as_str() {
+            "tcp" => TlsMode::Tcp,
+            "http" => TlsMode::Http,
+            other => {
+                self.mistake(
+                    raw.span(),
+                    format!("unknown tls_mode `{other}`"),
+                    "write \"tcp\" (pass TLS through to the web servers) or \"http\" \
+                     (end TLS at the load balancer)",
+                );
+                TlsMode::Tcp
+            }
+        }
+    }
+
+    /// Extra response headers: the secure defaults, overridden or removed (empty
+    /// value) by the site's `[web.headers]` table.
+    fn headers(&mut self, raw: Option<&toml::Table>) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = DEFAULT_HEADERS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let Some(raw) = raw else { return out };
+        for (name, value) in raw {
+            let lower = name.to_ascii_lowercase();
+            let valid_name = !lower.is_empty()
+                && lower
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            let value = match value.as_str() {
+                Some(v) if valid_name && !v.contains(['\r', '\n']) => v.to_string(),
+                _ => {
+                    self.mistakes.push(Mistake::at(
+                        self.text,
+                        self.key_span(name),
+                        format!("`{name}` is not a header name with a text value"),
+                        Some(
+                            "write a header name (letters, digits, dashes) = \"value\", or \
+                             \"\" to drop a default header"
+                                .into(),
+                        ),
+                    ));
+                    continue;
+                }
+            };
+            out.retain(|(k, _)| *k != lower);
+            if !value.is_empty() {
+                out.push((lower, value));
+            }
+        }
+        out
+    }
+
+    /// Where a key of a free-form table first appears (tables keep no spans).
+    fn key_span(&self, key: &str) -> Range<usize> {
+        self.text
+            .find(key)
+            .map(|at| at..at + key.len())
+            .unwrap_or(0..0)
+    }
+
+    fn cache_rule(&mut self, raw: &RawCache) -> CacheRule {
+        if !raw.pattern.get_ref().starts_with(['/', '*']) {
+            self.mistake(
+                raw.pattern.span(),
+                format!("`{}` is not a path pattern", raw.pattern.get_ref()),
+                "start the pattern with `/` or `*`, like \"/static/*\" or \"*.css\"",
+            );
+        }
+        if raw.cache_control.get_ref().contains(['\r', '\n'])
+            || raw.cache_control.get_ref().is_empty()
+        {
+            self.mistake(
+                raw.cache_control.span(),
+                "`cache_control` must be one non-empty line",
+                "write a value like \"public, max-age=3600\"",
+            );
+        }
+        CacheRule {
+            pattern: raw.pattern.get_ref().clone(),
+            cache_control: raw.cache_control.get_ref().clone(),
+        }
+    }
+
+    /// An HTTPS frontend in `tcp` mode passes TLS to the web servers, so every web
+    /// server of the pool needs a `tls_listen`.
+    fn check_https(&mut self, raw: &RawSite, balancer: &Balancer) {
+        let Some(frontend) = raw.lb.iter().find_map(|l| l.tls_listen.as_ref()) else {
+            return;
+        };
+        if balancer.tls_mode != TlsMode::Tcp {
+            return;
+        }
+        let missing: Vec<&str> = raw
+            .web
+            .iter()
+            .filter(|w| balancer.servers.contains(w.name.get_ref()) && w.tls_listen.is_none())
+            .map(|w| w.name.get_ref().as_str())
+            .collect();
+        if !missing.is_empty() {
+            self.mistake(
+                frontend.span(),
+                format!(
+                    "this HTTPS frontend passes TLS through (tls_mode = \"tcp\"), but web \
+                     server {} has no `tls_listen`",
+                    missing.join(", ")
+                ),
+                "add `tls_listen` to those [[web]] nodes, or set `tls_mode = \"http\"` in \
+                 [balancer] to end TLS at the load balancers",
+            );
         }
     }
 
@@ -347,16 +526,18 @@ impl Checker<'_> {
             )
         };
         let floating = match mode {
-            "local" => match &c.address {
-                Some(a) => Floating::Local {
-                    address: self.address(a, "address"),
-                },
-                None => {
-                    need_address(self);
-                    Floating::Local {
-                        address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            "local" => Floating::Local {
+                address: match &c.address {
+                    Some(a) => self.address(a, "address"),
+                    None => {
+                        need_address(self);
+                        SocketAddr::from(([127, 0, 0, 1], 0))
                     }
-                }
+                },
+                tls_address: c
+                    .tls_address
+                    .as_ref()
+                    .map(|a| self.address(a, "tls_address")),
             },
             "linux" => {
                 let interface = c.interface.clone().unwrap_or_else(|| {
@@ -407,6 +588,7 @@ impl Checker<'_> {
                 );
                 Floating::Local {
                     address: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    tls_address: None,
                 }
             }
         };
@@ -525,6 +707,10 @@ impl Checker<'_> {
             connect: self.duration(raw.and_then(|t| t.connect.as_ref()), Duration::from_secs(3)),
             client: self.duration(raw.and_then(|t| t.client.as_ref()), Duration::from_secs(30)),
             server: self.duration(raw.and_then(|t| t.server.as_ref()), Duration::from_secs(60)),
+            keepalive: self.duration(
+                raw.and_then(|t| t.keepalive.as_ref()),
+                Duration::from_secs(75),
+            ),
         }
     }
 
@@ -671,41 +857,40 @@ impl Checker<'_> {
     /// Two nodes of one site cannot bind the same address.
     fn check_addresses(&mut self, raw: &RawSite) {
         let mut seen: HashMap<String, String> = HashMap::new();
-        // In local mode the floating address is bound by the load balancers too.
+        // In local mode the floating addresses are bound by the load balancers too.
         if let Some(cluster) = &raw.cluster {
             let c = cluster.get_ref();
-            let local = c.mode.as_ref().is_none_or(|m| m.get_ref() == "local");
-            if let (true, Some(Ok(addr))) = (
-                local,
-                c.address
-                    .as_ref()
-                    .map(|a| a.get_ref().parse::<SocketAddr>()),
-            ) {
-                seen.insert(addr.to_string(), "the cluster's floating address".into());
+            if c.mode.as_ref().is_none_or(|m| m.get_ref() == "local") {
+                for a in [&c.address, &c.tls_address].into_iter().flatten() {
+                    if let Ok(addr) = a.get_ref().parse::<SocketAddr>() {
+                        seen.insert(addr.to_string(), "the cluster's floating address".into());
+                    }
+                }
             }
         }
         let all = raw
             .lb
             .iter()
-            .map(|n| (&n.name, [Some(&n.listen), n.bind.as_ref(), Some(&n.admin)]))
+            .map(|n| {
+                let addrs = [Some(&n.listen), n.bind.as_ref(), Some(&n.admin)];
+                (&n.name, addrs, n.tls_listen.as_ref())
+            })
             .chain(
                 raw.lb
                     .iter()
-                    .map(|n| (&n.name, [n.heartbeat.as_ref(), None, None])),
+                    .map(|n| (&n.name, [n.heartbeat.as_ref(), None, None], None)),
             )
-            .chain(
-                raw.web
-                    .iter()
-                    .map(|n| (&n.name, [Some(&n.listen), n.bind.as_ref(), Some(&n.admin)])),
-            )
-            .chain(
-                raw.app
-                    .iter()
-                    .map(|n| (&n.name, [Some(&n.listen), n.bind.as_ref(), Some(&n.admin)])),
-            );
-        for (name, addrs) in all {
+            .chain(raw.web.iter().map(|n| {
+                let addrs = [Some(&n.listen), n.bind.as_ref(), Some(&n.admin)];
+                (&n.name, addrs, n.tls_listen.as_ref())
+            }))
+            .chain(raw.app.iter().map(|n| {
+                let addrs = [Some(&n.listen), n.bind.as_ref(), Some(&n.admin)];
+                (&n.name, addrs, None)
+            }));
+        for (name, addrs, tls) in all {
             // `bind` replaces `listen` as what is bound; count each address once per node.
-            let bound = [addrs[1].or(addrs[0]), addrs[2]];
+            let bound = [addrs[1].or(addrs[0]), addrs[2], tls];
             for addr in bound.into_iter().flatten() {
                 let Ok(parsed) = addr.get_ref().parse::<SocketAddr>() else {
                     continue;

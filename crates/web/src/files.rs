@@ -57,6 +57,9 @@ const GZIP_CACHE_BUDGET: usize = 32 << 20;
 /// name a file, so it is answered as "not here" without asking the kernel.
 const NAME_MAX: usize = 255;
 
+/// The one hidden directory served: site metadata such as ACME challenges.
+const WELL_KNOWN: &str = ".well-known";
+
 /// Characters re-escaped when a normalised path is put back into a `Location` header.
 const PATH_SEGMENT: &AsciiSet = &CONTROLS
     .add(b' ')
@@ -267,7 +270,11 @@ impl RelPath {
                 name => parts.push(name.to_owned()),
             }
         }
-        if parts.iter().any(|part| part.starts_with('.')) {
+        // `/.well-known/` (RFC 8615) is public by definition: ACME challenges live
+        // there. Any other hidden component stays hidden.
+        let hidden =
+            |(i, part): (usize, &String)| part.starts_with('.') && !(i == 0 && part == WELL_KNOWN);
+        if parts.iter().enumerate().any(hidden) {
             return Err(StatusCode::NOT_FOUND);
         }
         Ok(Self { parts, dir })
@@ -450,9 +457,11 @@ impl Inner {
             );
             return Ok(Found::Refused);
         };
-        let hidden = inside.components().any(
-            |c| matches!(c, Component::Normal(name) if name.as_encoded_bytes().starts_with(b".")),
-        );
+        let hidden = inside.components().enumerate().any(|(i, c)| {
+            matches!(c, Component::Normal(name)
+                if name.as_encoded_bytes().starts_with(b".")
+                    && !(i == 0 && name.as_encoded_bytes() == WELL_KNOWN.as_bytes()))
+        });
         if hidden {
             return Ok(Found::Refused);
         }
@@ -804,7 +813,9 @@ fn preconditions(req: &Request, res: &Resource, weak: bool) -> Precondition {
             return Precondition::NotModified;
         }
     } else if let Some(date) = req.if_modified_since {
-        if res.modified <= date {
+        // A date in the future is invalid (RFC 9110 §13.1.3): a client clock ahead
+        // of ours must not pin a stale copy, so it is ignored, as nginx does.
+        if res.modified <= date && date <= SystemTime::now() {
             return Precondition::NotModified;
         }
     }
@@ -1801,6 +1812,37 @@ mod tests {
         let (status, _, body) = get(&files, "/alias.txt", &[]).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, "hi");
+    }
+
+    #[tokio::test]
+    async fn well_known_files_are_served_but_hidden_files_inside_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let challenge = dir.path().join(".well-known/acme-challenge");
+        std::fs::create_dir_all(&challenge).unwrap();
+        std::fs::write(challenge.join("tok3n"), "tok3n.key").unwrap();
+        std::fs::write(challenge.join(".secret"), "no").unwrap();
+        let files = StaticFiles::new(dir.path()).unwrap();
+        let get = |path: &'static str| {
+            let files = files.clone();
+            async move {
+                match files
+                    .serve(&Method::GET, &path.parse().unwrap(), &HeaderMap::new())
+                    .await
+                {
+                    Outcome::Response(resp) => resp.status(),
+                    Outcome::NotFound => StatusCode::NOT_FOUND,
+                }
+            }
+        };
+        assert_eq!(
+            get("/.well-known/acme-challenge/tok3n").await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            get("/.well-known/acme-challenge/.secret").await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(get("/a/.well-known/x").await, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]

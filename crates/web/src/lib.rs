@@ -1,25 +1,28 @@
 //! `web`: the web-server role.
 //!
-//! nginx's job in the scale-up design: answer static files itself ([`files`]), send
-//! everything else to the application servers over keep-alive connections (through
-//! `net::proxy`, with health checks on the app pool), and write one access-log line
-//! per request carrying the request id the load balancer gave it.
+//! nginx's job in the scale-up design: end TLS (HTTP/2 or HTTP/1.1 by ALPN, the
+//! client's address from the load balancers' PROXY protocol header), answer static
+//! files itself ([`files`], `Cache-Control` by path pattern), send everything else to
+//! the application servers over keep-alive connections (through `net::proxy`, with
+//! health checks on the app pool), add the security headers and HSTS a response
+//! lacks, and write one access-log line per request carrying the request id the load
+//! balancer gave it.
 #![forbid(unsafe_code)]
 
 pub mod files;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, STRICT_TRANSPORT_SECURITY};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use net::access_log::AccessLog;
 use net::headers::{add_forwarded, RequestIds, X_REQUEST_ID};
 use net::proxy::Policy;
-use net::server::{Handler, Limits};
+use net::server::{ConnInfo, Handler, Limits, Transport};
 use net::upstream::Pool;
 use net::{Body, Metrics, Shutdown};
 use tokio::net::TcpListener;
@@ -43,6 +46,18 @@ pub struct Config {
     pub timeouts: site::Timeouts,
     /// Most client connections at once.
     pub max_connections: usize,
+    /// The certificate for the HTTPS listener (needed when one is given to [`serve`]).
+    pub tls: Option<site::TlsFiles>,
+    /// `Strict-Transport-Security` for HTTPS responses.
+    pub hsts: Option<String>,
+    /// Who may send a PROXY protocol header on the HTTPS listener: the load balancers.
+    pub proxy_from: Vec<IpAddr>,
+    /// Headers added to responses that lack them.
+    pub headers: Vec<(String, String)>,
+    /// `Cache-Control` for static files by path pattern.
+    pub cache: Vec<site::CacheRule>,
+    /// Largest request body accepted.
+    pub max_body_bytes: u64,
 }
 
 impl Config {
@@ -63,6 +78,20 @@ impl Config {
             health: web.health.clone(),
             timeouts: web.timeouts.clone(),
             max_connections: web.max_connections,
+            tls: match web.tls_listen {
+                Some(_) => Some(net::tls::cert_files(site)?),
+                None => None,
+            },
+            hsts: site.tls.hsts.clone(),
+            proxy_from: site
+                .lbs
+                .iter()
+                .flat_map(|l| [l.node.listen.ip(), l.node.bind.ip()])
+                .map(|ip| ip.to_canonical())
+                .collect(),
+            headers: web.headers.clone(),
+            cache: web.cache.clone(),
+            max_body_bytes: web.max_body_bytes,
         })
     }
 }
@@ -82,6 +111,10 @@ struct WebServer {
     log: AccessLog,
     metrics: Arc<Metrics>,
     started: SystemTime,
+    /// Added to every response that lacks them.
+    headers: Vec<(HeaderName, HeaderValue)>,
+    hsts: Option<HeaderValue>,
+    cache: Vec<(site::CacheRule, HeaderValue)>,
 }
 
 impl Handler for WebServer {
@@ -93,7 +126,15 @@ impl Handler for WebServer {
             .log
             .begin(req.method(), req.uri(), req.version(), req.headers(), peer);
 
-        let mut resp = if req.uri().path() == "/healthz" {
+        // HTTPS: TLS ended here, or at a load balancer in `http` mode (which says so).
+        let secure = req.extensions().get::<ConnInfo>().is_some_and(|c| c.secure)
+            || req
+                .headers()
+                .get(&net::headers::X_FORWARDED_PROTO)
+                .is_some_and(|v| v == "https");
+        let path = req.uri().path().to_owned();
+
+        let mut resp = if path == "/healthz" {
             health_response(req.method())
         } else {
             match self
@@ -101,14 +142,27 @@ impl Handler for WebServer {
                 .serve(req.method(), req.uri(), req.headers())
                 .await
             {
-                Outcome::Response(resp) => resp,
+                Outcome::Response(mut resp) => {
+                    self.cache_control(&path, &mut resp);
+                    resp
+                }
                 Outcome::NotFound => {
-                    // The load balancer in front set X-Forwarded-Proto; keep it.
-                    add_forwarded(req.headers_mut(), peer, "http", true);
+                    // A load balancer in front may have set X-Forwarded-Proto; keep it.
+                    let proto = if secure { "https" } else { "http" };
+                    add_forwarded(req.headers_mut(), peer, proto, true);
                     net::proxy::forward(&self.pool, req, peer, POLICY, &request_id).await
                 }
             }
         };
+        let headers = resp.headers_mut();
+        for (name, value) in &self.headers {
+            if !headers.contains_key(name) {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+        if let (true, Some(hsts)) = (secure, &self.hsts) {
+            headers.insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
 
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -120,6 +174,20 @@ impl Handler for WebServer {
                 entry.finish(status, bytes, Some(&request_id));
             })
         })
+    }
+}
+
+impl WebServer {
+    /// The first matching rule's `Cache-Control` on a file (or its 304/206), unless
+    /// the file handler set one.
+    fn cache_control(&self, path: &str, resp: &mut Response<Body>) {
+        let cacheable = matches!(resp.status().as_u16(), 200 | 206 | 304);
+        if !cacheable || resp.headers().contains_key(CACHE_CONTROL) {
+            return;
+        }
+        if let Some((_, value)) = self.cache.iter().find(|(rule, _)| rule.matches(path)) {
+            resp.headers_mut().insert(CACHE_CONTROL, value.clone());
+        }
     }
 }
 
@@ -165,12 +233,54 @@ impl net::admin::Report for WebServer {
 
 /// Runs web server `config` on `listener` (clients) and `admin` (operators) until
 /// `shutdown`, then drains open connections.
+///
+/// `tls_listener`, when given, serves HTTPS with the configured certificate and
+/// accepts PROXY protocol v2 from the load balancers.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    tls_listener: Option<TcpListener>,
     admin: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let tls = match (&tls_listener, &config.tls) {
+        (None, _) => None,
+        (Some(_), Some(files)) => Some(tokio_rustls::TlsAcceptor::from(net::tls::server_config(
+            files,
+        )?)),
+        (Some(_), None) => anyhow::bail!(
+            "web server {} has an HTTPS listener but no certificate in its configuration",
+            config.name
+        ),
+    };
+    let header = |name: &str, value: &str| -> anyhow::Result<(HeaderName, HeaderValue)> {
+        Ok((
+            HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| anyhow::anyhow!("header name `{name}`: {e}"))?,
+            HeaderValue::from_str(value)
+                .map_err(|e| anyhow::anyhow!("value of header `{name}`: {e}"))?,
+        ))
+    };
+    let headers = config
+        .headers
+        .iter()
+        .map(|(k, v)| header(k, v))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let hsts = config
+        .hsts
+        .as_deref()
+        .map(|v| header("strict-transport-security", v).map(|(_, v)| v))
+        .transpose()?;
+    let cache = config
+        .cache
+        .iter()
+        .map(|rule| {
+            Ok((
+                rule.clone(),
+                header("cache-control", &rule.cache_control)?.1,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let files = StaticFiles::new(&config.root)
         .map_err(|e| anyhow::anyhow!("document root {}: {e}", config.root.display()))?;
     let pool = Arc::new(Pool::new(
@@ -189,10 +299,15 @@ pub async fn serve(
         log: AccessLog::open(config.access_log.as_deref())?,
         metrics: Arc::new(Metrics::default()),
         started: SystemTime::now(),
+        headers,
+        hsts,
+        cache,
     });
     let limits = Limits {
         max_connections: config.max_connections,
         header_timeout: config.timeouts.client,
+        keepalive_timeout: config.timeouts.keepalive,
+        max_body_bytes: Some(config.max_body_bytes),
         ..Limits::default()
     };
     tracing::info!(
@@ -207,7 +322,28 @@ pub async fn serve(
         web.clone(),
         shutdown.clone(),
     ));
+    let tls_task = match (tls_listener, tls) {
+        (Some(tls_listener), Some(acceptor)) => {
+            tracing::info!(node = %config.name, tls_listen = %tls_listener.local_addr()?, "web server serving HTTPS");
+            let transport = Transport {
+                tls: Some(acceptor),
+                proxy_from: config.proxy_from.clone(),
+            };
+            Some(tokio::spawn(net::server::serve_with(
+                tls_listener,
+                transport,
+                limits.clone(),
+                web.clone(),
+                web.metrics.clone(),
+                shutdown.clone(),
+            )))
+        }
+        _ => None,
+    };
     net::server::serve(listener, limits, web.clone(), web.metrics.clone(), shutdown).await?;
+    if let Some(task) = tls_task {
+        task.await??;
+    }
     admin_task.await??;
     Ok(())
 }

@@ -1,0 +1,115 @@
+//! The `tcp`-mode HTTPS frontend: TLS is passed through untouched to a web server's
+//! HTTPS listener (the keys stay on the web servers), preceded by a PROXY protocol v2
+//! header so the web server still logs and limits by the real client address.
+//!
+//! Servers are picked from the same health-checked pool as the HTTP frontend (their
+//! plain-HTTP health says whether the node is up); a server that refuses the
+//! connection is taken out at once and the next one is tried.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use net::upstream::Pool;
+use net::{Metrics, Shutdown};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+/// Where and how connections are relayed.
+pub(crate) struct Relay {
+    pub pool: Arc<Pool>,
+    /// The HTTPS address of each pool member, by pool index.
+    pub targets: Vec<Option<SocketAddr>>,
+    pub connect_timeout: Duration,
+    /// Other servers tried after a failed connect.
+    pub retries: u32,
+    pub max_connections: usize,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Relays connections from `listener` until `shutdown`, then gives open ones
+/// `drain` to finish.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    shutdown: Shutdown,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(relay.max_connections));
+    let tracker = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            _ = shutdown.wait() => break,
+        };
+        let (client, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.wait() => break,
+        };
+        let relay = relay.clone();
+        relay.metrics.connection_opened();
+        tracker.spawn(async move {
+            if let Err(e) = relay.one(client, peer).await {
+                tracing::debug!(%peer, "relay ended: {e}");
+            }
+            relay.metrics.connection_closed();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    let _ = tokio::time::timeout(drain, tracker.wait()).await;
+    Ok(())
+}
+
+impl Relay {
+    async fn one(&self, mut client: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
+        let _ = client.set_nodelay(true);
+        let local = client.local_addr()?;
+        let mut tried = Vec::new();
+        while tried.len() <= self.retries as usize {
+            let Some((index, _in_flight)) = self.pool.pick(peer.ip(), &tried) else {
+                break;
+            };
+            tried.push(index);
+            let Some(target) = self.targets.get(index).copied().flatten() else {
+                continue;
+            };
+            let connected =
+                tokio::time::timeout(self.connect_timeout, TcpStream::connect(target)).await;
+            let mut server = match connected {
+                Ok(Ok(server)) => server,
+                Ok(Err(e)) => {
+                    let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
+                    self.pool
+                        .report_failure(index, &format!("HTTPS connect: {e}"), refused);
+                    continue;
+                }
+                Err(_) => {
+                    self.pool
+                        .report_failure(index, "HTTPS connect timed out", false);
+                    continue;
+                }
+            };
+            let _ = server.set_nodelay(true);
+            server
+                .write_all(&net::proxy_protocol::header(peer, local)?)
+                .await?;
+            tokio::io::copy_bidirectional(&mut client, &mut server).await?;
+            return Ok(());
+        }
+        // No server: close; a TLS client sees a failed handshake, the most a
+        // passthrough frontend can say.
+        tracing::warn!(%peer, "no web server could take an HTTPS connection");
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! TLS for the nodes that end it: the site's certificate (its own PEM files, or a
+//! self-signed one for the site's name made once in the state directory), TLS 1.2
+//! and 1.3 with the `ring` provider, and HTTP/2 or HTTP/1.1 chosen by ALPN.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The certificate and key files a node serves: the site's own, or the self-signed
+/// pair in the state directory (made here if missing).
+pub fn cert_files(site: &site::Site) -> anyhow::Result<site::TlsFiles> {
+    match &site.tls.files {
+        Some(files) => Ok(files.clone()),
+        None => ensure_self_signed(site),
+    }
+}
+
+/// Where the self-signed certificate of `site` lives: `STATE_DIR/tls/NAME.crt`
+/// and `.key`.
+pub fn self_signed_files(site: &site::Site) -> site::TlsFiles {
+    let dir = site.state_dir.join("tls");
+    site::TlsFiles {
+        cert: dir.join(format!("{}.crt", site.name)),
+        key: dir.join(format!("{}.key", site.name)),
+    }
+}
+
+/// Makes the self-signed certificate (ECDSA P-256, for the site's name, `localhost`
+/// and `127.0.0.1`) unless it already exists, so every node and every run serves the
+/// same certificate and a browser told to trust it once keeps trusting it.
+pub fn ensure_self_signed(site: &site::Site) -> anyhow::Result<site::TlsFiles> {
+    let files = self_signed_files(site);
+    if files.cert.exists() && files.key.exists() {
+        return Ok(files);
+    }
+    let names = vec![site.name.clone(), "localhost".into(), "127.0.0.1".into()];
+    let rcgen::CertifiedKey { cert, key_pair } = rcgen::generate_simple_self_signed(names)
+        .with_context(|| format!("cannot make a certificate for {}", site.name))?;
+    let dir = files.cert.parent().expect("the files are in a folder");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // The key first and the certificate last: a certificate file means the pair is whole.
+    write_atomically(&files.key, key_pair.serialize_pem().as_bytes(), 0o600)?;
+    write_atomically(&files.cert, cert.pem().as_bytes(), 0o644)?;
+    Ok(files)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// The rustls server configuration for `files`: TLS 1.3 and 1.2, ALPN `h2` then
+/// `http/1.1`.
+pub fn server_config(files: &site::TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read certificates from {}: {e}; give a PEM file with the chain, \
+                 the site's certificate first",
+                files.cert.display()
+            )
+        })?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "{} holds no PEM certificate; give the chain, the site's certificate first",
+        files.cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read a private key from {}: {e}; give the certificate's key as PEM \
+             (PKCS#8, PKCS#1 or SEC1)",
+            files.key.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .with_context(|| {
+            format!(
+                "{} and {} do not make a usable certificate and key pair",
+                files.cert.display(),
+                files.key.display()
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Only for messages: where the certificate in use came from.
+pub fn describe(site: &site::Site) -> PathBuf {
+    site.tls
+        .files
+        .as_ref()
+        .map(|f| f.cert.clone())
+        .unwrap_or_else(|| self_signed_files(site).cert)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_self_signed_certificate_is_made_once_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = site::default_site(20000, &dir.path().to_string_lossy(), "test-secret");
+        let site = site::parse(&text, "t", dir.path()).unwrap();
+        let files = ensure_self_signed(&site).unwrap();
+        let first = std::fs::read(&files.cert).unwrap();
+        ensure_self_signed(&site).unwrap();
+        assert_eq!(std::fs::read(&files.cert).unwrap(), first, "made once");
+        let config = server_config(&files).unwrap();
+        assert_eq!(config.alpn_protocols[0], b"h2");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&files.key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the key is private");
+    }
+
+    #[test]
+    fn a_missing_certificate_file_says_what_to_give() {
+        let files = site::TlsFiles {
+            cert: "/nonexistent/site.crt".into(),
+            key: "/nonexistent/site.key".into(),
+        };
+        let err = server_config(&files).unwrap_err().to_string();
+        assert!(
+            err.contains("/nonexistent/site.crt") && err.contains("PEM"),
+            "{err}"
+        );
+    }
+}
