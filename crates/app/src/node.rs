@@ -62,6 +62,7 @@ impl net::admin::Report for AppNode {
         serde_json::json!({
             "node": self.name,
             "role": "app",
+            "pid": std::process::id(),
             "started": httpdate::fmt_http_date(self.started),
             "requests": self.metrics.requests_total(),
             "responses_by_class": self.metrics.by_class(),

@@ -165,6 +165,11 @@ impl Election {
         }
     }
 
+    /// Whether the peer is heard from and not gone: someone to hand over to.
+    pub fn peer_is_alive(&self, now: Instant) -> bool {
+        self.peer_alive(now).is_some()
+    }
+
     fn peer_alive(&self, now: Instant) -> Option<&PeerView> {
         self.peer
             .as_ref()

@@ -360,8 +360,14 @@ impl Member {
                 }
                 Some(command) = commands.recv() => match command {
                     Command::Leave(done) => {
-                        let t = self.election.lock().expect("poisoned").leave();
-                        leaving = Some(done);
+                        let mut election = self.election.lock().expect("poisoned");
+                        let t = election.leave();
+                        if election.peer_is_alive(Instant::now()) {
+                            leaving = Some(done);
+                        } else {
+                            // Nobody to hand over to: do not wait for an answer.
+                            let _ = done.send(());
+                        }
                         t
                     }
                     Command::Release(done) => {

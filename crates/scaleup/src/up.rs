@@ -72,7 +72,7 @@ async fn supervise(path: &Path, site: &Site) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut running = spawn_node(&exe, path, &node.name)?;
         let ready = tokio::select! {
-            ready = wait_ready(&node) => ready,
+            ready = wait_ready(&node, running.child.id()) => ready,
             status = running.child.wait() => Err(anyhow::anyhow!(
                 "it exited ({})",
                 status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
@@ -242,15 +242,15 @@ fn spawn_node(exe: &Path, site: &Path, name: &str) -> anyhow::Result<Running> {
     })
 }
 
-/// Polls the node's admin `/healthz` until it answers 200.
-async fn wait_ready(node: &Node) -> anyhow::Result<()> {
+/// Polls the node's admin listener until the process `pid` answers `/status` (not
+/// some other process left on the port) and `/healthz` says 200.
+async fn wait_ready(node: &Node, pid: Option<u32>) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
-        match crate::probe::get(node.admin, "/healthz", Duration::from_secs(1)).await {
-            Ok((200, _)) => return Ok(()),
-            Ok((status, body)) => last = format!("status {status}: {}", body.trim()),
-            Err(e) => last = e.to_string(),
+        match ready(node, pid).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = format!("{e:#}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -258,6 +258,21 @@ async fn wait_ready(node: &Node) -> anyhow::Result<()> {
         "no healthy answer on {} within {READY_TIMEOUT:?} (last: {last})",
         node.admin
     )
+}
+
+async fn ready(node: &Node, pid: Option<u32>) -> anyhow::Result<()> {
+    let (_, status) = crate::probe::get(node.admin, "/status", Duration::from_secs(1)).await?;
+    let answered: serde_json::Value = serde_json::from_str(&status)?;
+    let answered = answered["pid"].as_u64();
+    anyhow::ensure!(
+        answered == pid.map(u64::from),
+        "{} answers from pid {answered:?}, not from the node just started: another process holds the port",
+        node.admin
+    );
+    match crate::probe::get(node.admin, "/healthz", Duration::from_secs(1)).await? {
+        (200, _) => Ok(()),
+        (status, body) => anyhow::bail!("status {status}: {}", body.trim()),
+    }
 }
 
 /// Keeps one node running until `stop`: restarts it when it dies, stops it with

@@ -222,6 +222,7 @@ impl net::admin::Report for WebServer {
         serde_json::json!({
             "node": self.name,
             "role": "web",
+            "pid": std::process::id(),
             "started": httpdate::fmt_http_date(self.started),
             "requests": self.metrics.requests_total(),
             "responses_by_class": self.metrics.by_class(),
