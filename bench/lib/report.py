@@ -17,7 +17,17 @@ def med(values):
     return statistics.median(values) if values else None
 
 
+def drill_line(r):
+    print(
+        f"  {r['stack']:<4} {r['scenario']:<4} #{r['drill']}: gap {r['gap_ms']:7.1f} ms, "
+        f"failed {r['failed']:5}/{r['sent']:<5} recovered={r['recovered']} "
+        f"arp->{r['arp']} vip on [{r['holder']}] {r['kinds']}"
+    )
+
+
 def main():
+    if sys.argv[1] == "--line":
+        return drill_line(json.loads(sys.argv[2]))
     rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
     by = {}
     for r in rows:

@@ -70,6 +70,9 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal, not in `scaleup up`'s pipes or files.
         .with_ansi(std::io::stderr().is_terminal())
+        // A node whose supervisor died has no reader on stderr: a failed log write
+        // must not turn into a panic (the default reports it with `eprintln!`).
+        .log_internal_errors(false)
         .with_target(false)
         .init();
 }
@@ -104,8 +107,10 @@ fn watch_stdin(trigger: std::sync::Arc<net::shutdown::Trigger>) {
                 Err(e) => break e.to_string(),
             }
         };
-        tracing::info!("supervisor gone (standard input {why}): stopping");
+        // Stop first, log second: with the supervisor gone, the log may have no
+        // reader left.
         trigger.fire();
+        tracing::info!("supervisor gone (standard input {why}): stopping");
     });
 }
 

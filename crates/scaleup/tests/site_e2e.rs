@@ -233,3 +233,22 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
         );
     }
 }
+
+#[test]
+fn killing_the_supervisor_leaves_no_node_behind() {
+    let base = free_base(DEFAULT_SITE_PORTS);
+    let state = tempfile::tempdir().unwrap();
+    let up = start_up(base, state.path());
+    up.signal(Signal::SIGKILL);
+    // The nodes see their standard input close and stop on their own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    for port in [base + 1, base + 2, base + 3, base + 4, base + 14] {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "port {port} still served after the supervisor died"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
