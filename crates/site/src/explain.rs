@@ -250,6 +250,8 @@ struct DbFacts {
     location: String,
     /// The data lives inside the application servers (one disk, one machine).
     embedded: bool,
+    /// Replicas (`replica1 127.0.0.1:3307`), for a replicated database; empty otherwise.
+    replicas: Vec<String>,
 }
 
 fn db_facts(db: &Database) -> DbFacts {
@@ -258,6 +260,21 @@ fn db_facts(db: &Database) -> DbFacts {
             kind: "SQLite file",
             location: path.display().to_string(),
             embedded: true,
+            replicas: Vec::new(),
+        },
+        Database::Mysql(m) => DbFacts {
+            kind: if m.managed {
+                "MariaDB primary (managed by scaleup up)"
+            } else {
+                "MySQL/MariaDB primary"
+            },
+            location: m.primary.address(),
+            embedded: false,
+            replicas: m
+                .replicas
+                .iter()
+                .map(|r| format!("{} {}", r.name, r.address()))
+                .collect(),
         },
     }
 }
@@ -398,6 +415,18 @@ fn elements(v: &View) -> Vec<Element> {
             join(&v.app_names())
         );
     }
+    if let Database::Mysql(m) = &site.database {
+        let _ = write!(
+            why,
+            " Writes go to the primary; reads are spread over {} replica(s) kept in step by \
+             GTID replication, skipping any that is down or more than {:?} behind, and a \
+             visitor's read waits (at most {:?}) for their own last write or goes to the \
+             primary, so nobody misses what they just posted.",
+            m.replicas.len(),
+            m.max_replica_lag,
+            m.read_your_writes_timeout
+        );
+    }
     out.push(Element {
         name: "database".into(),
         kind: "database".into(),
@@ -534,6 +563,38 @@ fn risks(v: &View) -> Vec<Risk> {
                   copy the SQLite file to another machine regularly."
                 .into(),
         });
+    }
+    if let Database::Mysql(m) = &site.database {
+        if m.replicas.is_empty() {
+            out.push(Risk {
+                severity: Severity::High,
+                what: format!(
+                    "The database is a single point of failure for all data, reads and writes: \
+                     the primary {} has no replica.",
+                    m.primary.address()
+                ),
+                fix: "Add replicas to [database] `replicas`: they keep a copy of every write, \
+                      serve the reads, and keep the site readable when the primary is down."
+                    .into(),
+            });
+        } else {
+            out.push(Risk {
+                severity: Severity::High,
+                what: format!(
+                    "The database primary {} is still a single point of failure for writes: \
+                     while it is down, the {} replica(s) keep reads working but nobody can sign \
+                     up, log in or post (503), and scaleup does not promote a replica on its own.",
+                    m.primary.address(),
+                    m.replicas.len()
+                ),
+                fix: "Keep the primary on reliable hardware and watch scaleup_db_up. To replace \
+                      a lost primary, promote the most advanced replica by hand (STOP SLAVE; \
+                      RESET SLAVE ALL; SET GLOBAL read_only = OFF), point the other replicas \
+                      at it, and make it `primary` in the site file; or add automatic failover \
+                      (MaxScale, Orchestrator) in front of the primary."
+                    .into(),
+            });
+        }
     }
 
     // No TLS: the model has no HTTPS listener yet, so this is always true.
@@ -688,6 +749,13 @@ fn mermaid(v: &View) -> String {
         &mut m,
         format!("db[(\"{}\")]", label(&[db.kind, &db.location, where_])),
     );
+    for (i, replica) in db.replicas.iter().enumerate() {
+        line(
+            &mut m,
+            format!("dbr{i}[(\"{}\")]", label(&["replica", replica])),
+        );
+        line(&mut m, format!("db -->|\"GTID replication\"| dbr{i}"));
+    }
 
     line(&mut m, "user -->|\"HTTP (no TLS)\"| dns".into());
     for lb in &site.lbs {
@@ -845,7 +913,21 @@ fn picture(v: &View) -> String {
     if db.embedded {
         db_box.push(format!("on the disk of {}", join(&v.app_names())));
     }
-    tier(&mut out, "database", &[db_box]);
+    let mut boxes = vec![db_box];
+    boxes.extend(
+        db.replicas
+            .iter()
+            .map(|r| vec!["replica (reads)".to_string(), r.clone()]),
+    );
+    tier(
+        &mut out,
+        if db.replicas.is_empty() {
+            "database"
+        } else {
+            "database: primary (writes) --GTID replication--> replicas"
+        },
+        &boxes,
+    );
     out
 }
 
