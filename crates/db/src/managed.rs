@@ -177,6 +177,12 @@ impl Instance {
         self.dir.join("data")
     }
 
+    /// The server's own temporary directory: two servers (or two `mariadb-install-db`
+    /// runs) sharing `/tmp` can collide on their temporary table names.
+    fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
     fn error_log(&self) -> PathBuf {
         self.dir.join("error.log")
     }
@@ -219,7 +225,9 @@ impl Instance {
         if data.join("mysql").is_dir() {
             return Ok(());
         }
-        std::fs::create_dir_all(&data).map_err(|e| {
+        std::fs::create_dir_all(&data)
+            .and_then(|()| std::fs::create_dir_all(self.tmp_dir()))
+            .map_err(|e| {
             self.setup_error(
                 format!("cannot create {} ({e})", data.display()),
                 "check the state directory's permissions and free space",
@@ -232,6 +240,7 @@ impl Instance {
         let mut cmd = Command::new(&programs.install_db);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", self.tmp_dir().display()))
             .arg("--auth-root-authentication-method=normal")
             .arg("--skip-test-db")
             .stdin(Stdio::null())
@@ -264,6 +273,7 @@ impl Instance {
         let mut cmd = Command::new(&programs.server);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", self.data_dir().display()))
+            .arg(format!("--tmpdir={}", self.tmp_dir().display()))
             .arg(format!("--port={}", self.server.port))
             .arg(format!("--bind-address={}", self.server.host))
             .arg(format!("--socket={}", self.socket.display()))
@@ -514,9 +524,13 @@ impl Instance {
     }
 }
 
-/// The last lines of a log file, for error messages.
+/// The error lines of a log file (or its last lines), for error messages.
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).take(5).collect();
+    if !errors.is_empty() {
+        return errors.join(" | ");
+    }
     let lines: Vec<&str> = text.lines().rev().take(5).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }

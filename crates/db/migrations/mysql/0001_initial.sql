@@ -1,6 +1,8 @@
 -- The foobar data model for MySQL/MariaDB (MariaDB 10.11 dialect; MySQL 8 reads it too).
 -- Same tables as migrations/sqlite: accounts, login sessions, posts; unix-second timestamps.
--- InnoDB for transactions and row locks; utf8mb4 so a post can hold any character.
+-- InnoDB for transactions and row locks; utf8mb4 so a post can hold any character. (Not a
+-- `_bin` collation: sqlx then reports the text columns as binary and will not read them as
+-- strings; usernames are lowercase ASCII, so the default collation compares them exactly.)
 
 CREATE TABLE IF NOT EXISTS users (
     id            BIGINT       NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -8,7 +10,7 @@ CREATE TABLE IF NOT EXISTS users (
     password_hash VARCHAR(255) NOT NULL,
     created_at    BIGINT       NOT NULL,
     UNIQUE KEY users_username (username)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
 
 -- Only a hash of the session token is stored: a leaked database dump does not log anyone in.
 CREATE TABLE IF NOT EXISTS sessions (
@@ -28,4 +30,4 @@ CREATE TABLE IF NOT EXISTS posts (
     -- A user's page lists their posts newest first, paged by id.
     KEY posts_user_id_id (user_id, id),
     CONSTRAINT posts_user FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;
