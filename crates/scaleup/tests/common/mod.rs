@@ -206,3 +206,22 @@ pub fn csrf_of(html: &str) -> String {
     let rest = &html[at + "name=\"csrf\" value=\"".len()..];
     rest[..rest.find('"').unwrap()].to_string()
 }
+
+/// `true` when MariaDB's server is installed. Under `CI=true` a missing server fails the
+/// test (CI must run the database-tier tests); elsewhere the test is skipped, loudly.
+pub fn mariadb_available() -> bool {
+    let found = ["/usr/sbin/mariadbd", "/usr/bin/mariadbd", "/usr/local/sbin/mariadbd"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+        || Command::new("mariadbd").arg("--version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mariadbd is not installed, and CI must run the MariaDB tests: run scripts/install-test-deps"
+        );
+        eprintln!(
+            "\n*** SKIPPING MariaDB test: mariadbd is not installed (apt-get install mariadb-server) ***\n"
+        );
+    }
+    found
+}
