@@ -558,9 +558,10 @@ fn risks(v: &View) -> Vec<Risk> {
             ),
             fix: "Move the data to a MySQL/MariaDB primary with replicas on machines of their \
                   own: writes go to the primary, reads to the replicas, and a replica can take \
-                  over if the primary fails. That is the site file's [database] section; \
-                  MySQL/MariaDB support is coming with the database-tier work. Until then, \
-                  copy the SQLite file to another machine regularly."
+                  over if the primary fails. That is the site file's [database] section with \
+                  kind = \"mysql\" (examples/foobar-mariadb.toml runs a local MariaDB \
+                  primary and replicas). Until then, copy the SQLite file to another \
+                  machine regularly."
                 .into(),
         });
     }
@@ -1276,6 +1277,24 @@ admin = "127.0.0.1:7112"
             Severity::High,
             &["database", "single point of failure"]
         ));
+    }
+
+    #[test]
+    fn a_replicated_database_shows_its_replicas_and_the_primary_risk() {
+        let text = crate::default_site(8080, "/tmp/x");
+        let head = &text[..text.find("[database]").unwrap()];
+        let e = explain(&site(&format!(
+            "{head}[database]\nkind = \"mysql\"\nprimary = \"mysql://f@127.0.0.1:3316/f\"\n\
+             replicas = [\"mysql://f@127.0.0.1:3317/f\"]\n"
+        )));
+        assert!(e.picture.contains("replica1 127.0.0.1:3317"), "{}", e.picture);
+        assert!(e.mermaid.contains("GTID replication"));
+        assert!(has(
+            &e.risks,
+            Severity::High,
+            &["primary 127.0.0.1:3316", "single point of failure for writes"]
+        ));
+        assert!(!has(&e.risks, Severity::High, &["SQLite"]));
     }
 
     #[test]

@@ -758,3 +758,88 @@ fn absolute(base: &Path, path: &str) -> PathBuf {
     };
     std::path::absolute(&joined).unwrap_or(joined)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default site with its `[database]` replaced by `database`.
+    fn with_database(database: &str) -> String {
+        let text = crate::default_site(8080, "/tmp/x");
+        let head = &text[..text.find("[database]").unwrap()];
+        format!("{head}{database}")
+    }
+
+    fn mistakes(text: &str) -> Vec<Mistake> {
+        match parse(text, "test.toml", Path::new("/tmp")) {
+            Err(SiteError::Invalid { mistakes, .. }) => mistakes,
+            other => panic!("expected mistakes, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mysql_database_with_replicas_and_defaults() {
+        let text = with_database(
+            "[database]\nkind = \"mysql\"\n\
+             primary = \"mysql://foo:p%40ss@127.0.0.1:3316/foobar\"\n\
+             replicas = [\"mysql://foo:p%40ss@127.0.0.1:3317/foobar\", \"mariadb://foo@10.0.0.3/foobar\"]\n",
+        );
+        let site = parse(&text, "test.toml", Path::new("/tmp")).unwrap();
+        let Database::Mysql(m) = site.database else {
+            panic!("not mysql")
+        };
+        assert_eq!(m.primary.name, "primary");
+        assert_eq!(m.primary.password.as_deref(), Some("p@ss"));
+        assert_eq!(m.primary.address(), "127.0.0.1:3316");
+        assert_eq!(m.replicas[1].name, "replica2");
+        assert_eq!(m.replicas[1].port, 3306, "the default port");
+        assert_eq!(m.replicas[1].password, None);
+        assert_eq!(m.max_replica_lag, Duration::from_secs(1));
+        assert_eq!(m.read_your_writes_timeout, Duration::from_millis(200));
+        assert!(!m.managed);
+        assert!(!format!("{m:?}").contains("p@ss"), "Debug hides passwords");
+    }
+
+    #[test]
+    fn mysql_mistakes_point_at_the_value() {
+        let text = with_database(
+            "[database]\nkind = \"mysql\"\n\
+             primary = \"postgres://foo@127.0.0.1/foobar\"\n\
+             replicas = [\"mysql://foo@127.0.0.1:3317/\"]\n\
+             max_replica_lag = \"soon\"\n",
+        );
+        let found = mistakes(&text);
+        let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found[0].line, line_of("postgres://"));
+        assert!(found[0].message.contains("scheme is `postgres`"));
+        assert_eq!(found[1].line, line_of("replicas"));
+        assert!(found[1].message.contains("names no database"));
+        assert_eq!(found[2].line, line_of("max_replica_lag"));
+    }
+
+    #[test]
+    fn mysql_needs_a_primary_and_sqlite_keys_stay_apart() {
+        let found = mistakes(&with_database("[database]\nkind = \"mysql\"\n"));
+        assert!(found[0].message.contains("needs a `primary`"), "{found:?}");
+        let found = mistakes(&with_database(
+            "[database]\nkind = \"sqlite\"\nreplicas = [\"mysql://a@b/c\"]\n",
+        ));
+        assert!(found[0].message.contains("`replicas` is for `kind = \"mysql\"`"));
+        let found = mistakes(&with_database("[database]\nkind = \"postgres\"\n"));
+        assert!(found[0].hint.as_deref().unwrap().contains("mysql"));
+    }
+
+    #[test]
+    fn managed_servers_are_local_with_their_own_ports() {
+        let found = mistakes(&with_database(
+            "[database]\nkind = \"mysql\"\nmanaged = true\n\
+             primary = \"mysql://foo:pw@10.1.2.3:3316/foobar\"\n\
+             replicas = [\"mysql://foo:pw@127.0.0.1:3316/foobar\", \"mysql://bar:pw@127.0.0.1:3318/foobar\"]\n",
+        ));
+        let messages: Vec<&str> = found.iter().map(|m| m.message.as_str()).collect();
+        assert!(messages.iter().any(|m| m.contains("cannot start a server on 10.1.2.3")), "{messages:?}");
+        assert!(messages.iter().any(|m| m.contains("port 3316 is already used by primary")), "{messages:?}");
+        assert!(messages.iter().any(|m| m.contains("primary's user, password and database")), "{messages:?}");
+    }
+}
