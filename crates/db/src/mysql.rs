@@ -47,12 +47,19 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// server counts as unavailable, so a request answers 503 instead of hanging.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a read waits for a replica's connection before it goes to the primary
+/// instead: a replica that just died (or is saturated) should cost a read little.
+const REPLICA_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Connections per server; the application server's requests share them.
 const MAX_CONNECTIONS: u32 = 16;
 
-/// Posts joined with their author, the shape every post query returns.
-const POST_COLUMNS: &str =
-    "SELECT p.id, p.user_id, u.username, p.body, p.created_at FROM posts p JOIN users u ON u.id = p.user_id";
+/// Posts joined with their author, the shape every post query returns. `STRAIGHT_JOIN`
+/// keeps posts as the driving table: otherwise, with few users, the optimizer may start
+/// from `users` and sort every post of theirs to find the newest page (measured: ~100x
+/// slower timelines at 25k posts).
+const POST_COLUMNS: &str = "SELECT p.id, p.user_id, u.username, p.body, p.created_at \
+     FROM posts p STRAIGHT_JOIN users u ON u.id = p.user_id";
 
 /// A user row's columns.
 const USER_COLUMNS: &str = "SELECT id, username, password_hash, created_at FROM users";
@@ -284,7 +291,9 @@ impl Mysql {
 
         let mut replicas = Vec::with_capacity(config.replicas.len());
         for server in &config.replicas {
-            let pool = pool_options().connect_lazy_with(options(server));
+            let pool = pool_options()
+                .acquire_timeout(REPLICA_ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options(server));
             let member = member(server, false, pool);
             match tokio::time::timeout(CHECK_TIMEOUT, member.pool.acquire()).await {
                 Ok(Ok(mut conn)) => match replica_status(flavor, &mut conn).await {
@@ -575,10 +584,10 @@ impl Mysql {
             .read(after, "loading the timeline", move |c| {
                 Box::pin(async move {
                     let rows = sqlx::query(&format!(
-                        "{POST_COLUMNS} WHERE (? IS NULL OR p.id < ?) ORDER BY p.id DESC LIMIT ?"
+                        "{POST_COLUMNS} WHERE p.id < ? ORDER BY p.id DESC LIMIT ?"
                     ))
-                    .bind(before_id)
-                    .bind(before_id)
+                    // A plain range (no `? IS NULL OR`), so the primary key serves it.
+                    .bind(before_id.unwrap_or(i64::MAX))
                     .bind(i64::from(limit))
                     .fetch_all(c)
                     .await?;
@@ -599,12 +608,11 @@ impl Mysql {
             .read(after, "loading a user's posts", move |c| {
                 Box::pin(async move {
                     let rows = sqlx::query(&format!(
-                        "{POST_COLUMNS} WHERE p.user_id = ? AND (? IS NULL OR p.id < ?) \
+                        "{POST_COLUMNS} WHERE p.user_id = ? AND p.id < ? \
                          ORDER BY p.id DESC LIMIT ?"
                     ))
                     .bind(user_id)
-                    .bind(before_id)
-                    .bind(before_id)
+                    .bind(before_id.unwrap_or(i64::MAX))
                     .bind(i64::from(limit))
                     .fetch_all(c)
                     .await?;
