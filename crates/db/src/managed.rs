@@ -213,7 +213,10 @@ impl Instance {
             .await
             .map_err(|e| {
                 self.setup_error(
-                    format!("cannot connect as root over {} ({e})", self.socket.display()),
+                    format!(
+                        "cannot connect as root over {} ({e})",
+                        self.socket.display()
+                    ),
                     format!("see {}", self.error_log().display()),
                 )
             })
@@ -228,14 +231,17 @@ impl Instance {
         std::fs::create_dir_all(&data)
             .and_then(|()| std::fs::create_dir_all(self.tmp_dir()))
             .map_err(|e| {
-            self.setup_error(
-                format!("cannot create {} ({e})", data.display()),
-                "check the state directory's permissions and free space",
-            )
-        })?;
+                self.setup_error(
+                    format!("cannot create {} ({e})", data.display()),
+                    "check the state directory's permissions and free space",
+                )
+            })?;
         let log = self.dir.join("install.log");
         let log_file = std::fs::File::create(&log).map_err(|e| {
-            self.setup_error(format!("cannot write {} ({e})", log.display()), "check the state directory's permissions")
+            self.setup_error(
+                format!("cannot write {} ({e})", log.display()),
+                "check the state directory's permissions",
+            )
         })?;
         let mut cmd = Command::new(&programs.install_db);
         cmd.arg("--no-defaults")
@@ -244,7 +250,11 @@ impl Instance {
             .arg("--auth-root-authentication-method=normal")
             .arg("--skip-test-db")
             .stdin(Stdio::null())
-            .stdout(log_file.try_clone().map_err(|e| self.setup_error(e.to_string(), "retry"))?)
+            .stdout(
+                log_file
+                    .try_clone()
+                    .map_err(|e| self.setup_error(e.to_string(), "retry"))?,
+            )
             .stderr(log_file);
         if is_root() {
             cmd.arg("--user=root");
@@ -311,7 +321,10 @@ impl Instance {
         loop {
             if let Some(status) = child.try_wait().ok().flatten() {
                 return Err(self.setup_error(
-                    format!("mariadbd exited at start ({status}): {}", tail(&self.error_log())),
+                    format!(
+                        "mariadbd exited at start ({status}): {}",
+                        tail(&self.error_log())
+                    ),
                     format!(
                         "see {} (is port {} taken by another program?)",
                         self.error_log().display(),
@@ -319,7 +332,10 @@ impl Instance {
                     ),
                 ));
             }
-            if MySqlConnection::connect_with(&self.admin_options()).await.is_ok() {
+            if MySqlConnection::connect_with(&self.admin_options())
+                .await
+                .is_ok()
+            {
                 break;
             }
             if Instant::now() > deadline {
@@ -367,7 +383,10 @@ impl Instance {
         let user = quote(&s.user);
         let password = quote(&s.password);
         let statements = [
-            format!("CREATE DATABASE IF NOT EXISTS `{}` CHARACTER SET utf8mb4", s.database),
+            format!(
+                "CREATE DATABASE IF NOT EXISTS `{}` CHARACTER SET utf8mb4",
+                s.database
+            ),
             format!("CREATE USER IF NOT EXISTS {user}@'%' IDENTIFIED BY {password}"),
             format!("ALTER USER {user}@'%' IDENTIFIED BY {password}"),
             format!("GRANT ALL PRIVILEGES ON `{}`.* TO {user}@'%'", s.database),
@@ -480,7 +499,9 @@ impl Instance {
             .map_err(|e| fail("waiting for the replica to catch up", e))?;
         if waited != 0 {
             return Err(self.setup_error(
-                format!("did not catch up with the primary ({position}) within {REPLICATION_TIMEOUT:?}"),
+                format!(
+                    "did not catch up with the primary ({position}) within {REPLICATION_TIMEOUT:?}"
+                ),
                 format!("see {}", self.error_log().display()),
             ));
         }
@@ -505,7 +526,10 @@ impl Instance {
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        if tokio::time::timeout(STOP_TIMEOUT, child.wait()).await.is_err() {
+        if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(server = %self.server.name, "mariadbd did not stop in time; killing it");
             let _ = child.kill().await;
         }
@@ -527,7 +551,11 @@ impl Instance {
 /// The error lines of a log file (or its last lines), for error messages.
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).take(5).collect();
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("ERROR"))
+        .take(5)
+        .collect();
     if !errors.is_empty() {
         return errors.join(" | ");
     }

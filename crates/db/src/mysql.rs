@@ -28,8 +28,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{Connection, Row};
 
 use crate::{
-    Counts, DbError, MysqlConfig, Position, PositionRepr, Post, Server, ServerStats, User,
-    Written,
+    Counts, DbError, MysqlConfig, Position, PositionRepr, Post, Server, ServerStats, User, Written,
 };
 
 /// The schema in MariaDB's dialect, embedded at compile time; run on the primary only (the
@@ -692,7 +691,9 @@ impl Shared {
         let wait_for = match after.map(|p| &p.0) {
             Some(PositionRepr::Gtid(gtid)) => Some(gtid.as_str()),
             // The write's GTID is unknown: only the primary surely has it.
-            Some(PositionRepr::Primary) if primary_up => return self.read_primary(doing, query).await,
+            Some(PositionRepr::Primary) if primary_up => {
+                return self.read_primary(doing, query).await
+            }
             _ => None,
         };
         if let Some(replica) = self.pick_replica(primary_up) {
@@ -722,9 +723,15 @@ impl Shared {
         self.read_primary(doing, query).await
     }
 
-    async fn read_primary<T>(&self, doing: &'static str, query: &Query<'_, T>) -> Result<T, DbError> {
+    async fn read_primary<T>(
+        &self,
+        doing: &'static str,
+        query: &Query<'_, T>,
+    ) -> Result<T, DbError> {
         let mut conn = self.primary_conn(doing).await?;
-        let value = query(&mut conn).await.map_err(|e| self.primary_failed(doing, e))?;
+        let value = query(&mut conn)
+            .await
+            .map_err(|e| self.primary_failed(doing, e))?;
         self.primary.reads.fetch_add(1, Relaxed);
         Ok(value)
     }
@@ -754,7 +761,13 @@ impl Shared {
         doing: &'static str,
     ) -> Result<sqlx::pool::PoolConnection<sqlx::MySql>, DbError> {
         if !self.primary.is_up() {
-            let problem = self.primary.health.lock().expect("health lock").problem.clone();
+            let problem = self
+                .primary
+                .health
+                .lock()
+                .expect("health lock")
+                .problem
+                .clone();
             return Err(DbError::Unavailable {
                 doing,
                 cause: format!(
@@ -846,9 +859,8 @@ async fn check_all(shared: &Shared) {
                 .mark_down(format!("no answer within {CHECK_TIMEOUT:?}")),
         }
     };
-    let replicas = futures_util::future::join_all(
-        shared.replicas.iter().map(|r| check_replica(shared, r)),
-    );
+    let replicas =
+        futures_util::future::join_all(shared.replicas.iter().map(|r| check_replica(shared, r)));
     tokio::join!(primary, replicas);
 }
 

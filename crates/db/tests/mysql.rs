@@ -13,9 +13,13 @@ use sqlx::Connection;
 
 /// `true` when MariaDB is installed; panics under CI when it is not.
 fn mariadb_available() -> bool {
-    let found = ["/usr/sbin/mariadbd", "/usr/bin/mariadbd", "/usr/local/sbin/mariadbd"]
-        .iter()
-        .any(|p| std::path::Path::new(p).exists())
+    let found = [
+        "/usr/sbin/mariadbd",
+        "/usr/bin/mariadbd",
+        "/usr/local/sbin/mariadbd",
+    ]
+    .iter()
+    .any(|p| std::path::Path::new(p).exists())
         || std::process::Command::new("mariadbd")
             .arg("--version")
             .output()
@@ -86,11 +90,10 @@ fn stat<'a>(stats: &'a [ServerStats], name: &str) -> &'a ServerStats {
 /// The replica's own count of SELECT statements, read over its admin socket.
 async fn com_select(managed: &mut Managed) -> u64 {
     let mut conn = managed.replica(0).admin().await.unwrap();
-    let (_, value): (String, String) =
-        sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Com_select'")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let (_, value): (String, String) = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Com_select'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     conn.close().await.unwrap();
     value.parse().unwrap()
 }
@@ -125,13 +128,20 @@ async fn replica_serves_reads_and_read_your_writes_falls_back_under_lag() {
         .create_post(alice.value.id, "hello from the primary", 11)
         .await
         .unwrap();
-    assert!(post.position.encode().starts_with('g'), "{:?}", post.position);
+    assert!(
+        post.position.encode().starts_with('g'),
+        "{:?}",
+        post.position
+    );
     let before = com_select(&mut p.managed).await;
     let timeline = db.timeline(None, 10, Some(&post.position)).await.unwrap();
     assert_eq!(timeline[0].body, "hello from the primary");
     let after = com_select(&mut p.managed).await;
     // One SELECT for the GTID wait, one for the timeline, one for our own SHOW STATUS.
-    assert!(after >= before + 2, "replica Com_select {before} -> {after}");
+    assert!(
+        after >= before + 2,
+        "replica Com_select {before} -> {after}"
+    );
     let stats = db.stats();
     assert_eq!(stat(&stats, "replica1").reads, 1);
     assert_eq!(stat(&stats, "primary").reads, 0);
@@ -156,7 +166,10 @@ async fn replica_serves_reads_and_read_your_writes_falls_back_under_lag() {
 
     let replica_reads = stat(&stats, "replica1").reads;
     let bobs = db.timeline(None, 10, None).await.unwrap();
-    assert_eq!(bobs[0].body, "hello from the primary", "bob reads the lagging replica");
+    assert_eq!(
+        bobs[0].body, "hello from the primary",
+        "bob reads the lagging replica"
+    );
     assert_eq!(stat(&db.stats(), "replica1").reads, replica_reads + 1);
 
     // The replica applies again: Alice's reads go to it once more, without fallback.
@@ -232,7 +245,10 @@ async fn reads_survive_a_dead_replica_and_a_dead_primary() {
     p.managed.primary().kill().await;
     // Writes fail as unavailable (the application's 503) ...
     let err = loop {
-        match db.create_post(user.id, "while the primary is dead", 99).await {
+        match db
+            .create_post(user.id, "while the primary is dead", 99)
+            .await
+        {
             Err(e) => break e,
             // A write racing the kill may still land; it is acknowledged then.
             Ok(post) => acknowledged.push(post.value.id),
@@ -250,7 +266,9 @@ async fn reads_survive_a_dead_replica_and_a_dead_primary() {
     for id in &acknowledged {
         assert!(ids.contains(id), "acknowledged post {id} is missing");
     }
-    db.ping().await.expect("the app stays healthy on its replica");
+    db.ping()
+        .await
+        .expect("the app stays healthy on its replica");
 
     // The primary returns: writes work again with the same handle.
     p.managed.primary().restart().await.unwrap();
@@ -284,14 +302,23 @@ async fn bad_configuration_names_the_server_and_what_to_do() {
     unreachable.primary.port = free_port();
     let err = Db::open(&Config::Mysql(unreachable)).await.unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("primary") && text.contains("does not answer"), "{text}");
+    assert!(
+        text.contains("primary") && text.contains("does not answer"),
+        "{text}"
+    );
     assert!(text.contains("start it"), "{text}");
 
     // A wrong password.
     let mut wrong = p.config.clone();
     wrong.primary.password = "not the password".into();
-    let text = Db::open(&Config::Mysql(wrong)).await.unwrap_err().to_string();
-    assert!(text.contains("primary") && text.contains("refused user `foobar`"), "{text}");
+    let text = Db::open(&Config::Mysql(wrong))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("primary") && text.contains("refused user `foobar`"),
+        "{text}"
+    );
     assert!(text.contains("check the password"), "{text}");
 
     // A "replica" that replicates from nobody: the primary itself, listed as a replica.
@@ -304,7 +331,10 @@ async fn bad_configuration_names_the_server_and_what_to_do() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(text.contains("replica1") && text.contains("not a replica"), "{text}");
+    assert!(
+        text.contains("replica1") && text.contains("not a replica"),
+        "{text}"
+    );
     assert!(text.contains("CHANGE MASTER TO"), "{text}");
 
     // A replica whose replication broke after setup is reported, and skipped.
@@ -325,7 +355,11 @@ async fn bad_configuration_names_the_server_and_what_to_do() {
         primary: p.config.primary.clone(),
         replicas: p.config.replicas.clone(),
     };
-    let Pair { managed, config, _dir } = p;
+    let Pair {
+        managed,
+        config,
+        _dir,
+    } = p;
     managed.stop().await;
     let managed = Managed::start(&spec).await.unwrap();
     let db = Db::open(&Config::Mysql(config)).await.unwrap();

@@ -14,7 +14,9 @@ use nix::sys::signal::Signal;
 /// (`base+15`) instead of SQLite; the password comes from the environment.
 fn write_mariadb_site(base: u16, dir: &std::path::Path) -> std::path::PathBuf {
     let text = site::default_site(base, &dir.to_string_lossy());
-    let head = &text[..text.find("[database]").expect("default site has [database]")];
+    let head = &text[..text
+        .find("[database]")
+        .expect("default site has [database]")];
     let text = format!(
         "{head}[database]\n\
          kind = \"mysql\"\n\
@@ -156,7 +158,11 @@ async fn managed_mariadb_reads_from_the_replica_survives_a_dead_primary_and_a_re
         .await
         .unwrap();
     assert_eq!(timeline.status(), 200);
-    assert!(timeline.text().await.unwrap().contains("stored on the primary"));
+    assert!(timeline
+        .text()
+        .await
+        .unwrap()
+        .contains("stored on the primary"));
 
     // Ctrl-C stops the nodes, then the (remaining) database servers.
     up1.signal(Signal::SIGINT);

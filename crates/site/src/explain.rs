@@ -1287,12 +1287,19 @@ admin = "127.0.0.1:7112"
             "{head}[database]\nkind = \"mysql\"\nprimary = \"mysql://f@127.0.0.1:3316/f\"\n\
              replicas = [\"mysql://f@127.0.0.1:3317/f\"]\n"
         )));
-        assert!(e.picture.contains("replica1 127.0.0.1:3317"), "{}", e.picture);
+        assert!(
+            e.picture.contains("replica1 127.0.0.1:3317"),
+            "{}",
+            e.picture
+        );
         assert!(e.mermaid.contains("GTID replication"));
         assert!(has(
             &e.risks,
             Severity::High,
-            &["primary 127.0.0.1:3316", "single point of failure for writes"]
+            &[
+                "primary 127.0.0.1:3316",
+                "single point of failure for writes"
+            ]
         ));
         assert!(!has(&e.risks, Severity::High, &["SQLite"]));
     }

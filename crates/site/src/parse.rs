@@ -356,7 +356,9 @@ impl Checker<'_> {
                     d.primary.as_ref().map(|v| ("primary", v.span())),
                     d.replicas.as_ref().map(|v| ("replicas", v.span())),
                     d.password_env.as_ref().map(|v| ("password_env", v.span())),
-                    d.max_replica_lag.as_ref().map(|v| ("max_replica_lag", v.span())),
+                    d.max_replica_lag
+                        .as_ref()
+                        .map(|v| ("max_replica_lag", v.span())),
                     d.read_your_writes_timeout
                         .as_ref()
                         .map(|v| ("read_your_writes_timeout", v.span())),
@@ -372,7 +374,9 @@ impl Checker<'_> {
                 Database::Sqlite {
                     path: absolute(
                         state_dir,
-                        d.path.as_ref().map_or("foobar.db", |p| p.get_ref().as_str()),
+                        d.path
+                            .as_ref()
+                            .map_or("foobar.db", |p| p.get_ref().as_str()),
                     ),
                 }
             }
@@ -410,7 +414,11 @@ impl Checker<'_> {
                 .decode_utf8()
                 .map_or_else(|_| s.to_string(), |d| d.into_owned())
         };
-        let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_string();
         let user = decode(url.username());
         let database = decode(url.path().trim_start_matches('/'));
         let problem = if !matches!(url.scheme(), "mysql" | "mariadb") {
@@ -469,9 +477,8 @@ impl Checker<'_> {
                     "give each managed server a port of its own",
                 );
             }
-            let plain = |s: &str| {
-                !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            };
+            let plain =
+                |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !plain(&server.user) || !plain(&server.database) {
                 self.mistake(
                     url.span(),
@@ -825,7 +832,9 @@ mod tests {
         let found = mistakes(&with_database(
             "[database]\nkind = \"sqlite\"\nreplicas = [\"mysql://a@b/c\"]\n",
         ));
-        assert!(found[0].message.contains("`replicas` is for `kind = \"mysql\"`"));
+        assert!(found[0]
+            .message
+            .contains("`replicas` is for `kind = \"mysql\"`"));
         let found = mistakes(&with_database("[database]\nkind = \"postgres\"\n"));
         assert!(found[0].hint.as_deref().unwrap().contains("mysql"));
     }
@@ -838,8 +847,23 @@ mod tests {
              replicas = [\"mysql://foo:pw@127.0.0.1:3316/foobar\", \"mysql://bar:pw@127.0.0.1:3318/foobar\"]\n",
         ));
         let messages: Vec<&str> = found.iter().map(|m| m.message.as_str()).collect();
-        assert!(messages.iter().any(|m| m.contains("cannot start a server on 10.1.2.3")), "{messages:?}");
-        assert!(messages.iter().any(|m| m.contains("port 3316 is already used by primary")), "{messages:?}");
-        assert!(messages.iter().any(|m| m.contains("primary's user, password and database")), "{messages:?}");
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("cannot start a server on 10.1.2.3")),
+            "{messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("port 3316 is already used by primary")),
+            "{messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("primary's user, password and database")),
+            "{messages:?}"
+        );
     }
 }

@@ -210,9 +210,13 @@ pub fn csrf_of(html: &str) -> String {
 /// `true` when MariaDB's server is installed. Under `CI=true` a missing server fails the
 /// test (CI must run the database-tier tests); elsewhere the test is skipped, loudly.
 pub fn mariadb_available() -> bool {
-    let found = ["/usr/sbin/mariadbd", "/usr/bin/mariadbd", "/usr/local/sbin/mariadbd"]
-        .iter()
-        .any(|p| Path::new(p).exists())
+    let found = [
+        "/usr/sbin/mariadbd",
+        "/usr/bin/mariadbd",
+        "/usr/local/sbin/mariadbd",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists())
         || Command::new("mariadbd").arg("--version").output().is_ok();
     if !found {
         assert!(
