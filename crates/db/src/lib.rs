@@ -427,3 +427,28 @@ impl Db {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_through_cookie_safe_text() {
+        for gtid in [
+            "0-1-42",
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5,4f22fa47-71ca-11e1-9e33-c80aa9429562:1-9",
+        ] {
+            let position = Position(PositionRepr::Gtid(gtid.into()));
+            let text = position.encode();
+            assert!(!text.contains([',', ';', ' ', '"']), "{text}");
+            assert_eq!(Position::decode(&text), Some(position));
+        }
+        for kept in [PositionRepr::Sqlite, PositionRepr::Primary] {
+            let position = Position(kept);
+            assert_eq!(Position::decode(&position.encode()), Some(position));
+        }
+        for tampered in ["", "g", "g0-1-42;x", "gzz", "sqlite2"] {
+            assert_eq!(Position::decode(tampered), None, "{tampered}");
+        }
+    }
+}
