@@ -67,7 +67,7 @@ impl From<DbError> for Problem {
                      Please try again in a moment.",
                 )
             }
-            DbError::Other { .. } => {
+            DbError::Other { .. } | DbError::Setup { .. } => {
                 tracing::error!(error = %err, "database error");
                 internal()
             }

@@ -49,6 +49,7 @@ impl net::admin::Report for AppNode {
     fn metrics(&self) -> String {
         let mut out = String::with_capacity(2048);
         self.metrics.render(&self.name, &mut out);
+        render_db_metrics(&self.name, &self.app.db().stats(), &mut out);
         out
     }
 
@@ -59,6 +60,28 @@ impl net::admin::Report for AppNode {
             }
             Err(e) => serde_json::json!({ "healthy": false, "error": e.to_string() }),
         };
+        let servers: Vec<serde_json::Value> = self
+            .app
+            .db()
+            .stats()
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "address": s.address,
+                    "role": s.role,
+                    "healthy": s.healthy,
+                    "usable": s.usable,
+                    "lag_seconds": s.lag.map(|l| l.as_secs_f64()),
+                    "reads": s.reads,
+                    "writes": s.writes,
+                    "read_your_writes_fallbacks": s.fallbacks,
+                    "problem": s.problem,
+                })
+            })
+            .collect();
+        let mut database = database;
+        database["servers"] = servers.into();
         serde_json::json!({
             "node": self.name,
             "role": "app",
@@ -73,6 +96,40 @@ impl net::admin::Report for AppNode {
 
     async fn healthy(&self) -> bool {
         self.app.db().ping().await.is_ok()
+    }
+}
+
+/// Appends the database servers' `scaleup_db_*` lines (Prometheus text) to `out`: one
+/// series per server, labelled with its name and role. Nothing for SQLite, which has no
+/// servers.
+fn render_db_metrics(node: &str, stats: &[db::ServerStats], out: &mut String) {
+    use std::fmt::Write;
+    if stats.is_empty() {
+        return;
+    }
+    type Value = fn(&db::ServerStats) -> String;
+    let series: [(&str, &str, &str, Value); 6] = [
+        ("scaleup_db_up", "gauge", "1 when the server answers (and a replica is replicating).", |s| u8::from(s.healthy).to_string()),
+        ("scaleup_db_usable", "gauge", "1 when reads may be sent to the server now.", |s| u8::from(s.usable).to_string()),
+        ("scaleup_db_replica_lag_seconds", "gauge", "How far a replica is behind the primary (NaN when unknown).", |s| s.lag.map_or("NaN".into(), |l| l.as_secs_f64().to_string())),
+        ("scaleup_db_reads_total", "counter", "Reads the server answered.", |s| s.reads.to_string()),
+        ("scaleup_db_writes_total", "counter", "Writes the server took.", |s| s.writes.to_string()),
+        ("scaleup_db_read_your_writes_fallbacks_total", "counter", "Reads sent to the primary because this replica had not applied the reader's own write in time.", |s| s.fallbacks.to_string()),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in stats {
+            if name == "scaleup_db_replica_lag_seconds" && s.role == "primary" {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "{name}{{node=\"{node}\",server=\"{}\",role=\"{}\"}} {}",
+                s.name,
+                s.role,
+                value(s)
+            );
+        }
     }
 }
 

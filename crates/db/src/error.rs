@@ -22,6 +22,19 @@ pub enum DbError {
         /// The underlying error, as text so the engine's types do not leak to callers.
         cause: String,
     },
+    /// A database server cannot be used as configured (unreachable at start, refuses our
+    /// user, is not replicating): an operator has to fix the server or the site file.
+    #[error("database server {server} ({address}): {problem}; {fix}")]
+    Setup {
+        /// Which server: `primary`, `replica1`, ...
+        server: String,
+        /// Its `host:port`.
+        address: String,
+        /// What is wrong.
+        problem: String,
+        /// What to do about it.
+        fix: String,
+    },
     /// Anything else: a query the schema does not support, corrupt data, a failed migration.
     #[error(
         "database error while {doing} ({cause}); this needs an operator: see the server log \

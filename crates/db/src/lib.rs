@@ -1,31 +1,38 @@
 //! `db`: database access for the foobar application.
 //!
-//! The application talks to one [`Db`] handle and never sees which engine is behind it.
-//! Today that is an embedded SQLite file ([`Config::Sqlite`]); the shape is chosen so that a
-//! MySQL/MariaDB primary with replicas can slot in later without touching the application:
+//! The application talks to one [`Db`] handle and never sees which engine is behind it:
+//! an embedded SQLite file ([`Config::Sqlite`]) or a MySQL/MariaDB primary with GTID
+//! replicas ([`Config::Mysql`]), where this crate does the read/write split itself:
 //!
-//! - every write returns a [`Written`] value carrying a [`Position`], an opaque token naming
-//!   the point in the write history where the write landed (a GTID on MySQL);
+//! - every write goes to the primary and returns a [`Written`] value carrying a
+//!   [`Position`], an opaque token naming the point in the write history where the write
+//!   landed (a GTID on MySQL/MariaDB);
 //! - every read takes `after: Option<&Position>`, meaning "this reader has already seen a
-//!   write at this position; do not answer from older data". A replicated backend uses it to
-//!   pick a replica that has caught up, or the primary;
+//!   write at this position; do not answer from older data". The replicated backend sends
+//!   the read to a healthy replica, which first waits (briefly) for that position, and goes
+//!   to the primary when the replica does not catch up in time;
 //! - [`Position`] round-trips through a short string so the application can keep it in a
 //!   cookie, which keeps app servers stateless.
 //!
 //! Layout: this file holds the public types and dispatches to a backend module
-//! (`sqlite.rs`); `error.rs` holds [`DbError`], whose variants tell callers what they can do
-//! about a failure (pick another name, retry later, or report a bug).
+//! (`sqlite.rs`, `mysql.rs`); `error.rs` holds [`DbError`], whose variants tell callers
+//! what they can do about a failure (pick another name, retry later, fix the setup, or
+//! report a bug); `managed.rs` starts a local MariaDB primary and replicas for `scaleup up`
+//! and the tests.
 //!
 //! Timestamps are unix seconds (`i64`) everywhere, passed in by the caller so that tests and
 //! every backend agree on what "now" is.
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod managed;
+mod mysql;
 mod sqlite;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use error::DbError;
 
@@ -37,6 +44,80 @@ pub enum Config {
         /// The database file; it and its parent directory are created when missing.
         path: PathBuf,
     },
+    /// A MySQL/MariaDB primary and its replicas.
+    Mysql(MysqlConfig),
+}
+
+/// The replicated database tier: where each server is and how reads are routed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MysqlConfig {
+    /// Takes every write, runs the migrations, and answers reads no replica can.
+    pub primary: Server,
+    /// Serve reads; each must replicate from the primary with GTIDs.
+    pub replicas: Vec<Server>,
+    /// A replica further behind than this is skipped for reads until it catches up.
+    pub max_replica_lag: Duration,
+    /// How long a read on a replica waits for the reader's own last write before it is
+    /// sent to the primary instead.
+    pub read_your_writes_timeout: Duration,
+}
+
+/// How to reach one MySQL/MariaDB server.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Server {
+    /// `primary`, `replica1`, ...: how messages, `/status` and metrics name it.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+}
+
+impl Server {
+    /// `host:port`, for messages.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Hand-written so that logging a configuration never prints the password.
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("name", &self.name)
+            .field("address", &self.address())
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One database server as `/status` and `/metrics` show it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerStats {
+    /// `primary`, `replica1`, ...
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// `"primary"` or `"replica"`.
+    pub role: &'static str,
+    /// Answers queries (and, for a replica, is configured to replicate).
+    pub healthy: bool,
+    /// Reads may be sent here now: healthy and, for a replica, not too far behind.
+    pub usable: bool,
+    /// How far behind the primary a replica is (an upper bound while its SQL thread is
+    /// stopped); `None` for the primary or when unknown.
+    pub lag: Option<Duration>,
+    /// Reads this server answered.
+    pub reads: u64,
+    /// Writes this server took (only the primary takes writes).
+    pub writes: u64,
+    /// Reads that came here with a reader's own write this replica had not applied in
+    /// time, and went to the primary instead.
+    pub fallbacks: u64,
+    /// Why it is not healthy or usable, in words for an operator.
+    pub problem: Option<String>,
 }
 
 /// A handle to the database. Cloning is cheap and shares the connection pool, so every
@@ -51,12 +132,14 @@ pub struct Db {
 /// [`Position`] on reads.
 enum Backend {
     Sqlite(sqlite::Sqlite),
+    Mysql(mysql::Mysql),
 }
 
 impl fmt::Debug for Db {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let engine = match &*self.backend {
             Backend::Sqlite(_) => "sqlite",
+            Backend::Mysql(_) => "mysql",
         };
         f.debug_struct("Db").field("engine", &engine).finish()
     }
@@ -76,16 +159,29 @@ pub struct Position(PositionRepr);
 enum PositionRepr {
     /// SQLite: one copy of the data, nothing to wait for.
     Sqlite,
+    /// MySQL/MariaDB: a GTID (MariaDB `0-1-42`) or GTID set (MySQL `uuid:1-42,...`) that a
+    /// replica must have applied before it may answer.
+    Gtid(String),
+    /// MySQL/MariaDB, when the write's GTID could not be read back: only the primary is
+    /// sure to have the write.
+    Primary,
 }
 
 /// The text form of [`PositionRepr::Sqlite`].
 const SQLITE_POSITION: &str = "sqlite";
+/// The text form of [`PositionRepr::Primary`].
+const PRIMARY_POSITION: &str = "primary";
+/// Prefix of the text form of [`PositionRepr::Gtid`].
+const GTID_PREFIX: &str = "g";
 
 impl Position {
-    /// A short, cookie-safe string form (no spaces, commas, semicolons or quotes).
+    /// A short, cookie-safe string form (no spaces, commas, semicolons or quotes): GTID sets
+    /// separate their members with commas, which become `~` here.
     pub fn encode(&self) -> String {
-        match self.0 {
+        match &self.0 {
             PositionRepr::Sqlite => SQLITE_POSITION.to_owned(),
+            PositionRepr::Primary => PRIMARY_POSITION.to_owned(),
+            PositionRepr::Gtid(gtid) => format!("{GTID_PREFIX}{}", gtid.replace(',', "~")),
         }
     }
 
@@ -94,7 +190,16 @@ impl Position {
     pub fn decode(text: &str) -> Option<Position> {
         match text {
             SQLITE_POSITION => Some(Position(PositionRepr::Sqlite)),
-            _ => None,
+            PRIMARY_POSITION => Some(Position(PositionRepr::Primary)),
+            _ => {
+                let gtid = text.strip_prefix(GTID_PREFIX)?;
+                let valid = !gtid.is_empty()
+                    && gtid.len() <= 1024
+                    && gtid
+                        .chars()
+                        .all(|c| c.is_ascii_hexdigit() || matches!(c, '-' | ':' | '~'));
+                valid.then(|| Position(PositionRepr::Gtid(gtid.replace('~', ","))))
+            }
         }
     }
 }
@@ -158,6 +263,7 @@ impl Db {
     pub async fn open(config: &Config) -> Result<Db, DbError> {
         let backend = match config {
             Config::Sqlite { path } => Backend::Sqlite(sqlite::Sqlite::open(path).await?),
+            Config::Mysql(config) => Backend::Mysql(mysql::Mysql::open(config).await?),
         };
         Ok(Db {
             backend: Arc::new(backend),
@@ -170,6 +276,16 @@ impl Db {
     pub async fn close(&self) {
         match &*self.backend {
             Backend::Sqlite(db) => db.close().await,
+            Backend::Mysql(db) => db.close().await,
+        }
+    }
+
+    /// Per-server health and traffic of a replicated database, for `/status` and
+    /// `/metrics`. Empty for SQLite, which is no server but a file inside this process.
+    pub fn stats(&self) -> Vec<ServerStats> {
+        match &*self.backend {
+            Backend::Sqlite(_) => Vec::new(),
+            Backend::Mysql(db) => db.stats(),
         }
     }
 
@@ -177,6 +293,7 @@ impl Db {
     pub async fn ping(&self) -> Result<(), DbError> {
         match &*self.backend {
             Backend::Sqlite(db) => db.ping().await,
+            Backend::Mysql(db) => db.ping().await,
         }
     }
 
@@ -189,6 +306,7 @@ impl Db {
     ) -> Result<Written<User>, DbError> {
         match &*self.backend {
             Backend::Sqlite(db) => db.create_user(username, password_hash, now).await,
+            Backend::Mysql(db) => db.create_user(username, password_hash, now).await,
         }
     }
 
@@ -200,6 +318,7 @@ impl Db {
     ) -> Result<Option<User>, DbError> {
         match &*self.backend {
             Backend::Sqlite(db) => db.user_by_name(username, after).await,
+            Backend::Mysql(db) => db.user_by_name(username, after).await,
         }
     }
 
@@ -211,6 +330,7 @@ impl Db {
     ) -> Result<Option<User>, DbError> {
         match &*self.backend {
             Backend::Sqlite(db) => db.user_by_id(id, after).await,
+            Backend::Mysql(db) => db.user_by_id(id, after).await,
         }
     }
 
@@ -228,6 +348,10 @@ impl Db {
                 db.create_session(token_hash, user_id, now, expires_at)
                     .await
             }
+            Backend::Mysql(db) => {
+                db.create_session(token_hash, user_id, now, expires_at)
+                    .await
+            }
         }
     }
 
@@ -241,6 +365,7 @@ impl Db {
     ) -> Result<Option<User>, DbError> {
         match &*self.backend {
             Backend::Sqlite(db) => db.session_user(token_hash, now, after).await,
+            Backend::Mysql(db) => db.session_user(token_hash, now, after).await,
         }
     }
 
@@ -249,6 +374,7 @@ impl Db {
     pub async fn delete_session(&self, token_hash: &[u8]) -> Result<Written<()>, DbError> {
         match &*self.backend {
             Backend::Sqlite(db) => db.delete_session(token_hash).await,
+            Backend::Mysql(db) => db.delete_session(token_hash).await,
         }
     }
 
@@ -261,6 +387,7 @@ impl Db {
     ) -> Result<Written<Post>, DbError> {
         match &*self.backend {
             Backend::Sqlite(db) => db.create_post(user_id, body, now).await,
+            Backend::Mysql(db) => db.create_post(user_id, body, now).await,
         }
     }
 
@@ -274,6 +401,7 @@ impl Db {
     ) -> Result<Vec<Post>, DbError> {
         match &*self.backend {
             Backend::Sqlite(db) => db.timeline(before_id, limit, after).await,
+            Backend::Mysql(db) => db.timeline(before_id, limit, after).await,
         }
     }
 
@@ -287,6 +415,7 @@ impl Db {
     ) -> Result<Vec<Post>, DbError> {
         match &*self.backend {
             Backend::Sqlite(db) => db.user_posts(user_id, before_id, limit, after).await,
+            Backend::Mysql(db) => db.user_posts(user_id, before_id, limit, after).await,
         }
     }
 
@@ -294,6 +423,32 @@ impl Db {
     pub async fn counts(&self, after: Option<&Position>) -> Result<Counts, DbError> {
         match &*self.backend {
             Backend::Sqlite(db) => db.counts(after).await,
+            Backend::Mysql(db) => db.counts(after).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_through_cookie_safe_text() {
+        for gtid in [
+            "0-1-42",
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5,4f22fa47-71ca-11e1-9e33-c80aa9429562:1-9",
+        ] {
+            let position = Position(PositionRepr::Gtid(gtid.into()));
+            let text = position.encode();
+            assert!(!text.contains([',', ';', ' ', '"']), "{text}");
+            assert_eq!(Position::decode(&text), Some(position));
+        }
+        for kept in [PositionRepr::Sqlite, PositionRepr::Primary] {
+            let position = Position(kept);
+            assert_eq!(Position::decode(&position.encode()), Some(position));
+        }
+        for tampered in ["", "g", "g0-1-42;x", "gzz", "sqlite2"] {
+            assert_eq!(Position::decode(tampered), None, "{tampered}");
         }
     }
 }

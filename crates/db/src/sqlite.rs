@@ -16,7 +16,7 @@ use sqlx::Row;
 use crate::{Counts, DbError, Position, PositionRepr, Post, User, Written};
 
 /// The schema, embedded at compile time so the binary carries its own migrations.
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How long a statement waits for another connection's write lock before giving up.
 /// Long enough to ride out a burst of writes, short enough that a request never hangs.

@@ -141,12 +141,48 @@ fn app_config(site: &Site, name: &str) -> anyhow::Result<app::AppConfig> {
         site.app(name).is_some(),
         "`{name}` is not an application server"
     );
-    let db = match &site.database {
-        Database::Sqlite { path } => db::Config::Sqlite { path: path.clone() },
-    };
     Ok(app::AppConfig {
-        db,
+        db: db_config(site)?,
         site_name: site.name.clone(),
         secure_cookies: false,
+    })
+}
+
+/// The site's `[database]` as the `db` crate takes it, with the password resolved.
+pub(crate) fn db_config(site: &Site) -> anyhow::Result<db::Config> {
+    Ok(match &site.database {
+        Database::Sqlite { path } => db::Config::Sqlite { path: path.clone() },
+        Database::Mysql(m) => db::Config::Mysql(db::MysqlConfig {
+            primary: db_server(m, &m.primary)?,
+            replicas: m
+                .replicas
+                .iter()
+                .map(|r| db_server(m, r))
+                .collect::<anyhow::Result<_>>()?,
+            max_replica_lag: m.max_replica_lag,
+            read_your_writes_timeout: m.read_your_writes_timeout,
+        }),
+    })
+}
+
+/// One server's connection settings. The password comes from the environment variable
+/// `password_env` names when it is set (so the site file holds no secret), else from the URL.
+fn db_server(m: &site::Mysql, server: &site::DbServer) -> anyhow::Result<db::Server> {
+    let password = match &m.password_env {
+        Some(var) => std::env::var(var).map_err(|_| {
+            anyhow::anyhow!(
+                "the site file's [database] takes the password from the environment variable \
+                 {var}, which is not set: export {var}=... before starting"
+            )
+        })?,
+        None => server.password.clone().unwrap_or_default(),
+    };
+    Ok(db::Server {
+        name: server.name.clone(),
+        host: server.host.clone(),
+        port: server.port,
+        user: server.user.clone(),
+        password,
+        database: server.database.clone(),
     })
 }

@@ -7,6 +7,10 @@
 //! nodes in reverse order with SIGTERM, so load balancers drain first, and waits for
 //! each to exit. Nodes also stop on their own if this supervisor disappears (they
 //! watch their standard input), so none is ever left behind.
+//!
+//! With `managed = true` in `[database]`, a local MariaDB primary and its replicas
+//! (`db::managed`) start before every node, with their data under the state directory,
+//! and stop after every node has stopped.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -60,6 +64,57 @@ async fn supervise(path: &Path, site: &Site) -> anyhow::Result<()> {
         net::tls::cert_files(site)?;
     }
     let mut signals = Signals::new()?;
+    let managed = start_managed_database(site).await?;
+    let result = run_nodes(path, site, order, &exe, &mut signals).await;
+    if let Some(managed) = managed {
+        println!("  stopping the managed MariaDB servers");
+        managed.stop().await;
+        println!("  stopped  MariaDB");
+    }
+    result
+}
+
+/// Starts the site's MariaDB servers when `[database]` says `managed = true`.
+async fn start_managed_database(site: &Site) -> anyhow::Result<Option<db::managed::Managed>> {
+    let site::Database::Mysql(m) = &site.database else {
+        return Ok(None);
+    };
+    if !m.managed {
+        return Ok(None);
+    }
+    let db::Config::Mysql(config) = crate::run::db_config(site)? else {
+        unreachable!("a mysql [database] gives a mysql config");
+    };
+    let started = Instant::now();
+    println!(
+        "  starting MariaDB primary on {} and {} replica(s) (data in {})",
+        config.primary.address(),
+        config.replicas.len(),
+        site.state_dir.join("mariadb").display()
+    );
+    let spec = db::managed::Spec {
+        dir: site.state_dir.join("mariadb"),
+        primary: config.primary,
+        replicas: config.replicas,
+    };
+    let managed = db::managed::Managed::start(&spec)
+        .await
+        .map_err(|e| anyhow::anyhow!("the managed database did not start: {e}"))?;
+    println!(
+        "  ready    MariaDB (replication running) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Some(managed))
+}
+
+/// Starts the nodes in order, waits for Ctrl-C, and stops them.
+async fn run_nodes(
+    path: &Path,
+    site: &Site,
+    order: Vec<(Role, Node)>,
+    exe: &Path,
+    signals: &mut Signals,
+) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for (role, node) in order {
         println!(
@@ -70,7 +125,7 @@ async fn supervise(path: &Path, site: &Site) -> anyhow::Result<()> {
             node.admin
         );
         let started = Instant::now();
-        let mut running = spawn_node(&exe, path, &node.name)?;
+        let mut running = spawn_node(exe, path, &node.name)?;
         let ready = tokio::select! {
             ready = wait_ready(&node, running.child.id()) => ready,
             status = running.child.wait() => Err(anyhow::anyhow!(
@@ -81,7 +136,7 @@ async fn supervise(path: &Path, site: &Site) -> anyhow::Result<()> {
         };
         let (trigger, stop) = net::shutdown::channel();
         let task = tokio::spawn(keep_running(
-            exe.clone(),
+            exe.to_path_buf(),
             path.to_path_buf(),
             node.clone(),
             running,
@@ -145,6 +200,7 @@ async fn supervise(path: &Path, site: &Site) -> anyhow::Result<()> {
             }
         }
     }
+    let https = site.lbs.iter().any(|l| l.tls_listen.is_some());
     if https && site.tls.files.is_none() {
         let cert = net::tls::describe(site);
         println!(

@@ -277,6 +277,8 @@ struct DbFacts {
     location: String,
     /// The data lives inside the application servers (one disk, one machine).
     embedded: bool,
+    /// Replicas (`replica1 127.0.0.1:3307`), for a replicated database; empty otherwise.
+    replicas: Vec<String>,
 }
 
 fn db_facts(db: &Database) -> DbFacts {
@@ -285,6 +287,21 @@ fn db_facts(db: &Database) -> DbFacts {
             kind: "SQLite file",
             location: path.display().to_string(),
             embedded: true,
+            replicas: Vec::new(),
+        },
+        Database::Mysql(m) => DbFacts {
+            kind: if m.managed {
+                "MariaDB primary (managed by scaleup up)"
+            } else {
+                "MySQL/MariaDB primary"
+            },
+            location: m.primary.address(),
+            embedded: false,
+            replicas: m
+                .replicas
+                .iter()
+                .map(|r| format!("{} {}", r.name, r.address()))
+                .collect(),
         },
     }
 }
@@ -500,6 +517,18 @@ fn elements(v: &View) -> Vec<Element> {
              but on one machine's disk (see the risks).",
             db.kind,
             join(&v.app_names())
+        );
+    }
+    if let Database::Mysql(m) = &site.database {
+        let _ = write!(
+            why,
+            " Writes go to the primary; reads are spread over {} replica(s) kept in step by \
+             GTID replication, skipping any that is down or more than {:?} behind, and a \
+             visitor's read waits (at most {:?}) for their own last write or goes to the \
+             primary, so nobody misses what they just posted.",
+            m.replicas.len(),
+            m.max_replica_lag,
+            m.read_your_writes_timeout
         );
     }
     out.push(Element {
@@ -737,11 +766,44 @@ fn risks(v: &View) -> Vec<Risk> {
             ),
             fix: "Move the data to a MySQL/MariaDB primary with replicas on machines of their \
                   own: writes go to the primary, reads to the replicas, and a replica can take \
-                  over if the primary fails. That is the site file's [database] section; \
-                  MySQL/MariaDB support is coming with the database-tier work. Until then, \
-                  copy the SQLite file to another machine regularly."
+                  over if the primary fails. That is the site file's [database] section with \
+                  kind = \"mysql\" (examples/foobar-mariadb.toml runs a local MariaDB \
+                  primary and replicas). Until then, copy the SQLite file to another \
+                  machine regularly."
                 .into(),
         });
+    }
+    if let Database::Mysql(m) = &site.database {
+        if m.replicas.is_empty() {
+            out.push(Risk {
+                severity: Severity::High,
+                what: format!(
+                    "The database is a single point of failure for all data, reads and writes: \
+                     the primary {} has no replica.",
+                    m.primary.address()
+                ),
+                fix: "Add replicas to [database] `replicas`: they keep a copy of every write, \
+                      serve the reads, and keep the site readable when the primary is down."
+                    .into(),
+            });
+        } else {
+            out.push(Risk {
+                severity: Severity::High,
+                what: format!(
+                    "The database primary {} is still a single point of failure for writes: \
+                     while it is down, the {} replica(s) keep reads working but nobody can sign \
+                     up, log in or post (503), and scaleup does not promote a replica on its own.",
+                    m.primary.address(),
+                    m.replicas.len()
+                ),
+                fix: "Keep the primary on reliable hardware and watch scaleup_db_up. To replace \
+                      a lost primary, promote the most advanced replica by hand (STOP SLAVE; \
+                      RESET SLAVE ALL; SET GLOBAL read_only = OFF), point the other replicas \
+                      at it, and make it `primary` in the site file; or add automatic failover \
+                      (MaxScale, Orchestrator) in front of the primary."
+                    .into(),
+            });
+        }
     }
 
     // No TLS, or TLS that browsers are not sent to.
@@ -1023,6 +1085,13 @@ fn mermaid(v: &View) -> String {
         &mut m,
         format!("db[(\"{}\")]", label(&[db.kind, &db.location, where_])),
     );
+    for (i, replica) in db.replicas.iter().enumerate() {
+        line(
+            &mut m,
+            format!("dbr{i}[(\"{}\")]", label(&["replica", replica])),
+        );
+        line(&mut m, format!("db -->|\"GTID replication\"| dbr{i}"));
+    }
 
     line(&mut m, format!("user -->|\"{}\"| dns", browser_link(site)));
     if let Some((c, active, passive)) = pair {
@@ -1279,7 +1348,21 @@ fn picture(v: &View) -> String {
     if db.embedded {
         db_box.push(format!("on the disk of {}", join(&v.app_names())));
     }
-    tier(&mut out, "database", &[db_box]);
+    let mut boxes = vec![db_box];
+    boxes.extend(
+        db.replicas
+            .iter()
+            .map(|r| vec!["replica (reads)".to_string(), r.clone()]),
+    );
+    tier(
+        &mut out,
+        if db.replicas.is_empty() {
+            "database"
+        } else {
+            "database: primary (writes) --GTID replication--> replicas"
+        },
+        &boxes,
+    );
     out
 }
 
@@ -1789,6 +1872,31 @@ admin = "127.0.0.1:7112"
             Severity::High,
             &["database", "single point of failure"]
         ));
+    }
+
+    #[test]
+    fn a_replicated_database_shows_its_replicas_and_the_primary_risk() {
+        let text = crate::default_site(8080, "/tmp/x", "test-secret");
+        let head = &text[..text.find("[database]").unwrap()];
+        let e = explain(&site(&format!(
+            "{head}[database]\nkind = \"mysql\"\nprimary = \"mysql://f@127.0.0.1:3316/f\"\n\
+             replicas = [\"mysql://f@127.0.0.1:3317/f\"]\n"
+        )));
+        assert!(
+            e.picture.contains("replica1 127.0.0.1:3317"),
+            "{}",
+            e.picture
+        );
+        assert!(e.mermaid.contains("GTID replication"));
+        assert!(has(
+            &e.risks,
+            Severity::High,
+            &[
+                "primary 127.0.0.1:3316",
+                "single point of failure for writes"
+            ]
+        ));
+        assert!(!has(&e.risks, Severity::High, &["SQLite"]));
     }
 
     #[test]

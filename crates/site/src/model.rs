@@ -366,6 +366,61 @@ pub struct Timeouts {
 pub enum Database {
     /// An SQLite file on the application server's disk (absolute path).
     Sqlite { path: PathBuf },
+    /// A MySQL/MariaDB primary with GTID replicas: writes to the primary, reads spread over
+    /// the replicas.
+    Mysql(Mysql),
+}
+
+/// `kind = "mysql"`: the replicated database tier.
+#[derive(Debug, Clone)]
+pub struct Mysql {
+    /// Takes every write; named `primary` in messages and metrics.
+    pub primary: DbServer,
+    /// Serve reads; named `replica1`, `replica2`, ... in file order.
+    pub replicas: Vec<DbServer>,
+    /// When set, the password comes from this environment variable (read when a node
+    /// starts), so the site file can be shared without the secret in it.
+    pub password_env: Option<String>,
+    /// A replica further behind than this is skipped for reads until it catches up.
+    pub max_replica_lag: Duration,
+    /// How long a read waits for a replica to apply the reader's own last write before it
+    /// goes to the primary instead.
+    pub read_your_writes_timeout: Duration,
+    /// `scaleup up` starts (and stops) a local MariaDB primary and replicas on these
+    /// addresses, with their data under the state directory.
+    pub managed: bool,
+}
+
+/// One MySQL/MariaDB server, from a `mysql://user:password@host:port/database` URL.
+#[derive(Clone)]
+pub struct DbServer {
+    /// `primary`, `replica1`, ...: how messages, `/status` and metrics name it.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// From the URL; `None` when the URL has none (then `password_env` supplies it).
+    pub password: Option<String>,
+    pub database: String,
+}
+
+impl DbServer {
+    /// `host:port`, for messages and diagrams.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Hand-written so that printing a site never prints a password.
+impl std::fmt::Debug for DbServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbServer")
+            .field("name", &self.name)
+            .field("address", &self.address())
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Site {

@@ -154,8 +154,20 @@ struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     kind: Option<Spanned<String>>,
-    path: Option<String>,
+    path: Option<Spanned<String>>,
+    primary: Option<Spanned<String>>,
+    replicas: Option<Spanned<Vec<Spanned<String>>>>,
+    password_env: Option<Spanned<String>>,
+    max_replica_lag: Option<Spanned<String>>,
+    read_your_writes_timeout: Option<Spanned<String>>,
+    managed: Option<Spanned<bool>>,
 }
+
+/// `max_replica_lag` when the site file does not say: about what a person notices.
+const DEFAULT_MAX_REPLICA_LAG: Duration = Duration::from_secs(1);
+/// `read_your_writes_timeout` when the site file does not say: short, because the primary
+/// can always answer instead.
+const DEFAULT_READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Reads and checks the site file at `path`.
 pub fn load(path: &Path) -> Result<Site, SiteError> {
@@ -203,6 +215,30 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Site, SiteError> {
             origin: origin.to_string(),
             mistakes: checker.mistakes,
         })
+    }
+}
+
+/// A server that could not be read from the file; only seen when a mistake was recorded,
+/// so it never reaches a running node.
+fn placeholder_server() -> DbServer {
+    DbServer {
+        name: "primary".into(),
+        host: String::new(),
+        port: 0,
+        user: String::new(),
+        password: None,
+        database: String::new(),
+    }
+}
+
+/// The URL with its password replaced by `***`, for messages.
+fn redact(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => text.to_string(),
     }
 }
 
@@ -313,20 +349,7 @@ impl Checker<'_> {
             None => Database::Sqlite {
                 path: state_dir.join("foobar.db"),
             },
-            Some(d) => {
-                if let Some(kind) = &d.kind {
-                    if kind.get_ref() != "sqlite" {
-                        self.mistake(
-                            kind.span(),
-                            format!("unknown database kind `{}`", kind.get_ref()),
-                            "write `kind = \"sqlite\"`",
-                        );
-                    }
-                }
-                Database::Sqlite {
-                    path: absolute(&state_dir, d.path.as_deref().unwrap_or("foobar.db")),
-                }
-            }
+            Some(d) => self.database(d, &state_dir),
         };
 
         let cluster = raw.cluster.as_ref().map(|c| self.cluster(c, &raw.lb));
@@ -634,6 +657,205 @@ impl Checker<'_> {
         })
     }
 
+    fn database(&mut self, d: &RawDatabase, state_dir: &Path) -> Database {
+        let kind = d.kind.as_ref().map_or("sqlite", |k| k.get_ref().as_str());
+        match kind {
+            "mysql" => {
+                if let Some(path) = &d.path {
+                    self.mistake(
+                        path.span(),
+                        "`path` is for `kind = \"sqlite\"`",
+                        "remove it: a MySQL/MariaDB database is named in the `primary` URL",
+                    );
+                }
+                let primary = match &d.primary {
+                    Some(url) => self.db_server(url, "primary".into()),
+                    None => {
+                        let span = d.kind.as_ref().map_or(0..0, |k| k.span());
+                        self.mistake(
+                            span,
+                            "`kind = \"mysql\"` needs a `primary`",
+                            "add `primary = \"mysql://USER:PASSWORD@HOST:PORT/DATABASE\"`",
+                        );
+                        placeholder_server()
+                    }
+                };
+                let replicas: Vec<DbServer> = d
+                    .replicas
+                    .as_ref()
+                    .map(|list| {
+                        list.get_ref()
+                            .iter()
+                            .enumerate()
+                            .map(|(i, url)| self.db_server(url, format!("replica{}", i + 1)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let managed = d.managed.as_ref().is_some_and(|m| *m.get_ref());
+                if managed {
+                    self.check_managed(d, &primary, &replicas);
+                }
+                Database::Mysql(Mysql {
+                    primary,
+                    replicas,
+                    password_env: d.password_env.as_ref().map(|v| v.get_ref().clone()),
+                    max_replica_lag: self
+                        .duration(d.max_replica_lag.as_ref(), DEFAULT_MAX_REPLICA_LAG),
+                    read_your_writes_timeout: self.duration(
+                        d.read_your_writes_timeout.as_ref(),
+                        DEFAULT_READ_YOUR_WRITES_TIMEOUT,
+                    ),
+                    managed,
+                })
+            }
+            "sqlite" => {
+                let mysql_only = [
+                    d.primary.as_ref().map(|v| ("primary", v.span())),
+                    d.replicas.as_ref().map(|v| ("replicas", v.span())),
+                    d.password_env.as_ref().map(|v| ("password_env", v.span())),
+                    d.max_replica_lag
+                        .as_ref()
+                        .map(|v| ("max_replica_lag", v.span())),
+                    d.read_your_writes_timeout
+                        .as_ref()
+                        .map(|v| ("read_your_writes_timeout", v.span())),
+                    d.managed.as_ref().map(|v| ("managed", v.span())),
+                ];
+                for (key, span) in mysql_only.into_iter().flatten() {
+                    self.mistake(
+                        span,
+                        format!("`{key}` is for `kind = \"mysql\"`"),
+                        "write `kind = \"mysql\"` to use a MySQL/MariaDB primary, or remove the key",
+                    );
+                }
+                Database::Sqlite {
+                    path: absolute(
+                        state_dir,
+                        d.path
+                            .as_ref()
+                            .map_or("foobar.db", |p| p.get_ref().as_str()),
+                    ),
+                }
+            }
+            other => {
+                let span = d.kind.as_ref().map_or(0..0, |k| k.span());
+                self.mistake(
+                    span,
+                    format!("unknown database kind `{other}`"),
+                    "write `kind = \"sqlite\"` (embedded) or `kind = \"mysql\"` (MySQL/MariaDB primary and replicas)",
+                );
+                Database::Sqlite {
+                    path: state_dir.join("foobar.db"),
+                }
+            }
+        }
+    }
+
+    /// Reads one `mysql://user:password@host:port/database` URL.
+    fn db_server(&mut self, value: &Spanned<String>, name: String) -> DbServer {
+        const HINT: &str = "write a URL like \"mysql://foobar:secret@127.0.0.1:3306/foobar\" \
+                            (the password may be left out and given by `password_env`)";
+        let url = match url::Url::parse(value.get_ref()) {
+            Ok(url) => url,
+            Err(e) => {
+                self.mistake(
+                    value.span(),
+                    format!("`{}` is not a URL ({e})", value.get_ref()),
+                    HINT,
+                );
+                return placeholder_server();
+            }
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map_or_else(|_| s.to_string(), |d| d.into_owned())
+        };
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_string();
+        let user = decode(url.username());
+        let database = decode(url.path().trim_start_matches('/'));
+        let problem = if !matches!(url.scheme(), "mysql" | "mariadb") {
+            Some(format!("the scheme is `{}`, not `mysql`", url.scheme()))
+        } else if host.is_empty() {
+            Some("it names no host".to_string())
+        } else if user.is_empty() {
+            Some("it names no user".to_string())
+        } else if database.is_empty() || database.contains('/') {
+            Some("it names no database (the path after the port)".to_string())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            self.mistake(
+                value.span(),
+                format!("`{}` cannot be used: {problem}", redact(value.get_ref())),
+                HINT,
+            );
+        }
+        DbServer {
+            name,
+            host,
+            port: url.port().unwrap_or(3306),
+            user,
+            password: url.password().map(decode),
+            database,
+        }
+    }
+
+    /// `managed = true` starts the servers on this machine, so they must be on loopback,
+    /// each on its own port, and share one account and database.
+    fn check_managed(&mut self, d: &RawDatabase, primary: &DbServer, replicas: &[DbServer]) {
+        let urls = d
+            .primary
+            .iter()
+            .chain(d.replicas.iter().flat_map(|r| r.get_ref().iter()));
+        let mut ports = HashMap::new();
+        for (server, url) in std::iter::once(primary).chain(replicas).zip(urls) {
+            let loopback = server.host == "localhost"
+                || server
+                    .host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                self.mistake(
+                    url.span(),
+                    format!("`managed = true` cannot start a server on {}", server.host),
+                    "use 127.0.0.1 for managed servers, or set `managed = false` and run them yourself",
+                );
+            }
+            if let Some(other) = ports.insert(server.port, server.name.clone()) {
+                self.mistake(
+                    url.span(),
+                    format!("port {} is already used by {other}", server.port),
+                    "give each managed server a port of its own",
+                );
+            }
+            let plain =
+                |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !plain(&server.user) || !plain(&server.database) {
+                self.mistake(
+                    url.span(),
+                    "a managed server's user and database names are created by scaleup",
+                    "use letters, digits and `_` only in the user and database names",
+                );
+            }
+            if server.user != primary.user
+                || server.database != primary.database
+                || server.password != primary.password
+            {
+                self.mistake(
+                    url.span(),
+                    "a managed replica has the primary's user, password and database",
+                    "write the same user, password and database as in `primary`",
+                );
+            }
+        }
+    }
+
     fn node(
         &mut self,
         name: &Spanned<String>,
@@ -920,4 +1142,106 @@ fn absolute(base: &Path, path: &str) -> PathBuf {
         base.join(p)
     };
     std::path::absolute(&joined).unwrap_or(joined)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default site with its `[database]` replaced by `database`.
+    fn with_database(database: &str) -> String {
+        let text = crate::default_site(8080, "/tmp/x", "test-secret");
+        let head = &text[..text.find("[database]").unwrap()];
+        format!("{head}{database}")
+    }
+
+    fn mistakes(text: &str) -> Vec<Mistake> {
+        match parse(text, "test.toml", Path::new("/tmp")) {
+            Err(SiteError::Invalid { mistakes, .. }) => mistakes,
+            other => panic!("expected mistakes, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mysql_database_with_replicas_and_defaults() {
+        let text = with_database(
+            "[database]\nkind = \"mysql\"\n\
+             primary = \"mysql://foo:p%40ss@127.0.0.1:3316/foobar\"\n\
+             replicas = [\"mysql://foo:p%40ss@127.0.0.1:3317/foobar\", \"mariadb://foo@10.0.0.3/foobar\"]\n",
+        );
+        let site = parse(&text, "test.toml", Path::new("/tmp")).unwrap();
+        let Database::Mysql(m) = site.database else {
+            panic!("not mysql")
+        };
+        assert_eq!(m.primary.name, "primary");
+        assert_eq!(m.primary.password.as_deref(), Some("p@ss"));
+        assert_eq!(m.primary.address(), "127.0.0.1:3316");
+        assert_eq!(m.replicas[1].name, "replica2");
+        assert_eq!(m.replicas[1].port, 3306, "the default port");
+        assert_eq!(m.replicas[1].password, None);
+        assert_eq!(m.max_replica_lag, Duration::from_secs(1));
+        assert_eq!(m.read_your_writes_timeout, Duration::from_millis(200));
+        assert!(!m.managed);
+        assert!(!format!("{m:?}").contains("p@ss"), "Debug hides passwords");
+    }
+
+    #[test]
+    fn mysql_mistakes_point_at_the_value() {
+        let text = with_database(
+            "[database]\nkind = \"mysql\"\n\
+             primary = \"postgres://foo@127.0.0.1/foobar\"\n\
+             replicas = [\"mysql://foo@127.0.0.1:3317/\"]\n\
+             max_replica_lag = \"soon\"\n",
+        );
+        let found = mistakes(&text);
+        let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found[0].line, line_of("postgres://"));
+        assert!(found[0].message.contains("scheme is `postgres`"));
+        assert_eq!(found[1].line, line_of("replicas"));
+        assert!(found[1].message.contains("names no database"));
+        assert_eq!(found[2].line, line_of("max_replica_lag"));
+    }
+
+    #[test]
+    fn mysql_needs_a_primary_and_sqlite_keys_stay_apart() {
+        let found = mistakes(&with_database("[database]\nkind = \"mysql\"\n"));
+        assert!(found[0].message.contains("needs a `primary`"), "{found:?}");
+        let found = mistakes(&with_database(
+            "[database]\nkind = \"sqlite\"\nreplicas = [\"mysql://a@b/c\"]\n",
+        ));
+        assert!(found[0]
+            .message
+            .contains("`replicas` is for `kind = \"mysql\"`"));
+        let found = mistakes(&with_database("[database]\nkind = \"postgres\"\n"));
+        assert!(found[0].hint.as_deref().unwrap().contains("mysql"));
+    }
+
+    #[test]
+    fn managed_servers_are_local_with_their_own_ports() {
+        let found = mistakes(&with_database(
+            "[database]\nkind = \"mysql\"\nmanaged = true\n\
+             primary = \"mysql://foo:pw@10.1.2.3:3316/foobar\"\n\
+             replicas = [\"mysql://foo:pw@127.0.0.1:3316/foobar\", \"mysql://bar:pw@127.0.0.1:3318/foobar\"]\n",
+        ));
+        let messages: Vec<&str> = found.iter().map(|m| m.message.as_str()).collect();
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("cannot start a server on 10.1.2.3")),
+            "{messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("port 3316 is already used by primary")),
+            "{messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("primary's user, password and database")),
+            "{messages:?}"
+        );
+    }
 }

@@ -226,3 +226,26 @@ pub fn start_up(base: u16, state: &Path) -> Proc {
     up.wait_for_line("is up", Duration::from_secs(120));
     up
 }
+
+/// `true` when MariaDB's server is installed. Under `CI=true` a missing server fails the
+/// test (CI must run the database-tier tests); elsewhere the test is skipped, loudly.
+pub fn mariadb_available() -> bool {
+    let found = [
+        "/usr/sbin/mariadbd",
+        "/usr/bin/mariadbd",
+        "/usr/local/sbin/mariadbd",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists())
+        || Command::new("mariadbd").arg("--version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mariadbd is not installed, and CI must run the MariaDB tests: run scripts/install-test-deps"
+        );
+        eprintln!(
+            "\n*** SKIPPING MariaDB test: mariadbd is not installed (apt-get install mariadb-server) ***\n"
+        );
+    }
+    found
+}

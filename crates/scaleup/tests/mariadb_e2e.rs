@@ -1,0 +1,215 @@
+//! The database tier end to end: `scaleup up` on a site with `managed = true` starts a
+//! MariaDB primary and replica, the application reads from the replica and writes to the
+//! primary, a dead primary turns writes into a clear 503 while reads go on, and the data
+//! survives a restart of `scaleup up`. Needs `mariadbd` (see `common::mariadb_available`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// The default site on `base` with a managed MariaDB primary (`base+23`) and replica
+/// (`base+24`) instead of SQLite; the password comes from the environment.
+fn write_mariadb_site(base: u16, dir: &std::path::Path) -> std::path::PathBuf {
+    let text = site::default_site(base, &dir.to_string_lossy(), "test-secret");
+    let head = &text[..text
+        .find("[database]")
+        .expect("default site has [database]")];
+    let text = format!(
+        "{head}[database]\n\
+         kind = \"mysql\"\n\
+         primary = \"mysql://foobar@127.0.0.1:{p}/foobar\"\n\
+         replicas = [\"mysql://foobar@127.0.0.1:{r}/foobar\"]\n\
+         password_env = \"SCALEUP_TEST_DB_PASSWORD\"\n\
+         managed = true\n",
+        p = base + 23,
+        r = base + 24
+    );
+    let path = dir.join("site.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn up(site: &std::path::Path) -> Proc {
+    let mut cmd = scaleup();
+    cmd.arg("up")
+        .arg("--site")
+        .arg(site)
+        .env("SCALEUP_TEST_DB_PASSWORD", "test-pw");
+    let up = Proc::spawn("up", cmd);
+    up.wait_for_line("is up", Duration::from_secs(120));
+    up
+}
+
+/// `scaleup_db_reads_total` of `server` on the app's admin `/metrics`.
+async fn reads_of(client: &reqwest::Client, admin: &str, server: &str) -> u64 {
+    let metrics = client
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("scaleup_db_reads_total{{node=\"app1\",server=\"{server}\"");
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_mariadb_reads_from_the_replica_survives_a_dead_primary_and_a_restart() {
+    if !mariadb_available() {
+        return;
+    }
+    let base = free_base(DEFAULT_SITE_PORTS + 2);
+    let state = tempfile::tempdir().unwrap();
+    let site = write_mariadb_site(base, state.path());
+    let mut up1 = up(&site);
+
+    // The site's floating address, and app1's admin listener.
+    let lb1 = format!("http://127.0.0.1:{base}");
+    let admin = format!("http://127.0.0.1:{}", base + 14);
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let creds = serde_json::json!({"username": "alice", "password": "correct horse battery"});
+    let resp = client
+        .post(format!("{lb1}/api/signup"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let login: serde_json::Value = client
+        .post(format!("{lb1}/api/login"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap().to_string();
+    let resp = client
+        .post(format!("{lb1}/api/posts"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"body": "stored on the primary"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+
+    // Timeline reads (another visitor: no cookies) are answered by the replica.
+    let reader = reqwest::Client::new();
+    let before = reads_of(&reader, &admin, "replica1").await;
+    for _ in 0..5 {
+        let timeline = reader
+            .get(format!("{lb1}/api/timeline"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(timeline.contains("stored on the primary"), "{timeline}");
+    }
+    assert!(reads_of(&reader, &admin, "replica1").await >= before + 5);
+    let status: serde_json::Value = reader
+        .get(format!("{admin}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let servers = status["database"]["servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2, "{status}");
+    assert_eq!(servers[1]["name"], "replica1");
+    assert_eq!(servers[1]["healthy"], true);
+
+    // The primary dies: writes answer 503 with the clear message, reads go on.
+    let pid_file = state.path().join("mariadb/primary/mariadbd.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let resp = client
+        .post(format!("{lb1}/api/posts"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"body": "while the primary is dead"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("database is unavailable"), "{body}");
+    let timeline = reader
+        .get(format!("{lb1}/api/timeline"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(timeline.status(), 200);
+    assert!(timeline
+        .text()
+        .await
+        .unwrap()
+        .contains("stored on the primary"));
+
+    // Ctrl-C stops the nodes, then the (remaining) database servers.
+    up1.signal(Signal::SIGINT);
+    up1.wait_for_line("stopped  MariaDB", Duration::from_secs(60));
+    assert_eq!(up1.wait_exit(Duration::from_secs(30)), Some(0));
+    drop(up1);
+
+    // Up again on the same state: the data is there and writes work.
+    let mut up2 = up(&site);
+    let timeline = reader
+        .get(format!("{lb1}/api/timeline"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(timeline.contains("stored on the primary"), "{timeline}");
+    let resp = client
+        .post(format!("{lb1}/api/posts"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"body": "after the restart"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    up2.signal(Signal::SIGINT);
+    assert_eq!(up2.wait_exit(Duration::from_secs(60)), Some(0));
+}
+
+#[test]
+fn a_missing_password_variable_is_named() {
+    let base = free_base(DEFAULT_SITE_PORTS + 2);
+    let state = tempfile::tempdir().unwrap();
+    let site = write_mariadb_site(base, state.path());
+    let out = scaleup()
+        .arg("up")
+        .arg("--site")
+        .arg(&site)
+        .env_remove("SCALEUP_TEST_DB_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SCALEUP_TEST_DB_PASSWORD") && stderr.contains("export"),
+        "{stderr}"
+    );
+}
