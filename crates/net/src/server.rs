@@ -329,19 +329,29 @@ impl<H: Handler> Conn<H> {
         let first = Arc::new(tokio::sync::Notify::new());
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (first_tx, started_tx) = (first.clone(), started.clone());
+        let abandoned = Arc::new(Abandoned::default());
+        let abandoned_tx = abandoned.clone();
         let service = service_fn(move |mut req: Request<Incoming>| {
             let handler = handler.clone();
             let clock = clock.clone();
+            let abandoned = abandoned_tx.clone();
             if !started_tx.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 first_tx.notify_one();
             }
             async move {
                 clock.request_started();
+                let mut pending = Pending {
+                    clock: clock.clone(),
+                    abandoned,
+                    answered: false,
+                };
                 req.extensions_mut().insert(info);
                 let resp = match too_large(&req, max_body) {
                     Some(refusal) => refusal,
                     None => handler.handle(req, peer).await,
                 };
+                pending.answered = true;
+                drop(pending);
                 let done = move |_| clock.response_done();
                 Ok::<_, Infallible>(resp.map(|body| crate::finish::on_finish(body, done)))
             }
@@ -350,6 +360,13 @@ impl<H: Handler> Conn<H> {
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => {}
+            _ = abandoned.too_many.notified() => {
+                tracing::warn!(
+                    %peer,
+                    "closing a connection whose client cancelled most of its requests \
+                     before they were answered (an HTTP/2 rapid-reset attack?)"
+                );
+            }
             _ = self.shutdown.wait() => {
                 if !started.load(std::sync::atomic::Ordering::Relaxed) {
                     tokio::select! {
@@ -361,6 +378,47 @@ impl<H: Handler> Conn<H> {
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
+        }
+    }
+}
+
+/// Requests of one connection whose handler was dropped before it answered: an
+/// HTTP/2 client can reset streams as fast as it opens them, and each reset stream
+/// still costs the start of a handler while no longer counting against the
+/// concurrent-stream limit (CVE-2023-44487, in its slow form that hyper's own
+/// reset-before-accept limit does not see).
+#[derive(Default)]
+struct Abandoned {
+    answered: std::sync::atomic::AtomicU64,
+    cancelled: std::sync::atomic::AtomicU64,
+    /// Woken when the connection should be closed.
+    too_many: tokio::sync::Notify,
+}
+
+/// Cancelled requests a connection may have before its ratio counts: browsers cancel
+/// a few streams when a user navigates away, never hundreds.
+const CANCELLED_ALLOWANCE: u64 = 100;
+
+/// Accounts for one request until its handler answers; dropped unanswered, it keeps
+/// the connection's clock right and counts the cancellation.
+struct Pending {
+    clock: Arc<Clock>,
+    abandoned: Arc<Abandoned>,
+    answered: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.answered {
+            self.abandoned.answered.fetch_add(1, Relaxed);
+            return;
+        }
+        // The response will never be sent, so the clock must not wait for it.
+        self.clock.response_done();
+        let cancelled = self.abandoned.cancelled.fetch_add(1, Relaxed) + 1;
+        if cancelled > CANCELLED_ALLOWANCE && cancelled > self.abandoned.answered.load(Relaxed) {
+            self.abandoned.too_many.notify_one();
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The listener's limits against misbehaving clients, over real sockets: a slow
 //! request head (slowloris) gets 408 at the timeout while other clients are served,
-//! an idle keep-alive connection is closed, an announced oversize body gets 413, and
-//! an HTTP/2 client cannot grow a header block forever with CONTINUATION frames.
+//! an idle keep-alive connection is closed, an announced oversize body gets 413, an
+//! HTTP/2 client cannot grow a header block forever with CONTINUATION frames, and a
+//! flood of streams opened and reset at once (rapid reset) ends its connection.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,11 @@ impl Handler for Hello {
 
 /// A server on a free loopback port with `limits`; it stops when the test's runtime ends.
 async fn start(limits: Limits) -> SocketAddr {
+    start_with(limits, Hello).await
+}
+
+/// [`start`] with another handler.
+async fn start_with<H: Handler>(limits: Limits, handler: H) -> SocketAddr {
     let listener = net::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let (trigger, shutdown) = net::shutdown::channel();
@@ -31,7 +38,7 @@ async fn start(limits: Limits) -> SocketAddr {
         net::server::serve(
             listener,
             limits,
-            Arc::new(Hello),
+            Arc::new(handler),
             Arc::new(Metrics::default()),
             shutdown,
         )
@@ -210,4 +217,171 @@ async fn endless_continuation_frames_end_the_connection() {
     .await
     .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Counts its calls and answers slowly, so that resets arrive while requests are
+/// still pending.
+struct Slow {
+    calls: Arc<AtomicUsize>,
+}
+
+impl Handler for Slow {
+    async fn handle(&self, _req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Response::new(net::full("slow\n"))
+    }
+}
+
+/// A GOAWAY frame the server sent.
+#[derive(Debug)]
+struct GoAway {
+    last_stream: u32,
+    code: u32,
+    debug: String,
+}
+
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// Reads the server's frames until it closes the connection (or 5 s pass), setting
+/// `ended` as soon as a GOAWAY arrives or the connection ends.
+fn watch_frames(mut stream: TcpStream, ended: &AtomicBool) -> (Option<GoAway>, bool) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut goaway = None;
+    let closed = loop {
+        let mut head = [0u8; 9];
+        if let Err(e) = stream.read_exact(&mut head) {
+            break e.kind() != std::io::ErrorKind::WouldBlock
+                && e.kind() != std::io::ErrorKind::TimedOut;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if let Err(e) = stream.read_exact(&mut payload) {
+            break e.kind() != std::io::ErrorKind::WouldBlock
+                && e.kind() != std::io::ErrorKind::TimedOut;
+        }
+        if head[3] == 7 && len >= 8 {
+            goaway = Some(GoAway {
+                last_stream: u32::from_be_bytes(payload[0..4].try_into().unwrap()) & !(1 << 31),
+                code: u32::from_be_bytes(payload[4..8].try_into().unwrap()),
+                debug: String::from_utf8_lossy(&payload[8..]).into_owned(),
+            });
+            ended.store(true, Ordering::SeqCst);
+        }
+    };
+    ended.store(true, Ordering::SeqCst);
+    (goaway, closed)
+}
+
+/// CVE-2023-44487: HEADERS then RST_STREAM, as fast as the socket takes them. The
+/// server's limit is on streams reset before it accepted them (20), so a flood ends
+/// in GOAWAY ENHANCE_YOUR_CALM. (A client that sends at most 20 such streams per
+/// round trip and waits for the server to catch up is not stopped by that limit:
+/// each of its streams reaches the handler, which is dropped at its first await.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_streams_end_the_connection_and_others_are_still_served() {
+    const MAX_STREAMS: u32 = 10_000;
+    // Streams per write: more than the server's 20 reset-before-accepted streams, so
+    // that even a server that keeps pace with every write sees the flood.
+    const BATCH: u32 = 50;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let addr = start_with(
+        Limits::default(),
+        Slow {
+            calls: calls.clone(),
+        },
+    )
+    .await;
+    let (opened, took, goaway, closed) = tokio::task::spawn_blocking(move || {
+        // A small, fixed send buffer (no autotuning): what the client counts as
+        // written is then at most a few thousand streams ahead of what the server read.
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_send_buffer_size(16 * 1024).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        let mut stream = TcpStream::from(socket);
+        stream
+            .set_write_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        // HTTP/2 in clear by prior knowledge: the preface, then empty SETTINGS.
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .unwrap();
+        stream.write_all(&frame(4, 0, 0, &[])).unwrap();
+        let ended = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (stream, ended) = (stream.try_clone().unwrap(), ended.clone());
+            std::thread::spawn(move || watch_frames(stream, &ended))
+        };
+        // A complete GET (HPACK: :method GET, :scheme http, :path /, then :authority
+        // as a literal without indexing), END_HEADERS | END_STREAM; then RST_STREAM
+        // CANCEL for the same stream, at once.
+        let mut headers = vec![0x82, 0x86, 0x84, 0x01, 9];
+        headers.extend_from_slice(b"127.0.0.1");
+        let cancel = 8u32.to_be_bytes();
+        let started = Instant::now();
+        let mut opened = 0u32;
+        while opened < MAX_STREAMS
+            && started.elapsed() < Duration::from_secs(5)
+            && !ended.load(Ordering::SeqCst)
+        {
+            let mut batch = Vec::new();
+            for _ in 0..BATCH {
+                let id = 2 * opened + 1;
+                batch.extend_from_slice(&frame(1, 0x5, id, &headers));
+                batch.extend_from_slice(&frame(3, 0, id, &cancel));
+                opened += 1;
+            }
+            if stream.write_all(&batch).is_err() {
+                break;
+            }
+        }
+        let took = started.elapsed();
+        let (goaway, closed) = watcher.join().unwrap();
+        (opened, took, goaway, closed)
+    })
+    .await
+    .unwrap();
+    // Handlers that did start finish their 50 ms sleep; let them, then count.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let handled = calls.load(Ordering::SeqCst);
+    eprintln!(
+        "rapid reset: {opened} streams written in {took:?}, {handled} handler calls, \
+         {goaway:?}, connection closed: {closed}"
+    );
+    let goaway = goaway.expect("the server sent no GOAWAY");
+    assert_eq!(
+        goaway.code, ENHANCE_YOUR_CALM,
+        "GOAWAY for another reason ({:?}): {goaway:?}",
+        goaway.debug
+    );
+    assert!(closed, "the server did not close the connection");
+    // The client's loop was cut short by the server, not by its own bounds.
+    assert!(
+        opened < MAX_STREAMS && took < Duration::from_secs(5),
+        "the client wrote {opened} reset streams in {took:?}"
+    );
+    // Streams the server read before it gave up (client ids are odd: 1, 3, 5...).
+    let read = goaway.last_stream.div_ceil(2) as usize;
+    assert!(
+        read < 1000,
+        "the server read {read} reset streams before it ended the connection"
+    );
+    assert!(
+        handled * 10 < opened as usize,
+        "{handled} handler calls for {opened} streams opened ({read} read by the server)"
+    );
+
+    // A well-behaved HTTP/2 client on a new connection is served.
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let resp = client.get(format!("http://{addr}/")).send().await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), http::StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), "slow\n");
 }
