@@ -2,7 +2,8 @@
 //! request head (slowloris) gets 408 at the timeout while other clients are served,
 //! an idle keep-alive connection is closed, an announced oversize body gets 413, an
 //! HTTP/2 client cannot grow a header block forever with CONTINUATION frames, and a
-//! flood of streams opened and reset at once (rapid reset) ends its connection.
+//! flood of streams opened and reset at once (rapid reset) ends its connection, and
+//! so does a client that opens and resets them a few at a time.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -372,6 +373,167 @@ async fn rapid_reset_streams_end_the_connection_and_others_are_still_served() {
     assert!(
         handled * 10 < opened as usize,
         "{handled} handler calls for {opened} streams opened ({read} read by the server)"
+    );
+
+    // A well-behaved HTTP/2 client on a new connection is served.
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let resp = client.get(format!("http://{addr}/")).send().await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), http::StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), "slow\n");
+}
+
+/// The next frame the server sends: type, flags, stream id, payload.
+fn read_frame(stream: &mut TcpStream) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    stream.read_exact(&mut head)?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let id = u32::from_be_bytes(head[5..9].try_into().unwrap()) & !(1 << 31);
+    let mut payload = vec![0u8; len];
+    stream.read_exact(&mut payload)?;
+    Ok((head[3], head[4], id, payload))
+}
+
+/// The slow form of CVE-2023-44487: a client that opens and resets only two streams
+/// per round (then waits for the ACKs of two PINGs) never has more than two streams
+/// reset before the server accepted them, far under hyper's limit of 20, yet every
+/// stream starts a handler that is dropped at its first await. The server counts
+/// those cancelled requests and closes the connection once more than 100 were
+/// cancelled and they outnumber the answered ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_rapid_reset_streams_end_the_connection_and_others_are_still_served() {
+    const MAX_STREAMS: u32 = 4_000;
+    const PER_ROUND: u32 = 2;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let addr = start_with(
+        Limits::default(),
+        Slow {
+            calls: calls.clone(),
+        },
+    )
+    .await;
+    let (opened, rounds, took, goaway, ended) = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        // HTTP/2 in clear by prior knowledge: the preface, then empty SETTINGS.
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .unwrap();
+        stream.write_all(&frame(4, 0, 0, &[])).unwrap();
+        // The same GET as the fast test, END_HEADERS | END_STREAM, then CANCEL.
+        let mut headers = vec![0x82, 0x86, 0x84, 0x01, 9];
+        headers.extend_from_slice(b"127.0.0.1");
+        let cancel = 8u32.to_be_bytes();
+        let started = Instant::now();
+        let (mut opened, mut rounds) = (0u32, 0u64);
+        let mut goaway = None;
+        // Why the client stopped, when the server stopped it.
+        let mut ended = None;
+        let mut pings = 0u64;
+        'rounds: while opened < MAX_STREAMS && started.elapsed() < Duration::from_secs(5) {
+            let mut round = Vec::new();
+            for _ in 0..PER_ROUND {
+                let id = 2 * opened + 1;
+                round.extend_from_slice(&frame(1, 0x5, id, &headers));
+                round.extend_from_slice(&frame(3, 0, id, &cancel));
+                opened += 1;
+            }
+            rounds += 1;
+            // One PING per stream, each sent after the previous one's ACK. The server
+            // reads everything it has, then accepts one stream, in each turn of its
+            // loop; a PING is acknowledged at the end of the turn that read it, so
+            // each ACK the client waits for costs the server a turn, and a stream
+            // accepted. One PING per round would let the client's resets outrun the
+            // accepts by one stream a round whenever the client is the faster.
+            for _ in 0..PER_ROUND {
+                pings += 1;
+                // The round's streams go with its first PING.
+                let mut out = std::mem::take(&mut round);
+                out.extend_from_slice(&frame(6, 0, 0, &pings.to_be_bytes()));
+                if let Err(e) = stream.write_all(&out) {
+                    ended = Some(format!("write failed: {e}"));
+                    break 'rounds;
+                }
+                // Wait for the PING's ACK.
+                loop {
+                    match read_frame(&mut stream) {
+                        Ok((6, flags, 0, payload))
+                            if flags & 1 == 1 && payload == pings.to_be_bytes() =>
+                        {
+                            break
+                        }
+                        Ok((4, flags, 0, _)) if flags & 1 == 0 => {
+                            // Acknowledge the server's SETTINGS, as a client must.
+                            if let Err(e) = stream.write_all(&frame(4, 1, 0, &[])) {
+                                ended = Some(format!("write failed: {e}"));
+                                break 'rounds;
+                            }
+                        }
+                        Ok((7, _, 0, payload)) if payload.len() >= 8 => {
+                            goaway = Some(GoAway {
+                                last_stream: u32::from_be_bytes(payload[0..4].try_into().unwrap())
+                                    & !(1 << 31),
+                                code: u32::from_be_bytes(payload[4..8].try_into().unwrap()),
+                                debug: String::from_utf8_lossy(&payload[8..]).into_owned(),
+                            });
+                            ended = Some("GOAWAY".to_string());
+                            break 'rounds;
+                        }
+                        Ok(_) => {}
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::WouldBlock
+                                || e.kind() == std::io::ErrorKind::TimedOut =>
+                        {
+                            panic!("no PING ACK within 2 s after {opened} streams: {e}")
+                        }
+                        Err(e) => {
+                            ended = Some(format!("read ended: {e}"));
+                            break 'rounds;
+                        }
+                    }
+                }
+            }
+        }
+        (opened, rounds, started.elapsed(), goaway, ended)
+    })
+    .await
+    .unwrap();
+    // Handlers that did start finish or are dropped; let them, then count.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let handled = calls.load(Ordering::SeqCst);
+    eprintln!(
+        "slow rapid reset: {opened} streams in {rounds} rounds written in {took:?}, \
+         {handled} handler calls, {goaway:?}, ended by the server: {ended:?}"
+    );
+    let ended = ended.unwrap_or_else(|| {
+        panic!(
+            "the server kept the connection open: {opened} streams opened and reset in \
+             {took:?}, {handled} handler calls"
+        )
+    });
+    assert!(
+        opened < MAX_STREAMS,
+        "the client wrote {opened} reset streams ({ended})"
+    );
+    // Not hyper's reset-before-accept limit: this client never has 20 such streams.
+    if let Some(goaway) = &goaway {
+        assert_ne!(
+            goaway.debug, "too_many_resets",
+            "hyper's pending-accept limit ended the connection: {goaway:?}"
+        );
+    }
+    assert!(
+        handled < 1000,
+        "{handled} handler calls for {opened} streams opened and reset"
     );
 
     // A well-behaved HTTP/2 client on a new connection is served.
