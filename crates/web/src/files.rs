@@ -12,13 +12,22 @@
 //! cheap, and it is where on-the-fly compression belongs anyway. Only bodies larger
 //! than `IN_MEMORY_MAX` leave that call as a stream, read in `CHUNK`-sized pieces,
 //! so a large download never sits in memory whole.
+//!
+//! Small files skip even that hop while they are hot: like nginx's `open_file_cache`,
+//! a file of up to `CACHE_FILE_MAX` bytes is kept in memory after it was served, with
+//! its validators, header values and precompressed siblings, keyed by request path.
+//! For `FILE_CACHE_TTL` after it was read, requests for that path are answered from
+//! memory on the calling task, through the same decisions (preconditions, ranges,
+//! content coding); after that the next request takes the file-system path again and
+//! refreshes the entry, so an edit on disk is served within `FILE_CACHE_TTL`.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use flate2::{write::GzEncoder, Compression};
@@ -52,6 +61,22 @@ const MAX_RANGES: usize = 64;
 /// Upper bound on the bytes kept by the cache of gzipped files, so a site with many
 /// compressible files cannot grow the process without limit.
 const GZIP_CACHE_BUDGET: usize = 32 << 20;
+
+/// Files up to this size are kept in memory by the open-file cache (nginx's
+/// `open_file_cache`), together with their validators and precompressed siblings, so a
+/// hot small file is served without a trip to the blocking pool.
+const CACHE_FILE_MAX: u64 = 64 * 1024;
+
+/// Upper bound on the bytes kept by the open-file cache.
+const FILE_CACHE_BUDGET: usize = 32 << 20;
+
+/// What one cache entry is charged beyond its bodies, so many empty files cannot
+/// grow the cache without limit either.
+const FILE_CACHE_ENTRY_OVERHEAD: usize = 256;
+
+/// How long a cached file is served without looking at the file system again: a
+/// file changed on disk is served stale for at most this long.
+const FILE_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// The longest file name Linux file systems accept; a longer path component cannot
 /// name a file, so it is answered as "not here" without asking the kernel.
@@ -128,6 +153,8 @@ struct Inner {
     /// Gzipped bodies of files compressed on the fly, so a popular stylesheet is
     /// compressed once rather than on every request.
     gzip_cache: Mutex<GzipCache>,
+    /// Small files recently resolved and read, keyed by request path.
+    file_cache: Mutex<FileCache>,
 }
 
 impl StaticFiles {
@@ -166,6 +193,7 @@ impl StaticFiles {
                 root,
                 options,
                 gzip_cache: Mutex::new(GzipCache::default()),
+                file_cache: Mutex::new(FileCache::default()),
             }),
         })
     }
@@ -194,6 +222,14 @@ impl StaticFiles {
             if_range: single_header(headers, &header::IF_RANGE),
             accept_encoding: list_header(headers, &header::ACCEPT_ENCODING),
         };
+        // A small file resolved less than FILE_CACHE_TTL ago is answered from memory:
+        // the same decisions, without the file-system work. Only on-the-fly
+        // compression that is not cached yet sends it the slow way.
+        if let Some(resource) = self.inner.cached(&request.path) {
+            if let Ok(outcome) = self.inner.represent(&request, resource, false) {
+                return outcome;
+            }
+        }
         let inner = Arc::clone(&self.inner);
         match tokio::task::spawn_blocking(move || inner.respond(&request)).await {
             Ok(outcome) => outcome,
@@ -285,6 +321,20 @@ impl RelPath {
         self.parts.iter().any(|part| part.len() > NAME_MAX)
     }
 
+    /// The cache key: the normalised path, with the trailing slash of a directory.
+    fn key(&self) -> String {
+        let mut key =
+            String::with_capacity(self.parts.iter().map(|p| p.len() + 1).sum::<usize>() + 1);
+        for part in &self.parts {
+            key.push('/');
+            key.push_str(part);
+        }
+        if self.dir {
+            key.push('/');
+        }
+        key
+    }
+
     /// The path as a URL again, with the trailing slash the redirect adds.
     fn directory_location(&self, query: Option<&str>) -> String {
         let mut location = String::from("/");
@@ -321,9 +371,9 @@ enum Found {
 /// A file about to be served, with everything its headers need.
 struct Resource {
     /// Canonical path: where siblings are looked for, the gzip cache key, log context.
-    path: PathBuf,
-    /// The open file the body is read from.
-    file: File,
+    path: Arc<Path>,
+    /// Where the body is read from.
+    content: Content,
     /// Length in bytes, as announced in `Content-Length` and `Content-Range`.
     len: u64,
     /// Modification time as the file system reports it, for comparing with siblings.
@@ -331,11 +381,118 @@ struct Resource {
     /// Modification time truncated to whole seconds, as HTTP dates carry it.
     modified: SystemTime,
     /// The opaque part of the ETag, nginx style: `<mtime-hex>-<len-hex>`.
-    tag: String,
+    tag: Arc<str>,
+    /// The `ETag` header for the identity body, and for a compressed one (weak).
+    etag: HeaderValue,
+    weak_etag: HeaderValue,
+    /// The `Last-Modified` header.
+    last_modified: HeaderValue,
     /// The `Content-Type` value.
     mime: &'static str,
     /// Text-like content that shrinks under gzip (images and fonts do not).
     compressible: bool,
+    /// The precompressed siblings, when already read (cached files); `None` means
+    /// look for them on disk.
+    siblings: Option<Arc<Siblings>>,
+}
+
+/// Where a body comes from: an open file, or the bytes of a cached one.
+enum Content {
+    File(File),
+    Memory(Bytes),
+}
+
+/// The precompressed siblings of a cached file that may be served (present, not
+/// stale), read into memory.
+#[derive(Debug, Default)]
+struct Siblings {
+    br: Option<Bytes>,
+    gz: Option<Bytes>,
+}
+
+impl Siblings {
+    fn get(&self, suffix: &str) -> Option<&Bytes> {
+        match suffix {
+            ".br" => self.br.as_ref(),
+            _ => self.gz.as_ref(),
+        }
+    }
+}
+
+/// A small file as it was found on disk at `checked`, ready to be served from memory.
+#[derive(Debug)]
+struct CachedFile {
+    checked: Instant,
+    path: Arc<Path>,
+    content: Bytes,
+    modified_exact: SystemTime,
+    modified: SystemTime,
+    tag: Arc<str>,
+    etag: HeaderValue,
+    weak_etag: HeaderValue,
+    last_modified: HeaderValue,
+    mime: &'static str,
+    compressible: bool,
+    siblings: Arc<Siblings>,
+}
+
+impl CachedFile {
+    fn resource(&self) -> Resource {
+        Resource {
+            path: Arc::clone(&self.path),
+            content: Content::Memory(self.content.clone()),
+            len: self.content.len() as u64,
+            modified_exact: self.modified_exact,
+            modified: self.modified,
+            tag: Arc::clone(&self.tag),
+            etag: self.etag.clone(),
+            weak_etag: self.weak_etag.clone(),
+            last_modified: self.last_modified.clone(),
+            mime: self.mime,
+            compressible: self.compressible,
+            siblings: Some(Arc::clone(&self.siblings)),
+        }
+    }
+
+    /// What the entry is charged against [`FILE_CACHE_BUDGET`].
+    fn cost(&self, key: &str) -> usize {
+        let siblings = [&self.siblings.br, &self.siblings.gz]
+            .into_iter()
+            .flatten()
+            .map(Bytes::len)
+            .sum::<usize>();
+        self.content.len() + siblings + key.len() + FILE_CACHE_ENTRY_OVERHEAD
+    }
+}
+
+/// Small files keyed by the normalised request path (nginx's `open_file_cache`).
+#[derive(Debug, Default)]
+struct FileCache {
+    entries: HashMap<String, Arc<CachedFile>>,
+    /// Sum of the entries' costs, kept under [`FILE_CACHE_BUDGET`].
+    bytes: usize,
+}
+
+impl FileCache {
+    fn get(&self, key: &str) -> Option<Arc<CachedFile>> {
+        self.entries
+            .get(key)
+            .filter(|entry| entry.checked.elapsed() < FILE_CACHE_TTL)
+            .cloned()
+    }
+
+    fn insert(&mut self, key: String, entry: Arc<CachedFile>) {
+        let cost = entry.cost(&key);
+        // Like the gzip cache: when full, start over.
+        if self.bytes + cost > FILE_CACHE_BUDGET {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += cost;
+        if let Some(old) = self.entries.insert(key.clone(), entry) {
+            self.bytes -= old.cost(&key);
+        }
+    }
 }
 
 /// The content coding chosen for a response.
@@ -345,8 +502,8 @@ enum Coding {
     Precompressed {
         /// The `Content-Encoding` value: `br` or `gzip`.
         encoding: &'static str,
-        /// The sibling, opened; its bytes are the body.
-        file: File,
+        /// The sibling; its bytes are the body.
+        content: Content,
         /// The sibling's length, which is the `Content-Length`.
         len: u64,
     },
@@ -433,17 +590,94 @@ impl Inner {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
         let (mime, compressible) = mime_for(&path);
+        let tag = format!("{seconds:x}-{:x}", meta.len());
+        let modified = UNIX_EPOCH + Duration::from_secs(seconds);
         let resource = Resource {
-            tag: format!("{seconds:x}-{:x}", meta.len()),
+            etag: ascii(format!("\"{tag}\"")),
+            weak_etag: ascii(format!("W/\"{tag}\"")),
+            last_modified: ascii(httpdate::fmt_http_date(modified)),
+            tag: tag.into(),
             len: meta.len(),
-            modified: UNIX_EPOCH + std::time::Duration::from_secs(seconds),
+            modified,
             modified_exact,
             mime,
             compressible,
-            path,
-            file,
+            path: path.into(),
+            content: Content::File(file),
+            siblings: None,
         };
-        self.represent(req, resource)
+        let resource = self.remember(req, resource);
+        self.represent(req, resource, true)
+    }
+
+    /// A fresh cache entry for `req`, as a resource served from memory.
+    fn cached(&self, path: &RelPath) -> Option<Resource> {
+        let entry = self
+            .file_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&path.key())?;
+        Some(entry.resource())
+    }
+
+    /// Reads a small file (and its precompressed siblings) into memory and caches it
+    /// under the request path; returns the resource to serve this request from. A
+    /// file that cannot be cached is returned as it came, unread.
+    fn remember(&self, req: &Request, mut res: Resource) -> Resource {
+        let Content::File(file) = &res.content else {
+            return res;
+        };
+        if res.len > CACHE_FILE_MAX {
+            return res;
+        }
+        // Positioned reads leave the file offset alone, so on failure the file is
+        // served (and the error reported) exactly as without the cache.
+        let Ok(content) = read_whole(file, res.len) else {
+            return res;
+        };
+        let mut siblings = Siblings::default();
+        let mut cacheable = true;
+        if res.compressible && res.len >= COMPRESS_MIN_LEN {
+            for suffix in [".br", ".gz"] {
+                let Some((file, len)) = self.sibling(&res, suffix) else {
+                    continue;
+                };
+                match (len <= CACHE_FILE_MAX)
+                    .then(|| read_whole(&file, len))
+                    .and_then(Result::ok)
+                {
+                    Some(bytes) if suffix == ".br" => siblings.br = Some(bytes),
+                    Some(bytes) => siblings.gz = Some(bytes),
+                    None => cacheable = false,
+                }
+            }
+        }
+        res.content = Content::Memory(content.clone());
+        if !cacheable {
+            // Siblings are looked up on disk again, as without the cache.
+            return res;
+        }
+        let siblings = Arc::new(siblings);
+        res.siblings = Some(Arc::clone(&siblings));
+        let entry = CachedFile {
+            checked: Instant::now(),
+            path: Arc::clone(&res.path),
+            content,
+            modified_exact: res.modified_exact,
+            modified: res.modified,
+            tag: Arc::clone(&res.tag),
+            etag: res.etag.clone(),
+            weak_etag: res.weak_etag.clone(),
+            last_modified: res.last_modified.clone(),
+            mime: res.mime,
+            compressible: res.compressible,
+            siblings,
+        };
+        self.file_cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(req.path.key(), Arc::new(entry));
+        res
     }
 
     /// Resolves `path` through symlinks and opens it if it may be served.
@@ -485,7 +719,16 @@ impl Inner {
 
     /// Builds the response for a file that exists: validators, preconditions, ranges,
     /// content coding.
-    fn represent(&self, req: &Request, mut res: Resource) -> Result<Outcome, Failure> {
+    ///
+    /// `blocking` says whether this runs on the blocking pool; when it does not, a
+    /// body that would have to be compressed now is an error (`WouldBlock`) and the
+    /// caller retries there.
+    fn represent(
+        &self,
+        req: &Request,
+        mut res: Resource,
+        blocking: bool,
+    ) -> Result<Outcome, Failure> {
         // Range is defined for GET only (RFC 9110 §14.2); a failed If-Range means
         // "send me the whole new file".
         let ranges = req
@@ -507,16 +750,9 @@ impl Inner {
         let weak = !matches!(coding, Coding::Identity);
 
         let mut headers = HeaderMap::new();
-        let etag = if weak {
-            format!("W/\"{}\"", res.tag)
-        } else {
-            format!("\"{}\"", res.tag)
-        };
-        headers.insert(header::ETAG, ascii(etag));
-        headers.insert(
-            header::LAST_MODIFIED,
-            ascii(httpdate::fmt_http_date(res.modified)),
-        );
+        let etag = if weak { &res.weak_etag } else { &res.etag };
+        headers.insert(header::ETAG, etag.clone());
+        headers.insert(header::LAST_MODIFIED, res.last_modified.clone());
         if let Some(cache_control) = &self.options.cache_control {
             headers.insert(header::CACHE_CONTROL, cache_control.clone());
         }
@@ -564,7 +800,7 @@ impl Inner {
                     start,
                     len: end - start + 1,
                 }];
-                let body = file_body(res.file, segments, req.head).at(&res.path)?;
+                let body = file_body(res.content, segments, req.head).at(&res.path)?;
                 return Ok(Outcome::Response(
                     body.respond(StatusCode::PARTIAL_CONTENT, headers),
                 ));
@@ -589,7 +825,7 @@ impl Inner {
                     header::CONTENT_TYPE,
                     ascii(format!("multipart/byteranges; boundary={boundary}")),
                 );
-                let body = file_body(res.file, segments, req.head).at(&res.path)?;
+                let body = file_body(res.content, segments, req.head).at(&res.path)?;
                 return Ok(Outcome::Response(
                     body.respond(StatusCode::PARTIAL_CONTENT, headers),
                 ));
@@ -599,7 +835,7 @@ impl Inner {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(res.mime));
         let body = match coding {
             Coding::Identity => file_body(
-                res.file,
+                res.content,
                 vec![Segment::File {
                     start: 0,
                     len: res.len,
@@ -609,15 +845,15 @@ impl Inner {
             .at(&res.path)?,
             Coding::Precompressed {
                 encoding,
-                file,
+                content,
                 len,
             } => {
                 headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
-                file_body(file, vec![Segment::File { start: 0, len }], req.head).at(&res.path)?
+                file_body(content, vec![Segment::File { start: 0, len }], req.head).at(&res.path)?
             }
             Coding::Gzip => {
                 headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-                let gzipped = self.gzip(&mut res).at(&res.path)?;
+                let gzipped = self.gzip(&mut res, blocking).at(&res.path)?;
                 Payload::new(gzipped, req.head)
             }
         };
@@ -636,10 +872,18 @@ impl Inner {
             if q <= 0.0 {
                 continue;
             }
-            if let Some((file, len)) = self.sibling(res, suffix) {
+            let found = match &res.siblings {
+                Some(siblings) => siblings
+                    .get(suffix)
+                    .map(|bytes| (Content::Memory(bytes.clone()), bytes.len() as u64)),
+                None => self
+                    .sibling(res, suffix)
+                    .map(|(file, len)| (Content::File(file), len)),
+            };
+            if let Some((content, len)) = found {
                 return Coding::Precompressed {
                     encoding,
-                    file,
+                    content,
                     len,
                 };
             }
@@ -653,7 +897,7 @@ impl Inner {
     /// Opens `<file><suffix>` if it exists, may be served and is not older than the
     /// file it was compressed from (an older one is stale: serving it would undo an edit).
     fn sibling(&self, res: &Resource, suffix: &str) -> Option<(File, u64)> {
-        let mut name = res.path.clone().into_os_string();
+        let mut name = res.path.to_path_buf().into_os_string();
         name.push(suffix);
         let path = PathBuf::from(name);
         // Most files have no sibling: one `lstat` settles that, where the full
@@ -681,17 +925,22 @@ impl Inner {
     }
 
     /// The gzipped contents of `res`, from the cache when its validator still matches.
-    fn gzip(&self, res: &mut Resource) -> io::Result<Bytes> {
+    /// Off the blocking pool (`blocking` false) a cache miss is a `WouldBlock` error.
+    fn gzip(&self, res: &mut Resource, blocking: bool) -> io::Result<Bytes> {
         if let Some(hit) = self.cache().get(&res.path, &res.tag) {
             return Ok(hit);
         }
-        let plain = read_segments(
-            &mut res.file,
-            &[Segment::File {
-                start: 0,
-                len: res.len,
-            }],
-        )?;
+        if !blocking {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let whole = [Segment::File {
+            start: 0,
+            len: res.len,
+        }];
+        let plain = match &mut res.content {
+            Content::File(file) => read_segments(file, &whole)?,
+            Content::Memory(bytes) => memory_segments(bytes, &whole)?,
+        };
         let mut encoder = GzEncoder::new(
             Vec::with_capacity(plain.len() / 3 + 64),
             Compression::default(),
@@ -699,7 +948,7 @@ impl Inner {
         encoder.write_all(&plain)?;
         let gzipped = Bytes::from(encoder.finish()?);
         self.cache()
-            .insert(res.path.clone(), res.tag.clone(), gzipped.clone());
+            .insert(res.path.to_path_buf(), res.tag.to_string(), gzipped.clone());
         Ok(gzipped)
     }
 
@@ -869,7 +1118,7 @@ fn etag_list_matches(list: &str, tag: &str, comparison: Comparison) -> bool {
 fn if_range_holds(value: &str, res: &Resource) -> bool {
     let value = value.trim();
     if let Some(quoted) = value.strip_prefix('"') {
-        quoted.strip_suffix('"') == Some(res.tag.as_str())
+        quoted.strip_suffix('"') == Some(&*res.tag)
     } else if value.starts_with("W/") {
         false
     } else {
@@ -956,11 +1205,17 @@ fn satisfiable(specs: &[RangeSpec], len: u64) -> Vec<(u64, u64)> {
 ///
 /// Small bodies are read now (a failed read can still become a 500); large ones are
 /// streamed from the open file in [`CHUNK`]-sized reads.
-fn file_body(mut file: File, segments: Vec<Segment>, head: bool) -> io::Result<Payload> {
+fn file_body(content: Content, segments: Vec<Segment>, head: bool) -> io::Result<Payload> {
     let total = segments.iter().map(segment_len).sum();
     if head {
         return Ok(Payload::empty(total));
     }
+    let mut file = match content {
+        Content::File(file) => file,
+        Content::Memory(bytes) => {
+            return Ok(Payload::new(memory_segments(&bytes, &segments)?, false))
+        }
+    };
     if total <= IN_MEMORY_MAX {
         return Ok(Payload::new(read_segments(&mut file, &segments)?, false));
     }
@@ -1008,6 +1263,44 @@ fn read_segments(file: &mut File, segments: &[Segment]) -> io::Result<Bytes> {
             }
         }
     }
+    Ok(buf.into())
+}
+
+/// [`read_segments`] for a body already in memory; a whole-body segment is shared,
+/// not copied.
+fn memory_segments(bytes: &Bytes, segments: &[Segment]) -> io::Result<Bytes> {
+    let slice = |start: u64, len: u64| {
+        let start = usize::try_from(start).map_err(|_| shrank())?;
+        let end = start
+            .checked_add(usize::try_from(len).map_err(|_| shrank())?)
+            .filter(|end| *end <= bytes.len())
+            .ok_or_else(shrank)?;
+        Ok::<_, io::Error>(bytes.slice(start..end))
+    };
+    if let [Segment::File { start, len }] = segments {
+        return slice(*start, *len);
+    }
+    let mut buf = Vec::with_capacity(segments.iter().map(segment_len).sum::<u64>() as usize);
+    for segment in segments {
+        match segment {
+            Segment::Bytes(part) => buf.extend_from_slice(part),
+            Segment::File { start, len } => buf.extend_from_slice(&slice(*start, *len)?),
+        }
+    }
+    Ok(buf.into())
+}
+
+/// The first `len` bytes of `file`, read without moving its offset; an error if the
+/// file is shorter now.
+fn read_whole(file: &File, len: u64) -> io::Result<Bytes> {
+    let mut buf = vec![0; usize::try_from(len).map_err(|_| shrank())?];
+    file.read_exact_at(&mut buf, 0).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            shrank()
+        } else {
+            e
+        }
+    })?;
     Ok(buf.into())
 }
 
@@ -1672,6 +1965,72 @@ mod tests {
             assert!(body.len() < css().len());
             assert_eq!(gunzip(&body), css());
         }
+    }
+
+    #[tokio::test]
+    async fn cached_files_answer_like_fresh_ones() {
+        let (dir, warm) = site();
+        fs::write(dir.path().join("style.css.br"), "pretend brotli").unwrap();
+        type Case<'a> = (Method, &'a str, &'a [(&'a str, &'a str)]);
+        let cases: &[Case] = &[
+            (Method::GET, "/style.css", &[]),
+            (
+                Method::GET,
+                "/style.css",
+                &[("accept-encoding", "br, gzip")],
+            ),
+            (Method::GET, "/style.css", &[("accept-encoding", "gzip")]),
+            (Method::HEAD, "/style.css", &[("accept-encoding", "gzip")]),
+            (Method::GET, "/style.css", &[("range", "bytes=3-9")]),
+            (Method::GET, "/style.css", &[("range", "bytes=99999-")]),
+            (Method::GET, "/small.txt", &[]),
+            (Method::HEAD, "/small.txt", &[]),
+            (Method::GET, "/", &[]),
+            (Method::GET, "/docs/", &[]),
+            (Method::GET, "/alias/../index.html", &[]),
+        ];
+        for round in 0..3 {
+            for (method, uri, headers) in cases {
+                // A new handler has an empty cache: what the warm one must match.
+                let cold = StaticFiles::new(dir.path()).unwrap();
+                let expected = request(&cold, method.clone(), uri, headers).await;
+                let got = request(&warm, method.clone(), uri, headers).await;
+                assert_eq!(got, expected, "round {round}: {method} {uri} {headers:?}");
+            }
+        }
+        // Validators taken from a cached answer work against the cache.
+        let (_, headers, _) = get(&warm, "/style.css", &[]).await;
+        let etag = header(&headers, "etag").to_owned();
+        let (status, _, body) = get(&warm, "/style.css", &[("if-none-match", &etag)]).await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED);
+        assert!(body.is_empty());
+        let (status, _, _) = get(&warm, "/style.css", &[("if-match", "\"other\"")]).await;
+        assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    }
+
+    #[tokio::test]
+    async fn a_changed_file_is_served_within_a_second() {
+        let (dir, files) = site();
+        let (_, _, body) = get(&files, "/small.txt", &[]).await;
+        assert_eq!(body, "hi");
+        let (status, _, _) = get(&files, "/index.html", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        fs::write(dir.path().join("small.txt"), "changed").unwrap();
+        fs::remove_file(dir.path().join("index.html")).unwrap();
+        tokio::time::sleep(FILE_CACHE_TTL + Duration::from_millis(100)).await;
+        let (_, headers, body) = get(&files, "/small.txt", &[]).await;
+        assert_eq!(body, "changed");
+        assert_eq!(content_length(&headers), 7);
+        assert!(matches!(
+            outcome(&files, Method::GET, "/index.html", &[]).await,
+            Outcome::NotFound
+        ));
+        // A file that became a directory redirects, as without the cache.
+        fs::remove_file(dir.path().join("small.txt")).unwrap();
+        fs::create_dir(dir.path().join("small.txt")).unwrap();
+        tokio::time::sleep(FILE_CACHE_TTL + Duration::from_millis(100)).await;
+        let (status, _, _) = get(&files, "/small.txt", &[]).await;
+        assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
     }
 
     #[tokio::test]
