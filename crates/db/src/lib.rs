@@ -213,8 +213,8 @@ pub struct Written<T> {
     pub position: Position,
 }
 
-/// A registered account.
-#[derive(Clone, PartialEq, Eq)]
+/// A registered account. Read from a row of either engine by its column names.
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct User {
     pub id: i64,
     /// Unique; the application lowercases and validates it before it gets here.
@@ -238,12 +238,13 @@ impl fmt::Debug for User {
 
 /// A post, joined with its author's name because every place that shows a post shows who
 /// wrote it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct Post {
     /// Increases with time, so it doubles as the pagination cursor (`before_id`).
     pub id: i64,
     pub user_id: i64,
-    /// The author's username.
+    /// The author's username (the joined `username` column).
+    #[sqlx(rename = "username")]
     pub author: String,
     pub body: String,
     /// Unix seconds.
@@ -426,6 +427,11 @@ impl Db {
             Backend::Mysql(db) => db.counts(after).await,
         }
     }
+}
+
+/// Whether `err` is a unique-key violation (a username taken), on either engine.
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(e) if e.is_unique_violation())
 }
 
 #[cfg(test)]

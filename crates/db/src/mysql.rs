@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use sqlx::migrate::Migrator;
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::FromRow;
 use sqlx::{Connection, Row};
 
 use crate::{
@@ -444,7 +445,7 @@ impl Mysql {
                         .bind(username)
                         .fetch_optional(c)
                         .await?;
-                    row.as_ref().map(user_from).transpose()
+                    row.as_ref().map(User::from_row).transpose()
                 })
             })
             .await
@@ -462,7 +463,7 @@ impl Mysql {
                         .bind(id)
                         .fetch_optional(c)
                         .await?;
-                    row.as_ref().map(user_from).transpose()
+                    row.as_ref().map(User::from_row).transpose()
                 })
             })
             .await
@@ -520,7 +521,7 @@ impl Mysql {
                     .bind(now)
                     .fetch_optional(c)
                     .await?;
-                    row.as_ref().map(user_from).transpose()
+                    row.as_ref().map(User::from_row).transpose()
                 })
             })
             .await
@@ -565,7 +566,7 @@ impl Mysql {
                         .bind(id)
                         .fetch_one(&mut *tx)
                         .await?;
-                    let post = post_from(&row)?;
+                    let post = Post::from_row(&row)?;
                     tx.commit().await?;
                     Ok(post)
                 })
@@ -590,7 +591,7 @@ impl Mysql {
                     .bind(i64::from(limit))
                     .fetch_all(c)
                     .await?;
-                    rows.iter().map(post_from).collect()
+                    rows.iter().map(Post::from_row).collect()
                 })
             })
             .await
@@ -615,7 +616,7 @@ impl Mysql {
                     .bind(i64::from(limit))
                     .fetch_all(c)
                     .await?;
-                    rows.iter().map(post_from).collect()
+                    rows.iter().map(Post::from_row).collect()
                 })
             })
             .await
@@ -804,7 +805,7 @@ impl Shared {
     {
         let mut conn = self.primary_conn(doing).await?;
         let value = query(&mut conn).await.map_err(|e| {
-            if is_unique_violation(&e) {
+            if crate::is_unique_violation(&e) {
                 DbError::Conflict { what: "username" }
             } else {
                 self.primary_failed(doing, e)
@@ -945,29 +946,6 @@ async fn replica_status(
             format!("({error})")
         },
     }))
-}
-
-fn user_from(row: &MySqlRow) -> Result<User, sqlx::Error> {
-    Ok(User {
-        id: row.try_get("id")?,
-        username: row.try_get("username")?,
-        password_hash: row.try_get("password_hash")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn post_from(row: &MySqlRow) -> Result<Post, sqlx::Error> {
-    Ok(Post {
-        id: row.try_get("id")?,
-        user_id: row.try_get("user_id")?,
-        author: row.try_get("username")?,
-        body: row.try_get("body")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(e) if e.is_unique_violation())
 }
 
 /// MySQL/MariaDB error numbers that mean "this server cannot serve us right now" rather

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::FromRow;
 use sqlx::Row;
 
 use crate::{Counts, DbError, Position, PositionRepr, Post, User, Written};
@@ -102,13 +102,13 @@ impl Sqlite {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| {
-            if is_unique_violation(&e) {
+            if crate::is_unique_violation(&e) {
                 DbError::Conflict { what: "username" }
             } else {
                 classify("creating a user")(e)
             }
         })?;
-        written(user_from(&row).map_err(classify("reading the new user"))?)
+        written(User::from_row(&row).map_err(classify("reading the new user"))?)
     }
 
     pub(crate) async fn user_by_name(
@@ -124,7 +124,7 @@ impl Sqlite {
         .await
         .map_err(classify("looking up a user by name"))?;
         row.as_ref()
-            .map(user_from)
+            .map(User::from_row)
             .transpose()
             .map_err(classify("reading a user"))
     }
@@ -141,7 +141,7 @@ impl Sqlite {
                 .await
                 .map_err(classify("looking up a user by id"))?;
         row.as_ref()
-            .map(user_from)
+            .map(User::from_row)
             .transpose()
             .map_err(classify("reading a user"))
     }
@@ -191,7 +191,7 @@ impl Sqlite {
         .await
         .map_err(classify("looking up a session"))?;
         row.as_ref()
-            .map(user_from)
+            .map(User::from_row)
             .transpose()
             .map_err(classify("reading a session's user"))
     }
@@ -227,7 +227,7 @@ impl Sqlite {
             .fetch_one(&mut *tx)
             .await
             .map_err(classify(doing))?;
-        let post = post_from(&row).map_err(classify(doing))?;
+        let post = Post::from_row(&row).map_err(classify(doing))?;
         tx.commit().await.map_err(classify(doing))?;
         written(post)
     }
@@ -247,7 +247,7 @@ impl Sqlite {
         .await
         .map_err(classify("loading the timeline"))?;
         rows.iter()
-            .map(post_from)
+            .map(Post::from_row)
             .collect::<Result<_, _>>()
             .map_err(classify("reading the timeline"))
     }
@@ -270,7 +270,7 @@ impl Sqlite {
         .await
         .map_err(classify("loading a user's posts"))?;
         rows.iter()
-            .map(post_from)
+            .map(Post::from_row)
             .collect::<Result<_, _>>()
             .map_err(classify("reading a user's posts"))
     }
@@ -293,29 +293,6 @@ fn written<T>(value: T) -> Result<Written<T>, DbError> {
         value,
         position: Position(PositionRepr::Sqlite),
     })
-}
-
-fn user_from(row: &SqliteRow) -> Result<User, sqlx::Error> {
-    Ok(User {
-        id: row.try_get("id")?,
-        username: row.try_get("username")?,
-        password_hash: row.try_get("password_hash")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn post_from(row: &SqliteRow) -> Result<Post, sqlx::Error> {
-    Ok(Post {
-        id: row.try_get("id")?,
-        user_id: row.try_get("user_id")?,
-        author: row.try_get("username")?,
-        body: row.try_get("body")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(e) if e.is_unique_violation())
 }
 
 /// SQLite primary result codes that mean "the storage cannot serve us right now" rather
