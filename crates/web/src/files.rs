@@ -420,28 +420,33 @@ impl Siblings {
 }
 
 /// A small file as it was found on disk at `checked`, ready to be served from memory.
-#[derive(Debug)]
 struct CachedFile {
     checked: Instant,
-    path: Arc<Path>,
-    content: Bytes,
-    modified_exact: SystemTime,
-    modified: SystemTime,
-    tag: Arc<str>,
-    etag: HeaderValue,
-    weak_etag: HeaderValue,
-    last_modified: HeaderValue,
-    mime: &'static str,
-    compressible: bool,
-    siblings: Arc<Siblings>,
+    /// Always served from memory (`Content::Memory`), with its siblings read.
+    resource: Resource,
 }
 
-impl CachedFile {
-    fn resource(&self) -> Resource {
-        Resource {
+impl std::fmt::Debug for CachedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedFile")
+            .field("path", &self.resource.path)
+            .field("len", &self.resource.len)
+            .field("checked", &self.checked)
+            .finish()
+    }
+}
+
+impl Resource {
+    /// A copy sharing this resource's bytes; `None` for a file still on disk, which
+    /// cannot be shared.
+    fn share(&self) -> Option<Resource> {
+        let Content::Memory(bytes) = &self.content else {
+            return None;
+        };
+        Some(Resource {
             path: Arc::clone(&self.path),
-            content: Content::Memory(self.content.clone()),
-            len: self.content.len() as u64,
+            content: Content::Memory(bytes.clone()),
+            len: self.len,
             modified_exact: self.modified_exact,
             modified: self.modified,
             tag: Arc::clone(&self.tag),
@@ -450,18 +455,22 @@ impl CachedFile {
             last_modified: self.last_modified.clone(),
             mime: self.mime,
             compressible: self.compressible,
-            siblings: Some(Arc::clone(&self.siblings)),
-        }
+            siblings: self.siblings.clone(),
+        })
     }
+}
 
+impl CachedFile {
     /// What the entry is charged against [`FILE_CACHE_BUDGET`].
     fn cost(&self, key: &str) -> usize {
-        let siblings = [&self.siblings.br, &self.siblings.gz]
-            .into_iter()
-            .flatten()
-            .map(Bytes::len)
-            .sum::<usize>();
-        self.content.len() + siblings + key.len() + FILE_CACHE_ENTRY_OVERHEAD
+        let siblings = self.resource.siblings.as_ref().map_or(0, |s| {
+            [&s.br, &s.gz]
+                .into_iter()
+                .flatten()
+                .map(Bytes::len)
+                .sum::<usize>()
+        });
+        self.resource.len as usize + siblings + key.len() + FILE_CACHE_ENTRY_OVERHEAD
     }
 }
 
@@ -617,7 +626,7 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&path.key())?;
-        Some(entry.resource())
+        entry.resource.share()
     }
 
     /// Reads a small file (and its precompressed siblings) into memory and caches it
@@ -652,26 +661,15 @@ impl Inner {
                 }
             }
         }
-        res.content = Content::Memory(content.clone());
+        res.content = Content::Memory(content);
         if !cacheable {
             // Siblings are looked up on disk again, as without the cache.
             return res;
         }
-        let siblings = Arc::new(siblings);
-        res.siblings = Some(Arc::clone(&siblings));
+        res.siblings = Some(Arc::new(siblings));
         let entry = CachedFile {
             checked: Instant::now(),
-            path: Arc::clone(&res.path),
-            content,
-            modified_exact: res.modified_exact,
-            modified: res.modified,
-            tag: Arc::clone(&res.tag),
-            etag: res.etag.clone(),
-            weak_etag: res.weak_etag.clone(),
-            last_modified: res.last_modified.clone(),
-            mime: res.mime,
-            compressible: res.compressible,
-            siblings,
+            resource: res.share().expect("the content was just read into memory"),
         };
         self.file_cache
             .lock()
