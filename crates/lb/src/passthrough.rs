@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use net::server::Acceptor;
 use net::upstream::Pool;
 use net::{Metrics, Shutdown};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 /// Where and how connections are relayed.
@@ -37,24 +37,9 @@ pub(crate) async fn serve(
     shutdown: Shutdown,
     drain: Duration,
 ) -> std::io::Result<()> {
-    let permits = Arc::new(Semaphore::new(relay.max_connections));
     let tracker = TaskTracker::new();
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-            _ = shutdown.wait() => break,
-        };
-        let (client, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.wait() => break,
-        };
+    let mut acceptor = Acceptor::new(listener, relay.max_connections, shutdown);
+    while let Some((client, peer, permit)) = acceptor.next().await {
         let relay = relay.clone();
         relay.metrics.connection_opened();
         tracker.spawn(async move {
@@ -65,7 +50,6 @@ pub(crate) async fn serve(
             drop(permit);
         });
     }
-    drop(listener);
     tracker.close();
     let _ = tokio::time::timeout(drain, tracker.wait()).await;
     Ok(())

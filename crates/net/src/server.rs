@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, Watched};
@@ -181,29 +181,12 @@ pub async fn serve_with<H: Handler>(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let tracker = TaskTracker::new();
     let builder = Arc::new(http_builder(&limits));
     let transport = Arc::new(transport);
+    let mut acceptor = Acceptor::new(listener, limits.max_connections, shutdown.clone());
     let limits = Arc::new(limits);
-
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-            _ = shutdown.wait() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors or similar: back off instead of spinning.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.wait() => break,
-        };
+    while let Some((stream, peer, permit)) = acceptor.next().await {
         let conn = Conn {
             handler: handler.clone(),
             builder: builder.clone(),
@@ -212,23 +195,6 @@ pub async fn serve_with<H: Handler>(
         };
         conn.spawn(&tracker, stream, peer, &transport, &metrics, permit);
     }
-    // Connections the kernel completed but nobody accepted yet would be reset when
-    // the listener closes: accept them now and answer their first request.
-    while let Some(Ok((stream, peer))) = futures_util::FutureExt::now_or_never(listener.accept()) {
-        let permit = permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore is never closed");
-        let conn = Conn {
-            handler: handler.clone(),
-            builder: builder.clone(),
-            limits: limits.clone(),
-            shutdown: shutdown.clone(),
-        };
-        conn.spawn(&tracker, stream, peer, &transport, &metrics, permit);
-    }
-    drop(listener);
     tracker.close();
     if tokio::time::timeout(limits.drain_timeout, tracker.wait())
         .await
@@ -241,6 +207,72 @@ pub async fn serve_with<H: Handler>(
         );
     }
     Ok(())
+}
+
+/// A listener's connections, one at a time, within a cap on open connections.
+///
+/// After `shutdown` it still hands out the connections the kernel has already
+/// completed but nobody accepted (closing the listener would reset them), then closes
+/// the listener and ends. Every frontend (HTTP, HTTPS, the TLS relay) accepts
+/// through it.
+pub struct Acceptor {
+    /// `None` once closed.
+    listener: Option<TcpListener>,
+    permits: Arc<Semaphore>,
+    shutdown: Shutdown,
+    draining: bool,
+}
+
+impl Acceptor {
+    /// Accepts from `listener`, at most `max_connections` open at once.
+    pub fn new(listener: TcpListener, max_connections: usize, shutdown: Shutdown) -> Acceptor {
+        Acceptor {
+            listener: Some(listener),
+            permits: Arc::new(Semaphore::new(max_connections)),
+            shutdown,
+            draining: false,
+        }
+    }
+
+    /// The next connection and its slot; `None` when the listener is closed.
+    pub async fn next(&mut self) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+        let listener = self.listener.as_ref()?;
+        while !self.draining {
+            let permit = tokio::select! {
+                permit = self.permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+                _ = self.shutdown.wait() => {
+                    self.draining = true;
+                    break;
+                }
+            };
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => return Some((stream, peer, permit)),
+                    Err(e) => {
+                        // Out of file descriptors or similar: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = self.shutdown.wait() => self.draining = true,
+            }
+        }
+        match futures_util::FutureExt::now_or_never(listener.accept()) {
+            Some(Ok((stream, peer))) => {
+                let permit = self
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore is never closed");
+                Some((stream, peer, permit))
+            }
+            _ => {
+                self.listener = None;
+                None
+            }
+        }
+    }
 }
 
 /// What one connection's task needs.
@@ -264,7 +296,7 @@ impl<H: Handler> Conn<H> {
         peer: SocketAddr,
         transport: &Arc<Transport>,
         metrics: &Arc<Metrics>,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        permit: OwnedSemaphorePermit,
     ) {
         let _ = stream.set_nodelay(true);
         let transport = transport.clone();
