@@ -1,7 +1,7 @@
 //! The resolved site: what every node needs to know, with defaults filled in and
 //! every reference checked. Built by [`crate::parse`]; nothing here touches the file.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -308,6 +308,107 @@ pub struct Balancer {
     /// Whether the plain-HTTP frontend answers 308 to the HTTPS one (except
     /// `/healthz` and `/.well-known/acme-challenge/`).
     pub https_redirect: bool,
+    /// Proxies in front of the load balancers (another load balancer, a CDN) whose
+    /// `X-Forwarded-For` and `X-Forwarded-Proto` the load balancers keep. Empty by
+    /// default: the load balancer is the first hop, so whatever forwarding headers a
+    /// client sends are its own inventions and are replaced.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// An address block, `10.0.0.0/8` or `2001:db8::/32`; a single address is a block of
+/// one (`/32` or `/128`). Host bits below the prefix are always zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The first address of the block.
+    pub addr: IpAddr,
+    /// How many leading bits of `addr` a member shares (at most 32 for IPv4, 128 for IPv6).
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in this block. An IPv4 address seen as IPv4-mapped IPv6
+    /// (`::ffff:10.1.2.3`, what a dual-stack socket reports) counts as the IPv4
+    /// address, so one `10.0.0.0/8` entry works on either kind of listener.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Why a text is not a [`Cidr`]; the site file turns it into a message with a hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CidrError {
+    /// Not an IP address (before the `/`).
+    Address,
+    /// The prefix is not a number, or longer than the address.
+    Prefix,
+    /// Bits are set below the prefix; the block meant is given.
+    HostBits(Cidr),
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = CidrError;
+
+    /// `ADDRESS` or `ADDRESS/PREFIX`, like `192.0.2.1`, `10.0.0.0/8`, `fd00::/8`.
+    fn from_str(text: &str) -> Result<Cidr, CidrError> {
+        let (ip, prefix) = match text.split_once('/') {
+            Some((ip, prefix)) => (ip, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = ip.parse().map_err(|_| CidrError::Address)?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                match p.parse::<u8>() {
+                    Ok(n) if n <= max => n,
+                    _ => return Err(CidrError::Prefix),
+                }
+            }
+            Some(_) => return Err(CidrError::Prefix),
+        };
+        let block = Cidr {
+            addr: mask(addr, prefix),
+            prefix,
+        };
+        if block.addr != addr {
+            return Err(CidrError::HostBits(block));
+        }
+        Ok(block)
+    }
+}
+
+/// `addr` with every bit below `prefix` cleared.
+fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let m = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::from(std::net::Ipv4Addr::from(u32::from(a) & m))
+        }
+        IpAddr::V6(a) => {
+            let m = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::from(std::net::Ipv6Addr::from(u128::from(a) & m))
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 /// How a pool member is picked.
@@ -475,5 +576,44 @@ mod tests {
         assert!(rule("/exact.txt").matches("/exact.txt"));
         assert!(!rule("/exact.txt").matches("/exact.txt2"));
         assert!(rule("/*/*.js").matches("/a/b/c.js"));
+    }
+
+    fn cidr(text: &str) -> Cidr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_blocks_contain_their_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(cidr("10.0.0.0/8").contains(ip("10.255.1.2")));
+        assert!(!cidr("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(cidr("192.0.2.1").contains(ip("192.0.2.1")));
+        assert!(!cidr("192.0.2.1").contains(ip("192.0.2.2")));
+        assert!(cidr("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(
+            !cidr("0.0.0.0/0").contains(ip("::1")),
+            "v4 blocks hold no v6"
+        );
+        assert!(
+            cidr("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")),
+            "mapped v4"
+        );
+        assert!(cidr("2001:db8::/32").contains(ip("2001:db8:1::5")));
+        assert!(!cidr("2001:db8::/32").contains(ip("2001:db9::5")));
+        assert!(cidr("::/0").contains(ip("fe80::1")));
+        assert_eq!(cidr("::1").prefix, 128);
+        assert_eq!(cidr("10.0.0.0/8").to_string(), "10.0.0.0/8");
+    }
+
+    #[test]
+    fn cidr_refuses_what_is_not_a_block() {
+        let err = |s: &str| s.parse::<Cidr>().unwrap_err();
+        assert_eq!(err("10.0.0.0/33"), CidrError::Prefix);
+        assert_eq!(err("10.0.0.0/"), CidrError::Prefix);
+        assert_eq!(err("10.0.0.0/+8"), CidrError::Prefix);
+        assert_eq!(err("::/129"), CidrError::Prefix);
+        assert_eq!(err("example.com"), CidrError::Address);
+        assert_eq!(err("10.0.0/8"), CidrError::Address);
+        assert_eq!(err("10.1.2.3/8"), CidrError::HostBits(cidr("10.0.0.0/8")));
     }
 }

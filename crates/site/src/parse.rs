@@ -129,6 +129,7 @@ struct RawBalancer {
     retries: Option<u32>,
     tls_mode: Option<Spanned<String>>,
     https_redirect: Option<bool>,
+    trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -329,6 +330,7 @@ impl Checker<'_> {
                 retries: 1,
                 tls_mode: TlsMode::Tcp,
                 https_redirect: false,
+                trusted_proxies: Vec::new(),
             },
             Some(b) => Balancer {
                 algorithm: self.algorithm(b.algorithm.as_ref()),
@@ -342,6 +344,12 @@ impl Checker<'_> {
                 retries: b.retries.unwrap_or(1),
                 tls_mode: self.tls_mode(b.tls_mode.as_ref()),
                 https_redirect: b.https_redirect.unwrap_or(false),
+                trusted_proxies: b
+                    .trusted_proxies
+                    .iter()
+                    .flatten()
+                    .filter_map(|entry| self.cidr(entry))
+                    .collect(),
             },
         };
 
@@ -635,6 +643,29 @@ impl Checker<'_> {
             dead_after: self.count(c.dead_after.as_ref(), 3),
             preempt: c.preempt.unwrap_or(false),
         }
+    }
+
+    /// One `trusted_proxies` entry: an address or an address block.
+    fn cidr(&mut self, value: &Spanned<String>) -> Option<Cidr> {
+        let text = value.get_ref();
+        let hint = match text.parse::<Cidr>() {
+            Ok(block) => return Some(block),
+            Err(CidrError::HostBits(block)) => format!(
+                "the bits after the first {} are not zero; write the block's first address, \"{block}\"",
+                block.prefix
+            ),
+            Err(CidrError::Address | CidrError::Prefix) => {
+                "write an IP address (\"192.0.2.1\") or a block (\"10.0.0.0/8\", \"2001:db8::/32\") \
+                 of the proxies in front of the load balancers"
+                    .to_string()
+            }
+        };
+        self.mistake(
+            value.span(),
+            format!("`{text}` is not an address or address block"),
+            hint,
+        );
+        None
     }
 
     /// `10.0.0.100/24:80`: a floating IP, its prefix length and the port clients use.
@@ -1160,6 +1191,61 @@ mod tests {
             Err(SiteError::Invalid { mistakes, .. }) => mistakes,
             other => panic!("expected mistakes, got {other:?}"),
         }
+    }
+
+    /// The default site with `lines` added to its `[balancer]` table.
+    fn with_balancer(lines: &str) -> String {
+        crate::default_site(8080, "/tmp/x", "test-secret").replacen(
+            "[balancer]\n",
+            &format!("[balancer]\n{lines}\n"),
+            1,
+        )
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_and_blocks() {
+        let site = parse(
+            &with_balancer(r#"trusted_proxies = ["10.0.0.0/8", "192.0.2.1", "2001:db8::/32"]"#),
+            "test.toml",
+            Path::new("/tmp"),
+        )
+        .unwrap();
+        let list = &site.balancer.trusted_proxies;
+        assert_eq!(list.len(), 3);
+        assert!(list[0].contains("10.9.8.7".parse().unwrap()));
+        assert!(list[1].contains("192.0.2.1".parse().unwrap()));
+        assert!(!list[1].contains("192.0.2.2".parse().unwrap()));
+        assert!(list[2].contains("2001:db8::1".parse().unwrap()));
+        let default = parse(
+            &crate::default_site(8080, "/tmp/x", "test-secret"),
+            "test.toml",
+            Path::new("/tmp"),
+        )
+        .unwrap();
+        assert!(
+            default.balancer.trusted_proxies.is_empty(),
+            "first hop by default"
+        );
+    }
+
+    #[test]
+    fn bad_trusted_proxies_point_at_the_entry() {
+        let text =
+            with_balancer(r#"trusted_proxies = ["10.0.0.0/8", "proxy.example", "10.1.2.3/8"]"#);
+        let found = mistakes(&text);
+        let line = text
+            .lines()
+            .position(|l| l.contains("trusted_proxies"))
+            .unwrap()
+            + 1;
+        assert_eq!(found.len(), 2, "{found:?}");
+        let column = text.lines().nth(line - 1).unwrap().find("\"proxy").unwrap() + 1;
+        assert_eq!((found[0].line, found[0].column), (line, column));
+        assert!(found[0]
+            .message
+            .contains("`proxy.example` is not an address"));
+        assert_eq!(found[1].line, line);
+        assert!(found[1].hint.as_deref().unwrap().contains("\"10.0.0.0/8\""));
     }
 
     #[test]
