@@ -1,0 +1,266 @@
+//! Response bodies: whole files and ranges read into memory when small, streamed in
+//! chunks when large, multipart pieces, and the small response helpers.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::TryStreamExt;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::Content;
+
+/// Bodies up to this size are read into memory before the response is returned (so a
+/// read error still becomes a clean 500), and files up to this size may be gzipped on
+/// the fly. Anything larger is streamed.
+pub(super) const IN_MEMORY_MAX: u64 = 1 << 20;
+
+/// How much of a streamed file is read at once: bounds the memory one download holds
+/// while keeping the number of trips to the blocking pool low.
+pub(super) const CHUNK: usize = 128 * 1024;
+
+/// One piece of a response body: literal bytes (multipart headers) or a slice of the file.
+#[derive(Debug)]
+pub(super) enum Segment {
+    Bytes(Bytes),
+    File { start: u64, len: u64 },
+}
+
+/// A body made of `segments`, and its length.
+///
+/// Small bodies are read now (a failed read can still become a 500); large ones are
+/// streamed from the open file in [`CHUNK`]-sized reads.
+pub(super) fn file_body(
+    content: Content,
+    segments: Vec<Segment>,
+    head: bool,
+) -> io::Result<Payload> {
+    let total = segments.iter().map(segment_len).sum();
+    if head {
+        return Ok(Payload::empty(total));
+    }
+    let mut file = match content {
+        Content::File(file) => file,
+        Content::Memory(bytes) => {
+            return Ok(Payload::new(memory_segments(&bytes, &segments)?, false))
+        }
+    };
+    if total <= IN_MEMORY_MAX {
+        return Ok(Payload::new(read_segments(&mut file, &segments)?, false));
+    }
+    let state = Streamer {
+        file: tokio::fs::File::from_std(file),
+        segments: segments.into(),
+        position: None,
+    };
+    let stream = futures_util::stream::try_unfold(state, Streamer::next)
+        .map_ok(Frame::data)
+        .map_err(|e| Box::new(e) as net::BoxError);
+    Ok(Payload {
+        body: StreamBody::new(stream).boxed_unsync(),
+        len: total,
+    })
+}
+
+fn segment_len(segment: &Segment) -> u64 {
+    match segment {
+        Segment::Bytes(bytes) => bytes.len() as u64,
+        Segment::File { len, .. } => *len,
+    }
+}
+
+/// Reads `segments` of `file` into one buffer. Errors if the file turned out shorter
+/// than its metadata said (it changed while being served): a short body under a longer
+/// `Content-Length` would hang or corrupt the client.
+pub(super) fn read_segments(file: &mut File, segments: &[Segment]) -> io::Result<Bytes> {
+    let total: u64 = segments.iter().map(segment_len).sum();
+    let mut buf = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    // A freshly opened file is at offset 0; skip the seek for the common whole-file case.
+    let mut position = 0;
+    for segment in segments {
+        match segment {
+            Segment::Bytes(bytes) => buf.extend_from_slice(bytes),
+            Segment::File { start, len } => {
+                if *start != position {
+                    file.seek(SeekFrom::Start(*start))?;
+                }
+                let read = Read::by_ref(file).take(*len).read_to_end(&mut buf)?;
+                if read as u64 != *len {
+                    return Err(shrank());
+                }
+                position = start + len;
+            }
+        }
+    }
+    Ok(buf.into())
+}
+
+/// [`read_segments`] for a body already in memory; a whole-body segment is shared,
+/// not copied.
+pub(super) fn memory_segments(bytes: &Bytes, segments: &[Segment]) -> io::Result<Bytes> {
+    let slice = |start: u64, len: u64| {
+        let start = usize::try_from(start).map_err(|_| shrank())?;
+        let end = start
+            .checked_add(usize::try_from(len).map_err(|_| shrank())?)
+            .filter(|end| *end <= bytes.len())
+            .ok_or_else(shrank)?;
+        Ok::<_, io::Error>(bytes.slice(start..end))
+    };
+    if let [Segment::File { start, len }] = segments {
+        return slice(*start, *len);
+    }
+    let mut buf = Vec::with_capacity(segments.iter().map(segment_len).sum::<u64>() as usize);
+    for segment in segments {
+        match segment {
+            Segment::Bytes(part) => buf.extend_from_slice(part),
+            Segment::File { start, len } => buf.extend_from_slice(&slice(*start, *len)?),
+        }
+    }
+    Ok(buf.into())
+}
+
+/// The first `len` bytes of `file`, read without moving its offset; an error if the
+/// file is shorter now.
+pub(super) fn read_whole(file: &File, len: u64) -> io::Result<Bytes> {
+    let mut buf = vec![0; usize::try_from(len).map_err(|_| shrank())?];
+    file.read_exact_at(&mut buf, 0).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            shrank()
+        } else {
+            e
+        }
+    })?;
+    Ok(buf.into())
+}
+
+fn shrank() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "file became shorter while it was being served",
+    )
+}
+
+/// State of a streamed body: the file and what is left to send.
+struct Streamer {
+    /// The open file, read from the blocking pool by tokio.
+    file: tokio::fs::File,
+    /// What is left to send, in order; a partly sent slice is put back shortened.
+    segments: VecDeque<Segment>,
+    /// The file offset, when known, so consecutive reads need no seek.
+    position: Option<u64>,
+}
+
+impl Streamer {
+    /// The next chunk of the body, or `None` at the end.
+    async fn next(mut self) -> io::Result<Option<(Bytes, Self)>> {
+        let Some(segment) = self.segments.pop_front() else {
+            return Ok(None);
+        };
+        let (start, len) = match segment {
+            Segment::Bytes(bytes) => return Ok(Some((bytes, self))),
+            Segment::File { start, len } => (start, len),
+        };
+        if self.position != Some(start) {
+            self.file.seek(SeekFrom::Start(start)).await?;
+        }
+        let want = len.min(CHUNK as u64);
+        let mut buf = BytesMut::with_capacity(want as usize);
+        let mut limited = (&mut self.file).take(want);
+        while (buf.len() as u64) < want {
+            if limited.read_buf(&mut buf).await? == 0 {
+                return Err(shrank());
+            }
+        }
+        let read = buf.len() as u64;
+        self.position = Some(start + read);
+        if read < len {
+            self.segments.push_front(Segment::File {
+                start: start + read,
+                len: len - read,
+            });
+        }
+        Ok(Some((buf.freeze(), self)))
+    }
+}
+
+/// A body and the length its `Content-Length` must announce (for HEAD, the length GET
+/// would send).
+pub(super) struct Payload {
+    /// What is sent (empty for HEAD).
+    body: net::Body,
+    /// The `Content-Length` to announce.
+    len: u64,
+}
+
+impl Payload {
+    pub(super) fn new(bytes: Bytes, head: bool) -> Self {
+        if head {
+            Self::empty(bytes.len() as u64)
+        } else {
+            Self {
+                len: bytes.len() as u64,
+                body: net::full(bytes),
+            }
+        }
+    }
+
+    fn empty(len: u64) -> Self {
+        Self {
+            body: net::empty(),
+            len,
+        }
+    }
+
+    pub(super) fn respond(self, status: StatusCode, headers: HeaderMap) -> Response<net::Body> {
+        respond(status, headers, self.body, Some(self.len))
+    }
+}
+
+/// A response with `headers`; `len` becomes `Content-Length` (`None` for a 304, which
+/// announces no body).
+pub(super) fn respond(
+    status: StatusCode,
+    headers: HeaderMap,
+    body: net::Body,
+    len: Option<u64>,
+) -> Response<net::Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    if let Some(len) = len {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    response
+}
+
+/// Adds `headers` to a finished response (validators on a 412 or 416).
+pub(super) fn with_headers(
+    mut response: Response<net::Body>,
+    headers: HeaderMap,
+) -> Response<net::Body> {
+    response.headers_mut().extend(headers);
+    response
+}
+
+/// A short plain-text page for an error or other bodiless status.
+pub(super) fn status_page(status: StatusCode, head: bool) -> Response<net::Body> {
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Payload::new(Bytes::from(text), head).respond(status, headers)
+}
