@@ -5,6 +5,7 @@
 //! with client traffic still sends and reads its heartbeats on time: a busy node
 //! must not look dead to its peer.
 
+use std::collections::VecDeque;
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -13,8 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::{AbortHandle, JoinSet};
 
 use crate::election::{Election, Transition};
 use crate::takeover::Takeover;
@@ -133,13 +135,15 @@ impl Cluster {
                 .map_or(0, |d| d.as_nanos() as u64),
             seq: 0,
         };
+        // Built here so that a failure (no descriptors left for its epoll) is an
+        // error at start, not a panic on the thread.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the cluster member's runtime")?;
         std::thread::Builder::new()
             .name(format!("{}-cluster", config.name))
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a current-thread runtime builds");
                 runtime.block_on(async move {
                     let udp = UdpSocket::from_std(std_udp).expect("inside a runtime");
                     let tcp = TcpListener::from_std(std_tcp).expect("inside a runtime");
@@ -476,50 +480,160 @@ impl Member {
     }
 }
 
-/// The link's challenge: the connecting side proves it knows the secret by
-/// answering a fresh nonce, and the accepting side answers in turn.
+/// How many link connections may be in their handshake at once. The real peer needs
+/// one; the rest only bound what a stranger can make this node hold.
+const MAX_HANDSHAKES: usize = 3;
+
+/// How long a link handshake may take: a round trip and two HMACs, so anything
+/// slower is not the peer.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Accepts the peer's heartbeat link.
+///
+/// The heartbeat port is reachable by anyone who can reach the load balancer, so
+/// what a connection can make this node hold is bounded: a connection from an
+/// address other than the peer's heartbeat IP is closed unread; a handshake that
+/// fails, errs or times out is closed at once; at most [`MAX_HANDSHAKES`] are in
+/// progress (a new one pushes the oldest out, so a stranger who keeps the slots
+/// busy must keep connecting, and the peer's quick handshake still gets through);
+/// and one authenticated link is held, the newest (the peer only connects again
+/// once its previous link ended, so an older one is stale). At most four link
+/// sockets, whatever comes in.
 async fn accept_links(listener: TcpListener, config: Config) {
+    let mut handshakes: JoinSet<Option<TcpStream>> = JoinSet::new();
+    let mut in_order: VecDeque<AbortHandle> = VecDeque::new();
+    let mut link: Option<TcpStream> = None;
+    let mut strangers = RateLimited::new(Duration::from_secs(10));
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let config = config.clone();
-        tokio::spawn(async move {
-            let nonce: [u8; 16] = rand::random();
-            let handshake = async {
-                stream.write_all(&nonce).await?;
-                let mut answer = [0u8; 16];
-                stream.read_exact(&mut answer).await?;
-                if !wire::verify(
-                    &config.secret,
-                    &[&nonce, b"link", config.peer_name.as_bytes()],
-                    &answer,
-                ) {
-                    return Err(std::io::Error::other("link: wrong answer"));
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, from) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of descriptors, most likely: wait rather than spin.
+                        tracing::debug!("cluster: heartbeat link accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if !peer_may_connect(&config, from) {
+                    if let Some(count) = strangers.tick() {
+                        tracing::warn!(
+                            "cluster: closed {count} heartbeat-link connection(s) from addresses \
+                             other than the peer's ({}), e.g. {from}",
+                            config.peer_heartbeat.ip()
+                        );
+                    }
+                    continue;
                 }
-                let ack = wire::tag(&config.secret, &[&nonce, b"ok", config.name.as_bytes()]);
-                stream.write_all(&ack).await
-            };
-            if tokio::time::timeout(Duration::from_secs(2), handshake)
-                .await
-                .is_err()
-            {
-                return;
+                in_order.retain(|h| !h.is_finished());
+                if in_order.len() >= MAX_HANDSHAKES {
+                    if let Some(oldest) = in_order.pop_front() {
+                        oldest.abort();
+                    }
+                }
+                let config = config.clone();
+                in_order.push_back(handshakes.spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, answer_link(stream, &config)).await {
+                        Ok(Ok(stream)) => Some(stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!("cluster: heartbeat link from {from} refused: {e}");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::debug!("cluster: heartbeat link from {from}: handshake timed out");
+                            None
+                        }
+                    }
+                }));
             }
-            // Hold the connection: when this process dies, the kernel closes it and
-            // the peer knows at once. If the connection breaks for another reason
-            // (a network fault), keep the socket rather than close it: a close
-            // from a live node must never read as a death.
-            let mut sink = [0u8; 64];
-            loop {
-                match stream.read(&mut sink).await {
-                    Ok(0) => return,
-                    Ok(_) => {}
-                    Err(_) => std::future::pending::<()>().await,
+            Some(done) = handshakes.join_next() => {
+                if let Ok(Some(stream)) = done {
+                    // Replaces (and so closes) the previous link, if any.
+                    link = Some(stream);
                 }
             }
-        });
+            ended = read_link(&mut link) => {
+                // Held while the peer's process lives: its death closes it and the
+                // peer side of this node's own link tells the election at once.
+                // Once the peer closed it or it failed (a reset, a timeout: the
+                // kernel's connection is already gone), closing this end tells
+                // nobody anything, so it goes.
+                if let Err(e) = ended {
+                    tracing::debug!("cluster: heartbeat link from the peer: {e}");
+                }
+                link = None;
+            }
+        }
+    }
+}
+
+/// Whether a link connection from `from` may be the peer's: it comes from the
+/// peer's heartbeat IP (the peer binds that IP before it connects, see
+/// [`connect_link`]), unless the peer's heartbeat address is a wildcard.
+fn peer_may_connect(config: &Config, from: SocketAddr) -> bool {
+    let peer = config.peer_heartbeat.ip().to_canonical();
+    peer.is_unspecified() || peer == from.ip().to_canonical()
+}
+
+/// The accepting side of the link's challenge: the connecting side proves it knows
+/// the secret by answering a fresh nonce, and this side answers in turn.
+async fn answer_link(mut stream: TcpStream, config: &Config) -> std::io::Result<TcpStream> {
+    let nonce: [u8; 16] = rand::random();
+    stream.write_all(&nonce).await?;
+    let mut answer = [0u8; 16];
+    stream.read_exact(&mut answer).await?;
+    if !wire::verify(
+        &config.secret,
+        &[&nonce, b"link", config.peer_name.as_bytes()],
+        &answer,
+    ) {
+        return Err(std::io::Error::other("wrong answer to the challenge"));
+    }
+    let ack = wire::tag(&config.secret, &[&nonce, b"ok", config.name.as_bytes()]);
+    stream.write_all(&ack).await?;
+    Ok(stream)
+}
+
+/// Waits until the held link ends (never, while there is none): `Ok` when the peer
+/// closed it, the error when it failed. Bytes the peer sends are read and dropped.
+async fn read_link(link: &mut Option<TcpStream>) -> std::io::Result<()> {
+    let Some(stream) = link else {
+        return std::future::pending().await;
+    };
+    let mut sink = [0u8; 64];
+    loop {
+        if stream.read(&mut sink).await? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Lets a warning through at most once per period, with how many events it stands for.
+struct RateLimited {
+    period: Duration,
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl RateLimited {
+    fn new(period: Duration) -> RateLimited {
+        RateLimited {
+            period,
+            last: None,
+            count: 0,
+        }
+    }
+
+    /// Counts one event; `Some(events since the last warning)` when one is due.
+    fn tick(&mut self) -> Option<u64> {
+        self.count += 1;
+        let now = Instant::now();
+        if self.last.is_some_and(|at| now - at < self.period) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
     }
 }
 
@@ -558,7 +672,17 @@ async fn hold_link(config: Config, events: mpsc::Sender<Link>) {
 
 async fn connect_link(config: &Config) -> std::io::Result<TcpStream> {
     let attempt = async {
-        let mut stream = TcpStream::connect(config.peer_heartbeat).await?;
+        // From this node's own heartbeat IP: the peer accepts link connections from
+        // that address only, and the kernel's choice of source could be another
+        // (the floating IP, a second interface).
+        let socket = match config.peer_heartbeat {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        if config.heartbeat.is_ipv4() == config.peer_heartbeat.is_ipv4() {
+            socket.bind(SocketAddr::new(config.heartbeat.ip(), 0))?;
+        }
+        let mut stream = socket.connect(config.peer_heartbeat).await?;
         stream.set_nodelay(true)?;
         let mut nonce = [0u8; 16];
         stream.read_exact(&mut nonce).await?;
