@@ -28,7 +28,7 @@ use std::time::{Instant, SystemTime};
 use http::header::{HOST, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use net::headers::{add_forwarded, RequestIds, X_REQUEST_ID};
+use net::headers::{forwarding, refuse_malformed, RequestIds, Trusted, X_REQUEST_ID};
 use net::proxy::Policy;
 use net::server::{ConnInfo, Handler, Limits, Transport};
 use net::upstream::Pool;
@@ -110,6 +110,8 @@ struct LoadBalancer {
     started: SystemTime,
     /// Answer plain-HTTP requests with 308 to this HTTPS port.
     redirect_to: Option<u16>,
+    /// Proxies in front whose forwarding headers are kept (`trusted_proxies`).
+    trusted: Trusted,
 }
 
 impl Handler for LoadBalancer {
@@ -122,10 +124,15 @@ impl Handler for LoadBalancer {
                 return resp;
             }
         }
+        // The first hop: what the client claimed about itself goes, this hop's own
+        // forwarding headers come in (after the client's `Connection` list is
+        // applied, so it cannot name them), and then the request id.
+        forwarding(req.headers_mut(), peer, secure, &self.trusted);
         let request_id = self.ids.ensure(req.headers_mut());
-        let proto = if secure { "https" } else { "http" };
-        add_forwarded(req.headers_mut(), peer, proto, false);
-        let mut resp = net::proxy::forward(&self.pool, req, peer, self.policy, &request_id).await;
+        let mut resp = match refuse_malformed(&req, &request_id) {
+            Some(refusal) => refusal,
+            None => net::proxy::forward(&self.pool, req, peer, self.policy, &request_id).await,
+        };
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
         let status = resp.status().as_u16();
         let metrics = self.metrics.clone();
@@ -242,12 +249,22 @@ pub async fn serve(
         policy: Policy {
             retries: b.retries,
             unreachable: StatusCode::SERVICE_UNAVAILABLE,
+            // The web servers enforce the site's body limit.
+            max_body_bytes: None,
         },
         started: SystemTime::now(),
         redirect_to: config.tls_port.filter(|_| b.https_redirect),
+        trusted: Trusted::blocks(b.trusted_proxies.iter().copied()),
     });
     let limits = Limits {
-        max_connections: b.max_connections,
+        // Shared by the HTTP, HTTPS and floating listeners; each client connection
+        // also holds a connection to a web server.
+        budget: net::budget::Budget::for_process(
+            b.max_connections,
+            net::budget::DEFAULT_PER_CLIENT,
+            2,
+            Vec::new(),
+        ),
         header_timeout: b.timeouts.client,
         keepalive_timeout: b.timeouts.keepalive,
         ..Limits::default()
@@ -277,7 +294,7 @@ pub async fn serve(
             targets: config.servers_tls.clone(),
             connect_timeout: b.timeouts.connect,
             retries: b.retries,
-            max_connections: b.max_connections,
+            budget: limits.budget.clone(),
             metrics: lb.metrics.clone(),
         }))),
     };

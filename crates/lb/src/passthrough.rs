@@ -25,7 +25,8 @@ pub(crate) struct Relay {
     pub connect_timeout: Duration,
     /// Other servers tried after a failed connect.
     pub retries: u32,
-    pub max_connections: usize,
+    /// The node's connection budget, shared with its other frontends.
+    pub budget: Arc<net::budget::Budget>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -38,8 +39,8 @@ pub(crate) async fn serve(
     drain: Duration,
 ) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
-    let mut acceptor = Acceptor::new(listener, relay.max_connections, shutdown);
-    while let Some((client, peer, permit)) = acceptor.next().await {
+    let mut acceptor = Acceptor::new(listener, relay.budget.clone(), shutdown);
+    while let Some((client, peer, slot)) = acceptor.next().await {
         let relay = relay.clone();
         relay.metrics.connection_opened();
         tracker.spawn(async move {
@@ -47,7 +48,7 @@ pub(crate) async fn serve(
                 tracing::debug!(%peer, "relay ended: {e}");
             }
             relay.metrics.connection_closed();
-            drop(permit);
+            drop(slot);
         });
     }
     tracker.close();

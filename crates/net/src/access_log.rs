@@ -5,13 +5,17 @@
 //! 127.0.0.1 - - [23/Nov/2026:11:46:51 +0000] "GET / HTTP/1.1" 200 512 "-" "curl/8.0" rid=5f0c… rt=0.002
 //! ```
 //!
-//! Requests never wait on the disk: lines go through a channel to a writer thread
-//! that batches them and flushes whenever the channel runs dry.
+//! Requests never wait on the disk: lines go through a bounded channel to a writer
+//! thread that batches them and flushes whenever the channel runs dry. When the disk
+//! cannot keep up and the channel is full, a line is dropped and counted
+//! ([`AccessLog::dropped`], `scaleup_access_log_dropped_total`) rather than held in
+//! memory without end or made to slow the request down.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
@@ -19,8 +23,13 @@ use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 /// Where access-log lines go. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
-    tx: mpsc::Sender<String>,
+    tx: mpsc::SyncSender<String>,
+    dropped: Arc<AtomicU64>,
 }
+
+/// Lines waiting for the writer at most: a few seconds of a busy node's traffic,
+/// a few MiB of memory.
+const QUEUE: usize = 16 * 1024;
 
 impl AccessLog {
     /// Appends to the file at `path` (created with its folder), or to standard
@@ -45,11 +54,23 @@ impl AccessLog {
             }
             None => Box::new(std::io::stdout()),
         };
-        let (tx, rx) = mpsc::channel::<String>();
+        Self::with_queue(sink, QUEUE)
+    }
+
+    fn with_queue(sink: Box<dyn Write + Send>, queue: usize) -> std::io::Result<AccessLog> {
+        let (tx, rx) = mpsc::sync_channel::<String>(queue);
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || write_lines(rx, sink))?;
-        Ok(AccessLog { tx })
+        Ok(AccessLog {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Lines dropped because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
     }
 
     /// Notes what the log line needs from the request, before the request moves on.
@@ -111,8 +132,11 @@ impl Entry {
             request_id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
             seconds(elapsed),
         );
-        // A send fails only when the writer thread died; the request still succeeded.
-        let _ = self.log.tx.send(line);
+        // The request succeeded either way: a full queue (the disk is slower than
+        // the traffic) or a dead writer costs the line, counted, not the request.
+        if self.log.tx.try_send(line).is_err() {
+            self.log.dropped.fetch_add(1, Relaxed);
+        }
     }
 }
 
@@ -205,5 +229,53 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    /// A sink that says when it is written to, then blocks until told to go on:
+    /// the disk that cannot keep up.
+    struct Stuck {
+        entered: mpsc::Sender<()>,
+        gate: Arc<std::sync::Barrier>,
+    }
+
+    impl Write for Stuck {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.entered.send(());
+            self.gate.wait();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_slow_disk_drops_and_counts_lines_instead_of_growing() {
+        let gate = Arc::new(std::sync::Barrier::new(2));
+        let (entered, writing) = mpsc::channel();
+        let sink = Stuck {
+            entered,
+            gate: gate.clone(),
+        };
+        let log = AccessLog::with_queue(Box::new(sink), 8).unwrap();
+        let peer: SocketAddr = "10.1.2.3:4444".parse().unwrap();
+        let line = || {
+            log.begin(
+                &Method::GET,
+                &"/".parse().unwrap(),
+                Version::HTTP_11,
+                &HeaderMap::new(),
+                peer,
+            )
+            .finish(200, 1, None)
+        };
+        line();
+        writing.recv().unwrap();
+        // The writer is stuck on the disk: eight lines queue, the rest are dropped.
+        for _ in 0..100 {
+            line();
+        }
+        assert_eq!(log.dropped(), 92);
+        gate.wait();
     }
 }

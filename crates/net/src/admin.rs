@@ -78,14 +78,22 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     resp
 }
 
+/// Connections the admin listener serves at once.
+const ADMIN_CONNECTIONS: usize = 128;
+/// ... and from one address: monitoring, `scaleup status` and a dashboard or two
+/// need a handful each.
+const ADMIN_PER_CLIENT: usize = 64;
+
 /// Serves the admin listener on `listener` until `shutdown`.
 pub async fn serve_admin<R: Report>(
     listener: TcpListener,
     report: Arc<R>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
+    // Its own small budget, inside the descriptors every node keeps in reserve, so
+    // operators get in however full the main listeners are.
     let limits = Limits {
-        max_connections: 256,
+        budget: crate::budget::Budget::new(ADMIN_CONNECTIONS, ADMIN_PER_CLIENT),
         ..Limits::default()
     };
     serve(

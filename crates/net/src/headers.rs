@@ -1,12 +1,19 @@
 //! The headers a proxy hop owns: forwarding headers, the request id, and the
-//! hop-by-hop headers that must not cross it (RFC 9110 §7.6.1).
+//! hop-by-hop headers that must not cross it (RFC 9110 §7.6.1); and the requests no
+//! hop passes on (`CONNECT`, a missing or doubled `Host`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use crate::pages::error_page;
+use crate::Body;
 
 /// `X-Request-Id`: one id follows a request through every hop and every log line.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -14,6 +21,24 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`: the scheme the client used.
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// `X-Real-IP`: the client's address as the hop that met it saw it; what the next
+/// tiers (the app, the access log) take as "the client".
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Headers a client may send to claim another address, host or scheme. A hop that
+/// does not trust its peer deletes them all; none reaches the app from a client.
+const CLIENT_CLAIMS: [&str; 9] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "forwarded",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+];
 
 /// Makes request ids unique without a random draw per request: a random prefix per
 /// process and a counter. 24 hex digits, like nginx's `$request_id` length class.
@@ -33,13 +58,14 @@ impl Default for RequestIds {
 }
 
 impl RequestIds {
-    /// The id of a request: the client's `X-Request-Id` when it sent a sane one,
-    /// else a new one. The header is set on `headers` either way.
+    /// The id of a request: the `X-Request-Id` it came with when that is a sane one
+    /// (1 to 128 of `[A-Za-z0-9._-]`: nothing that could forge a log field or a
+    /// header), else a new one. The header is set on `headers` either way.
     pub fn ensure(&self, headers: &mut HeaderMap) -> HeaderValue {
         if let Some(existing) = headers.get(&X_REQUEST_ID) {
             let bytes = existing.as_bytes();
-            if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
-            {
+            let sane = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+            if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(sane) {
                 return existing.clone();
             }
         }
@@ -48,34 +74,121 @@ impl RequestIds {
             self.prefix,
             self.next.fetch_add(1, Relaxed)
         );
-        let value = HeaderValue::from_str(&id).expect("hex is a valid header value");
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
+            .unwrap_or(HeaderValue::from_static("-"));
         headers.insert(X_REQUEST_ID.clone(), value.clone());
         value
     }
 }
 
-/// Adds this hop's client to `X-Forwarded-For` and sets `X-Forwarded-Proto` unless a
-/// trusted earlier hop did (`trust_proto`).
-pub fn add_forwarded(
+/// Addresses or blocks (`10.0.0.0/8`), for the peers whose forwarding headers a hop
+/// believes.
+#[derive(Debug, Clone, Default)]
+pub struct Trusted(Vec<site::Cidr>);
+
+impl Trusted {
+    /// Exactly these addresses.
+    pub fn addresses(ips: impl IntoIterator<Item = IpAddr>) -> Trusted {
+        Trusted(
+            ips.into_iter()
+                .map(|ip| {
+                    let addr = ip.to_canonical();
+                    let prefix = if addr.is_ipv4() { 32 } else { 128 };
+                    site::Cidr { addr, prefix }
+                })
+                .collect(),
+        )
+    }
+
+    /// These blocks (a load balancer's `trusted_proxies`).
+    pub fn blocks(blocks: impl IntoIterator<Item = site::Cidr>) -> Trusted {
+        Trusted(blocks.into_iter().collect())
+    }
+
+    /// Whether `ip` is one of them.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|block| block.contains(ip))
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Makes a request's headers this hop's, in the only safe order: first the
+/// hop-by-hop headers go (with those the client's `Connection` names), then the
+/// forwarding headers are written, so a client can neither delete nor forge them.
+///
+/// From a `trusted` peer (the tier in front) `X-Forwarded-For` is kept and extended
+/// and `X-Forwarded-Proto` kept, and the client is the last address that peer
+/// appended; from anyone else every forwarding claim is deleted and the client is
+/// the peer itself. `X-Real-IP` then names the client for the tiers behind. Returns
+/// the client's address (for the access log).
+pub fn forwarding(
     headers: &mut HeaderMap,
     peer: SocketAddr,
-    proto: &'static str,
-    trust_proto: bool,
-) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(chain) if !chain.is_empty() => format!("{chain}, {ip}"),
-        _ => ip,
+    secure: bool,
+    trusted: &Trusted,
+) -> IpAddr {
+    strip_hop_by_hop(headers);
+    let peer_ip = peer.ip().to_canonical();
+    let believed = trusted.contains(peer_ip);
+    let mut client = peer_ip;
+    let mut chain = None;
+    if believed {
+        // The last hop appended the address it met; earlier entries are whatever
+        // the client claimed, kept for the record but never used.
+        if let Some(line) = joined(headers, &X_FORWARDED_FOR) {
+            if let Some(last) = line.rsplit(',').next().and_then(|a| a.trim().parse().ok()) {
+                client = last;
+            }
+            chain = Some(line);
+        }
+    } else {
+        for name in CLIENT_CLAIMS {
+            headers.remove(name);
+        }
+    }
+    let value = match chain {
+        Some(chain) if !chain.is_empty() => format!("{chain}, {peer_ip}"),
+        _ => peer_ip.to_string(),
     };
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    if !(trust_proto && headers.contains_key(&X_FORWARDED_PROTO)) {
+    if !(believed && headers.contains_key(&X_FORWARDED_PROTO)) {
+        let proto = if secure { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
+    if let Ok(value) = HeaderValue::from_str(&client.to_string()) {
+        headers.insert(X_REAL_IP.clone(), value);
+    }
+    client
 }
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
+/// Every line of header `name`, joined with `, ` as RFC 9110 §5.3 allows.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for value in headers.get_all(name) {
+        let value = value.to_str().ok()?;
+        match &mut out {
+            Some(s) => {
+                s.push_str(", ");
+                s.push_str(value);
+            }
+            None => out = Some(value.to_string()),
+        }
+    }
+    out
+}
+
+/// Headers a client's `Connection` list may not remove: without `Host` a request
+/// means something else.
+const NEVER_HOP_BY_HOP: [HeaderName; 1] = [HOST];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names, and
+/// `Proxy-Authorization` (credentials for a proxy, never for the site).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
@@ -83,15 +196,59 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !NEVER_HOP_BY_HOP.contains(name))
         .collect();
     for name in named {
         headers.remove(name);
     }
-    for name in [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE] {
+    for name in [
+        CONNECTION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        PROXY_AUTHORIZATION,
+        PROXY_AUTHENTICATE,
+    ] {
         headers.remove(name);
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+}
+
+/// Refuses what no hop should pass on: `CONNECT` (405: this is not a forward
+/// proxy), and an HTTP/1.1 request with no `Host` or with two (400: RFC 9112 §3.2;
+/// two hops could each pick another one). HTTP/2 names the host in `:authority`.
+pub fn refuse_malformed(
+    req: &Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Option<Response<Body>> {
+    if req.method() == Method::CONNECT {
+        let mut resp = error_page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not served here: this is a web site, not a proxy.",
+            Some(request_id),
+        );
+        resp.headers_mut().insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return Some(resp);
+    }
+    let hosts = req.headers().get_all(HOST).iter().count();
+    let missing = hosts == 0 && req.version() == Version::HTTP_11;
+    if hosts > 1 || missing {
+        let detail = if missing {
+            "The request has no Host header."
+        } else {
+            "The request has more than one Host header."
+        };
+        let mut resp = error_page(StatusCode::BAD_REQUEST, detail, Some(request_id));
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return Some(resp);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -102,26 +259,101 @@ mod tests {
     fn request_id_kept_when_sane_and_made_when_not() {
         let ids = RequestIds::default();
         let mut h = HeaderMap::new();
-        h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("abc-123"));
-        assert_eq!(ids.ensure(&mut h), "abc-123");
+        h.insert(
+            X_REQUEST_ID.clone(),
+            HeaderValue::from_static("abc-123_x.y"),
+        );
+        assert_eq!(ids.ensure(&mut h), "abc-123_x.y");
         let mut h = HeaderMap::new();
         let a = ids.ensure(&mut h);
         let b = ids.ensure(&mut HeaderMap::new());
         assert_eq!(a.len(), 24);
         assert_ne!(a, b);
         assert_eq!(h.get(&X_REQUEST_ID), Some(&a));
-        let mut h = HeaderMap::new();
-        h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("has space"));
-        assert_ne!(ids.ensure(&mut h), "has space");
+        for forged in ["has space", "a\"b", "x=1 rid=y", "<script>", "a,b", ""] {
+            let mut h = HeaderMap::new();
+            h.insert(X_REQUEST_ID.clone(), HeaderValue::from_str(forged).unwrap());
+            let id = ids.ensure(&mut h);
+            assert_ne!(id, forged);
+            assert_eq!(h[&X_REQUEST_ID], id);
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
     }
 
     #[test]
-    fn forwarded_for_appends() {
+    fn the_first_hop_replaces_every_client_claim() {
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "10.0.0.1:5000".parse().unwrap(), "http", false);
-        add_forwarded(&mut h, "10.0.0.2:5000".parse().unwrap(), "http", true);
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2");
+        for (name, value) in [
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-real-ip", "5.6.7.8"),
+            ("forwarded", "for=9.9.9.9"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+        ] {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+        let client = forwarding(
+            &mut h,
+            addr("198.51.100.7:5000"),
+            false,
+            &Trusted::default(),
+        );
+        assert_eq!(client, "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7");
+        assert_eq!(h[&X_REAL_IP], "198.51.100.7");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        for gone in ["x-forwarded-host", "forwarded", "proxy-authorization"] {
+            assert!(!h.contains_key(gone), "{gone} passed");
+        }
+    }
+
+    #[test]
+    fn a_trusted_hop_is_believed_and_extended() {
+        let lb = Trusted::addresses(["10.0.0.2".parse().unwrap()]);
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("1.1.1.1, 203.0.113.9"),
+        );
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+        let client = forwarding(&mut h, addr("10.0.0.2:4000"), false, &lb);
+        assert_eq!(client, "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 203.0.113.9, 10.0.0.2");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_REAL_IP], "203.0.113.9");
+    }
+
+    #[test]
+    fn a_connection_header_cannot_delete_what_the_proxy_adds() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("X-Forwarded-For, X-Request-Id, Host, X-Real-IP"),
+        );
+        h.insert(HOST, HeaderValue::from_static("www.foobar.com"));
+        let ids = RequestIds::default();
+        forwarding(&mut h, addr("198.51.100.7:5000"), true, &Trusted::default());
+        let id = ids.ensure(&mut h);
+        assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7");
+        assert_eq!(h[&X_REAL_IP], "198.51.100.7");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[HOST], "www.foobar.com");
+        assert_eq!(h[&X_REQUEST_ID], id);
+    }
+
+    #[test]
+    fn blocks_and_addresses_are_trusted() {
+        let t = Trusted::blocks(["10.0.0.0/8".parse().unwrap()]);
+        assert!(t.contains("10.200.3.4".parse().unwrap()));
+        assert!(t.contains("::ffff:10.1.1.1".parse().unwrap()));
+        assert!(!t.contains("11.0.0.1".parse().unwrap()));
+        let t = Trusted::addresses(["::ffff:192.0.2.1".parse().unwrap()]);
+        assert!(t.contains("192.0.2.1".parse().unwrap()));
+        assert!(!t.contains("192.0.2.2".parse().unwrap()));
     }
 
     #[test]

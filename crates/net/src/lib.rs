@@ -1,7 +1,9 @@
 //! `net`: what every HTTP role of scaleup shares.
 //!
-//! - [`server`]: the accept loop (connection cap, HTTP/1.1 and HTTP/2, TLS, PROXY
-//!   protocol, head size and time limits with [`clock`], body limit, drain);
+//! - [`server`]: the accept loop (HTTP/1.1 and HTTP/2, TLS, PROXY protocol, head
+//!   size and time limits with [`clock`], body limit, drain);
+//! - [`budget`]: the connections a process may hold, sized from its open-file
+//!   limit, with a cap per client address;
 //! - [`tls`]: the site's certificate (or a self-signed one) and rustls settings;
 //! - [`proxy_protocol`]: PROXY protocol v2, written by a TLS-passthrough load
 //!   balancer and read (from trusted peers only) by the web server;
@@ -19,6 +21,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod budget;
 pub mod clock;
 pub mod finish;
 pub mod headers;

@@ -20,10 +20,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
+use crate::budget::{Budget, LogEvery, Slot};
 use crate::clock::{Clock, Watched};
+use crate::proxy_protocol::Replay;
 use crate::{Body, Metrics, Shutdown};
 
 /// What a request carries about its connection, in its extensions.
@@ -56,8 +57,9 @@ pub trait Handler: Send + Sync + 'static {
 /// Limits on what clients may do to a listener.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Connections served at once; further ones wait in the kernel's backlog.
-    pub max_connections: usize,
+    /// Connections served at once, shared by every listener given a clone of these
+    /// limits, and per client address; further ones wait in the kernel's backlog.
+    pub budget: Arc<Budget>,
     /// Time a client has to send a request head, and to start the next one on a
     /// kept-alive connection.
     pub header_timeout: Duration,
@@ -75,7 +77,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 10_000,
+            budget: Budget::new(10_000, crate::budget::DEFAULT_PER_CLIENT),
             header_timeout: Duration::from_secs(30),
             max_header_bytes: 32 * 1024,
             drain_timeout: Duration::from_secs(10),
@@ -184,16 +186,16 @@ pub async fn serve_with<H: Handler>(
     let tracker = TaskTracker::new();
     let builder = Arc::new(http_builder(&limits));
     let transport = Arc::new(transport);
-    let mut acceptor = Acceptor::new(listener, limits.max_connections, shutdown.clone());
+    let mut acceptor = Acceptor::new(listener, limits.budget.clone(), shutdown.clone());
     let limits = Arc::new(limits);
-    while let Some((stream, peer, permit)) = acceptor.next().await {
+    while let Some((stream, peer, slot)) = acceptor.next().await {
         let conn = Conn {
             handler: handler.clone(),
             builder: builder.clone(),
             limits: limits.clone(),
             shutdown: shutdown.clone(),
         };
-        conn.spawn(&tracker, stream, peer, &transport, &metrics, permit);
+        conn.spawn(&tracker, stream, peer, &transport, &metrics, slot);
     }
     tracker.close();
     if tokio::time::timeout(limits.drain_timeout, tracker.wait())
@@ -209,8 +211,10 @@ pub async fn serve_with<H: Handler>(
     Ok(())
 }
 
-/// A listener's connections, one at a time, within a cap on open connections.
+/// A listener's connections, one at a time, within a [`Budget`] (shared with the
+/// node's other listeners) and its cap per client address.
 ///
+/// A connection from an address over its cap is closed as soon as it is accepted.
 /// After `shutdown` it still hands out the connections the kernel has already
 /// completed but nobody accepted (closing the listener would reset them), then closes
 /// the listener and ends. Every frontend (HTTP, HTTPS, the TLS relay) accepts
@@ -218,60 +222,89 @@ pub async fn serve_with<H: Handler>(
 pub struct Acceptor {
     /// `None` once closed.
     listener: Option<TcpListener>,
-    permits: Arc<Semaphore>,
+    budget: Arc<Budget>,
     shutdown: Shutdown,
     draining: bool,
 }
 
+/// `accept` failures (out of descriptors, say): one line a second at most.
+static ACCEPT_FAILED: LogEvery = LogEvery::new();
+/// Connections closed for their address's cap: one line a second at most.
+static OVER_CAP: LogEvery = LogEvery::new();
+
 impl Acceptor {
-    /// Accepts from `listener`, at most `max_connections` open at once.
-    pub fn new(listener: TcpListener, max_connections: usize, shutdown: Shutdown) -> Acceptor {
+    /// Accepts from `listener` within `budget`.
+    pub fn new(listener: TcpListener, budget: Arc<Budget>, shutdown: Shutdown) -> Acceptor {
         Acceptor {
             listener: Some(listener),
-            permits: Arc::new(Semaphore::new(max_connections)),
+            budget,
             shutdown,
             draining: false,
         }
     }
 
-    /// The next connection and its slot; `None` when the listener is closed.
-    pub async fn next(&mut self) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    /// The next connection and its place in the budget; `None` when the listener is
+    /// closed.
+    pub async fn next(&mut self) -> Option<(TcpStream, SocketAddr, Slot)> {
         let listener = self.listener.as_ref()?;
+        let mut room = None;
         while !self.draining {
-            let permit = tokio::select! {
-                permit = self.permits.clone().acquire_owned() => permit.expect("semaphore is never closed"),
-                _ = self.shutdown.wait() => {
-                    self.draining = true;
-                    break;
-                }
+            let permit = match room.take() {
+                Some(permit) => permit,
+                None => tokio::select! {
+                    permit = self.budget.room() => permit,
+                    _ = self.shutdown.wait() => {
+                        self.draining = true;
+                        break;
+                    }
+                },
             };
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => return Some((stream, peer, permit)),
+                    Ok((stream, peer)) => match self.budget.admit(permit, peer.ip()) {
+                        Ok(slot) => return Some((stream, peer, slot)),
+                        Err(permit) => {
+                            room = Some(permit);
+                            refuse(stream, peer, &self.budget);
+                        }
+                    },
                     Err(e) => {
-                        // Out of file descriptors or similar: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
+                        room = Some(permit);
+                        // Out of descriptors or similar: back off instead of spinning,
+                        // and say so once a second, not once a try.
+                        if let Some(n) = ACCEPT_FAILED.hit() {
+                            tracing::warn!("accept failed {n} time(s) in the last second: {e}");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
                 _ = self.shutdown.wait() => self.draining = true,
             }
         }
-        match futures_util::FutureExt::now_or_never(listener.accept()) {
-            Some(Ok((stream, peer))) => {
-                let permit = self
-                    .permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("semaphore is never closed");
-                Some((stream, peer, permit))
-            }
-            _ => {
-                self.listener = None;
-                None
+        while let Some(Ok((stream, peer))) =
+            futures_util::FutureExt::now_or_never(listener.accept())
+        {
+            let permit = self.budget.room().await;
+            match self.budget.admit(permit, peer.ip()) {
+                Ok(slot) => return Some((stream, peer, slot)),
+                Err(_) => refuse(stream, peer, &self.budget),
             }
         }
+        self.listener = None;
+        None
+    }
+}
+
+/// Closes a connection whose address already holds its share of the budget.
+fn refuse(stream: TcpStream, peer: SocketAddr, budget: &Budget) {
+    drop(stream);
+    if let Some(n) = OVER_CAP.hit() {
+        tracing::warn!(
+            client = %peer.ip(),
+            "closed {n} connection(s) in the last second from addresses over the \
+             per-client cap ({} refused in all)",
+            budget.refused()
+        );
     }
 }
 
@@ -287,6 +320,11 @@ struct Conn<H> {
 /// request: it is served, not closed under the client.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
+/// The wait for a first request (and between requests) on a connection accepted
+/// while the node's budget was nearly spent: long enough for a real client on a slow
+/// network, short enough that idle sockets cannot keep the last places.
+const PRESSED_WAIT: Duration = Duration::from_secs(3);
+
 impl<H: Handler> Conn<H> {
     /// Serves the connection on a task of `tracker`.
     fn spawn(
@@ -296,61 +334,69 @@ impl<H: Handler> Conn<H> {
         peer: SocketAddr,
         transport: &Arc<Transport>,
         metrics: &Arc<Metrics>,
-        permit: OwnedSemaphorePermit,
+        slot: Slot,
     ) {
         let _ = stream.set_nodelay(true);
         let transport = transport.clone();
         let metrics = metrics.clone();
         metrics.connection_opened();
         tracker.spawn(async move {
-            self.open(stream, peer, &transport).await;
+            let pressed = slot.pressed();
+            self.open(stream, peer, &transport, pressed).await;
             metrics.connection_closed();
-            drop(permit);
+            drop(slot);
         });
     }
 
-    /// The PROXY header and the TLS handshake (both within the head timeout), then HTTP.
-    async fn open(self, mut stream: TcpStream, peer: SocketAddr, transport: &Transport) {
-        let head = self.limits.header_timeout;
-        let peer = if transport.proxy_from.is_empty() {
-            peer
+    /// The PROXY header and the TLS handshake (both within the head timeout), then
+    /// HTTP. `pressed`: the node's budget is nearly spent, so the client gets
+    /// [`PRESSED_WAIT`] at most for its first request.
+    async fn open(self, stream: TcpStream, peer: SocketAddr, transport: &Transport, pressed: bool) {
+        let head = if pressed {
+            self.limits.header_timeout.min(PRESSED_WAIT)
+        } else {
+            self.limits.header_timeout
+        };
+        let (peer, stream) = if transport.proxy_from.is_empty() {
+            (peer, Replay::new(Vec::new(), stream))
         } else {
             let accepted = tokio::time::timeout(
                 head,
-                crate::proxy_protocol::accept(&mut stream, peer, &transport.proxy_from),
+                crate::proxy_protocol::accept(stream, peer, &transport.proxy_from),
             )
             .await;
             match accepted {
-                Ok(Ok(client)) => client,
+                Ok(Ok(opened)) => opened,
                 Ok(Err(e)) => {
-                    tracing::warn!(%peer, "connection refused: {e}");
+                    tracing::debug!(%peer, "connection refused: {e}");
                     return;
                 }
                 Err(_) => return,
             }
         };
         let Some(tls) = &transport.tls else {
-            return self.http(stream, peer, false, false).await;
+            return self.http(stream, peer, false, false, head).await;
         };
         match tokio::time::timeout(head, tls.accept(stream)).await {
             Ok(Ok(stream)) => {
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                self.http(stream, peer, true, h2).await
+                self.http(stream, peer, true, h2, head).await
             }
             Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
             Err(_) => tracing::debug!(%peer, "TLS handshake not finished within {head:?}"),
         }
     }
 
-    async fn http<IO>(self, io: IO, peer: SocketAddr, secure: bool, h2: bool)
+    async fn http<IO>(self, io: IO, peer: SocketAddr, secure: bool, h2: bool, head: Duration)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let clock = Clock::new(
-            self.limits.header_timeout,
-            self.limits.keepalive_timeout,
-            h2,
-        );
+        let idle = if head < self.limits.header_timeout {
+            self.limits.keepalive_timeout.min(head)
+        } else {
+            self.limits.keepalive_timeout
+        };
+        let clock = Clock::new(head, idle, h2);
         let io = TokioIo::new(Watched::new(io, clock.clone()));
         let info = ConnInfo { secure };
         let handler = self.handler.clone();

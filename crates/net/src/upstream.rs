@@ -253,9 +253,24 @@ impl Pool {
                     }
                     match check(server.addr, &health).await {
                         Ok(()) => server.check_passed(health.rise),
-                        Err(CheckError { reason, refused }) => {
-                            server.check_failed(health.fall, &reason, refused)
+                        // This node is short of descriptors or memory: that says
+                        // nothing about the server, so it neither passes nor fails.
+                        Err(CheckError {
+                            reason,
+                            local: true,
+                            ..
+                        }) => {
+                            if let Some(n) = LOCAL_SHORTAGE.hit() {
+                                tracing::warn!(
+                                    server = %server.name,
+                                    "{n} health check(s) in the last second could not \
+                                     run: {reason}; the server's state is kept"
+                                );
+                            }
                         }
+                        Err(CheckError {
+                            reason, refused, ..
+                        }) => server.check_failed(health.fall, &reason, refused),
                     }
                 }
             });
@@ -345,7 +360,12 @@ fn hash_ip(ip: IpAddr) -> u64 {
 struct CheckError {
     reason: String,
     refused: bool,
+    /// The check failed for want of a local resource, not because of the server.
+    local: bool,
 }
+
+/// Checks that could not run for want of a local resource: one line a second.
+static LOCAL_SHORTAGE: crate::budget::LogEvery = crate::budget::LogEvery::new();
 
 /// One active check: a fresh connection (so a half-dead pooled one cannot fake
 /// health), `GET path`, any 2xx or 3xx within the timeout is good.
@@ -355,6 +375,7 @@ async fn check(addr: SocketAddr, health: &HealthCheck) -> Result<(), CheckError>
             .await
             .map_err(|e| CheckError {
                 refused: e.kind() == std::io::ErrorKind::ConnectionRefused,
+                local: crate::budget::is_local_exhaustion(&e),
                 reason: format!("connect: {e}"),
             })?;
         let _ = stream.set_nodelay(true);
@@ -362,6 +383,7 @@ async fn check(addr: SocketAddr, health: &HealthCheck) -> Result<(), CheckError>
             .await
             .map_err(|e| CheckError {
                 refused: false,
+                local: false,
                 reason: format!("handshake: {e}"),
             })?;
         tokio::spawn(conn);
@@ -370,9 +392,19 @@ async fn check(addr: SocketAddr, health: &HealthCheck) -> Result<(), CheckError>
             .header(http::header::CONNECTION, "close")
             .header(http::header::USER_AGENT, "scaleup-health-check")
             .body(crate::empty())
-            .expect("static request is valid");
+            // `site` refuses such a path; should one get here, the check fails
+            // visibly on `/status` instead of killing the checker.
+            .map_err(|e| CheckError {
+                refused: false,
+                local: false,
+                reason: format!(
+                    "health path {:?} is not a valid request target: {e}",
+                    health.path
+                ),
+            })?;
         let resp = sender.send_request(req).await.map_err(|e| CheckError {
             refused: false,
+            local: false,
             reason: format!("request: {e}"),
         })?;
         let status = resp.status();
@@ -381,6 +413,7 @@ async fn check(addr: SocketAddr, health: &HealthCheck) -> Result<(), CheckError>
         } else {
             Err(CheckError {
                 refused: false,
+                local: false,
                 reason: format!("status {}", status.as_u16()),
             })
         }
@@ -389,6 +422,7 @@ async fn check(addr: SocketAddr, health: &HealthCheck) -> Result<(), CheckError>
         Ok(result) => result,
         Err(_) => Err(CheckError {
             refused: false,
+            local: false,
             reason: format!("no answer within {:?}", health.timeout),
         }),
     }

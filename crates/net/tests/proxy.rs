@@ -94,7 +94,12 @@ struct Front {
 
 impl Handler for Front {
     async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        net::headers::add_forwarded(req.headers_mut(), peer, "http", false);
+        net::headers::forwarding(
+            req.headers_mut(),
+            peer,
+            false,
+            &net::headers::Trusted::default(),
+        );
         forward(
             &self.pool,
             req,
@@ -114,6 +119,7 @@ async fn front(pool: Arc<Pool>, limits: Limits) -> SocketAddr {
         policy: Policy {
             retries: 1,
             unreachable: StatusCode::SERVICE_UNAVAILABLE,
+            max_body_bytes: Some(1024 * 1024),
         },
     });
     let (trigger, shutdown) = net::shutdown::channel();
@@ -285,7 +291,7 @@ async fn the_connection_cap_holds_extra_clients_until_a_slot_frees() {
         timeouts(2000),
     ));
     let limits = Limits {
-        max_connections: 1,
+        budget: net::budget::Budget::new(1, 1),
         ..Limits::default()
     };
     let addr = front(pool, limits).await;

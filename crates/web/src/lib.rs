@@ -11,6 +11,7 @@
 
 pub mod files;
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, STRICT_TRANSPORT_SECURITY};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use net::access_log::AccessLog;
-use net::headers::{add_forwarded, RequestIds, X_REQUEST_ID};
+use net::headers::{forwarding, refuse_malformed, RequestIds, Trusted, X_REQUEST_ID};
 use net::proxy::Policy;
 use net::server::{ConnInfo, Handler, Limits, Transport};
 use net::upstream::Pool;
@@ -96,13 +97,6 @@ impl Config {
     }
 }
 
-/// nginx's behaviour: one more app server for a request that could not connect,
-/// and 502 when none answers.
-const POLICY: Policy = Policy {
-    retries: 1,
-    unreachable: StatusCode::BAD_GATEWAY,
-};
-
 struct WebServer {
     name: String,
     files: StaticFiles,
@@ -115,26 +109,42 @@ struct WebServer {
     headers: Vec<(HeaderName, HeaderValue)>,
     hsts: Option<HeaderValue>,
     cache: Vec<(site::CacheRule, HeaderValue)>,
+    /// nginx's behaviour: one more app server for a request that could not
+    /// connect, 502 when none answers, and the site's body limit on the stream.
+    policy: Policy,
+    /// The load balancers: the only peers whose forwarding headers are believed.
+    trusted: Trusted,
 }
 
 impl Handler for WebServer {
     async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let start = Instant::now();
         self.metrics.request_started();
+        let tls_here = req.extensions().get::<ConnInfo>().is_some_and(|c| c.secure);
+        // The client is the load balancer's client when a load balancer sent this
+        // (its X-Forwarded-For, or the PROXY header on HTTPS), else the peer.
+        let client = forwarding(req.headers_mut(), peer, tls_here, &self.trusted);
         let request_id = self.ids.ensure(req.headers_mut());
-        let entry = self
-            .log
-            .begin(req.method(), req.uri(), req.version(), req.headers(), peer);
+        let entry = self.log.begin(
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+            SocketAddr::new(client, peer.port()),
+        );
 
-        // HTTPS: TLS ended here, or at a load balancer in `http` mode (which says so).
-        let secure = req.extensions().get::<ConnInfo>().is_some_and(|c| c.secure)
+        // HTTPS: TLS ended here, or at a load balancer in `http` mode (which says so,
+        // and only a load balancer's word is kept).
+        let secure = tls_here
             || req
                 .headers()
                 .get(&net::headers::X_FORWARDED_PROTO)
                 .is_some_and(|v| v == "https");
         let path = req.uri().path().to_owned();
 
-        let mut resp = if path == "/healthz" {
+        let mut resp = if let Some(refusal) = refuse_malformed(&req, &request_id) {
+            refusal
+        } else if path == "/healthz" {
             health_response(req.method())
         } else {
             match self
@@ -147,10 +157,7 @@ impl Handler for WebServer {
                     resp
                 }
                 Outcome::NotFound => {
-                    // A load balancer in front may have set X-Forwarded-Proto; keep it.
-                    let proto = if secure { "https" } else { "http" };
-                    add_forwarded(req.headers_mut(), peer, proto, true);
-                    net::proxy::forward(&self.pool, req, peer, POLICY, &request_id).await
+                    net::proxy::forward(&self.pool, req, peer, self.policy, &request_id).await
                 }
             }
         };
@@ -215,6 +222,14 @@ impl net::admin::Report for WebServer {
         let mut out = String::with_capacity(4096);
         self.metrics.render(&self.name, &mut out);
         self.pool.render_metrics(&self.name, &mut out);
+        let _ = writeln!(
+            out,
+            "# HELP scaleup_access_log_dropped_total Access-log lines dropped because the disk could not keep up.\n\
+             # TYPE scaleup_access_log_dropped_total counter\n\
+             scaleup_access_log_dropped_total{{node=\"{}\"}} {}",
+            self.name,
+            self.log.dropped()
+        );
         out
     }
 
@@ -303,9 +318,23 @@ pub async fn serve(
         headers,
         hsts,
         cache,
+        policy: Policy {
+            retries: 1,
+            unreachable: StatusCode::BAD_GATEWAY,
+            max_body_bytes: Some(config.max_body_bytes),
+        },
+        trusted: Trusted::addresses(config.proxy_from.iter().copied()),
     });
     let limits = Limits {
-        max_connections: config.max_connections,
+        // Shared by the HTTP and HTTPS listeners; a proxied request also holds a
+        // connection to an app server.
+        budget: net::budget::Budget::for_process(
+            config.max_connections,
+            net::budget::DEFAULT_PER_CLIENT,
+            2,
+            // The load balancers carry every client's requests from one address each.
+            config.proxy_from.clone(),
+        ),
         header_timeout: config.timeouts.client,
         keepalive_timeout: config.timeouts.keepalive,
         max_body_bytes: Some(config.max_body_bytes),
