@@ -31,8 +31,8 @@ retries = 1
 # HTTPS frontends pass TLS through to the web server ("tcp"), which ends it and
 # learns each client's address from a PROXY protocol v2 header.
 tls_mode = "tcp"
-# Set to true to answer plain HTTP with 308 to HTTPS (/healthz and ACME excepted).
-https_redirect = false
+# Plain HTTP answers 308 to HTTPS (/healthz and ACME challenges excepted), as on
+# every site with HTTPS; `https_redirect = false` would keep serving plain HTTP.
 
 [balancer.health]
 path = "/healthz"

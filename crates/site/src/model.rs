@@ -33,8 +33,9 @@ pub struct Site {
 pub struct Cluster {
     /// How the address moves between the two load balancers.
     pub floating: Floating,
-    /// Where the shared secret comes from; `None` leaves heartbeats unauthenticated
-    /// (and `explain` says so).
+    /// Where the shared secret comes from; `None` only when the site file says
+    /// `insecure_no_secret = true`, which leaves heartbeats unauthenticated (and
+    /// `explain` says so).
     pub secret: Option<Secret>,
     /// Time between heartbeats.
     pub interval: Duration,
@@ -84,9 +85,17 @@ impl Secret {
     pub fn resolve(&self) -> Result<Vec<u8>, String> {
         match self {
             Secret::Literal(s) => Ok(s.clone().into_bytes()),
-            Secret::Env(name) => std::env::var(name).map(String::into_bytes).map_err(|_| {
-                format!("the cluster secret comes from ${name}, which is not set: export {name}=... on both load balancers")
-            }),
+            Secret::Env(name) => match std::env::var(name) {
+                Ok(value) if !value.is_empty() => Ok(value.into_bytes()),
+                Ok(_) => Err(format!(
+                    "the cluster secret comes from ${name}, which is empty: export {name}=... \
+                     (a long random value, the same on both load balancers)"
+                )),
+                Err(_) => Err(format!(
+                    "the cluster secret comes from ${name}, which is not set: export {name}=... \
+                     on both load balancers"
+                )),
+            },
         }
     }
 }
@@ -306,7 +315,9 @@ pub struct Balancer {
     /// Where the HTTPS frontends (`tls_listen` of each load balancer) end TLS.
     pub tls_mode: TlsMode,
     /// Whether the plain-HTTP frontend answers 308 to the HTTPS one (except
-    /// `/healthz` and `/.well-known/acme-challenge/`).
+    /// `/healthz` and `/.well-known/acme-challenge/`). True by default when the site
+    /// has an HTTPS frontend ([`Site::has_https`]); only `https_redirect = false`
+    /// turns it off, and `explain` lists that as a risk.
     pub https_redirect: bool,
     /// Proxies in front of the load balancers (another load balancer, a CDN) whose
     /// `X-Forwarded-For` and `X-Forwarded-Proto` the load balancers keep. Empty by
@@ -525,6 +536,19 @@ impl std::fmt::Debug for DbServer {
 }
 
 impl Site {
+    /// Whether browsers can reach the site over HTTPS: a load balancer has a
+    /// `tls_listen`, or the local cluster a floating `tls_address`.
+    pub fn has_https(&self) -> bool {
+        self.lbs.iter().any(|l| l.tls_listen.is_some())
+            || matches!(
+                self.cluster.as_ref().map(|c| &c.floating),
+                Some(Floating::Local {
+                    tls_address: Some(_),
+                    ..
+                })
+            )
+    }
+
     /// Every node with its role, in file order: load balancers, web, app.
     pub fn nodes(&self) -> impl Iterator<Item = (Role, &Node)> {
         self.lbs

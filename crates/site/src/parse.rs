@@ -45,8 +45,9 @@ struct RawCluster {
     address: Option<Spanned<String>>,
     tls_address: Option<Spanned<String>>,
     interface: Option<String>,
-    secret: Option<String>,
-    secret_env: Option<String>,
+    secret: Option<Spanned<String>>,
+    secret_env: Option<Spanned<String>>,
+    insecure_no_secret: Option<Spanned<bool>>,
     interval: Option<Spanned<String>>,
     dead_after: Option<Spanned<u32>>,
     preempt: Option<bool>,
@@ -128,14 +129,14 @@ struct RawBalancer {
     max_connections: Option<usize>,
     retries: Option<u32>,
     tls_mode: Option<Spanned<String>>,
-    https_redirect: Option<bool>,
+    https_redirect: Option<Spanned<bool>>,
     trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
-    path: Option<String>,
+    path: Option<Spanned<String>>,
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     rise: Option<Spanned<u32>>,
@@ -320,6 +321,7 @@ impl Checker<'_> {
             .collect();
 
         let all_webs: Vec<String> = webs.iter().map(|w| w.node.name.clone()).collect();
+        let has_https = has_https_frontend(&raw);
         let balancer = match &raw.balancer {
             None => Balancer {
                 algorithm: Algorithm::RoundRobin,
@@ -329,7 +331,7 @@ impl Checker<'_> {
                 max_connections: 10_000,
                 retries: 1,
                 tls_mode: TlsMode::Tcp,
-                https_redirect: false,
+                https_redirect: has_https,
                 trusted_proxies: Vec::new(),
             },
             Some(b) => Balancer {
@@ -343,7 +345,7 @@ impl Checker<'_> {
                 max_connections: b.max_connections.unwrap_or(10_000),
                 retries: b.retries.unwrap_or(1),
                 tls_mode: self.tls_mode(b.tls_mode.as_ref()),
-                https_redirect: b.https_redirect.unwrap_or(false),
+                https_redirect: self.https_redirect(b.https_redirect.as_ref(), has_https),
                 trusted_proxies: b
                     .trusted_proxies
                     .iter()
@@ -608,12 +610,9 @@ impl Checker<'_> {
                 }
             }
             other => {
-                let m = c
-                    .mode
-                    .as_ref()
-                    .expect("a mode other than the default was written");
+                let at = c.mode.as_ref().map_or(span.clone(), Spanned::span);
                 self.mistake(
-                    m.span(),
+                    at,
                     format!("unknown cluster mode `{other}`"),
                     "write \"local\", \"linux\" or \"hook\"",
                 );
@@ -623,19 +622,7 @@ impl Checker<'_> {
                 }
             }
         };
-        let secret = match (&c.secret, &c.secret_env) {
-            (Some(_), Some(_)) => {
-                self.mistake(
-                    span.clone(),
-                    "both `secret` and `secret_env` are set",
-                    "keep one: `secret_env` keeps the secret out of the file",
-                );
-                None
-            }
-            (Some(s), None) => Some(Secret::Literal(s.clone())),
-            (None, Some(e)) => Some(Secret::Env(e.clone())),
-            (None, None) => None,
-        };
+        let secret = self.cluster_secret(c, span);
         Cluster {
             floating,
             secret,
@@ -643,6 +630,22 @@ impl Checker<'_> {
             dead_after: self.count(c.dead_after.as_ref(), 3),
             preempt: c.preempt.unwrap_or(false),
         }
+    }
+
+    /// Plain HTTP answers 308 to HTTPS whenever the site has an HTTPS frontend,
+    /// unless the file says `https_redirect = false`: a session cookie must not
+    /// travel in clear because a browser typed the name without `https://`.
+    fn https_redirect(&mut self, raw: Option<&Spanned<bool>>, has_https: bool) -> bool {
+        let Some(raw) = raw else { return has_https };
+        if *raw.get_ref() && !has_https {
+            self.mistake(
+                raw.span(),
+                "`https_redirect = true`, but the site has no HTTPS frontend to send clients to",
+                "give the load balancers a `tls_listen` (or the cluster a `tls_address`), \
+                 or remove `https_redirect`",
+            );
+        }
+        *raw.get_ref()
     }
 
     /// One `trusted_proxies` entry: an address or an address block.
@@ -666,6 +669,71 @@ impl Checker<'_> {
             hint,
         );
         None
+    }
+
+    /// Where the heartbeats' key comes from. A cluster must have one: without it
+    /// anyone who can send a datagram to a heartbeat port can take the floating
+    /// address. Running without is allowed only when the file says so in words
+    /// (`insecure_no_secret = true`), and `explain` then lists it as a risk.
+    fn cluster_secret(&mut self, c: &RawCluster, span: Range<usize>) -> Option<Secret> {
+        let no_secret = c.insecure_no_secret.as_ref().filter(|v| *v.get_ref());
+        match (&c.secret, &c.secret_env, no_secret) {
+            (Some(_), Some(env), _) => {
+                self.mistake(
+                    env.span(),
+                    "both `secret` and `secret_env` are set",
+                    "keep one: `secret_env` keeps the secret out of the file",
+                );
+                None
+            }
+            (Some(_), None, Some(flag)) | (None, Some(_), Some(flag)) => {
+                self.mistake(
+                    flag.span(),
+                    "`insecure_no_secret = true`, but a secret is set",
+                    "remove `insecure_no_secret`: with a secret the heartbeats are signed",
+                );
+                None
+            }
+            (Some(secret), None, None) => {
+                if secret.get_ref().is_empty() {
+                    self.mistake(
+                        secret.span(),
+                        "the cluster secret is empty: heartbeats would be signed with an empty key",
+                        "write a long random secret (`openssl rand -hex 32`), the same on both \
+                         load balancers; better, `secret_env = \"SCALEUP_CLUSTER_SECRET\"` keeps \
+                         it out of the file",
+                    );
+                }
+                Some(Secret::Literal(secret.get_ref().clone()))
+            }
+            (None, Some(env), None) => {
+                let name = env.get_ref();
+                let valid = !name.is_empty()
+                    && !name.starts_with(|c: char| c.is_ascii_digit())
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    self.mistake(
+                        env.span(),
+                        format!("`{name}` is not an environment variable name"),
+                        "write a name of letters, digits and `_`, like \"SCALEUP_CLUSTER_SECRET\"",
+                    );
+                }
+                Some(Secret::Env(name.clone()))
+            }
+            (None, None, Some(_)) => None,
+            (None, None, None) => {
+                self.mistake(
+                    span,
+                    "this cluster has no secret: anyone who can send a datagram to a heartbeat \
+                     port could take the floating address",
+                    "add `secret_env = \"SCALEUP_CLUSTER_SECRET\"` and export that variable with \
+                     the same random value (`openssl rand -hex 32`) on both load balancers, or \
+                     write `secret = \"...\"`; on a network you trust completely, \
+                     `insecure_no_secret = true` runs without one",
+                );
+                None
+            }
+        }
     }
 
     /// `10.0.0.100/24:80`: a floating IP, its prefix length and the port clients use.
@@ -942,9 +1010,7 @@ impl Checker<'_> {
 
     fn health(&mut self, raw: Option<&RawHealth>) -> HealthCheck {
         HealthCheck {
-            path: raw
-                .and_then(|h| h.path.clone())
-                .unwrap_or_else(|| "/healthz".into()),
+            path: self.health_path(raw.and_then(|h| h.path.as_ref())),
             interval: self.duration(
                 raw.and_then(|h| h.interval.as_ref()),
                 Duration::from_secs(2),
@@ -953,6 +1019,34 @@ impl Checker<'_> {
             rise: self.count(raw.and_then(|h| h.rise.as_ref()), 2),
             fall: self.count(raw.and_then(|h| h.fall.as_ref()), 3),
         }
+    }
+
+    /// The path a health check requests: it goes into a request line as it is, so it
+    /// must be a request target (`/` then URL characters), not just any text.
+    fn health_path(&mut self, raw: Option<&Spanned<String>>) -> String {
+        let Some(raw) = raw else {
+            return "/healthz".into();
+        };
+        let path = raw.get_ref();
+        let Some((at, problem)) = request_target_problem(path) else {
+            return path.clone();
+        };
+        // Point at the character itself when the value is written without escapes.
+        let span = raw.span();
+        let span = if self.text.get(span.clone()) == Some(&format!("\"{path}\"")) {
+            let start = span.start + 1 + at;
+            let width = path[at..].chars().next().map_or(1, char::len_utf8);
+            start..start + width
+        } else {
+            span
+        };
+        self.mistake(
+            span,
+            format!("`{path}` cannot be a health-check path: {problem}"),
+            "write a path that starts with `/` and uses URL characters only, like \"/healthz\"; \
+             write a space or another special character as %XX (a space is %20)",
+        );
+        "/healthz".into()
     }
 
     fn timeouts(&mut self, raw: Option<&RawTimeouts>) -> Timeouts {
@@ -1165,6 +1259,49 @@ impl Checker<'_> {
     }
 }
 
+/// Whether the site has an HTTPS frontend: a load balancer's `tls_listen`, or the
+/// local cluster's floating `tls_address`.
+fn has_https_frontend(raw: &RawSite) -> bool {
+    raw.lb.iter().any(|l| l.tls_listen.is_some())
+        || raw.cluster.as_ref().is_some_and(|c| {
+            let c = c.get_ref();
+            c.tls_address.is_some() && c.mode.as_ref().is_none_or(|m| m.get_ref() == "local")
+        })
+}
+
+/// Why `path` cannot be sent as an origin-form request target (`/path?query`, RFC
+/// 9112 section 3.2.1), with the byte offset of the trouble; `None` when it can.
+fn request_target_problem(path: &str) -> Option<(usize, String)> {
+    if !path.starts_with('/') {
+        return Some((0, "it does not start with `/`".into()));
+    }
+    if path.starts_with("//") {
+        return Some((0, "it starts with `//`, which reads as a host name".into()));
+    }
+    let bytes = path.as_bytes();
+    for (i, c) in path.char_indices() {
+        let allowed = c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/?".contains(c);
+        if allowed {
+            continue;
+        }
+        if c == '%' {
+            let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
+            if hex(i + 1) && hex(i + 2) {
+                continue;
+            }
+            return Some((i, "`%` must be followed by two hex digits".into()));
+        }
+        let what = match c {
+            ' ' => "a space".to_string(),
+            '#' => "`#` (a fragment is never sent to a server)".to_string(),
+            c if c.is_control() => format!("a control character (U+{:04X})", c as u32),
+            c => format!("`{c}`"),
+        };
+        return Some((i, format!("{what} is not allowed in a request target")));
+    }
+    None
+}
+
 fn absolute(base: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
     let joined = if p.is_absolute() {
@@ -1246,6 +1383,154 @@ mod tests {
             .contains("`proxy.example` is not an address"));
         assert_eq!(found[1].line, line);
         assert!(found[1].hint.as_deref().unwrap().contains("\"10.0.0.0/8\""));
+    }
+
+    fn default_text() -> String {
+        crate::default_site(8080, "/tmp/x", "test-secret")
+    }
+
+    fn ok(text: &str) -> Site {
+        parse(text, "test.toml", Path::new("/tmp")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The line and column of `needle`'s first byte in `text`, 1-based.
+    fn position(text: &str, needle: &str) -> (usize, usize) {
+        crate::error::line_column(text, text.find(needle).unwrap())
+    }
+
+    #[test]
+    fn a_health_path_must_be_a_request_target() {
+        let text = default_text().replace("path = \"/healthz\"", "path = \"/health z\"");
+        let found = mistakes(&text);
+        assert_eq!(
+            found.len(),
+            2,
+            "both [balancer.health] and [web.health]: {found:?}"
+        );
+        let (line, column) = position(&text, " z\"");
+        assert_eq!(
+            (found[0].line, found[0].column),
+            (line, column),
+            "at the space"
+        );
+        assert!(
+            found[0].message.contains("a space is not allowed"),
+            "{}",
+            found[0].message
+        );
+        let rendered = SiteError::Invalid {
+            origin: "site.toml".into(),
+            mistakes: found,
+        }
+        .to_string();
+        assert!(
+            rendered.contains(&format!("site.toml:{line}:{column}:")),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("help: write a path that starts with `/`"),
+            "{rendered}"
+        );
+
+        for (bad, why) in [
+            ("healthz", "does not start with `/`"),
+            ("/a%zz", "two hex digits"),
+            ("/a#b", "fragment"),
+            ("/a\\u0007", "control character"),
+            ("/caf\u{e9}", "`\u{e9}`"),
+            ("//evil.example/", "host name"),
+            ("", "does not start with `/`"),
+        ] {
+            let text =
+                default_text().replacen("path = \"/healthz\"", &format!("path = \"{bad}\""), 1);
+            let found = mistakes(&text);
+            assert!(found[0].message.contains(why), "{bad}: {found:?}");
+        }
+        for good in [
+            "/healthz",
+            "/status?full=1",
+            "/a%20b",
+            "/x-y_z.~!$&'()*+,;=:@",
+        ] {
+            let text =
+                default_text().replacen("path = \"/healthz\"", &format!("path = \"{good}\""), 1);
+            assert_eq!(ok(&text).balancer.health.path, good);
+        }
+    }
+
+    #[test]
+    fn a_cluster_needs_a_secret_or_says_it_has_none() {
+        let default = default_text();
+        let without = default.replace("secret = \"test-secret\"\n", "");
+        let found = mistakes(&without);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.contains("this cluster has no secret"));
+        assert!(found[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("insecure_no_secret = true"));
+
+        let empty = default.replace("secret = \"test-secret\"", "secret = \"\"");
+        let found = mistakes(&empty);
+        assert_eq!(position(&empty, "secret = \"\"").0, found[0].line);
+        assert!(found[0].message.contains("secret is empty"));
+
+        let empty_env = default.replace("secret = \"test-secret\"", "secret_env = \"\"");
+        assert!(mistakes(&empty_env)[0]
+            .message
+            .contains("not an environment variable name"));
+
+        let both = default.replace(
+            "secret = \"test-secret\"",
+            "secret = \"test-secret\"\ninsecure_no_secret = true",
+        );
+        let found = mistakes(&both);
+        assert_eq!(position(&both, "insecure_no_secret").0, found[0].line);
+
+        let said_so = default.replace("secret = \"test-secret\"", "insecure_no_secret = true");
+        assert!(ok(&said_so).cluster.unwrap().secret.is_none());
+        let env = default.replace("secret = \"test-secret\"", "secret_env = \"LB_SECRET\"");
+        assert_eq!(
+            ok(&env).cluster.unwrap().secret,
+            Some(Secret::Env("LB_SECRET".into()))
+        );
+    }
+
+    #[test]
+    fn a_site_with_https_redirects_plain_http_unless_it_says_not_to() {
+        let default = default_text();
+        assert!(
+            !default.lines().any(|l| l.starts_with("https_redirect")),
+            "the default site relies on the default"
+        );
+        let site = ok(&default);
+        assert!(site.has_https());
+        assert!(site.balancer.https_redirect, "the default site redirects");
+
+        let off = default.replace("[balancer]\n", "[balancer]\nhttps_redirect = false\n");
+        assert!(!ok(&off).balancer.https_redirect);
+
+        // No HTTPS frontend at all: nothing to redirect to, and saying so is a mistake.
+        let plain = default
+            .replace("tls_address = ", "# tls_address = ")
+            .replace("tls_listen = ", "# tls_listen = ");
+        let site = ok(&plain);
+        assert!(!site.has_https());
+        assert!(!site.balancer.https_redirect);
+        let want = plain.replace("[balancer]\n", "[balancer]\nhttps_redirect = true\n");
+        let found = mistakes(&want);
+        assert!(found[0].message.contains("no HTTPS frontend"), "{found:?}");
+        assert_eq!(position(&want, "https_redirect").0, found[0].line);
+    }
+
+    #[test]
+    fn an_unknown_cluster_mode_is_a_mistake_not_a_panic() {
+        let text = default_text().replace("mode = \"local\"", "mode = \"carp\"");
+        let found = mistakes(&text);
+        assert!(found
+            .iter()
+            .any(|m| m.message.contains("unknown cluster mode `carp`")));
     }
 
     #[test]

@@ -7,9 +7,13 @@
 //! - every element of the site (the DNS entry, the load balancers' floating address
 //!   when they form a cluster, each node, the database) with why it is there, in the
 //!   words of the scale-up design;
-//! - the site's risks (single points of failure, no TLS, unauthenticated heartbeats,
-//!   open admin listeners, idle nodes), most serious first, each with what would
-//!   remove it.
+//! - the site's risks (single points of failure, no TLS, plain HTTP still served,
+//!   no HSTS, plain HTTP between machines, unauthenticated heartbeats, forwarding
+//!   headers trusted from everyone, open admin listeners, idle nodes), most serious
+//!   first, each with what would remove it. Only what is true of the site is listed.
+//!
+//! The parts live in `elements.rs`, `risks.rs`, `mermaid.rs`, `picture.rs` (the
+//! terminal picture) and `helpers.rs`.
 //!
 //! Nothing here reads files or opens sockets; it only looks at the model.
 

@@ -166,7 +166,7 @@ pub(super) fn risks(v: &View) -> Vec<Risk> {
     }
 
     // No TLS, or TLS that browsers are not sent to.
-    let https = site.lbs.iter().any(|l| l.tls_listen.is_some());
+    let https = site.has_https();
     if !https {
         out.push(Risk {
             severity: Severity::High,
@@ -183,14 +183,30 @@ pub(super) fn risks(v: &View) -> Vec<Risk> {
         out.push(Risk {
             severity: Severity::Medium,
             what: format!(
-                "Plain HTTP is still served: a browser that types {} without https:// \
-                 logs in over plain HTTP until it has seen the HSTS header once.",
+                "Plain HTTP is still served (`https_redirect = false`): a browser that types \
+                 {} without https:// logs in over plain HTTP, where its password and session \
+                 cookie can be read, until it has seen the HSTS header once.",
                 site.name
             ),
-            fix: "Set `https_redirect = true` in [balancer]: the plain-HTTP frontend then \
+            fix: "Remove `https_redirect = false` from [balancer]: the plain-HTTP frontend then \
                   answers 308 to HTTPS (health checks and ACME challenges excepted)."
                 .into(),
         });
+    }
+    if https && site.tls.hsts.is_none() {
+        out.push(Risk {
+            severity: Severity::Medium,
+            what: "HTTPS responses carry no Strict-Transport-Security header ([tls] hsts = \"\"): \
+                   a browser keeps trying plain HTTP first, and whoever is on the path can \
+                   answer that request instead of the site (SSL stripping)."
+                .into(),
+            fix: "Set hsts = \"max-age=63072000\" in [tls] (or remove the empty value: that is \
+                  the default) once every name of the site is served over HTTPS."
+                .into(),
+        });
+    }
+    if https {
+        plain_hops(v, &mut out);
     }
     if https && site.tls.files.is_none() {
         out.push(Risk {
@@ -200,6 +216,22 @@ pub(super) fn risks(v: &View) -> Vec<Risk> {
                 .into(),
             fix: "Put the site's certificate and key (from a CA, e.g. by ACME; the web \
                   servers serve /.well-known/acme-challenge/) in [tls] `cert` and `key`."
+                .into(),
+        });
+    }
+
+    // Forwarding headers believed from anyone.
+    if let Some(everyone) = site.balancer.trusted_proxies.iter().find(|c| c.prefix == 0) {
+        out.push(Risk {
+            severity: Severity::High,
+            what: format!(
+                "balancer.trusted_proxies holds {everyone}, which is every address: any client \
+                 can write its own X-Forwarded-For and X-Forwarded-Proto, so the access logs, \
+                 per-client limits and the application see whatever address it claims."
+            ),
+            fix: "List only the addresses of the proxies in front of the load balancers, \
+                  like trusted_proxies = [\"10.0.0.0/24\"], or none when clients connect to \
+                  the load balancers directly."
                 .into(),
         });
     }
@@ -276,13 +308,14 @@ pub(super) fn cluster_risks(c: &Cluster, out: &mut Vec<Risk>) {
     match &c.secret {
         None => out.push(Risk {
             severity: Severity::High,
-            what: "The load-balancer cluster's heartbeats are not authenticated: anyone on the \
-                   network can forge a heartbeat and take or release the floating address, \
-                   taking the site down or sending its clients elsewhere."
+            what: "The load-balancer cluster's heartbeats are not authenticated \
+                   (`insecure_no_secret = true`): anyone on the network can forge a heartbeat \
+                   and take or release the floating address, taking the site down or sending \
+                   its clients elsewhere."
                 .into(),
-            fix: "Set `secret_env = \"SCALEUP_CLUSTER_SECRET\"` (or `secret`) in [cluster], with \
-                  the same secret on both load balancers: heartbeats are then signed, and forged \
-                  or replayed ones are refused."
+            fix: "Replace `insecure_no_secret = true` in [cluster] with `secret_env = \
+                  \"SCALEUP_CLUSTER_SECRET\"` (or `secret`), with the same secret on both load \
+                  balancers: heartbeats are then signed, and forged or replayed ones are refused."
                 .into(),
         }),
         Some(Secret::Literal(_)) => out.push(Risk {
@@ -310,4 +343,53 @@ pub(super) fn cluster_risks(c: &Cluster, out: &mut Vec<Risk>) {
                 .into(),
         });
     }
+}
+
+/// Hops inside the site that carry requests (passwords, session cookies) as plain
+/// HTTP between machines: from the load balancers to the web servers when TLS ends
+/// at the load balancers (`tls_mode = "http"`), and from the web servers to the
+/// application servers (always plain HTTP). A hop between two loopback addresses
+/// stays on one machine and is left out.
+fn plain_hops(v: &View, out: &mut Vec<Risk>) {
+    let site = v.site;
+    let off_machine =
+        |a: &Node, b: &Node| !(a.listen.ip().is_loopback() && b.listen.ip().is_loopback());
+    let mut hops: Vec<String> = Vec::new();
+    if site.balancer.tls_mode == TlsMode::Http {
+        for lb in &site.lbs {
+            for web in &v.pool {
+                if off_machine(&lb.node, &web.node) {
+                    hops.push(format!("{} to {}", lb.node.name, web.node.name));
+                }
+            }
+        }
+    }
+    for web in &v.pool {
+        for app in web.apps.iter().filter_map(|a| site.app(a)) {
+            if off_machine(&web.node, &app.node) {
+                hops.push(format!("{} to {}", web.node.name, app.node.name));
+            }
+        }
+    }
+    if hops.is_empty() {
+        return;
+    }
+    out.push(Risk {
+        severity: Severity::Medium,
+        what: format!(
+            "Requests cross the network between tiers as plain HTTP ({}): anyone on that \
+             network can read the passwords and session cookies that HTTPS protected on the \
+             way in.",
+            join(&hops)
+        ),
+        fix: format!(
+            "Keep those machines on a private network of their own (a VLAN or a cloud VPC \
+             that nothing else reaches){}.",
+            if site.balancer.tls_mode == TlsMode::Http {
+                ", or pass TLS through to the web servers with tls_mode = \"tcp\" in [balancer]"
+            } else {
+                ""
+            }
+        ),
+    });
 }

@@ -74,11 +74,17 @@ fn default_site_lists_the_single_points_of_failure() {
     assert!(!has(&e.risks, Severity::High, &["load balancer lb1"]));
     assert!(!e.risks.iter().any(|r| r.what.contains("not a cluster")));
     assert!(!e.risks.iter().any(|r| r.what.contains("not authenticated")));
-    assert!(has(
-        &e.risks,
-        Severity::Medium,
-        &["Plain HTTP is still served"]
-    ));
+    // HTTPS by default: plain HTTP redirects, HSTS is on, and every hop is loopback.
+    assert!(
+        !e.risks.iter().any(|r| r.what.contains("Plain HTTP")),
+        "{:#?}",
+        e.risks
+    );
+    assert!(!e
+        .risks
+        .iter()
+        .any(|r| r.what.contains("Strict-Transport-Security")));
+    assert!(!e.risks.iter().any(|r| r.what.contains("between tiers")));
     assert!(has(&e.risks, Severity::Medium, &["self-signed"]));
     // Local mode: one machine carries both load balancers.
     let local = e
@@ -491,13 +497,14 @@ admin = "127.0.0.1:7103"
 #[test]
 fn a_cluster_without_a_secret_has_unauthenticated_heartbeats() {
     let e = explain(&site(&cluster_site(
-        "mode = \"local\"\naddress = \"127.0.0.1:8000\"\n",
+        "mode = \"local\"\naddress = \"127.0.0.1:8000\"\ninsecure_no_secret = true\n",
     )));
     let risk = e
         .risks
         .iter()
         .find(|r| r.what.contains("heartbeats are not authenticated"))
         .expect("unauthenticated risk");
+    assert!(risk.what.contains("insecure_no_secret = true"));
     assert_eq!(risk.severity, Severity::High);
     assert!(risk.what.contains("forge a heartbeat"));
     assert!(risk.what.contains("take or release the floating address"));
@@ -635,4 +642,71 @@ fn fit_and_wrap_keep_to_the_width() {
     for line in wrap(&long, "  ", "  ").lines() {
         assert!(line.len() <= WIDTH);
     }
+}
+
+#[test]
+fn turning_https_off_piece_by_piece_is_listed_as_risks() {
+    let default = crate::default_site(8080, "/tmp/x", "test-secret");
+    let text = default
+        .replace("[balancer]\n", "[balancer]\nhttps_redirect = false\n")
+        .replace("hsts = \"max-age=63072000\"", "hsts = \"\"");
+    let e = explain(&site(&text));
+    let redirect = e
+        .risks
+        .iter()
+        .find(|r| r.what.contains("Plain HTTP is still served"))
+        .expect("https_redirect = false is a risk");
+    assert_eq!(redirect.severity, Severity::Medium);
+    assert!(redirect.what.contains("`https_redirect = false`"));
+    assert!(redirect.fix.contains("Remove `https_redirect = false`"));
+    assert!(has(
+        &e.risks,
+        Severity::Medium,
+        &["no Strict-Transport-Security"]
+    ));
+}
+
+#[test]
+fn plain_http_between_machines_is_a_risk_only_off_loopback() {
+    let default = crate::default_site(8080, "/tmp/x", "test-secret");
+    let e = explain(&site(&default));
+    assert!(!e.risks.iter().any(|r| r.what.contains("between tiers")));
+    // The application server on another machine, TLS ended at the load balancers.
+    let text = default
+        .replace("listen = \"127.0.0.1:8084\"", "listen = \"10.0.0.4:8084\"")
+        .replace("tls_mode = \"tcp\"", "tls_mode = \"http\"");
+    let e = explain(&site(&text));
+    let risk = e
+        .risks
+        .iter()
+        .find(|r| r.what.contains("between tiers"))
+        .expect("plain hop");
+    assert!(risk.what.contains("web1 to app1"), "{}", risk.what);
+    assert!(
+        !risk.what.contains("lb1 to web1"),
+        "loopback to loopback stays on one machine"
+    );
+    assert!(risk.fix.contains("tls_mode = \"tcp\""));
+}
+
+#[test]
+fn trusting_every_proxy_is_a_risk() {
+    let default = crate::default_site(8080, "/tmp/x", "test-secret");
+    let careful = default.replace(
+        "[balancer]\n",
+        "[balancer]\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+    );
+    assert!(!explain(&site(&careful))
+        .risks
+        .iter()
+        .any(|r| r.what.contains("trusted_proxies")));
+    let everyone = default.replace(
+        "[balancer]\n",
+        "[balancer]\ntrusted_proxies = [\"0.0.0.0/0\"]\n",
+    );
+    assert!(has(
+        &explain(&site(&everyone)).risks,
+        Severity::High,
+        &["trusted_proxies holds 0.0.0.0/0"]
+    ));
 }
