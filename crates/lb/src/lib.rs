@@ -119,18 +119,17 @@ impl Handler for LoadBalancer {
         let start = Instant::now();
         self.metrics.request_started();
         let secure = req.extensions().get::<ConnInfo>().is_some_and(|c| c.secure);
-        if let (false, Some(port)) = (secure, self.redirect_to) {
-            if let Some(resp) = redirect(&req, port) {
-                return resp;
-            }
-        }
         // The first hop: what the client claimed about itself goes, this hop's own
         // forwarding headers come in (after the client's `Connection` list is
         // applied, so it cannot name them), and then the request id.
         forwarding(req.headers_mut(), peer, secure, &self.trusted);
         let request_id = self.ids.ensure(req.headers_mut());
-        let mut resp = match refuse_malformed(&req, &request_id) {
-            Some(refusal) => refusal,
+        let answered_here = refuse_malformed(&req, &request_id).or_else(|| {
+            let port = self.redirect_to.filter(|_| !secure)?;
+            redirect(&req, port)
+        });
+        let mut resp = match answered_here {
+            Some(resp) => resp,
             None => net::proxy::forward(&self.pool, req, peer, self.policy, &request_id).await,
         };
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
