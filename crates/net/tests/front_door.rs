@@ -302,3 +302,36 @@ async fn a_proxy_header_from_a_stranger_is_closed_at_once_not_polled() {
     .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nearly_full_listener_waits_less_for_a_first_request() {
+    let limits = Limits {
+        budget: Budget::new(20, 100),
+        header_timeout: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let addr = start(Counting, limits, Transport::default());
+    let (early_open, late_closed_in) = tokio::task::spawn_blocking(move || {
+        // Eighteen idle connections: the budget is not yet pressed.
+        let mut early: Vec<TcpStream> =
+            (0..18).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        // The nineteenth finds under a tenth of the places left.
+        let mut late = TcpStream::connect(addr).unwrap();
+        let started = Instant::now();
+        let closed = closed_within(&mut late, Duration::from_secs(10));
+        let late_closed_in = closed.then(|| started.elapsed());
+        let early_open = early
+            .iter_mut()
+            .all(|s| !closed_within(s, Duration::from_millis(20)));
+        (early_open, late_closed_in)
+    })
+    .await
+    .unwrap();
+    let took = late_closed_in.expect("the late connection was kept for the full head timeout");
+    assert!(took < Duration::from_secs(6), "closed after {took:?}");
+    assert!(
+        early_open,
+        "connections made before the pressure were cut short"
+    );
+}
