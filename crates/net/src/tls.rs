@@ -41,7 +41,9 @@ pub fn ensure_self_signed(site: &site::Site) -> anyhow::Result<site::TlsFiles> {
     let names = vec![site.name.clone(), "localhost".into(), "127.0.0.1".into()];
     let rcgen::CertifiedKey { cert, key_pair } = rcgen::generate_simple_self_signed(names)
         .with_context(|| format!("cannot make a certificate for {}", site.name))?;
-    let dir = files.cert.parent().expect("the files are in a folder");
+    let dir = files.cert.parent().with_context(|| {
+        format!("{} is not in a folder: set the site's state_dir", files.cert.display())
+    })?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // The key first and the certificate last: a certificate file means the pair is whole.
     write_atomically(&files.key, key_pair.serialize_pem().as_bytes(), 0o600)?;
