@@ -122,7 +122,14 @@ pub fn verify(secret: &[u8], parts: &[&[u8]], given: &[u8]) -> bool {
 impl Beat {
     /// The datagram for this beat, signed with `secret`.
     pub fn encode(&self, secret: &[u8]) -> Vec<u8> {
-        let name = &self.name.as_bytes()[..self.name.len().min(255)];
+        // The length is one byte: a longer name is cut, at a character boundary so
+        // that what arrives is still UTF-8 (cut inside a character, every beat of this
+        // node would be refused as malformed).
+        let mut end = self.name.len().min(255);
+        while !self.name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let name = &self.name.as_bytes()[..end];
         let mut out = Vec::with_capacity(4 + 4 + 16 + 1 + name.len() + TAG_LEN);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&[

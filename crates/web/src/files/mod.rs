@@ -50,7 +50,10 @@ mod cache;
 mod compress;
 mod conditional;
 mod path;
-mod range;
+/// The `Range` parser, public only so that the property tests (`tests/prop_range.rs`)
+/// can drive it directly with millions of headers; not part of the web server's API.
+#[doc(hidden)]
+pub mod range;
 
 /// What the static-file handler decided about one request.
 #[derive(Debug)]

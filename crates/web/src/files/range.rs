@@ -4,11 +4,11 @@
 /// More disjoint ranges than this (after coalescing) and the Range header is ignored
 /// and the whole file is sent: thousands of tiny parts would cost more in part headers
 /// than the file itself, a known amplification trick (RFC 9110 §14.2 allows ignoring).
-pub(super) const MAX_RANGES: usize = 64;
+pub const MAX_RANGES: usize = 64;
 
 /// One byte-range spec of a `Range: bytes=` header, not yet checked against the length.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum RangeSpec {
+pub enum RangeSpec {
     /// `a-b`, both inclusive.
     FromTo(u64, u64),
     /// `a-`: from `a` to the end.
@@ -19,7 +19,7 @@ pub(super) enum RangeSpec {
 
 /// Parses a `Range` header; `None` when it is not valid `bytes=` syntax, in which case
 /// the header is ignored and the whole file sent (RFC 9110 §14.2).
-pub(super) fn parse_range(value: &str) -> Option<Vec<RangeSpec>> {
+pub fn parse_range(value: &str) -> Option<Vec<RangeSpec>> {
     let (unit, set) = value.split_once('=')?;
     if !unit.trim().eq_ignore_ascii_case("bytes") {
         return None;
@@ -58,7 +58,7 @@ fn digits(text: &str) -> Option<u64> {
 
 /// The ranges that overlap a file of `len` bytes, as inclusive `(start, end)` pairs,
 /// sorted, with overlapping and adjacent ranges merged. Empty means 416.
-pub(super) fn satisfiable(specs: &[RangeSpec], len: u64) -> Vec<(u64, u64)> {
+pub fn satisfiable(specs: &[RangeSpec], len: u64) -> Vec<(u64, u64)> {
     let mut ranges: Vec<(u64, u64)> = specs
         .iter()
         .filter_map(|spec| match *spec {
