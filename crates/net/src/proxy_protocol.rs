@@ -28,11 +28,13 @@ pub fn header(client: SocketAddr, local: SocketAddr) -> io::Result<Vec<u8>> {
                 .map(|ip| SocketAddr::new(ip.into(), l.port()))
                 .unwrap_or(SocketAddr::new([0, 0, 0, 0].into(), l.port())),
         ),
-        (SocketAddr::V6(c), SocketAddr::V4(_)) => match c.ip().to_ipv4_mapped() {
+        (SocketAddr::V6(c), SocketAddr::V4(l)) => match c.ip().to_ipv4_mapped() {
             Some(ip) => (SocketAddr::new(ip.into(), c.port()), local),
+            // A real IPv6 client: the local address goes up to IPv6 (mixed families
+            // would be written as UNSPEC and the client's address lost).
             None => (
                 client,
-                SocketAddr::new(local.ip().to_canonical(), local.port()),
+                SocketAddr::new(l.ip().to_ipv6_mapped().into(), l.port()),
             ),
         },
         _ => (client, local),
@@ -46,8 +48,9 @@ pub fn header(client: SocketAddr, local: SocketAddr) -> io::Result<Vec<u8>> {
 }
 
 /// The longest header accepted: the addresses plus room for TLVs. A load balancer
-/// of this site writes no TLVs; anything this long is not ours.
-const MAX_HEADER: usize = 16 + 512;
+/// of this site writes no TLVs; anything this long is not ours. Public so the
+/// property tests can check that `accept` never reads (or allocates) more.
+pub const MAX_HEADER: usize = 16 + 512;
 
 /// A warning a hostile client can trigger: written at most once a second.
 static REFUSED: crate::budget::LogEvery = crate::budget::LogEvery::new();
