@@ -14,7 +14,7 @@ mod run;
 mod status;
 mod up;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -154,14 +154,70 @@ fn load_site(args: &SiteArgs, write_default: bool) -> anyhow::Result<(PathBuf, s
     let text = site::default_site(args.base_port, &state_dir.to_string_lossy(), &secret);
     let path = state_dir.join("site.toml");
     if write_default {
-        std::fs::create_dir_all(&state_dir).map_err(|e| {
-            anyhow::anyhow!("cannot create state directory {}: {e}", state_dir.display())
-        })?;
-        std::fs::write(&path, &text)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        // The state directory is scaleup's own here (the default site's), so an
+        // older, looser one is tightened too.
+        private_dir(&state_dir, true)?;
+        write_private(&path, &text)?;
     }
     let site = site::parse(&text, "(built-in default site)", &state_dir)?;
     Ok((path, site))
+}
+
+/// Makes sure `dir` exists and only its owner can enter it: it holds the site file
+/// with the cluster secret, the database, the TLS key. A directory made here is made
+/// 0700 (parents included); one that exists with access for others is made 0700
+/// when `tighten` (a directory scaleup owns by convention), else reported.
+pub(crate) fn private_dir(dir: &Path, tighten: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let existed = dir.is_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create state directory {}: {e}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(|e| anyhow::anyhow!("cannot read state directory {}: {e}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    if !existed || tighten {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot make state directory {} private (chmod 700): {e}",
+                dir.display()
+            )
+        })?;
+    } else {
+        eprintln!(
+            "scaleup: warning: the state directory {} is open to other users (mode {:o}); \
+             it holds the database and keys: chmod 700 {}",
+            dir.display(),
+            mode & 0o777,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path` readable and writable by its owner only (0600), also when
+/// the file already exists with a looser mode: it holds the cluster secret.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let fail = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(fail)?;
+    // Before the secret goes in: `mode` above only applies to a new file.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(fail)?;
+    file.write_all(text.as_bytes()).map_err(fail)
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {

@@ -58,9 +58,10 @@ async fn supervise(path: &Path, site: &Site) -> anyhow::Result<()> {
         order.len(),
         path.display()
     );
+    // Before any node writes into it: it will hold the database, keys and logs.
+    crate::private_dir(&site.state_dir, false)?;
     // Made here, before any node starts, so nodes that end TLS share one certificate.
-    let https = site.lbs.iter().any(|l| l.tls_listen.is_some());
-    if https {
+    if site.has_https() {
         net::tls::cert_files(site)?;
     }
     let mut signals = Signals::new()?;
@@ -169,18 +170,20 @@ async fn run_nodes(
                 .iter()
                 .min_by_key(by_rank)
                 .map_or("?", |l| l.node.name.as_str());
-            println!(
-                "
-{} is up: open http://{}/",
-                site.name,
-                cluster.floating.describe()
-            );
-            if let site::Floating::Local {
-                tls_address: Some(tls),
-                ..
-            } = &cluster.floating
-            {
-                println!("  or https://localhost:{}/", tls.port());
+            let plain = format!("http://{}/", cluster.floating.describe());
+            match &cluster.floating {
+                site::Floating::Local {
+                    tls_address: Some(tls),
+                    ..
+                } => {
+                    println!(
+                        "\n{} is up: open https://localhost:{}/",
+                        site.name,
+                        tls.port()
+                    );
+                    println!("  {plain} {}", plain_http_words(site));
+                }
+                _ => println!("\n{} is up: open {plain}", site.name),
             }
             println!(
                 "  (the load balancers' floating address: {first} holds it, {second} stands by)"
@@ -196,12 +199,19 @@ async fn run_nodes(
                 if let Some(tls) = lb.tls_listen {
                     println!("  https://localhost:{}/   ({})", tls.port(), lb.node.name);
                 }
-                println!("  http://{}/   ({})", lb.node.listen, lb.node.name);
+            }
+            for lb in &site.lbs {
+                let words = if lb.tls_listen.is_some() {
+                    plain_http_words(site)
+                } else {
+                    ""
+                };
+                let line = format!("  http://{}/   ({}) {words}", lb.node.listen, lb.node.name);
+                println!("{}", line.trim_end());
             }
         }
     }
-    let https = site.lbs.iter().any(|l| l.tls_listen.is_some());
-    if https && site.tls.files.is_none() {
+    if site.has_https() && site.tls.files.is_none() {
         let cert = net::tls::describe(site);
         println!(
             "The HTTPS certificate is self-signed ({cert}). To trust it:\n  \
@@ -225,6 +235,15 @@ async fn run_nodes(
     stop_all(tasks).await;
     println!("scaleup: every node stopped");
     Ok(())
+}
+
+/// What the plain-HTTP address does on a site with HTTPS, for the printed URLs.
+fn plain_http_words(site: &Site) -> &'static str {
+    if site.balancer.https_redirect {
+        "(plain HTTP: redirects to HTTPS)"
+    } else {
+        "(plain HTTP, not redirected: https_redirect = false)"
+    }
 }
 
 /// Stops the nodes one by one in reverse start order (load balancers first, so no

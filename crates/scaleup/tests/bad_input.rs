@@ -12,7 +12,9 @@ use common::*;
 async fn malformed_oversize_and_traversal_requests_are_refused() {
     let base = free_base(DEFAULT_SITE_PORTS);
     let state = tempfile::tempdir().unwrap();
-    let site = write_default_site(base, state.path());
+    // What the load balancer forwards to the web server: without the redirect to
+    // HTTPS, which would answer every path with 308 before it got that far.
+    let site = write_plain_http_site(base, state.path());
     let _app = run_node("app1", &site);
     let _web = run_node("web1", &site);
     let _lb = run_node("lb1", &site);
@@ -229,6 +231,68 @@ fn wrong_site_files_are_refused_with_line_and_column() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn what_would_break_at_run_time_is_refused_by_check() {
+    let base = site::default_site(30000, "/tmp/state", "test-secret");
+
+    // A health path goes into a request line as it is.
+    let spaced = base.replacen("path = \"/healthz\"", "path = \"/health check\"", 1);
+    let err = check(&spaced);
+    let line = line_of(&spaced, "path = \"/health check");
+    assert!(
+        err.contains(&format!(
+            "site.toml:{line}:16: `/health check` cannot be a health-check path: a space"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("help:") && err.contains("%20"), "{err}");
+    let relative = base.replacen("path = \"/healthz\"", "path = \"healthz\"", 1);
+    assert!(
+        check(&relative).contains("does not start with `/`"),
+        "{}",
+        check(&relative)
+    );
+
+    // A cluster signs its heartbeats, or says in words that it does not.
+    let no_secret = base.replacen("secret = \"test-secret\"\n", "", 1);
+    let err = check(&no_secret);
+    assert!(err.contains("this cluster has no secret"), "{err}");
+    assert!(
+        err.contains("help:") && err.contains("insecure_no_secret = true"),
+        "{err}"
+    );
+    let empty = base.replacen("secret = \"test-secret\"", "secret = \"\"", 1);
+    let err = check(&empty);
+    let line = line_of(&empty, "secret = ");
+    assert!(
+        err.contains(&format!("site.toml:{line}:10: the cluster secret is empty")),
+        "{err}"
+    );
+
+    // ... and `explain` lists that choice as a risk.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("site.toml");
+    std::fs::write(
+        &path,
+        base.replacen("secret = \"test-secret\"", "insecure_no_secret = true", 1),
+    )
+    .unwrap();
+    let out = scaleup()
+        .arg("explain")
+        .arg("--site")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("insecure_no_secret = true"), "{text}");
+    assert!(text.contains("not authenticated"), "{text}");
 }
 
 #[test]

@@ -13,7 +13,9 @@ use nix::sys::signal::Signal;
 async fn dead_web_server_gives_503_then_recovers_and_dead_app_gives_502() {
     let base = free_base(DEFAULT_SITE_PORTS);
     let state = tempfile::tempdir().unwrap();
-    let site = write_default_site(base, state.path());
+    // The failure pages are the plain-HTTP frontend's: in `tcp` mode the HTTPS one
+    // relays TLS and has no page to show.
+    let site = write_plain_http_site(base, state.path());
     let lb = format!("http://127.0.0.1:{}", base + 1);
     let web = format!("http://127.0.0.1:{}", base + 3);
 

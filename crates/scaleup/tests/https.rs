@@ -122,8 +122,7 @@ fn https_ends_at_the_load_balancer_in_http_mode_and_plain_http_redirects() {
     let base = free_base(DEFAULT_SITE_PORTS);
     let state = tempfile::tempdir().unwrap();
     let text = site::default_site(base, &state.path().to_string_lossy(), "test-secret")
-        .replace("tls_mode = \"tcp\"", "tls_mode = \"http\"")
-        .replace("https_redirect = false", "https_redirect = true");
+        .replace("tls_mode = \"tcp\"", "tls_mode = \"http\"");
     let site = state.path().join("site.toml");
     std::fs::write(&site, text).unwrap();
     let _up = up(base, state.path(), Some(&site));
@@ -139,7 +138,8 @@ fn https_ends_at_the_load_balancer_in_http_mode_and_plain_http_redirects() {
         );
     }
 
-    // Plain HTTP: 308 to the same path on this balancer's HTTPS port...
+    // Plain HTTP (redirected by default): 308 to the same path on this balancer's
+    // HTTPS port...
     let plain = format!("http://127.0.0.1:{base}");
     let seen = curl(state.path(), &[&format!("{plain}/signup?next=1")]);
     assert_eq!(seen.status, 308);

@@ -72,10 +72,11 @@ async fn managed_mariadb_reads_from_the_replica_survives_a_dead_primary_and_a_re
     let site = write_mariadb_site(base, state.path());
     let mut up1 = up(&site);
 
-    // The site's floating address, and app1's admin listener.
-    let lb1 = format!("http://127.0.0.1:{base}");
+    // The site's floating HTTPS address (cookies are `Secure`), and app1's admin
+    // listener.
+    let lb1 = https_site(base);
     let admin = format!("http://127.0.0.1:{}", base + 14);
-    let client = reqwest::Client::builder()
+    let client = https_client(state.path())
         .cookie_store(true)
         .timeout(Duration::from_secs(10))
         .build()
@@ -108,7 +109,7 @@ async fn managed_mariadb_reads_from_the_replica_survives_a_dead_primary_and_a_re
     assert_eq!(resp.status(), 201);
 
     // Timeline reads (another visitor: no cookies) are answered by the replica.
-    let reader = reqwest::Client::new();
+    let reader = https_client(state.path()).build().unwrap();
     let before = reads_of(&reader, &admin, "replica1").await;
     for _ in 0..5 {
         let timeline = reader

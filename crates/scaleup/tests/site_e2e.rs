@@ -1,5 +1,6 @@
 //! The whole site end to end: `scaleup up` on the built-in default site, a real
-//! HTTP client through a load balancer, then Ctrl-C.
+//! HTTPS client through a load balancer, then Ctrl-C; plain HTTP redirected to HTTPS;
+//! the state directory and the site file (it holds the cluster secret) private.
 
 mod common;
 
@@ -14,10 +15,11 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
     let state = tempfile::tempdir().unwrap();
     let mut up = start_up(base, state.path());
 
-    // The site's floating address, held by the active load balancer, and lb2's own.
-    let lb1 = format!("http://127.0.0.1:{base}");
-    let lb2 = format!("http://127.0.0.1:{}", base + 2);
-    let client = reqwest::Client::builder()
+    // The site's floating HTTPS address, held by the active load balancer, and lb2's
+    // own HTTPS frontend: the session cookie is `Secure`, so logging in is HTTPS only.
+    let lb1 = https_site(base);
+    let lb2 = format!("https://localhost:{}", base + 7);
+    let client = https_client(state.path())
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
@@ -117,7 +119,7 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
     );
 
     // The JSON API with a bearer token.
-    let api = reqwest::Client::new();
+    let api = https_client(state.path()).build().unwrap();
     let login: serde_json::Value = api
         .post(format!("{lb2}/api/login"))
         .json(&serde_json::json!({"username": "alice", "password": "correct horse battery"}))
@@ -170,7 +172,8 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
     );
     assert_eq!(part.bytes().await.unwrap(), full.slice(0..10));
 
-    // The web server's access log has the first request, with the load balancer's id.
+    // The web server's access log has the first request, with the load balancer's id
+    // and the client's address (from the PROXY header), over HTTP/2 as ALPN chose.
     let log_path = state.path().join("web1-access.log");
     let mut log = String::new();
     for _ in 0..100 {
@@ -185,10 +188,14 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
         .find(|l| l.contains(&format!("rid={request_id}")))
         .unwrap_or_else(|| panic!("no access-log line for {request_id} in:\n{log}"));
     assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
-    assert!(line.contains("\"GET / HTTP/1.1\" 200 "), "{line}");
+    assert!(line.contains("\"GET / HTTP/2.0\" 200 "), "{line}");
 
     // Every node's admin listener reports; `scaleup status` sees them all up.
-    let metrics = page(&client, &format!("http://127.0.0.1:{}/metrics", base + 11)).await;
+    let metrics = page(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{}/metrics", base + 11),
+    )
+    .await;
     assert!(
         metrics.contains("scaleup_upstream_up{node=\"lb1\",pool=\"web\",server=\"web1\"} 1"),
         "{metrics}"
@@ -224,6 +231,7 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
         base + 2,
         base + 3,
         base + 4,
+        base + 5,
         base + 11,
         base + 14,
     ] {
@@ -251,4 +259,71 @@ fn killing_the_supervisor_leaves_no_node_behind() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The built-in default site has HTTPS, so plain HTTP answers 308 to it, on the
+/// floating address and on each load balancer, except health checks and ACME
+/// challenges. And `scaleup up` keeps what it writes to itself: the state directory
+/// is 0700, the generated site file (it holds the cluster secret) 0600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_site_redirects_plain_http_to_https_and_keeps_its_files_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = free_base(DEFAULT_SITE_PORTS);
+    let parent = tempfile::tempdir().unwrap();
+    let state = parent.path().join("state");
+    let _up = start_up(base, &state);
+
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "state directory");
+    assert_eq!(mode(&state.join("site.toml")), 0o600, "generated site file");
+
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // The floating address and lb2's own listener, both to the site's HTTPS address.
+    let tls_port = base + 5;
+    for port in [base, base + 2] {
+        let resp = plain
+            .post(format!("http://127.0.0.1:{port}/login?next=%2F"))
+            .form(&[("username", "alice"), ("password", "in clear")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 308, "port {port}");
+        assert_eq!(
+            resp.headers()["location"],
+            format!("https://127.0.0.1:{tls_port}/login?next=%2F").as_str(),
+            "the same path and query on HTTPS"
+        );
+        let health = plain
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 200, "health checks stay on plain HTTP");
+        let acme = plain
+            .get(format!(
+                "http://127.0.0.1:{port}/.well-known/acme-challenge/token"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(acme.status(), 308, "ACME challenges stay on plain HTTP");
+    }
+
+    // Following the redirect lands on the site, with HSTS.
+    let follow = https_client(&state)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let resp = follow
+        .get(format!("http://127.0.0.1:{base}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.url().scheme(), "https");
+    assert!(resp.headers().contains_key("strict-transport-security"));
 }

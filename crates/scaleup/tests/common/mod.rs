@@ -13,8 +13,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// How many ports the built-in default site uses from its base port: +0 the
-/// floating address, +1/+2 lb1/lb2, +3 web1, +4 app1, +11..+14 their admin
-/// listeners, +21/+22 the heartbeats.
+/// floating address, +1/+2 lb1/lb2, +3 web1, +4 app1, +5 the floating HTTPS address,
+/// +6..+8 the HTTPS listeners of lb1, lb2 and web1, +11..+14 their admin listeners,
+/// +21/+22 the heartbeats.
 pub const DEFAULT_SITE_PORTS: u16 = 23;
 
 /// A base port with `count` free ports after it on 127.0.0.1, picked at random so
@@ -122,6 +123,36 @@ pub fn write_default_site(base: u16, dir: &Path) -> PathBuf {
     let path = dir.join("site.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Like [`write_default_site`], with `https_redirect = false`: for tests about what
+/// happens on the plain-HTTP path itself (failure pages, malformed requests), which
+/// the default site otherwise answers with 308 to HTTPS.
+pub fn write_plain_http_site(base: u16, dir: &Path) -> PathBuf {
+    let text = site::default_site(base, &dir.to_string_lossy(), "test-secret").replacen(
+        "[balancer]\n",
+        "[balancer]\nhttps_redirect = false\n",
+        1,
+    );
+    let path = dir.join("site.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The default site's floating HTTPS address on `base` (lb1 holds it at start), by the
+/// name its self-signed certificate carries.
+pub fn https_site(base: u16) -> String {
+    format!("https://localhost:{}", base + 5)
+}
+
+/// A client that trusts the site's self-signed certificate in `state` (made by `scaleup
+/// up` before the nodes start) and no other authority, as a browser told to trust it.
+pub fn https_client(state: &Path) -> reqwest::ClientBuilder {
+    let cert = state.join("tls/www.foobar.com.crt");
+    let pem = std::fs::read(&cert).unwrap_or_else(|e| panic!("{}: {e}", cert.display()));
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
 }
 
 /// Runs one node of a site file, as `scaleup run` on its own server.
