@@ -260,7 +260,7 @@ pub async fn serve(
         // also holds a connection to a web server.
         budget: net::budget::Budget::for_process(
             b.max_connections,
-            net::budget::DEFAULT_PER_CLIENT,
+            b.max_connections_per_client as usize,
             2,
             Vec::new(),
         ),

@@ -34,9 +34,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// admin listener's own connections, log files.
 const RESERVE: u64 = 256;
 
-/// The default cap on connections from one client address: far above what a
-/// browser opens (6 per host over HTTP/1.1, 1 over HTTP/2), far below the budget.
-pub const DEFAULT_PER_CLIENT: usize = 256;
+/// The default cap on connections from one client address (the site file's
+/// `max_connections_per_client`).
+pub const DEFAULT_PER_CLIENT: usize = site::DEFAULT_MAX_CONNECTIONS_PER_CLIENT as usize;
 
 /// The process's open-file limit (soft), or a conservative guess if it cannot be read.
 pub fn open_file_limit() -> u64 {

@@ -42,7 +42,10 @@ pub fn ensure_self_signed(site: &site::Site) -> anyhow::Result<site::TlsFiles> {
     let rcgen::CertifiedKey { cert, key_pair } = rcgen::generate_simple_self_signed(names)
         .with_context(|| format!("cannot make a certificate for {}", site.name))?;
     let dir = files.cert.parent().with_context(|| {
-        format!("{} is not in a folder: set the site's state_dir", files.cert.display())
+        format!(
+            "{} is not in a folder: set the site's state_dir",
+            files.cert.display()
+        )
     })?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // The key first and the certificate last: a certificate file means the pair is whole.

@@ -226,6 +226,9 @@ pub struct WebNode {
     pub timeouts: Timeouts,
     /// Most client connections served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Most of those from one client address (an IPv6 /64 counts as one), so that one
+    /// host cannot take every place; more are closed as soon as they are accepted.
+    pub max_connections_per_client: u32,
     /// The HTTPS listener (TLS ended here; PROXY protocol v2 accepted from the load
     /// balancers), if any.
     pub tls_listen: Option<SocketAddr>,
@@ -278,6 +281,10 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     pattern[p..].iter().all(|&c| c == b'*')
 }
 
+/// The default cap on connections from one client address: far above what a
+/// browser opens (6 per host over HTTP/1.1, 1 over HTTP/2), far below the budget.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u32 = 256;
+
 /// The headers a web server adds by default: what the foobar pages satisfy (no
 /// inline script or style), and what keeps a static file from being framed or
 /// sniffed into something else.
@@ -310,6 +317,9 @@ pub struct Balancer {
     pub timeouts: Timeouts,
     /// Most client connections served at once per load balancer.
     pub max_connections: usize,
+    /// Most of those from one client address (an IPv6 /64 counts as one), so that one
+    /// host cannot take every place; more are closed as soon as they are accepted.
+    pub max_connections_per_client: u32,
     /// How many other servers an idempotent request that failed to connect is retried on.
     pub retries: u32,
     /// Where the HTTPS frontends (`tls_listen` of each load balancer) end TLS.

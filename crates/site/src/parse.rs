@@ -112,6 +112,7 @@ struct RawWeb {
     health: Option<RawHealth>,
     timeouts: Option<RawTimeouts>,
     max_connections: Option<usize>,
+    max_connections_per_client: Option<Spanned<u32>>,
     tls_listen: Option<Spanned<String>>,
     max_body_bytes: Option<u64>,
     headers: Option<toml::Table>,
@@ -127,6 +128,7 @@ struct RawBalancer {
     health: Option<RawHealth>,
     timeouts: Option<RawTimeouts>,
     max_connections: Option<usize>,
+    max_connections_per_client: Option<Spanned<u32>>,
     retries: Option<u32>,
     tls_mode: Option<Spanned<String>>,
     https_redirect: Option<Spanned<bool>>,
@@ -313,6 +315,10 @@ impl Checker<'_> {
                 health: self.health(w.health.as_ref()),
                 timeouts: self.timeouts(w.timeouts.as_ref()),
                 max_connections: w.max_connections.unwrap_or(10_000),
+                max_connections_per_client: self.count(
+                    w.max_connections_per_client.as_ref(),
+                    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+                ),
                 tls_listen: w.tls_listen.as_ref().map(|a| self.address(a, "tls_listen")),
                 max_body_bytes: w.max_body_bytes.unwrap_or(1024 * 1024),
                 headers: self.headers(w.headers.as_ref()),
@@ -329,6 +335,7 @@ impl Checker<'_> {
                 health: self.health(None),
                 timeouts: self.timeouts(None),
                 max_connections: 10_000,
+                max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
                 retries: 1,
                 tls_mode: TlsMode::Tcp,
                 https_redirect: has_https,
@@ -343,6 +350,10 @@ impl Checker<'_> {
                 health: self.health(b.health.as_ref()),
                 timeouts: self.timeouts(b.timeouts.as_ref()),
                 max_connections: b.max_connections.unwrap_or(10_000),
+                max_connections_per_client: self.count(
+                    b.max_connections_per_client.as_ref(),
+                    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+                ),
                 retries: b.retries.unwrap_or(1),
                 tls_mode: self.tls_mode(b.tls_mode.as_ref()),
                 https_redirect: self.https_redirect(b.https_redirect.as_ref(), has_https),
@@ -1387,6 +1398,23 @@ mod tests {
 
     fn default_text() -> String {
         crate::default_site(8080, "/tmp/x", "test-secret")
+    }
+
+    #[test]
+    fn the_per_client_cap_defaults_and_must_be_positive() {
+        let site = ok(&default_text());
+        assert_eq!(site.balancer.max_connections_per_client, 256);
+        assert_eq!(site.webs[0].max_connections_per_client, 256);
+        let site = ok(&with_balancer("max_connections_per_client = 32"));
+        assert_eq!(site.balancer.max_connections_per_client, 32);
+        let text = with_balancer("max_connections_per_client = 0");
+        let found = mistakes(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let (line, column) = position(&text, "max_connections_per_client = 0");
+        assert_eq!(
+            (found[0].line, found[0].column),
+            (line, column + "max_connections_per_client = ".len())
+        );
     }
 
     fn ok(text: &str) -> Site {

@@ -47,6 +47,8 @@ pub struct Config {
     pub timeouts: site::Timeouts,
     /// Most client connections at once.
     pub max_connections: usize,
+    /// Most client connections from one address (the load balancers excepted).
+    pub max_connections_per_client: usize,
     /// The certificate for the HTTPS listener (needed when one is given to [`serve`]).
     pub tls: Option<site::TlsFiles>,
     /// `Strict-Transport-Security` for HTTPS responses.
@@ -79,6 +81,7 @@ impl Config {
             health: web.health.clone(),
             timeouts: web.timeouts.clone(),
             max_connections: web.max_connections,
+            max_connections_per_client: web.max_connections_per_client as usize,
             tls: match web.tls_listen {
                 Some(_) => Some(net::tls::cert_files(site)?),
                 None => None,
@@ -330,7 +333,7 @@ pub async fn serve(
         // connection to an app server.
         budget: net::budget::Budget::for_process(
             config.max_connections,
-            net::budget::DEFAULT_PER_CLIENT,
+            config.max_connections_per_client,
             2,
             // The load balancers carry every client's requests from one address each.
             config.proxy_from.clone(),

@@ -404,6 +404,7 @@ async fn the_web_server_answers_like_nginx() {
         health: web.health.clone(),
         timeouts: web.timeouts.clone(),
         max_connections: 100,
+        max_connections_per_client: 100,
         tls: None,
         hsts: None,
         proxy_from: Vec::new(),
