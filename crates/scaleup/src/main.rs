@@ -36,8 +36,9 @@ struct SiteArgs {
     /// The site file. Without it, the built-in default site is used.
     #[arg(long, value_name = "FILE")]
     site: Option<PathBuf>,
-    /// First port of the built-in default site (it uses this port and up).
-    #[arg(long, default_value_t = 8080, value_name = "PORT")]
+    /// First port of the built-in default site (it uses this port and the next 22).
+    #[arg(long, default_value_t = 8080, value_name = "PORT",
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(u16::MAX - 22)))]
     base_port: u16,
     /// State directory of the built-in default site.
     #[arg(long, default_value = ".scaleup", value_name = "DIR")]

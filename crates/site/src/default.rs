@@ -9,7 +9,8 @@
 /// and every node reads it from there, so the default takes the same path as a
 /// user's file. Ports, from `base_port`: +0 the site (floating address, HTTP),
 /// +1..+4 the nodes, +5 the site over HTTPS (floating), +6..+8 the nodes' HTTPS
-/// listeners, +11..+14 their admin listeners, +21/+22 the heartbeats.
+/// listeners, +11..+14 their admin listeners, +21/+22 the heartbeats; so
+/// `base_port` must leave 22 ports above it (the command line checks that).
 pub fn default_site(base_port: u16, state_dir: &str, secret: &str) -> String {
     let p = |offset: u16| base_port + offset;
     let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
