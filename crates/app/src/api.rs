@@ -1,7 +1,8 @@
 //! The JSON API under `/api`, for scripts and other clients. Authenticate with
 //! `Authorization: Bearer <token>` (the token comes from `POST /api/login`), or with the
-//! browser's `sid` cookie plus an `X-CSRF-Token` header on unsafe methods. Errors are
-//! `{"error": "..."}` with a fitting status.
+//! browser's session cookie plus an `X-CSRF-Token` header on unsafe methods (the token is
+//! `csrf` in `GET /api/me`'s answer). Errors are `{"error": "..."}` with a fitting status;
+//! 429 and 503 carry `Retry-After`.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{self, Caller};
+use crate::client::Client;
 use crate::error::{ApiError, Problem};
 use crate::pages::split_page;
 use crate::{now, validate, Shared};
@@ -67,9 +69,13 @@ fn post_json(post: &Post) -> Value {
 }
 
 fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    payload
-        .map(|Json(value)| value)
-        .map_err(|rejection| Problem::bad_request(rejection.body_text()).into())
+    payload.map(|Json(value)| value).map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::too_large("the request body is larger than this API accepts; send less").into()
+        } else {
+            Problem::bad_request(rejection.body_text()).into()
+        }
+    })
 }
 
 /// The page cursor and a limit clamped to `1..=MAX_LIMIT`.
@@ -91,33 +97,41 @@ fn bad_input(message: &str) -> ApiError {
 
 async fn signup(
     State(state): State<Shared>,
+    client: Client,
     jar: CookieJar,
     payload: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let credentials = body(payload)?;
     let username = validate::username(&credentials.username).map_err(bad_input)?;
     let password = validate::password(&credentials.password).map_err(bad_input)?;
-    let hash = auth::hash_password(&state.hashing, password.to_owned()).await?;
+    let hash =
+        auth::hash_password(&state.hashing, Some(client.address), password.to_owned()).await?;
     // A taken name surfaces as DbError::Conflict, which ApiError answers with 409.
     let written = state.db.create_user(&username, &hash, now()).await?;
-    let jar = auth::remember_write(jar, &written.position, state.secure_cookies);
+    let jar = auth::remember_write(&state, jar, &written.position);
     let reply = json!({ "user": user_json(&written.value) });
     Ok((StatusCode::CREATED, jar, Json(reply)).into_response())
 }
 
 async fn login(
     State(state): State<Shared>,
+    client: Client,
     jar: CookieJar,
     payload: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let credentials = body(payload)?;
-    let username = credentials.username.trim().to_lowercase();
-    let after = auth::position_from(&jar);
-    let user = auth::authenticate(&state, &username, &credentials.password, after.as_ref())
-        .await?
-        .ok_or_else(|| Problem::unauthorized("wrong username or password"))?;
+    let after = auth::position_from(&state, &jar);
+    let user = auth::authenticate(
+        &state,
+        &client,
+        &credentials.username,
+        &credentials.password,
+        after.as_ref(),
+    )
+    .await?
+    .ok_or_else(|| Problem::unauthorized("wrong username or password"))?;
     let (token, position) = auth::start_session(&state, user.id).await?;
-    let jar = auth::remember_write(jar, &position, state.secure_cookies);
+    let jar = auth::remember_write(&state, jar, &position);
     let reply = json!({ "token": token, "user": user_json(&user) });
     Ok((jar, Json(reply)).into_response())
 }
@@ -131,14 +145,20 @@ async fn logout(
     let mut jar = jar;
     if let Some(hash) = &caller.token_hash {
         let written = state.db.delete_session(hash).await?;
-        jar = auth::remember_write(jar, &written.position, state.secure_cookies);
+        jar = auth::remember_write(&state, jar, &written.position);
     }
     Ok((StatusCode::NO_CONTENT, jar).into_response())
 }
 
+/// Who is logged in; for a caller using the session cookie, also the CSRF token its unsafe
+/// calls must send in `X-CSRF-Token`.
 async fn me(caller: Caller) -> Result<Json<Value>, ApiError> {
     let user = caller.require()?;
-    Ok(Json(json!({ "user": user_json(user) })))
+    let mut reply = json!({ "user": user_json(user) });
+    if let Some(csrf) = &caller.csrf {
+        reply["csrf"] = csrf.clone().into();
+    }
+    Ok(Json(reply))
 }
 
 async fn create_post(
@@ -151,7 +171,7 @@ async fn create_post(
     let new = body(payload)?;
     let text = validate::post_body(&new.body).map_err(bad_input)?;
     let written = state.db.create_post(user.id, text, now()).await?;
-    let jar = auth::remember_write(jar, &written.position, state.secure_cookies);
+    let jar = auth::remember_write(&state, jar, &written.position);
     let reply = json!({ "post": post_json(&written.value) });
     Ok((StatusCode::CREATED, jar, Json(reply)).into_response())
 }

@@ -24,6 +24,8 @@ pub(crate) struct Problem {
     pub(crate) title: &'static str,
     /// One or two sentences saying what happened and what to do next.
     pub(crate) message: String,
+    /// Seconds the client should wait before trying again (`Retry-After`), for 429 and 503.
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -32,7 +34,28 @@ impl Problem {
             status,
             title,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Adds `Retry-After`, rounded up to whole seconds (at least one).
+    pub(crate) fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.retry_after = Some(seconds.max(1));
+        self
+    }
+
+    pub(crate) fn too_many(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        Problem::new(StatusCode::TOO_MANY_REQUESTS, "Slow down", message).retry_after(wait)
+    }
+
+    pub(crate) fn busy(message: impl Into<String>) -> Self {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Busy", message)
+            .retry_after(std::time::Duration::from_secs(1))
+    }
+
+    pub(crate) fn too_large(message: impl Into<String>) -> Self {
+        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "Too large", message)
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -142,9 +165,19 @@ pub(crate) struct ErrorPage {
     pub(crate) message: String,
 }
 
+/// Sets `Retry-After` when the problem has one.
+fn add_retry_after(response: &mut Response, retry_after: Option<u64>) {
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+}
+
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let mut response = self.0.status.into_response();
+        add_retry_after(&mut response, self.0.retry_after);
         response.extensions_mut().insert(ErrorPage {
             title: self.0.title,
             message: self.0.message,
@@ -156,7 +189,9 @@ impl IntoResponse for PageError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(serde_json::json!({ "error": self.0.message }));
-        (self.0.status, body).into_response()
+        let mut response = (self.0.status, body).into_response();
+        add_retry_after(&mut response, self.0.retry_after);
+        response
     }
 }
 

@@ -26,11 +26,14 @@ struct AppNode {
 impl Handler for AppNode {
     async fn handle(
         &self,
-        req: http::Request<Incoming>,
-        _peer: SocketAddr,
+        mut req: http::Request<Incoming>,
+        peer: SocketAddr,
     ) -> http::Response<Body> {
         let start = Instant::now();
         self.metrics.request_started();
+        // Forwarding headers are believed only from the site's proxies: the app needs to
+        // know who sent them.
+        req.extensions_mut().insert(crate::client::Peer(peer));
         let resp = match self.router.clone().oneshot(req).await {
             Ok(resp) => resp,
             Err(never) => match never {},
@@ -49,6 +52,7 @@ impl net::admin::Report for AppNode {
     fn metrics(&self) -> String {
         let mut out = String::with_capacity(2048);
         self.metrics.render(&self.name, &mut out);
+        render_login_metrics(&self.name, &self.app, &mut out);
         render_db_metrics(&self.name, &self.app.db().stats(), &mut out);
         out
     }
@@ -96,6 +100,22 @@ impl net::admin::Report for AppNode {
 
     async fn healthy(&self) -> bool {
         self.app.db().ping().await.is_ok()
+    }
+}
+
+/// Appends the password-hashing and login-throttling counters (Prometheus text).
+fn render_login_metrics(node: &str, app: &App, out: &mut String) {
+    use std::fmt::Write;
+    let series = [
+        ("scaleup_app_password_hashes_total", "Argon2 hashes and verifications computed.", app.password_hashes()),
+        ("scaleup_app_logins_throttled_total", "Login attempts answered 429 by the failed-login throttle.", app.logins_throttled()),
+        ("scaleup_app_hashes_refused_total", "Password checks refused because the hash queue (or the client's share of it) was full.", app.hashes_refused()),
+    ];
+    for (name, help, value) in series {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{node}\"}} {value}"
+        );
     }
 }
 

@@ -62,11 +62,33 @@ fn paging(query: Result<Query<Paging>, QueryRejection>) -> Result<Option<i64>, P
 
 fn form<T>(form: Result<Form<T>, FormRejection>) -> Result<T, PageError> {
     form.map(|Form(fields)| fields).map_err(|rejection| {
-        Problem::bad_request(format!(
-            "The form could not be read ({rejection}); reload the page and try again."
-        ))
-        .into()
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            // Say nothing of what was sent: it is not read, let alone shown back.
+            Problem::too_large(
+                "That form was far larger than any post or login; nothing was saved. Go back \
+                 and send something shorter.",
+            )
+            .into()
+        } else {
+            Problem::bad_request(format!(
+                "The form could not be read ({rejection}); reload the page and try again."
+            ))
+            .into()
+        }
     })
+}
+
+/// How much of a refused draft the compose box shows again: a draft up to twice the limit
+/// comes back whole so its writer can trim it; a longer one is cut to the limit, so the
+/// page never echoes back a large input.
+fn draft_to_show(body: &str) -> &str {
+    if body.chars().count() <= 2 * validate::POST_MAX_CHARS {
+        return body;
+    }
+    match body.char_indices().nth(validate::POST_MAX_CHARS) {
+        Some((cut, _)) => &body[..cut],
+        None => body,
+    }
 }
 
 /// Splits a page fetched with one extra row into the page and the cursor for the next one.
@@ -145,8 +167,46 @@ fn account_page(
     username: &str,
     error: Option<&str>,
 ) -> Response {
+    // What the user typed comes back only when it is short enough to be a username.
+    let username = if username.len() <= 64 { username } else { "" };
     let page = views::account_form(&chrome(state, visit), kind, &visit.csrf, username, error);
     (status, visit.jar.clone(), page).into_response()
+}
+
+/// The account form again, with a refusal's status, message and `Retry-After` (throttled,
+/// busy, or a password over the length limit).
+fn refused_page(
+    state: &AppState,
+    visit: &Visit,
+    kind: AccountForm,
+    username: &str,
+    problem: Problem,
+) -> Response {
+    let mut response = account_page(
+        state,
+        visit,
+        kind,
+        problem.status,
+        username,
+        Some(&problem.message),
+    );
+    if let Some(seconds) = problem.retry_after {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, seconds.into());
+    }
+    response
+}
+
+/// Refusals shown on the form itself: bad input (400), throttled (429), or a full hash
+/// queue (503 with `Retry-After`). Other problems, a database that is down included, become
+/// error pages.
+fn is_refusal(problem: &Problem) -> bool {
+    match problem.status {
+        StatusCode::BAD_REQUEST | StatusCode::TOO_MANY_REQUESTS => true,
+        StatusCode::SERVICE_UNAVAILABLE => problem.retry_after.is_some(),
+        _ => false,
+    }
 }
 
 pub(crate) async fn signup_form(State(state): State<Shared>, visit: Visit) -> Response {
@@ -195,7 +255,20 @@ pub(crate) async fn signup(
         Ok(password) => password.to_owned(),
         Err(error) => return retry(StatusCode::BAD_REQUEST, error),
     };
-    let hash = auth::hash_password(&state.hashing, password).await?;
+    let hash = match auth::hash_password(&state.hashing, Some(visit.client.address), password).await
+    {
+        Ok(hash) => hash,
+        Err(problem) if is_refusal(&problem) => {
+            return Ok(refused_page(
+                &state,
+                &visit,
+                AccountForm::Signup,
+                &fields.username,
+                problem,
+            ))
+        }
+        Err(problem) => return Err(problem.into()),
+    };
     let user = match state.db.create_user(&username, &hash, now()).await {
         Ok(written) => written.value,
         Err(DbError::Conflict { .. }) => {
@@ -216,10 +289,25 @@ pub(crate) async fn login(
 ) -> Result<Response, PageError> {
     let fields = form(fields)?;
     visit.check_csrf(&fields.csrf)?;
-    let username = fields.username.trim().to_lowercase();
-    match auth::authenticate(&state, &username, &fields.password, visit.after.as_ref()).await? {
-        Some(user) => log_in(&state, visit.jar.clone(), user.id).await,
-        None => Ok(account_page(
+    let attempt = auth::authenticate(
+        &state,
+        &visit.client,
+        &fields.username,
+        &fields.password,
+        visit.after.as_ref(),
+    )
+    .await;
+    match attempt {
+        Ok(Some(user)) => log_in(&state, visit.jar.clone(), user.id).await,
+        Err(problem) if is_refusal(&problem) => Ok(refused_page(
+            &state,
+            &visit,
+            AccountForm::Login,
+            &fields.username,
+            problem,
+        )),
+        Err(problem) => Err(problem.into()),
+        Ok(None) => Ok(account_page(
             &state,
             &visit,
             AccountForm::Login,
@@ -230,11 +318,12 @@ pub(crate) async fn login(
     }
 }
 
-/// Starts a session, sets its cookie and sends the browser to the timeline.
+/// Starts a session, sets its cookie (and a new pre-session id, so CSRF tokens rotate) and
+/// sends the browser to the timeline.
 async fn log_in(state: &AppState, jar: CookieJar, user_id: i64) -> Result<Response, PageError> {
     let (token, position) = auth::start_session(state, user_id).await?;
-    let jar = jar.add(auth::session_cookie(token, state.secure_cookies));
-    let jar = auth::remember_write(jar, &position, state.secure_cookies);
+    let jar = auth::log_in_cookies(state, jar, token);
+    let jar = auth::remember_write(state, jar, &position);
     Ok((jar, Redirect::to("/")).into_response())
 }
 
@@ -245,10 +334,10 @@ pub(crate) async fn logout(
 ) -> Result<Response, PageError> {
     let fields = form(fields)?;
     visit.check_csrf(&fields.csrf)?;
-    let mut jar = auth::forget_session(visit.jar.clone());
+    let mut jar = auth::log_out_cookies(&state, visit.jar.clone());
     if let Some(hash) = &visit.token_hash {
         let written = state.db.delete_session(hash).await?;
-        jar = auth::remember_write(jar, &written.position, state.secure_cookies);
+        jar = auth::remember_write(&state, jar, &written.position);
     }
     Ok((jar, Redirect::to("/")).into_response())
 }
@@ -267,13 +356,13 @@ pub(crate) async fn create_post(
         Ok(body) => body,
         Err(error) => {
             let draft = Draft {
-                body: &fields.body,
+                body: draft_to_show(&fields.body),
                 error: Some(error),
             };
             return render_home(&state, &visit, None, &draft, StatusCode::BAD_REQUEST).await;
         }
     };
     let written = state.db.create_post(user.id, body, now()).await?;
-    let jar = auth::remember_write(visit.jar.clone(), &written.position, state.secure_cookies);
+    let jar = auth::remember_write(&state, visit.jar.clone(), &written.position);
     Ok((jar, Redirect::to("/")).into_response())
 }

@@ -144,8 +144,48 @@ fn app_config(site: &Site, name: &str) -> anyhow::Result<app::AppConfig> {
     Ok(app::AppConfig {
         db: db_config(site)?,
         site_name: site.name.clone(),
-        secure_cookies: false,
+        https: site_has_https(site),
+        key: app::AppKey::load(&site.state_dir)?,
+        trusted_proxies: proxy_addresses(site),
+        max_body_bytes: site
+            .webs
+            .iter()
+            .map(|w| usize::try_from(w.max_body_bytes).unwrap_or(usize::MAX))
+            .max()
+            .unwrap_or(app::DEFAULT_MAX_BODY_BYTES),
     })
+}
+
+/// Whether browsers reach the site over HTTPS: any TLS listener (a web server's or a load
+/// balancer's, or the cluster's floating HTTPS address). The app then marks its cookies
+/// `Secure` with the `__Host-` prefix.
+fn site_has_https(site: &Site) -> bool {
+    site.webs.iter().any(|w| w.tls_listen.is_some())
+        || site.lbs.iter().any(|l| l.tls_listen.is_some())
+        || matches!(
+            site.cluster.as_ref().map(|c| &c.floating),
+            Some(site::Floating::Local {
+                tls_address: Some(_),
+                ..
+            })
+        )
+}
+
+/// The addresses of the site's web servers and load balancers, the only peers whose
+/// forwarding headers (`X-Forwarded-For`, `X-Forwarded-Proto`) an app server believes.
+fn proxy_addresses(site: &Site) -> Vec<std::net::IpAddr> {
+    let nodes = site
+        .webs
+        .iter()
+        .map(|w| &w.node)
+        .chain(site.lbs.iter().map(|l| &l.node));
+    let mut addresses: Vec<std::net::IpAddr> = nodes
+        .flat_map(|n| [n.listen.ip(), n.bind.ip()])
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    addresses
 }
 
 /// The site's `[database]` as the `db` crate takes it, with the password resolved.
