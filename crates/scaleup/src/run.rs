@@ -10,6 +10,7 @@ use site::{Database, Role, Site};
 /// `supervised`, until standard input closes), then stops it cleanly.
 pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
     init_logging();
+    raise_open_file_limit(name);
     let site = site::load(path)?;
     let (role, node) = site.node(name).ok_or_else(|| {
         let names: Vec<&str> = site.nodes().map(|(_, n)| n.name.as_str()).collect();
@@ -53,6 +54,25 @@ pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
     })?;
     tracing::info!(node = name, "stopped");
     Ok(())
+}
+
+/// Lifts the soft open-file limit to the hard one before any socket is opened, and
+/// says what both are: the connection budgets are sized from it.
+fn raise_open_file_limit(name: &str) {
+    match net::budget::raise_open_file_limit() {
+        Ok((soft, hard)) if soft < hard => {
+            tracing::info!(
+                node = name,
+                "open-file limit raised from {soft} to {hard} (the hard limit)"
+            )
+        }
+        Ok((_, hard)) => tracing::info!(node = name, "open-file limit: {hard} (the hard limit)"),
+        Err(e) => tracing::warn!(
+            node = name,
+            "cannot raise the open-file limit ({e}); connections are budgeted from {}",
+            net::budget::open_file_limit()
+        ),
+    }
 }
 
 /// Binds an optional listener (a node's HTTPS one).
