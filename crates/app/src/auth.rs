@@ -40,7 +40,7 @@ use subtle::ConstantTimeEq;
 use crate::client::Client;
 use crate::error::{ApiError, PageError, Problem};
 use crate::key::AppKey;
-use crate::throttle::{Busy, HashQueue};
+use crate::throttle::{Busy, HashQueue, Lane};
 use crate::{now, validate, Shared, State};
 
 /// The header cookie-authenticated API calls use to echo the CSRF token.
@@ -127,14 +127,20 @@ fn busy(busy: Busy) -> Problem {
 
 /// Hashes a password with Argon2id (default parameters, random salt) into a PHC string, in
 /// the bounded [`HashQueue`] on the blocking pool: a hash takes tens of milliseconds of CPU
-/// and about 19 MiB. The caller has already checked the password's length.
+/// and about 19 MiB. The caller has already checked the password's length. A signup waits
+/// in the normal lane; the server's own hash (`client` is `None`) goes first.
 pub(crate) async fn hash_password(
     hashing: &HashQueue,
     client: Option<IpAddr>,
     password: String,
 ) -> Result<String, Problem> {
+    let lane = if client.is_some() {
+        Lane::Normal
+    } else {
+        Lane::First
+    };
     let hashed = hashing
-        .run(client, move || {
+        .run(client, lane, move || {
             let salt = SaltString::generate(&mut rand::rngs::OsRng);
             Argon2::default()
                 .hash_password(password.as_bytes(), &salt)
@@ -150,11 +156,12 @@ pub(crate) async fn hash_password(
 async fn verify_password(
     hashing: &HashQueue,
     client: IpAddr,
+    lane: Lane,
     password: String,
     hash: String,
 ) -> Result<bool, Problem> {
     let verified = hashing
-        .run(Some(client), move || {
+        .run(Some(client), lane, move || {
             let parsed = PasswordHash::new(&hash).map_err(|e| {
                 anyhow::anyhow!(
                     "a stored password hash is malformed ({e}); reset that user's password"
@@ -193,17 +200,19 @@ pub(crate) async fn authenticate(
         return Err(Problem::bad_request(message));
     }
     let account = account_key(username);
-    if let Err(wait) = state.throttle.begin(&account, client.address) {
-        tracing::info!(client = %client.address, "login throttled");
-        return Err(Problem::too_many(
-            format!(
-                "Too many failed logins for this account from your address. Wait {} seconds \
-                 and try again.",
-                wait.as_secs().max(1)
-            ),
-            wait,
-        ));
-    }
+    let lane = match state.throttle.begin(&account, client.address) {
+        Ok(lane) => lane,
+        Err(wait) => {
+            tracing::info!(client = %client.address, "login throttled");
+            return Err(Problem::too_many(
+                format!(
+                    "Too many failed logins from your address. Wait {} seconds and try again.",
+                    wait.as_secs().max(1)
+                ),
+                wait,
+            ));
+        }
+    };
     // A name the signup rules refuse cannot belong to anyone: no need to hash.
     let Ok(name) = validate::username(username) else {
         return Ok(None);
@@ -219,15 +228,22 @@ pub(crate) async fn authenticate(
     let hash = user
         .as_ref()
         .map_or_else(|| state.dummy_hash.clone(), |u| u.password_hash.clone());
-    let valid =
-        match verify_password(&state.hashing, client.address, password.to_owned(), hash).await {
-            Ok(valid) => valid,
-            Err(problem) => {
-                // Nothing was checked: the attempt does not count.
-                state.throttle.refund(&account, client.address);
-                return Err(problem);
-            }
-        };
+    let checked = verify_password(
+        &state.hashing,
+        client.address,
+        lane,
+        password.to_owned(),
+        hash,
+    )
+    .await;
+    let valid = match checked {
+        Ok(valid) => valid,
+        Err(problem) => {
+            // Nothing was checked: the attempt does not count.
+            state.throttle.refund(&account, client.address);
+            return Err(problem);
+        }
+    };
     let user = user.filter(|_| valid);
     if user.is_some() {
         state.throttle.succeeded(&account, client.address);

@@ -17,7 +17,10 @@
 //! [`HashQueue`] bounds the argon2 work itself: a few hashes at a time on the blocking
 //! pool, a bounded queue behind them, and at most [`PER_CLIENT`] from one address, so a
 //! login flood from many addresses is refused quickly (503) instead of piling up, and one
-//! address cannot fill the queue ahead of everyone else.
+//! address cannot fill the queue ahead of everyone else. Attempts from an address with no
+//! recent failure (on this account or any) wait in a first lane that is served before
+//! the rest: a guesser is in the slow lane from its second wrong password on, so a real
+//! user's login does not queue behind a flood of guesses.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -25,7 +28,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use std::collections::VecDeque;
+
+use tokio::sync::oneshot;
 
 /// A token bucket's shape: `burst` tokens, one back every `every`.
 #[derive(Clone, Copy, Debug)]
@@ -170,7 +175,8 @@ impl LoginThrottle {
     /// Admits one login attempt for `account` from `client` and charges it as a failure in
     /// advance (so concurrent guesses cannot all slip in before the first is counted), or
     /// says how long to wait. Call [`LoginThrottle::succeeded`] when the password was right.
-    pub(crate) fn begin(&self, account: &str, client: IpAddr) -> Result<(), Duration> {
+    /// The lane says whether the pair and the address had no failures on record.
+    pub(crate) fn begin(&self, account: &str, client: IpAddr) -> Result<Lane, Duration> {
         let now = Instant::now();
         let mut tables = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         let pair_key = (account.to_owned(), client);
@@ -182,9 +188,14 @@ impl LoginThrottle {
             let wait = pair.wait(pair_rule).max(address.wait(address_rule));
             return Err(wait.max(Duration::from_secs(1)));
         }
+        let lane = if pair.is_full(pair_rule) && address.is_full(address_rule) {
+            Lane::First
+        } else {
+            Lane::Normal
+        };
         tables.pairs.take(&pair_key, now);
         tables.addresses.take(&client, now);
-        Ok(())
+        Ok(lane)
     }
 
     /// The attempt [`LoginThrottle::begin`] admitted was a correct login: forget this
@@ -226,9 +237,52 @@ pub(crate) const PER_CLIENT: usize = 2;
 /// How long a hash may wait for its turn before the request gives up with 503.
 const MAX_WAIT: Duration = Duration::from_secs(10);
 
+/// Which waiting line a hash joins; see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// No failure on record for this client: served first.
+    First,
+    /// Everyone else, in arrival order.
+    Normal,
+}
+
+/// The hashers: how many are idle, and who waits for one, by lane.
+struct Turns {
+    free: usize,
+    first: VecDeque<oneshot::Sender<()>>,
+    normal: VecDeque<oneshot::Sender<()>>,
+}
+
+/// A hasher held by one hash; handed to the next waiter when dropped.
+struct Turn<'a> {
+    queue: &'a HashQueue,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.queue.release();
+    }
+}
+
+/// A hash waiting for its turn. If it gives up (timeout, or the request was cancelled)
+/// just as its turn was handed to it, the turn is passed on rather than lost.
+struct Waiting<'a> {
+    queue: &'a HashQueue,
+    turn: oneshot::Receiver<()>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.turn.close();
+        if self.turn.try_recv().is_ok() {
+            self.queue.release();
+        }
+    }
+}
+
 /// A bounded queue in front of argon2. See the module docs.
 pub(crate) struct HashQueue {
-    running: Semaphore,
+    turns: Mutex<Turns>,
     /// Hashes admitted (queued or running), in total and per client address.
     admitted: Mutex<(usize, HashMap<IpAddr, usize>)>,
     max_admitted: usize,
@@ -266,7 +320,11 @@ impl HashQueue {
     pub(crate) fn new(parallel: usize, queued: usize) -> Self {
         let parallel = parallel.max(1);
         HashQueue {
-            running: Semaphore::new(parallel),
+            turns: Mutex::new(Turns {
+                free: parallel,
+                first: VecDeque::new(),
+                normal: VecDeque::new(),
+            }),
             admitted: Mutex::new((0, HashMap::new())),
             max_admitted: parallel + queued,
             hashes: AtomicU64::new(0),
@@ -292,22 +350,69 @@ impl HashQueue {
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         client: Option<IpAddr>,
+        lane: Lane,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<anyhow::Result<T>, Busy> {
         let _place = self.admit(client)?;
-        let permit = match tokio::time::timeout(MAX_WAIT, self.running.acquire()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) | Err(_) => {
-                self.refused.fetch_add(1, Relaxed);
-                return Err(Busy::Full);
-            }
-        };
+        let turn = self.turn(lane).await?;
         self.hashes.fetch_add(1, Relaxed);
         let result = tokio::task::spawn_blocking(work)
             .await
             .map_err(|e| anyhow::anyhow!("a password hash task failed: {e}"));
-        drop(permit);
+        drop(turn);
         Ok(result)
+    }
+
+    /// Waits (at most [`MAX_WAIT`]) for an idle hasher, in `lane`.
+    async fn turn(&self, lane: Lane) -> Result<Turn<'_>, Busy> {
+        let receiver = {
+            let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+            if turns.free > 0 {
+                turns.free -= 1;
+                return Ok(Turn { queue: self });
+            }
+            let (sender, receiver) = oneshot::channel();
+            match lane {
+                Lane::First => turns.first.push_back(sender),
+                Lane::Normal => turns.normal.push_back(sender),
+            }
+            receiver
+        };
+        let mut waiting = Waiting {
+            queue: self,
+            turn: receiver,
+        };
+        match tokio::time::timeout(MAX_WAIT, &mut waiting.turn).await {
+            // The turn was handed over and taken: `waiting` has nothing left to pass on.
+            Ok(Ok(())) => Ok(Turn { queue: self }),
+            Ok(Err(_)) | Err(_) => {
+                self.refused.fetch_add(1, Relaxed);
+                Err(Busy::Full)
+            }
+        }
+    }
+
+    /// Hands a finished hash's hasher to the next waiter, first lane first, skipping
+    /// waiters that have given up; with nobody waiting, the hasher is idle.
+    fn release(&self) {
+        let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let next = match turns.first.pop_front() {
+                Some(sender) => Some(sender),
+                None => turns.normal.pop_front(),
+            };
+            match next {
+                Some(sender) => {
+                    if sender.send(()).is_ok() {
+                        return;
+                    }
+                }
+                None => {
+                    turns.free += 1;
+                    return;
+                }
+            }
+        }
     }
 
     fn admit(&self, client: Option<IpAddr>) -> Result<Place<'_>, Busy> {
@@ -369,6 +474,93 @@ mod tests {
     }
 
     #[test]
+    fn only_a_clean_record_gets_the_first_lane() {
+        let throttle = LoginThrottle::new(PAIR, ADDRESS);
+        assert_eq!(throttle.begin("alice", A), Ok(Lane::First));
+        assert_eq!(throttle.begin("alice", A), Ok(Lane::Normal));
+        assert_eq!(
+            throttle.begin("bob", A),
+            Ok(Lane::Normal),
+            "A has failed before"
+        );
+        assert_eq!(throttle.begin("alice", B), Ok(Lane::First));
+        throttle.succeeded("alice", B);
+        assert_eq!(
+            throttle.begin("alice", B),
+            Ok(Lane::First),
+            "success leaves no mark"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_first_lane_is_served_before_the_normal_one() {
+        let queue = std::sync::Arc::new(HashQueue::new(1, 10));
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let blocker = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let _ = queue
+                    .run(None, Lane::Normal, move || {
+                        let _ = wait.recv();
+                    })
+                    .await;
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let mut waiters = Vec::new();
+        for (name, lane) in [
+            ("guess1", Lane::Normal),
+            ("guess2", Lane::Normal),
+            ("user", Lane::First),
+        ] {
+            let queue = queue.clone();
+            let order = order.clone();
+            waiters.push(tokio::spawn(async move {
+                let _ = queue
+                    .run(None, lane, move || order.lock().unwrap().push(name))
+                    .await;
+            }));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        release.send(()).unwrap();
+        blocker.await.unwrap();
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), ["user", "guess1", "guess2"]);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_does_not_lose_the_hasher() {
+        let queue = std::sync::Arc::new(HashQueue::new(1, 10));
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let blocker = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let _ = queue
+                    .run(None, Lane::Normal, move || {
+                        let _ = wait.recv();
+                    })
+                    .await;
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let cancelled = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.run(None, Lane::First, || ()).await.is_ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        cancelled.abort();
+        release.send(()).unwrap();
+        blocker.await.unwrap();
+        let served =
+            tokio::time::timeout(Duration::from_secs(2), queue.run(None, Lane::Normal, || ()))
+                .await;
+        assert!(matches!(served, Ok(Ok(Ok(())))), "the hasher is free again");
+    }
+
+    #[test]
     fn an_address_spraying_accounts_is_throttled() {
         let throttle = LoginThrottle::new(PAIR, ADDRESS);
         for i in 0..ADDRESS.burst {
@@ -415,7 +607,7 @@ mod tests {
             let wait = wait.clone();
             running.push(tokio::spawn(async move {
                 queue
-                    .run(Some(client), move || {
+                    .run(Some(client), Lane::Normal, move || {
                         let _ = wait.lock().unwrap().recv();
                     })
                     .await
@@ -423,7 +615,10 @@ mod tests {
             }));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(queue.run(Some(A), || ()).await.err(), Some(Busy::Full));
+        assert_eq!(
+            queue.run(Some(A), Lane::Normal, || ()).await.err(),
+            Some(Busy::Full)
+        );
         assert_eq!(queue.refused(), 1);
         for _ in 0..3 {
             release.send(()).unwrap();
@@ -442,17 +637,20 @@ mod tests {
             let wait = wait.clone();
             running.push(tokio::spawn(async move {
                 let _ = queue
-                    .run(Some(A), move || {
+                    .run(Some(A), Lane::Normal, move || {
                         let _ = wait.lock().unwrap().recv();
                     })
                     .await;
             }));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(queue.run(Some(A), || ()).await.err(), Some(Busy::Client));
+        assert_eq!(
+            queue.run(Some(A), Lane::Normal, || ()).await.err(),
+            Some(Busy::Client)
+        );
         let other = {
             let queue = queue.clone();
-            tokio::spawn(async move { queue.run(Some(B), || ()).await.is_ok() })
+            tokio::spawn(async move { queue.run(Some(B), Lane::Normal, || ()).await.is_ok() })
         };
         for _ in 0..PER_CLIENT {
             release.send(()).unwrap();
