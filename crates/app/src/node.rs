@@ -162,6 +162,17 @@ pub async fn serve(
     admin: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    // Its clients are the web servers, each carrying many visitors' requests from one
+    // address: they are not capped per address; anyone else is.
+    let limits = Limits {
+        budget: net::budget::Budget::for_process(
+            10_000,
+            net::budget::DEFAULT_PER_CLIENT,
+            1,
+            config.trusted_proxies.clone(),
+        ),
+        ..Limits::default()
+    };
     let app = App::new(config).await?;
     let node = Arc::new(AppNode {
         name: name.to_string(),
@@ -183,7 +194,7 @@ pub async fn serve(
     ));
     net::server::serve(
         listener,
-        Limits::default(),
+        limits,
         node.clone(),
         node.metrics.clone(),
         shutdown,
