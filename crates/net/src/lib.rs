@@ -25,6 +25,7 @@ pub mod budget;
 pub mod clock;
 pub mod finish;
 pub mod headers;
+pub mod linger;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::budget::{Budget, LogEvery, Slot};
 use crate::clock::{Clock, Watched};
+use crate::linger::Lent;
 use crate::proxy_protocol::Replay;
 use crate::{Body, Metrics, Shutdown};
 
@@ -397,7 +398,12 @@ impl<H: Handler> Conn<H> {
             self.limits.keepalive_timeout
         };
         let clock = Clock::new(head, idle, h2);
+        // Lent to hyper, so that a connection closed with a request body still coming
+        // can linger (see `linger`).
+        let (io, returned) = Lent::new(io);
         let io = TokioIo::new(Watched::new(io, clock.clone()));
+        let linger = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let linger_tx = linger.clone();
         let info = ConnInfo { secure };
         let handler = self.handler.clone();
         let max_body = self.limits.max_body_bytes;
@@ -413,6 +419,7 @@ impl<H: Handler> Conn<H> {
             let handler = handler.clone();
             let clock = clock.clone();
             let abandoned = abandoned_tx.clone();
+            let linger = linger_tx.clone();
             if !started_tx.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 first_tx.notify_one();
             }
@@ -424,37 +431,51 @@ impl<H: Handler> Conn<H> {
                     answered: false,
                 };
                 req.extensions_mut().insert(info);
+                let http1 = req.version() < Version::HTTP_2;
                 let resp = match too_large(&req, max_body) {
                     Some(refusal) => refusal,
                     None => handler.handle(req, peer).await,
                 };
+                // A hop that answers before reading the body (413, a broken body)
+                // says `Connection: close`: the client may still be sending.
+                if http1 && resp.headers().get(CONNECTION).is_some_and(|v| v == "close") {
+                    linger.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 pending.answered = true;
                 drop(pending);
                 let done = move |_| clock.response_done();
                 Ok::<_, Infallible>(resp.map(|body| crate::finish::on_finish(body, done)))
             }
         });
-        let conn = self.builder.serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = abandoned.too_many.notified() => {
-                tracing::warn!(
-                    %peer,
-                    "closing a connection whose client cancelled most of its requests \
-                     before they were answered (an HTTP/2 rapid-reset attack?)"
-                );
-            }
-            _ = self.shutdown.wait() => {
-                if !started.load(std::sync::atomic::Ordering::Relaxed) {
-                    tokio::select! {
-                        _ = conn.as_mut() => return,
-                        _ = first.notified() => {}
-                        _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
-                    }
+        {
+            let conn = self.builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = abandoned.too_many.notified() => {
+                    tracing::warn!(
+                        %peer,
+                        "closing a connection whose client cancelled most of its requests \
+                         before they were answered (an HTTP/2 rapid-reset attack?)"
+                    );
                 }
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+                _ = self.shutdown.wait() => {
+                    if !started.load(std::sync::atomic::Ordering::Relaxed) {
+                        tokio::select! {
+                            _ = conn.as_mut() => return,
+                            _ = first.notified() => {}
+                            _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+                        }
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        }
+        // hyper has dropped the socket and with it given it back.
+        if linger.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(Ok(io)) = tokio::time::timeout(Duration::from_millis(100), returned).await {
+                crate::linger::close(io).await;
             }
         }
     }

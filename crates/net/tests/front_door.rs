@@ -335,3 +335,55 @@ async fn a_nearly_full_listener_waits_less_for_a_first_request() {
         "connections made before the pressure were cut short"
     );
 }
+
+/// Sends `head` and all of `body`, and only then reads: what a simple client (or a
+/// browser's form post) does.
+fn send_then_read(addr: SocketAddr, head: &str, body: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream
+        .write_all(head.as_bytes())
+        .and_then(|_| stream.write_all(body));
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_413_reaches_a_client_that_sends_everything_first() {
+    // Streamed: the hop stops at the limit, answers, and lingers.
+    let (front, _pool) = hop();
+    let answer = tokio::task::spawn_blocking(move || {
+        send_then_read(
+            front,
+            "POST /posts HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &chunked(3 * 1024 * 1024, 64 * 1024),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:.300}");
+
+    // Announced: refused before a byte of the body is read.
+    let limits = Limits {
+        max_body_bytes: Some(1024 * 1024),
+        ..Limits::default()
+    };
+    let addr = start(Counting, limits, Transport::default());
+    let body = vec![b'p'; 1536 * 1024];
+    let answer = tokio::task::spawn_blocking(move || {
+        send_then_read(
+            addr,
+            &format!(
+                "POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            ),
+            &body,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:.300}");
+}

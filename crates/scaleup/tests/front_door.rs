@@ -286,3 +286,93 @@ async fn connections_that_open_like_a_proxy_header_are_closed_at_once() {
         "{warnings} warning lines for 1,000 connections"
     );
 }
+
+/// A TLS connection to `addr` that trusts only the site's own certificate.
+async fn tls_to(
+    addr: SocketAddr,
+    state: &Path,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let cert =
+        rustls_pki_types::CertificateDer::from_pem_file(state.join("tls/www.foobar.com.crt"))
+            .unwrap();
+    roots.add(cert).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("www.foobar.com".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_upload_over_https_gets_its_413_even_from_a_client_that_reads_last() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let base = free_base(DEFAULT_SITE_PORTS);
+    let state = tempfile::tempdir().unwrap();
+    let site = write_default_site(base, state.path());
+    let _app = run_node("app1", &site);
+    let _web = run_node("web1", &site);
+    let _lb = run_node("lb1", &site);
+    let lb: SocketAddr = ([127, 0, 0, 1], base + 1).into();
+    let lb_tls: SocketAddr = ([127, 0, 0, 1], base + 6).into();
+    wait_status(
+        &format!("http://{lb}/healthz"),
+        200,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // Through the load balancer's TLS relay to the web server, a body over the limit
+    // sent in full before anything is read, as a simple client or a form post does.
+    for (what, head, body) in [
+        (
+            "announced",
+            format!(
+                "POST /api/login HTTP/1.1\r\nHost: www.foobar.com\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                3 * 1024 * 1024
+            ),
+            vec![b'p'; 3 * 1024 * 1024],
+        ),
+        (
+            "chunked",
+            "POST /posts HTTP/1.1\r\nHost: www.foobar.com\r\nTransfer-Encoding: chunked\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+                .to_string(),
+            {
+                let mut body = Vec::new();
+                for _ in 0..48 {
+                    body.extend_from_slice(b"10000\r\n");
+                    body.extend(std::iter::repeat_n(b'x', 0x10000));
+                    body.extend_from_slice(b"\r\n");
+                }
+                body.extend_from_slice(b"0\r\n\r\n");
+                body
+            },
+        ),
+    ] {
+        let mut tls = tls_to(lb_tls, state.path()).await;
+        let sent = async {
+            tls.write_all(head.as_bytes()).await?;
+            tls.write_all(&body).await?;
+            tls.flush().await
+        }
+        .await;
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "{what}: sent {sent:?}, read {read:?}: {answer:.300}"
+        );
+    }
+}
