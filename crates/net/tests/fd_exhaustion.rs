@@ -5,17 +5,17 @@
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use net::headers::{forwarding, RequestIds, Trusted};
-use net::proxy::{forward, Policy};
-use net::server::{Handler, Limits};
-use net::upstream::Pool;
-use net::{Body, Metrics};
-use site::{Algorithm, HealthCheck, Timeouts};
+use net::headers::RequestIds;
+use net::proxy::Policy;
+use net::server::{Handler, Limits, Transport};
+use net::Body;
+
+mod common;
+use common::{blamed, pool_of, start, Hop};
 
 struct Ok200;
 
@@ -23,39 +23,6 @@ impl Handler for Ok200 {
     async fn handle(&self, _req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
         Response::new(net::full("ok\n"))
     }
-}
-
-struct Hop {
-    pool: Arc<Pool>,
-    ids: RequestIds,
-}
-
-impl Handler for Hop {
-    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        forwarding(req.headers_mut(), peer, false, &Trusted::default());
-        let id = self.ids.ensure(req.headers_mut());
-        let policy = Policy {
-            retries: 1,
-            unreachable: StatusCode::SERVICE_UNAVAILABLE,
-            max_body_bytes: None,
-        };
-        forward(&self.pool, req, peer, policy, &id).await
-    }
-}
-
-fn start<H: Handler>(handler: H) -> SocketAddr {
-    let listener = net::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (trigger, shutdown) = net::shutdown::channel();
-    std::mem::forget(trigger);
-    tokio::spawn(net::server::serve(
-        listener,
-        Limits::default(),
-        Arc::new(handler),
-        Arc::new(Metrics::default()),
-        shutdown,
-    ));
-    addr
 }
 
 fn rlimit() -> libc::rlimit {
@@ -78,41 +45,24 @@ fn set_soft(soft: u64) {
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
 }
 
-fn server_state(pool: &Pool) -> (bool, u64) {
-    let status = pool.status();
-    let s = &status["servers"][0];
-    (s["up"].as_bool().unwrap(), s["failures"].as_u64().unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_descriptors_blames_no_server() {
-    let origin = start(Ok200);
-    let pool = Arc::new(Pool::new(
-        "web",
-        vec![("web1".into(), origin)],
-        Algorithm::RoundRobin,
-        HealthCheck {
-            path: "/healthz".into(),
-            interval: Duration::from_millis(50),
-            timeout: Duration::from_millis(500),
-            rise: 1,
-            fall: 1,
-        },
-        Timeouts {
-            connect: Duration::from_secs(1),
-            client: Duration::from_secs(5),
-            server: Duration::from_secs(5),
-            keepalive: Duration::from_secs(5),
-        },
-    ));
+    let origin = start(Ok200, Limits::default(), Transport::default());
+    let pool = pool_of(origin, Duration::from_millis(50));
     let (trigger, shutdown) = net::shutdown::channel();
     pool.spawn_health_checks(shutdown);
-    let hop = start(Hop {
+    let hop = Hop {
         pool: pool.clone(),
+        policy: Policy {
+            retries: 1,
+            unreachable: StatusCode::SERVICE_UNAVAILABLE,
+            max_body_bytes: None,
+        },
         ids: RequestIds::default(),
-    });
+    };
+    let hop = start(hop, Limits::default(), Transport::default());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(server_state(&pool), (true, 0));
+    assert_eq!(blamed(&pool), (true, 0));
 
     let (answer, state) = tokio::task::spawn_blocking(move || {
         // A client connected before the shortage: its request comes during it.
@@ -141,7 +91,7 @@ async fn running_out_of_descriptors_blames_no_server() {
             .unwrap();
         let mut answer = String::new();
         let _ = client.read_to_string(&mut answer);
-        let state = server_state(&pool);
+        let state = blamed(&pool);
         drop(hoard);
         set_soft(before);
         (answer, state)

@@ -12,12 +12,14 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use net::budget::Budget;
-use net::headers::{forwarding, RequestIds, Trusted};
-use net::proxy::{forward, Policy};
+use net::headers::RequestIds;
+use net::proxy::Policy;
 use net::server::{Handler, Limits, Transport};
 use net::upstream::Pool;
-use net::{Body, Metrics};
-use site::{Algorithm, HealthCheck, Timeouts};
+use net::Body;
+
+mod common;
+use common::{blamed, pool_of, start, Hop};
 
 /// An origin that reads the whole body and says how long it was.
 struct Counting;
@@ -31,72 +33,21 @@ impl Handler for Counting {
     }
 }
 
-/// A proxy hop in front of `pool`, as the web server is in front of the apps.
-struct Hop {
-    pool: Arc<Pool>,
-    ids: RequestIds,
-}
-
-impl Handler for Hop {
-    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        forwarding(req.headers_mut(), peer, false, &Trusted::default());
-        let id = self.ids.ensure(req.headers_mut());
-        let policy = Policy {
+/// A hop in front of one counting origin, with a 1 MiB body limit; the hop's
+/// address and its pool.
+fn hop() -> (SocketAddr, Arc<Pool>) {
+    let origin = start(Counting, Limits::default(), Transport::default());
+    let pool = pool_of(origin, Duration::from_secs(60));
+    let hop = Hop {
+        pool: pool.clone(),
+        policy: Policy {
             retries: 1,
             unreachable: StatusCode::BAD_GATEWAY,
             max_body_bytes: Some(1024 * 1024),
-        };
-        forward(&self.pool, req, peer, policy, &id).await
-    }
-}
-
-/// Serves `handler` on a free loopback port for the rest of the test process.
-fn start<H: Handler>(handler: H, limits: Limits, transport: Transport) -> SocketAddr {
-    let listener = net::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (trigger, shutdown) = net::shutdown::channel();
-    std::mem::forget(trigger);
-    tokio::spawn(net::server::serve_with(
-        listener,
-        transport,
-        limits,
-        Arc::new(handler),
-        Arc::new(Metrics::default()),
-        shutdown,
-    ));
-    addr
-}
-
-/// A hop in front of one counting origin; the hop's address and its pool.
-fn hop() -> (SocketAddr, Arc<Pool>) {
-    let origin = start(Counting, Limits::default(), Transport::default());
-    let pool = Arc::new(Pool::new(
-        "app",
-        vec![("app1".into(), origin)],
-        Algorithm::RoundRobin,
-        HealthCheck {
-            path: "/healthz".into(),
-            interval: Duration::from_secs(60),
-            timeout: Duration::from_secs(1),
-            rise: 1,
-            fall: 1,
         },
-        Timeouts {
-            connect: Duration::from_secs(1),
-            client: Duration::from_secs(5),
-            server: Duration::from_secs(5),
-            keepalive: Duration::from_secs(5),
-        },
-    ));
-    let front = start(
-        Hop {
-            pool: pool.clone(),
-            ids: RequestIds::default(),
-        },
-        Limits::default(),
-        Transport::default(),
-    );
-    (front, pool)
+        ids: RequestIds::default(),
+    };
+    (start(hop, Limits::default(), Transport::default()), pool)
 }
 
 /// Sends `head` then `body` (from another thread, so a server that answers early is
@@ -144,15 +95,6 @@ fn chunked(len: usize, size: usize) -> Vec<u8> {
     }
     out.extend_from_slice(b"0\r\n\r\n");
     out
-}
-
-fn blamed(pool: &Pool) -> (bool, u64) {
-    let status = pool.status();
-    let server = &status["servers"][0];
-    (
-        server["up"].as_bool().unwrap(),
-        server["failures"].as_u64().unwrap(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

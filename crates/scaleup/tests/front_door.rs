@@ -72,6 +72,25 @@ fn log_line(log: &Path, needle: &str) -> String {
     }
 }
 
+/// The default site with app1, web1 and lb1 running, answering through lb1: its base
+/// port, its state directory, and the nodes (stopped when dropped).
+async fn app_web_lb() -> (u16, tempfile::TempDir, Vec<Proc>) {
+    let base = free_base(DEFAULT_SITE_PORTS);
+    let state = tempfile::tempdir().unwrap();
+    let site = write_default_site(base, state.path());
+    let nodes = ["app1", "web1", "lb1"]
+        .map(|name| run_node(name, &site))
+        .into();
+    let lb: SocketAddr = ([127, 0, 0, 1], base + 1).into();
+    wait_status(
+        &format!("http://{lb}/healthz"),
+        200,
+        Duration::from_secs(60),
+    )
+    .await;
+    (base, state, nodes)
+}
+
 fn descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
@@ -152,19 +171,8 @@ async fn idle_sockets_from_one_address_move_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_forwarding_headers_are_replaced_and_the_log_tells_the_truth() {
-    let base = free_base(DEFAULT_SITE_PORTS);
-    let state = tempfile::tempdir().unwrap();
-    let site = write_default_site(base, state.path());
-    let _app = run_node("app1", &site);
-    let _web = run_node("web1", &site);
-    let _lb = run_node("lb1", &site);
+    let (base, state, _nodes) = app_web_lb().await;
     let lb: SocketAddr = ([127, 0, 0, 1], base + 1).into();
-    wait_status(
-        &format!("http://{lb}/healthz"),
-        200,
-        Duration::from_secs(60),
-    )
-    .await;
     let client: IpAddr = "127.0.0.3".parse().unwrap();
 
     // A client claiming to be someone else: the web server's log names the client.
@@ -315,20 +323,8 @@ async fn tls_to(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_upload_over_https_gets_its_413_even_from_a_client_that_reads_last() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let base = free_base(DEFAULT_SITE_PORTS);
-    let state = tempfile::tempdir().unwrap();
-    let site = write_default_site(base, state.path());
-    let _app = run_node("app1", &site);
-    let _web = run_node("web1", &site);
-    let _lb = run_node("lb1", &site);
-    let lb: SocketAddr = ([127, 0, 0, 1], base + 1).into();
+    let (base, state, _nodes) = app_web_lb().await;
     let lb_tls: SocketAddr = ([127, 0, 0, 1], base + 6).into();
-    wait_status(
-        &format!("http://{lb}/healthz"),
-        200,
-        Duration::from_secs(60),
-    )
-    .await;
 
     // Through the load balancer's TLS relay to the web server, a body over the limit
     // sent in full before anything is read, as a simple client or a form post does.
