@@ -73,6 +73,12 @@ impl Relay {
                 tokio::time::timeout(self.connect_timeout, TcpStream::connect(target)).await;
             let mut server = match connected {
                 Ok(Ok(server)) => server,
+                // This node is out of descriptors: no server is to blame, and
+                // another would fail the same way.
+                Ok(Err(e)) if net::budget::is_local_exhaustion(&e) => {
+                    tracing::debug!(%peer, "cannot relay an HTTPS connection: {e}");
+                    return Ok(());
+                }
                 Ok(Err(e)) => {
                     let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
                     self.pool
