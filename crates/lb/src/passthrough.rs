@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use net::failure::Failure;
 use net::server::Acceptor;
 use net::upstream::Pool;
 use net::{Metrics, Shutdown};
@@ -71,23 +72,22 @@ impl Relay {
             };
             let connected =
                 tokio::time::timeout(self.connect_timeout, TcpStream::connect(target)).await;
-            let mut server = match connected {
-                Ok(Ok(server)) => server,
+            let failure = match connected {
+                Ok(Ok(server)) => Ok(server),
+                Ok(Err(e)) => Err((Failure::of_connect(&e), format!("HTTPS connect: {e}"))),
+                Err(_) => Err((Failure::Timeout, "HTTPS connect timed out".to_string())),
+            };
+            let mut server = match failure {
+                Ok(server) => server,
                 // This node is out of descriptors: no server is to blame, and
                 // another would fail the same way.
-                Ok(Err(e)) if net::budget::is_local_exhaustion(&e) => {
-                    tracing::debug!(%peer, "cannot relay an HTTPS connection: {e}");
+                Err((Failure::LocalShortage, reason)) => {
+                    tracing::debug!(%peer, "cannot relay an HTTPS connection: {reason}");
                     return Ok(());
                 }
-                Ok(Err(e)) => {
-                    let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
-                    self.pool
-                        .report_failure(index, &format!("HTTPS connect: {e}"), refused);
-                    continue;
-                }
-                Err(_) => {
-                    self.pool
-                        .report_failure(index, "HTTPS connect timed out", false);
+                Err((failure, reason)) => {
+                    let refused = failure == Failure::Connect { refused: true };
+                    self.pool.report_failure(index, &reason, refused);
                     continue;
                 }
             };

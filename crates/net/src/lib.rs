@@ -9,6 +9,7 @@
 //!   balancer and read (from trusted peers only) by the web server;
 //! - [`upstream`]: pools of servers with health checks and balancing algorithms;
 //! - [`proxy`]: forwarding a request to a pool, with retries and clean error pages;
+//! - [`failure`]: why a forward failed, whose fault it is, whether to retry;
 //! - [`headers`]: forwarding headers, request ids, hop-by-hop headers;
 //! - [`access_log`], [`metrics`], [`finish`]: what is recorded of each request;
 //! - [`admin`]: the `/healthz`, `/metrics`, `/status` listener of every node.
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod body;
 pub mod budget;
 pub mod clock;
+pub mod failure;
 pub mod finish;
 pub mod headers;
 pub mod linger;

@@ -8,7 +8,6 @@
 //! node short of descriptors must not fake a failover); only what the server did
 //! counts against it.
 
-use std::error::Error as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
@@ -16,12 +15,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::CONNECTION;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 
+use crate::failure::{root_cause, Failure};
 use crate::headers::strip_hop_by_hop;
 use crate::pages::error_page;
 use crate::upstream::Pool;
@@ -71,18 +70,10 @@ pub async fn forward(
 
     loop {
         let Some((index, _in_flight)) = pool.pick(peer.ip(), &tried) else {
-            let detail = if tried.is_empty() {
-                format!(
-                    "No {} server is available right now. Please try again in a moment.",
-                    pool.name
-                )
-            } else {
-                format!(
-                    "Could not reach any {} server. Please try again in a moment.",
-                    pool.name
-                )
+            let failure = Failure::NoServer {
+                after_tries: !tried.is_empty(),
             };
-            return error_page(policy.unreachable, &detail, Some(request_id));
+            return failure.page(policy.unreachable, &pool.name, request_id);
         };
         let server = &pool.servers()[index];
         let upstream_body: Body = match (replayable, body.take()) {
@@ -110,66 +101,41 @@ pub async fn forward(
 
         let sent =
             tokio::time::timeout(pool.timeouts.server, pool.client().request(upstream)).await;
-        match sent {
+        let (failure, reason) = match sent {
             Ok(Ok(resp)) => {
                 let (mut head, body) = resp.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 return Response::from_parts(head, body.map_err(Into::into).boxed_unsync());
             }
-            Ok(Err(_)) if fault.load(Relaxed) != CLIENT_OK => {
-                return client_fault(fault.load(Relaxed), policy, request_id);
-            }
-            Ok(Err(e)) if io_cause(&e).is_some_and(crate::budget::is_local_exhaustion) => {
-                if let Some(n) = LOCAL_SHORTAGE.hit() {
-                    tracing::warn!(
-                        server = %server.name,
-                        "{n} request(s) in the last second found this node short of \
-                         resources: {}; no server is blamed",
-                        root_cause(&e)
-                    );
-                }
-                return error_page(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "This server is overloaded right now. Please try again in a moment.",
-                    Some(request_id),
-                );
-            }
-            Ok(Err(e)) if e.is_connect() => {
-                let refused = io_cause(&e)
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
-                let reason = format!("connect: {}", root_cause(&e));
-                tracing::warn!(server = %server.name, request_id = ?request_id, "cannot connect: {reason}");
-                pool.report_failure(index, &reason, refused);
-                tried.push(index);
-                if !replayable || tried.len() > policy.retries as usize {
-                    return error_page(
-                        policy.unreachable,
-                        &format!(
-                            "Could not connect to a {} server. Please try again in a moment.",
-                            pool.name
-                        ),
-                        Some(request_id),
-                    );
-                }
-            }
             Ok(Err(e)) => {
-                let reason = root_cause(&e);
-                tracing::warn!(server = %server.name, request_id = ?request_id, "bad answer: {reason}");
-                pool.report_failure(index, &reason, false);
-                return error_page(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("The {} server did not give a valid answer.", pool.name),
-                    Some(request_id),
+                let client_body = match fault.load(Relaxed) {
+                    CLIENT_TOO_LARGE => Some(Failure::BodyTooLarge {
+                        limit: policy.max_body_bytes.unwrap_or_default(),
+                    }),
+                    CLIENT_BROKEN => Some(Failure::ClientBody),
+                    _ => None,
+                };
+                (Failure::of_client_error(&e, client_body), root_cause(&e))
+            }
+            Err(_) => (Failure::Timeout, "response timeout".to_string()),
+        };
+        if failure.blames_server() {
+            tracing::warn!(server = %server.name, request_id = ?request_id, ?failure, "{reason}");
+            let refused = failure == Failure::Connect { refused: true };
+            pool.report_failure(index, &reason, refused);
+        } else if failure == Failure::LocalShortage {
+            if let Some(n) = LOCAL_SHORTAGE.hit() {
+                tracing::warn!(
+                    server = %server.name,
+                    "{n} request(s) in the last second found this node short of \
+                     resources: {reason}; no server is blamed"
                 );
             }
-            Err(_) => {
-                pool.report_failure(index, "response timeout", false);
-                return error_page(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!("The {} server did not answer in time.", pool.name),
-                    Some(request_id),
-                );
-            }
+        }
+        tried.push(index);
+        let may_retry = replayable && tried.len() <= policy.retries as usize;
+        if !(failure.retry_elsewhere() && may_retry) {
+            return failure.page(policy.unreachable, &pool.name, request_id);
         }
     }
 }
@@ -229,54 +195,10 @@ impl http_body::Body for ClientBody {
     }
 }
 
-/// The answer when the client's own body ended the exchange: nothing is echoed,
-/// no server is blamed, and an HTTP/1.1 connection with unread body bytes closes.
-fn client_fault(fault: u8, policy: Policy, request_id: &HeaderValue) -> Response<Body> {
-    let mut resp = if fault == CLIENT_TOO_LARGE {
-        error_page(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!(
-                "The request body is larger than the {} bytes this site accepts.",
-                policy.max_body_bytes.unwrap_or_default()
-            ),
-            Some(request_id),
-        )
-    } else {
-        error_page(
-            StatusCode::BAD_REQUEST,
-            "The request body was malformed or cut short.",
-            Some(request_id),
-        )
-    };
-    resp.headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
-    resp
-}
-
 /// RFC 9110 §9.2.2: these methods may be repeated without changing the outcome.
 fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
-}
-
-/// The operating system's error under a client error, if there is one.
-fn io_cause(e: &hyper_util::client::legacy::Error) -> Option<&std::io::Error> {
-    let mut source = e.source();
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return Some(io);
-        }
-        source = err.source();
-    }
-    None
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = e;
-    while let Some(next) = last.source() {
-        last = next;
-    }
-    last.to_string()
 }
