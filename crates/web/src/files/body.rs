@@ -16,10 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::Content;
 
-/// Bodies up to this size are read into memory before the response is returned (so a
-/// read error still becomes a clean 500), and files up to this size may be gzipped on
-/// the fly. Anything larger is streamed.
-pub(super) const IN_MEMORY_MAX: u64 = 1 << 20;
+/// Bodies up to this size (one [`CHUNK`]) are read into memory before the response is
+/// returned, so a read error still becomes a clean 500. Anything larger is streamed a
+/// chunk at a time: a download then holds one chunk, not a heap copy of the file (a
+/// 1 MiB limit here made 64 downloads of a 1 MiB file cost over 100 MB).
+pub(super) const READ_NOW_MAX: u64 = CHUNK as u64;
 
 /// How much of a streamed file is read at once: bounds the memory one download holds
 /// while keeping the number of trips to the blocking pool low.
@@ -51,7 +52,7 @@ pub(super) fn file_body(
             return Ok(Payload::new(memory_segments(&bytes, &segments)?, false))
         }
     };
-    if total <= IN_MEMORY_MAX {
+    if total <= READ_NOW_MAX {
         return Ok(Payload::new(read_segments(&mut file, &segments)?, false));
     }
     let state = Streamer {

@@ -10,7 +10,12 @@ use std::sync::PoisonError;
 use bytes::Bytes;
 use flate2::{write::GzEncoder, Compression};
 
-use super::body::{memory_segments, read_segments, Segment, IN_MEMORY_MAX};
+use super::body::{memory_segments, read_segments, Segment};
+
+/// Files up to this size may be gzipped on the fly: the whole file is read and
+/// compressed in memory, so larger compressible files should ship a precompressed
+/// `.gz` or `.br` sibling.
+const GZIP_MAX: u64 = 1 << 20;
 use super::path::Found;
 use super::{Content, Failure, Inner, Request, Resource};
 
@@ -67,7 +72,7 @@ impl Inner {
                     len,
                 };
             }
-            if encoding == "gzip" && res.len <= IN_MEMORY_MAX {
+            if encoding == "gzip" && res.len <= GZIP_MAX {
                 return Coding::Gzip;
             }
         }

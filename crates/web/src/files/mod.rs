@@ -10,8 +10,8 @@
 //! All file-system work for one request runs in a single `spawn_blocking` call: one
 //! hop to the blocking pool instead of one per `stat`/`open`/`read` keeps small files
 //! cheap, and it is where on-the-fly compression belongs anyway. Only bodies larger
-//! than `IN_MEMORY_MAX` leave that call as a stream, read in `CHUNK`-sized pieces,
-//! so a large download never sits in memory whole.
+//! than `READ_NOW_MAX` (one chunk) leave that call as a stream, read in `CHUNK`-sized
+//! pieces, so a large download never sits in memory whole.
 //!
 //! Small files skip even that hop while they are hot: like nginx's `open_file_cache`,
 //! a file of up to `CACHE_FILE_MAX` bytes is kept in memory after it was served, with
