@@ -137,7 +137,9 @@ impl AppKey {
 /// Writes 32 random bytes to `path` (0600), unless another process created it first.
 fn create_key_file(path: &Path) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
+    // Private: the state directory holds the key (`scaleup run` may be first to make it).
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
         .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);

@@ -47,7 +47,10 @@ pub fn ensure_self_signed(site: &site::Site) -> anyhow::Result<site::TlsFiles> {
             files.cert.display()
         )
     })?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Private: the folder will hold the key (`scaleup run` may be first to make it).
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     // The key first and the certificate last: a certificate file means the pair is whole.
     write_atomically(&files.key, key_pair.serialize_pem().as_bytes(), 0o600)?;
     write_atomically(&files.cert, cert.pem().as_bytes(), 0o644)?;
@@ -136,6 +139,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&files.key).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "the key is private");
+        let folder = files.key.parent().unwrap();
+        let mode = std::fs::metadata(folder).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "so is its folder");
     }
 
     #[test]
