@@ -104,6 +104,15 @@ async fn idle_sockets_from_one_address_move_nothing() {
     let site = write_default_site(base, state.path());
     let _app = run_node("app1", &site);
     let _web = run_node("web1", &site);
+    // The web server first: a load balancer that starts before any backend answers
+    // rightly hands the address to its peer, which is not what this test is about.
+    let web_admin: SocketAddr = ([127, 0, 0, 1], base + 13).into();
+    wait_status(
+        &format!("http://{web_admin}/healthz"),
+        200,
+        Duration::from_secs(60),
+    )
+    .await;
     let lb1 = run_node_limited("lb1", &site, 1024);
     let _lb2 = run_node("lb2", &site);
     let floating: SocketAddr = ([127, 0, 0, 1], base).into();
@@ -115,6 +124,11 @@ async fn idle_sockets_from_one_address_move_nothing() {
     )
     .await;
     lb1.wait_for_line("open-file limit", Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(lb1_admin).await["cluster"]["role"] != "active" {
+        assert!(Instant::now() < deadline, "lb1 never became active");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let attacker: IpAddr = "127.0.0.2".parse().unwrap();
     let someone: IpAddr = "127.0.0.3".parse().unwrap();
