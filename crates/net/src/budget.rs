@@ -130,12 +130,19 @@ impl Budget {
     ) -> Arc<Budget> {
         let limit = open_file_limit();
         let allowed = fd_allowance(limit, fds_per_connection);
-        if (max_connections as u64) > allowed {
-            tracing::warn!(
+        let wanted = max_connections as u64;
+        if wanted > allowed {
+            let why = format!(
                 "max_connections {max_connections} lowered to {allowed}: the open-file \
                  limit is {limit} and each connection needs {fds_per_connection} \
                  (raise the hard limit, e.g. LimitNOFILE= in the systemd unit)"
             );
+            // A few percent off is worth knowing, not worth a warning at every start.
+            if allowed * 10 < wanted * 9 {
+                tracing::warn!("{why}");
+            } else {
+                tracing::info!("{why}");
+            }
         }
         Budget::build(
             (max_connections as u64).min(allowed) as usize,
