@@ -169,7 +169,7 @@ pub async fn serve(
             10_000,
             net::budget::DEFAULT_PER_CLIENT,
             1,
-            config.trusted_proxies.clone(),
+            net::headers::Trusted::addresses(config.trusted_proxies.iter().copied()),
         ),
         ..Limits::default()
     };

@@ -262,7 +262,8 @@ pub async fn serve(
             b.max_connections,
             b.max_connections_per_client as usize,
             2,
-            Vec::new(),
+            // A proxy in front carries many clients' connections from one address.
+            Trusted::blocks(b.trusted_proxies.iter().copied()),
         ),
         header_timeout: b.timeouts.client,
         keepalive_timeout: b.timeouts.keepalive,

@@ -29,6 +29,8 @@ use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::headers::Trusted;
+
 /// Descriptors kept out of the client budget for everything else a node opens:
 /// listeners, upstream and database pools, health checks, the heartbeat link, the
 /// admin listener's own connections, log files.
@@ -94,7 +96,7 @@ pub struct Budget {
     clients: Mutex<HashMap<IpAddr, usize>>,
     /// Addresses the per-client cap does not apply to: the tier in front, whose one
     /// address carries many clients' requests.
-    exempt: Vec<IpAddr>,
+    exempt: Trusted,
     /// Connections closed at once because their address was over `per_client`.
     refused: AtomicU64,
 }
@@ -103,17 +105,17 @@ impl Budget {
     /// A budget of exactly `capacity` connections, at most `per_client` from one
     /// address (tests and the admin listener; nodes use [`Budget::for_process`]).
     pub fn new(capacity: usize, per_client: usize) -> Arc<Budget> {
-        Budget::build(capacity, per_client, Vec::new())
+        Budget::build(capacity, per_client, Trusted::default())
     }
 
-    fn build(capacity: usize, per_client: usize, exempt: Vec<IpAddr>) -> Arc<Budget> {
+    fn build(capacity: usize, per_client: usize, exempt: Trusted) -> Arc<Budget> {
         let capacity = capacity.max(1);
         Arc::new(Budget {
             permits: Arc::new(Semaphore::new(capacity)),
             capacity,
             per_client: per_client.max(1),
             clients: Mutex::new(HashMap::new()),
-            exempt: exempt.into_iter().map(|ip| ip.to_canonical()).collect(),
+            exempt,
             refused: AtomicU64::new(0),
         })
     }
@@ -126,7 +128,7 @@ impl Budget {
         max_connections: usize,
         per_client: usize,
         fds_per_connection: u64,
-        exempt: Vec<IpAddr>,
+        exempt: Trusted,
     ) -> Arc<Budget> {
         let limit = open_file_limit();
         let allowed = fd_allowance(limit, fds_per_connection);
@@ -190,7 +192,7 @@ impl Budget {
         client: IpAddr,
     ) -> Result<Slot, OwnedSemaphorePermit> {
         let client = client.to_canonical();
-        let key = (!self.exempt.contains(&client)).then(|| client_key(client));
+        let key = (!self.exempt.contains(client)).then(|| client_key(client));
         if let Some(key) = key {
             let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
             let count = clients.entry(key).or_insert(0);
@@ -344,7 +346,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_tier_in_front_is_not_capped() {
-        let budget = Budget::build(10, 1, vec!["192.0.2.1".parse().unwrap()]);
+        let budget = Budget::build(10, 1, Trusted::addresses(["192.0.2.1".parse().unwrap()]));
         let front: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         let slots: Vec<Slot> = futures_util::future::join_all((0..5).map(|_| budget.room()))
             .await

@@ -150,20 +150,23 @@ pub fn forwarding(
             headers.remove(name);
         }
     }
-    let value = match chain {
-        Some(chain) if !chain.is_empty() => format!("{chain}, {peer_ip}"),
-        _ => peer_ip.to_string(),
+    // An address is always a valid header value.
+    let Ok(real_ip) = HeaderValue::from_str(&client.to_string()) else {
+        return client;
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+    let chain = match chain {
+        Some(chain) if !chain.is_empty() => HeaderValue::from_str(&format!("{chain}, {peer_ip}")),
+        // The first hop: the chain is the client, already formatted.
+        _ => Ok(real_ip.clone()),
+    };
+    if let Ok(chain) = chain {
+        headers.insert(X_FORWARDED_FOR.clone(), chain);
     }
     if !(believed && headers.contains_key(&X_FORWARDED_PROTO)) {
         let proto = if secure { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
-    if let Ok(value) = HeaderValue::from_str(&client.to_string()) {
-        headers.insert(X_REAL_IP.clone(), value);
-    }
+    headers.insert(X_REAL_IP.clone(), real_ip);
     client
 }
 

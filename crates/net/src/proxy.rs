@@ -10,8 +10,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -60,10 +59,12 @@ pub async fn forward(
         .to_owned();
     // A request can be sent again only if nothing of it is lost by the first try.
     let replayable = is_idempotent(&parts.method) && body.is_end_stream();
-    let fault = Arc::new(AtomicU8::new(CLIENT_OK));
-    let mut body = Some(ClientBody {
+    // Only a body that is sent on needs watching; a bodiless request costs nothing.
+    let fault = (!replayable).then(|| Arc::new(OnceLock::new()));
+    let mut body = fault.as_ref().map(|fault| ClientBody {
         inner: body,
         left: policy.max_body_bytes,
+        limit: policy.max_body_bytes.unwrap_or_default(),
         fault: fault.clone(),
     });
     let mut tried: Vec<usize> = Vec::new();
@@ -76,9 +77,9 @@ pub async fn forward(
             return failure.page(policy.unreachable, &pool.name, request_id);
         };
         let server = &pool.servers()[index];
-        let upstream_body: Body = match (replayable, body.take()) {
-            (false, Some(body)) => body.boxed_unsync(),
-            _ => crate::empty(),
+        let upstream_body: Body = match body.take() {
+            Some(body) => body.boxed_unsync(),
+            None => crate::empty(),
         };
         let mut upstream = Request::new(upstream_body);
         *upstream.method_mut() = parts.method.clone();
@@ -108,13 +109,7 @@ pub async fn forward(
                 return Response::from_parts(head, body.map_err(Into::into).boxed_unsync());
             }
             Ok(Err(e)) => {
-                let client_body = match fault.load(Relaxed) {
-                    CLIENT_TOO_LARGE => Some(Failure::BodyTooLarge {
-                        limit: policy.max_body_bytes.unwrap_or_default(),
-                    }),
-                    CLIENT_BROKEN => Some(Failure::ClientBody),
-                    _ => None,
-                };
+                let client_body = fault.as_ref().and_then(|f| f.get().copied());
                 (Failure::of_client_error(&e, client_body), root_cause(&e))
             }
             Err(_) => (Failure::Timeout, "response timeout".to_string()),
@@ -143,18 +138,17 @@ pub async fn forward(
 /// Requests that found this node short of resources: one line a second.
 static LOCAL_SHORTAGE: crate::budget::LogEvery = crate::budget::LogEvery::new();
 
-/// [`ClientBody::fault`] values.
-const CLIENT_OK: u8 = 0;
-const CLIENT_TOO_LARGE: u8 = 1;
-const CLIENT_BROKEN: u8 = 2;
-
 /// The client's request body on its way upstream: counted against the hop's limit,
 /// and remembering whether it was the client that broke the exchange.
 struct ClientBody {
     inner: Incoming,
     /// Bytes still allowed; `None`: no limit.
     left: Option<u64>,
-    fault: Arc<AtomicU8>,
+    /// The limit, for the 413 page.
+    limit: u64,
+    /// Set when the client broke the exchange: read by `forward` once the upstream
+    /// request has failed.
+    fault: Arc<OnceLock<Failure>>,
 }
 
 impl http_body::Body for ClientBody {
@@ -171,7 +165,7 @@ impl http_body::Body for ClientBody {
                 if let (Some(left), Some(data)) = (self.left, frame.data_ref()) {
                     let len = data.len() as u64;
                     if len > left {
-                        self.fault.store(CLIENT_TOO_LARGE, Relaxed);
+                        let _ = self.fault.set(Failure::BodyTooLarge { limit: self.limit });
                         return Poll::Ready(Some(Err("request body over the limit".into())));
                     }
                     self.left = Some(left - len);
@@ -179,7 +173,7 @@ impl http_body::Body for ClientBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                self.fault.store(CLIENT_BROKEN, Relaxed);
+                let _ = self.fault.set(Failure::ClientBody);
                 Poll::Ready(Some(Err(e.into())))
             }
             other => other.map_err(Into::into),

@@ -336,7 +336,7 @@ pub async fn serve(
             config.max_connections_per_client,
             2,
             // The load balancers carry every client's requests from one address each.
-            config.proxy_from.clone(),
+            Trusted::addresses(config.proxy_from.iter().copied()),
         ),
         header_timeout: config.timeouts.client,
         keepalive_timeout: config.timeouts.keepalive,
