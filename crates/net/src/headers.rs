@@ -134,17 +134,11 @@ pub fn forwarding(
     strip_hop_by_hop(headers);
     let peer_ip = peer.ip().to_canonical();
     let believed = trusted.contains(peer_ip);
-    let mut client = peer_ip;
+    let client = client_of(headers, peer, trusted);
     let mut chain = None;
     if believed {
-        // The last hop appended the address it met; earlier entries are whatever
-        // the client claimed, kept for the record but never used.
-        if let Some(line) = joined(headers, &X_FORWARDED_FOR) {
-            if let Some(last) = line.rsplit(',').next().and_then(|a| a.trim().parse().ok()) {
-                client = last;
-            }
-            chain = Some(line);
-        }
+        // Earlier entries are whatever the client claimed, kept for the record.
+        chain = joined(headers, &X_FORWARDED_FOR);
     } else {
         for name in CLIENT_CLAIMS {
             headers.remove(name);
@@ -168,6 +162,25 @@ pub fn forwarding(
     }
     headers.insert(X_REAL_IP.clone(), real_ip);
     client
+}
+
+/// The client of a request, without touching its headers: from a `trusted` peer, the
+/// last address that peer appended to `X-Forwarded-For` (earlier entries are the
+/// client's own claims); from anyone else, the peer itself. What a hop that answers
+/// by itself (a static file) needs for its log; [`forwarding`] gives the same answer.
+pub fn client_of(headers: &HeaderMap, peer: SocketAddr, trusted: &Trusted) -> IpAddr {
+    let peer_ip = peer.ip().to_canonical();
+    if !trusted.contains(peer_ip) {
+        return peer_ip;
+    }
+    headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .next_back()
+        .and_then(|line| line.to_str().ok())
+        .and_then(|line| line.rsplit(',').next())
+        .and_then(|last| last.trim().parse().ok())
+        .unwrap_or(peer_ip)
 }
 
 /// Every line of header `name`, joined with `, ` as RFC 9110 §5.3 allows.

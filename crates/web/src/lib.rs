@@ -21,7 +21,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, STRICT_TRANSPORT_SECURITY};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use net::access_log::AccessLog;
-use net::headers::{forwarding, refuse_malformed, RequestIds, Trusted, X_REQUEST_ID};
+use net::headers::{client_of, forwarding, refuse_malformed, RequestIds, Trusted, X_REQUEST_ID};
 use net::proxy::Policy;
 use net::server::{ConnInfo, Handler, Limits, Transport};
 use net::upstream::Pool;
@@ -125,8 +125,10 @@ impl Handler for WebServer {
         self.metrics.request_started();
         let tls_here = req.extensions().get::<ConnInfo>().is_some_and(|c| c.secure);
         // The client is the load balancer's client when a load balancer sent this
-        // (its X-Forwarded-For, or the PROXY header on HTTPS), else the peer.
-        let client = forwarding(req.headers_mut(), peer, tls_here, &self.trusted);
+        // (its X-Forwarded-For, or the PROXY header on HTTPS), else the peer. The
+        // forwarding headers themselves are rewritten only for a request that is
+        // forwarded: a static file needs none of that work.
+        let client = client_of(req.headers(), peer, &self.trusted);
         let request_id = self.ids.ensure(req.headers_mut());
         let entry = self.log.begin(
             req.method(),
@@ -139,10 +141,11 @@ impl Handler for WebServer {
         // HTTPS: TLS ended here, or at a load balancer in `http` mode (which says so,
         // and only a load balancer's word is kept).
         let secure = tls_here
-            || req
-                .headers()
-                .get(&net::headers::X_FORWARDED_PROTO)
-                .is_some_and(|v| v == "https");
+            || (self.trusted.contains(peer.ip())
+                && req
+                    .headers()
+                    .get(&net::headers::X_FORWARDED_PROTO)
+                    .is_some_and(|v| v == "https"));
         let path = req.uri().path().to_owned();
 
         let mut resp = if let Some(refusal) = refuse_malformed(&req, &request_id) {
@@ -160,6 +163,10 @@ impl Handler for WebServer {
                     resp
                 }
                 Outcome::NotFound => {
+                    forwarding(req.headers_mut(), peer, tls_here, &self.trusted);
+                    // The id this line is logged with, whatever `Connection` named.
+                    req.headers_mut()
+                        .insert(X_REQUEST_ID.clone(), request_id.clone());
                     net::proxy::forward(&self.pool, req, peer, self.policy, &request_id).await
                 }
             }
