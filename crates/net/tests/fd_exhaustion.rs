@@ -73,7 +73,7 @@ fn origin_process() {
 fn spawn_origin() -> (std::process::Child, SocketAddr) {
     let file = std::env::temp_dir().join(format!("fd-exhaustion-origin-{}", std::process::id()));
     let _ = std::fs::remove_file(&file);
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "origin_process", "--ignored", "--quiet"])
         .env(ORIGIN_ENV, &file)
         .stdin(std::process::Stdio::piped())
@@ -89,6 +89,8 @@ fn spawn_origin() -> (std::process::Child, SocketAddr) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the origin process did not start in 5 s");
 }
 
