@@ -1,0 +1,210 @@
+//! `[database]`: SQLite or a MySQL/MariaDB primary with replicas, and what a
+//! managed local pair needs.
+
+use super::*;
+
+impl Checker<'_> {
+    pub(super) fn database(&mut self, d: &RawDatabase, state_dir: &Path) -> Database {
+        let kind = d.kind.as_ref().map_or("sqlite", |k| k.get_ref().as_str());
+        match kind {
+            "mysql" => {
+                if let Some(path) = &d.path {
+                    self.mistake(
+                        path.span(),
+                        "`path` is for `kind = \"sqlite\"`",
+                        "remove it: a MySQL/MariaDB database is named in the `primary` URL",
+                    );
+                }
+                let primary = match &d.primary {
+                    Some(url) => self.db_server(url, "primary".into()),
+                    None => {
+                        let span = d.kind.as_ref().map_or(0..0, |k| k.span());
+                        self.mistake(
+                            span,
+                            "`kind = \"mysql\"` needs a `primary`",
+                            "add `primary = \"mysql://USER:PASSWORD@HOST:PORT/DATABASE\"`",
+                        );
+                        placeholder_server()
+                    }
+                };
+                let replicas: Vec<DbServer> = d
+                    .replicas
+                    .as_ref()
+                    .map(|list| {
+                        list.get_ref()
+                            .iter()
+                            .enumerate()
+                            .map(|(i, url)| self.db_server(url, format!("replica{}", i + 1)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let managed = d.managed.as_ref().is_some_and(|m| *m.get_ref());
+                if managed {
+                    self.check_managed(d, &primary, &replicas);
+                }
+                Database::Mysql(Mysql {
+                    primary,
+                    replicas,
+                    password_env: d.password_env.as_ref().map(|v| v.get_ref().clone()),
+                    max_replica_lag: self
+                        .duration(d.max_replica_lag.as_ref(), DEFAULT_MAX_REPLICA_LAG),
+                    read_your_writes_timeout: self.duration(
+                        d.read_your_writes_timeout.as_ref(),
+                        DEFAULT_READ_YOUR_WRITES_TIMEOUT,
+                    ),
+                    managed,
+                })
+            }
+            "sqlite" => {
+                let mysql_only = [
+                    d.primary.as_ref().map(|v| ("primary", v.span())),
+                    d.replicas.as_ref().map(|v| ("replicas", v.span())),
+                    d.password_env.as_ref().map(|v| ("password_env", v.span())),
+                    d.max_replica_lag
+                        .as_ref()
+                        .map(|v| ("max_replica_lag", v.span())),
+                    d.read_your_writes_timeout
+                        .as_ref()
+                        .map(|v| ("read_your_writes_timeout", v.span())),
+                    d.managed.as_ref().map(|v| ("managed", v.span())),
+                ];
+                for (key, span) in mysql_only.into_iter().flatten() {
+                    self.mistake(
+                        span,
+                        format!("`{key}` is for `kind = \"mysql\"`"),
+                        "write `kind = \"mysql\"` to use a MySQL/MariaDB primary, or remove the key",
+                    );
+                }
+                Database::Sqlite {
+                    path: absolute(
+                        state_dir,
+                        d.path
+                            .as_ref()
+                            .map_or("foobar.db", |p| p.get_ref().as_str()),
+                    ),
+                }
+            }
+            other => {
+                let span = d.kind.as_ref().map_or(0..0, |k| k.span());
+                self.mistake(
+                    span,
+                    format!("unknown database kind `{other}`"),
+                    "write `kind = \"sqlite\"` (embedded) or `kind = \"mysql\"` (MySQL/MariaDB primary and replicas)",
+                );
+                Database::Sqlite {
+                    path: state_dir.join("foobar.db"),
+                }
+            }
+        }
+    }
+
+    /// Reads one `mysql://user:password@host:port/database` URL.
+    pub(super) fn db_server(&mut self, value: &Spanned<String>, name: String) -> DbServer {
+        const HINT: &str = "write a URL like \"mysql://foobar:secret@127.0.0.1:3306/foobar\" \
+                            (the password may be left out and given by `password_env`)";
+        let url = match url::Url::parse(value.get_ref()) {
+            Ok(url) => url,
+            Err(e) => {
+                self.mistake(
+                    value.span(),
+                    format!("`{}` is not a URL ({e})", value.get_ref()),
+                    HINT,
+                );
+                return placeholder_server();
+            }
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map_or_else(|_| s.to_string(), |d| d.into_owned())
+        };
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_string();
+        let user = decode(url.username());
+        let database = decode(url.path().trim_start_matches('/'));
+        let problem = if !matches!(url.scheme(), "mysql" | "mariadb") {
+            Some(format!("the scheme is `{}`, not `mysql`", url.scheme()))
+        } else if host.is_empty() {
+            Some("it names no host".to_string())
+        } else if user.is_empty() {
+            Some("it names no user".to_string())
+        } else if database.is_empty() || database.contains('/') {
+            Some("it names no database (the path after the port)".to_string())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            self.mistake(
+                value.span(),
+                format!("`{}` cannot be used: {problem}", redact(value.get_ref())),
+                HINT,
+            );
+        }
+        DbServer {
+            name,
+            host,
+            port: url.port().unwrap_or(3306),
+            user,
+            password: url.password().map(decode),
+            database,
+        }
+    }
+
+    /// `managed = true` starts the servers on this machine, so they must be on loopback,
+    /// each on its own port, and share one account and database.
+    pub(super) fn check_managed(
+        &mut self,
+        d: &RawDatabase,
+        primary: &DbServer,
+        replicas: &[DbServer],
+    ) {
+        let urls = d
+            .primary
+            .iter()
+            .chain(d.replicas.iter().flat_map(|r| r.get_ref().iter()));
+        let mut ports = HashMap::new();
+        for (server, url) in std::iter::once(primary).chain(replicas).zip(urls) {
+            let loopback = server.host == "localhost"
+                || server
+                    .host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                self.mistake(
+                    url.span(),
+                    format!("`managed = true` cannot start a server on {}", server.host),
+                    "use 127.0.0.1 for managed servers, or set `managed = false` and run them yourself",
+                );
+            }
+            if let Some(other) = ports.insert(server.port, server.name.clone()) {
+                self.mistake(
+                    url.span(),
+                    format!("port {} is already used by {other}", server.port),
+                    "give each managed server a port of its own",
+                );
+            }
+            let plain =
+                |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !plain(&server.user) || !plain(&server.database) {
+                self.mistake(
+                    url.span(),
+                    "a managed server's user and database names are created by scaleup",
+                    "use letters, digits and `_` only in the user and database names",
+                );
+            }
+            if server.user != primary.user
+                || server.database != primary.database
+                || server.password != primary.password
+            {
+                self.mistake(
+                    url.span(),
+                    "a managed replica has the primary's user, password and database",
+                    "write the same user, password and database as in `primary`",
+                );
+            }
+        }
+    }
+}
