@@ -22,6 +22,10 @@ pub fn default_site(base_port: u16, state_dir: &str, secret: &str) -> String {
 [site]
 name = "www.foobar.com"
 state_dir = "{state_dir}"
+# Admin writes (`scaleup drain`, `scaleup ready`) carry the token in this variable;
+# `scaleup up` makes one when it is not set, gives it to the nodes and keeps it in
+# the state directory (admin.token) for the command line.
+admin_token_env = "SCALEUP_ADMIN_TOKEN"
 
 # What both load balancers do: spread requests over the web servers.
 [balancer]
@@ -34,6 +38,9 @@ retries = 1
 tls_mode = "tcp"
 # Plain HTTP answers 308 to HTTPS (/healthz and ACME challenges excepted), as on
 # every site with HTTPS; `https_redirect = false` would keep serving plain HTTP.
+# A web server made ready (`scaleup ready`) or back up gets its share of traffic
+# (its `weight`, 1 to 256, default 1) step by step over `slowstart`.
+slowstart = "10s"
 
 [balancer.health]
 path = "/healthz"
@@ -83,6 +90,7 @@ listen = "127.0.0.1:{web1}"
 tls_listen = "127.0.0.1:{web1_tls}"
 admin = "127.0.0.1:{web1_admin}"
 apps = ["app1"]
+weight = 1
 
 # Browsers may keep the static assets for an hour.
 [[web.cache]]

@@ -26,7 +26,21 @@ pub struct Site {
     pub cluster: Option<Cluster>,
     /// The site's certificate and HTTPS policy, shared by every node that speaks TLS.
     pub tls: Tls,
+    /// The environment variable holding the token that admin writes (drain, ready)
+    /// must carry as `Authorization: Bearer TOKEN`. `None`: no node accepts a write.
+    pub admin_token_env: Option<String>,
 }
+
+/// Server weights are 1..=`MAX_WEIGHT` (HAProxy's range, without its 0: a server
+/// taken out is drained, which says so on `/status`, not weighted to nothing).
+pub const MAX_WEIGHT: u32 = 256;
+
+/// The weight of a server the site file gives none: every server alike.
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+/// How long a server's share of traffic ramps up after `scaleup ready` or after it
+/// comes back up, when the site file does not say.
+pub const DEFAULT_SLOWSTART: Duration = Duration::from_secs(10);
 
 /// The load-balancer cluster: one floating address, held by the active node.
 #[derive(Debug, Clone)]
@@ -239,6 +253,13 @@ pub struct WebNode {
     pub headers: Vec<(String, String)>,
     /// `Cache-Control` for static files, by path pattern; the first match wins.
     pub cache: Vec<CacheRule>,
+    /// Its share of the load balancers' traffic, relative to the other web servers
+    /// (1..=256, default 1).
+    pub weight: u32,
+    /// How long an application server's share of this web server's traffic ramps
+    /// up from nothing to its weight after it is made ready or comes back up
+    /// (HAProxy's `slowstart`); zero gives the whole share at once.
+    pub slowstart: Duration,
 }
 
 /// A `Cache-Control` value for the static files whose path matches a pattern.
@@ -302,6 +323,9 @@ pub const DEFAULT_HEADERS: [(&str, &str); 4] = [
 #[derive(Debug, Clone)]
 pub struct AppNode {
     pub node: Node,
+    /// Its share of the web servers' traffic, relative to the other application
+    /// servers (1..=256, default 1).
+    pub weight: u32,
 }
 
 /// The load balancers' shared settings (HAProxy's `defaults` + `backend`).
@@ -334,6 +358,10 @@ pub struct Balancer {
     /// default: the load balancer is the first hop, so whatever forwarding headers a
     /// client sends are its own inventions and are replaced.
     pub trusted_proxies: Vec<Cidr>,
+    /// How long a web server's share of traffic ramps up from nothing to its weight
+    /// after it is made ready or comes back up (HAProxy's `slowstart`), so a cold
+    /// server is not handed its full share at once; zero gives it at once.
+    pub slowstart: Duration,
 }
 
 /// An address block, `10.0.0.0/8` or `2001:db8::/32`; a single address is a block of
@@ -481,6 +509,10 @@ pub struct Timeouts {
     pub server: Duration,
     /// A kept-alive client connection with no request started, before it is closed.
     pub keepalive: Duration,
+    /// An upgraded connection (a WebSocket) with no byte in either direction, before
+    /// both sides are closed: HAProxy's `timeout tunnel`, long because a quiet chat or
+    /// live feed is still wanted.
+    pub tunnel: Duration,
 }
 
 /// Where the foobar data lives.
@@ -586,6 +618,26 @@ impl Site {
     /// The load balancer called `name`.
     pub fn lb(&self, name: &str) -> Option<&LbNode> {
         self.lbs.iter().find(|l| l.node.name == name)
+    }
+
+    /// The admin token from `$admin_token_env`, read now (a node reads it when it
+    /// starts). `Ok(None)` when the site names no variable; an error saying what to
+    /// export when the variable is named but unset or empty.
+    pub fn admin_token(&self) -> Result<Option<String>, String> {
+        let Some(name) = &self.admin_token_env else {
+            return Ok(None);
+        };
+        match std::env::var(name) {
+            Ok(value) if !value.trim().is_empty() => Ok(Some(value.trim().to_string())),
+            Ok(_) => Err(format!(
+                "the admin token comes from ${name}, which is empty: export {name}=... \
+                 (a long random value, the same for every node and the command line)"
+            )),
+            Err(_) => Err(format!(
+                "the admin token comes from ${name}, which is not set: export {name}=... \
+                 (a long random value, the same for every node and the command line)"
+            )),
+        }
     }
 }
 

@@ -93,6 +93,7 @@ struct RawCache {
 struct RawSiteSection {
     name: String,
     state_dir: Option<String>,
+    admin_token_env: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +103,7 @@ struct RawNode {
     listen: Spanned<String>,
     bind: Option<Spanned<String>>,
     admin: Spanned<String>,
+    weight: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -123,6 +125,8 @@ struct RawWeb {
     headers: Option<toml::Table>,
     #[serde(default)]
     cache: Vec<RawCache>,
+    weight: Option<Spanned<i64>>,
+    slowstart: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +142,7 @@ struct RawBalancer {
     tls_mode: Option<Spanned<String>>,
     https_redirect: Option<Spanned<bool>>,
     trusted_proxies: Option<Vec<Spanned<String>>>,
+    slowstart: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -157,6 +162,7 @@ struct RawTimeouts {
     client: Option<Spanned<String>>,
     server: Option<Spanned<String>>,
     keepalive: Option<Spanned<String>>,
+    tunnel: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -297,6 +303,7 @@ impl Checker<'_> {
             .iter()
             .map(|n| AppNode {
                 node: self.node(&n.name, &n.listen, n.bind.as_ref(), &n.admin),
+                weight: self.weight(n.weight.as_ref()),
             })
             .collect();
 
@@ -328,6 +335,8 @@ impl Checker<'_> {
                 max_body_bytes: w.max_body_bytes.unwrap_or(1024 * 1024),
                 headers: self.headers(w.headers.as_ref()),
                 cache: w.cache.iter().map(|c| self.cache_rule(c)).collect(),
+                weight: self.weight(w.weight.as_ref()),
+                slowstart: self.slowstart(w.slowstart.as_ref()),
             })
             .collect();
 
@@ -345,6 +354,7 @@ impl Checker<'_> {
                 tls_mode: TlsMode::Tcp,
                 https_redirect: has_https,
                 trusted_proxies: Vec::new(),
+                slowstart: DEFAULT_SLOWSTART,
             },
             Some(b) => Balancer {
                 algorithm: self.algorithm(b.algorithm.as_ref()),
@@ -368,6 +378,7 @@ impl Checker<'_> {
                     .flatten()
                     .filter_map(|entry| self.cidr(entry))
                     .collect(),
+                slowstart: self.slowstart(b.slowstart.as_ref()),
             },
         };
 
@@ -381,6 +392,11 @@ impl Checker<'_> {
         let cluster = raw.cluster.as_ref().map(|c| self.cluster(c, &raw.lb));
 
         let tls = self.tls(raw.tls.as_ref(), base);
+        let admin_token_env = raw
+            .site
+            .admin_token_env
+            .as_ref()
+            .and_then(|v| self.env_name(v, "admin_token_env"));
         self.check_roles_present(&raw);
         self.check_addresses(&raw);
         self.check_https(&raw, &balancer);
@@ -395,6 +411,7 @@ impl Checker<'_> {
             database,
             cluster,
             tls,
+            admin_token_env,
         }
     }
 }

@@ -313,3 +313,112 @@ fn managed_servers_are_local_with_their_own_ports() {
         "{messages:?}"
     );
 }
+
+#[test]
+fn the_tunnel_timeout_defaults_to_an_hour_and_must_be_a_duration() {
+    let site = ok(&default_text());
+    assert_eq!(site.balancer.timeouts.tunnel, Duration::from_secs(3600));
+    assert_eq!(site.webs[0].timeouts.tunnel, Duration::from_secs(3600));
+    let text = default_text().replacen(
+        "[balancer.timeouts]\n",
+        "[balancer.timeouts]\ntunnel = \"90s\"\n",
+        1,
+    );
+    assert_eq!(ok(&text).balancer.timeouts.tunnel, Duration::from_secs(90));
+    let text = default_text().replacen(
+        "[balancer.timeouts]\n",
+        "[balancer.timeouts]\ntunnel = \"forever\"\n",
+        1,
+    );
+    let found = mistakes(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let (line, column) = position(&text, "tunnel = \"forever\"");
+    assert_eq!(
+        (found[0].line, found[0].column),
+        (line, column + "tunnel = ".len())
+    );
+    assert!(found[0].message.contains("`forever` is not a duration"));
+}
+
+#[test]
+fn weights_default_to_one_and_stay_within_1_to_256() {
+    let site = ok(&default_text());
+    assert_eq!(site.webs[0].weight, 1);
+    assert_eq!(site.apps[0].weight, 1);
+    let text = default_text()
+        .replacen("weight = 1\n", "weight = 3\n", 1)
+        .replacen("name = \"app1\"\n", "name = \"app1\"\nweight = 256\n", 1);
+    let site = ok(&text);
+    assert_eq!((site.webs[0].weight, site.apps[0].weight), (3, 256));
+
+    let text = default_text().replacen("weight = 1\n", "weight = 0\n", 1);
+    let found = mistakes(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let (line, column) = position(&text, "weight = 0");
+    assert_eq!(
+        (found[0].line, found[0].column),
+        (line, column + "weight = ".len())
+    );
+    assert!(found[0].message.contains("weight of 0"));
+    assert!(found[0].hint.as_deref().unwrap().contains("scaleup drain"));
+
+    for bad in ["257", "-2"] {
+        let text = default_text().replacen("weight = 1\n", &format!("weight = {bad}\n"), 1);
+        let found = mistakes(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.contains("is not a weight"), "{found:?}");
+        assert!(found[0].hint.as_deref().unwrap().contains("1 to 256"));
+    }
+}
+
+#[test]
+fn slowstart_is_a_duration_and_zero_turns_it_off() {
+    let site = ok(&default_text());
+    assert_eq!(site.balancer.slowstart, Duration::from_secs(10));
+    assert_eq!(site.webs[0].slowstart, DEFAULT_SLOWSTART);
+    let text = default_text().replacen("slowstart = \"10s\"", "slowstart = \"0s\"", 1);
+    assert_eq!(ok(&text).balancer.slowstart, Duration::ZERO);
+    let text = default_text().replacen("weight = 1\n", "weight = 1\nslowstart = \"0\"\n", 1);
+    assert_eq!(ok(&text).webs[0].slowstart, Duration::ZERO);
+    let text = default_text().replacen("slowstart = \"10s\"", "slowstart = \"soon\"", 1);
+    let found = mistakes(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let (line, _) = position(&text, "slowstart = \"soon\"");
+    assert_eq!(found[0].line, line);
+    assert!(found[0]
+        .message
+        .contains("`soon` is not a slow-start duration"));
+}
+
+#[test]
+fn admin_token_env_names_a_variable() {
+    let site = ok(&default_text());
+    assert_eq!(site.admin_token_env.as_deref(), Some("SCALEUP_ADMIN_TOKEN"));
+    let without = default_text().replacen("admin_token_env = \"SCALEUP_ADMIN_TOKEN\"\n", "", 1);
+    let site = ok(&without);
+    assert_eq!(site.admin_token_env, None);
+    assert_eq!(
+        site.admin_token(),
+        Ok(None),
+        "no variable: no token, no writes"
+    );
+
+    let text = default_text().replacen("\"SCALEUP_ADMIN_TOKEN\"", "\"1 token\"", 1);
+    let found = mistakes(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let (line, column) = position(&text, "\"1 token\"");
+    assert_eq!((found[0].line, found[0].column), (line, column));
+    assert!(found[0].message.contains("admin_token_env"));
+
+    // A variable no test or shell sets: the error says what to export.
+    let text = default_text().replacen(
+        "\"SCALEUP_ADMIN_TOKEN\"",
+        "\"SCALEUP_TEST_TOKEN_NEVER_SET_4F2A\"",
+        1,
+    );
+    let err = ok(&text).admin_token().unwrap_err();
+    assert!(
+        err.contains("export SCALEUP_TEST_TOKEN_NEVER_SET_4F2A="),
+        "{err}"
+    );
+}

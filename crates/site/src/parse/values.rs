@@ -45,6 +45,76 @@ impl Checker<'_> {
         }
     }
 
+    /// A server's `weight`: 1..=256. Zero is refused with a pointer to `drain`, the
+    /// way to take a server out that says so everywhere.
+    pub(super) fn weight(&mut self, value: Option<&Spanned<i64>>) -> u32 {
+        let Some(value) = value else {
+            return DEFAULT_WEIGHT;
+        };
+        match u32::try_from(*value.get_ref()) {
+            Ok(w @ 1..=MAX_WEIGHT) => w,
+            Ok(0) => {
+                self.mistake(
+                    value.span(),
+                    "a weight of 0 is not allowed",
+                    "write 1 to 256; to take a server out of the pool for a while, \
+                     run `scaleup drain NODE` (and `scaleup ready NODE` to bring it back)",
+                );
+                DEFAULT_WEIGHT
+            }
+            _ => {
+                self.mistake(
+                    value.span(),
+                    format!("`{}` is not a weight", value.get_ref()),
+                    "write a whole number from 1 to 256: the server's share of traffic \
+                     relative to the others (a server of weight 2 gets twice the requests \
+                     of one of weight 1)",
+                );
+                DEFAULT_WEIGHT
+            }
+        }
+    }
+
+    /// `slowstart`: a duration, or `"0s"` (or `"0"`) for none.
+    pub(super) fn slowstart(&mut self, value: Option<&Spanned<String>>) -> Duration {
+        let Some(value) = value else {
+            return DEFAULT_SLOWSTART;
+        };
+        let text = value.get_ref().trim();
+        if text == "0" {
+            return Duration::ZERO;
+        }
+        match humantime::parse_duration(text) {
+            Ok(d) if d <= Duration::from_secs(3600) => d,
+            _ => {
+                self.mistake(
+                    value.span(),
+                    format!("`{}` is not a slow-start duration", value.get_ref()),
+                    "write a duration up to an hour, like \"10s\" or \"1m\", or \"0s\" to give \
+                     a server its whole share at once",
+                );
+                DEFAULT_SLOWSTART
+            }
+        }
+    }
+
+    /// The name of an environment variable (`SCALEUP_ADMIN_TOKEN`), for `key`.
+    pub(super) fn env_name(&mut self, value: &Spanned<String>, key: &str) -> Option<String> {
+        let name = value.get_ref();
+        let valid = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if valid {
+            return Some(name.clone());
+        }
+        self.mistake(
+            value.span(),
+            format!("`{name}` is not an environment variable name for `{key}`"),
+            "write letters, digits and `_`, not starting with a digit, like \"SCALEUP_ADMIN_TOKEN\"",
+        );
+        None
+    }
+
     pub(super) fn health(&mut self, raw: Option<&RawHealth>) -> HealthCheck {
         HealthCheck {
             path: self.health_path(raw.and_then(|h| h.path.as_ref())),
@@ -94,6 +164,11 @@ impl Checker<'_> {
             keepalive: self.duration(
                 raw.and_then(|t| t.keepalive.as_ref()),
                 Duration::from_secs(75),
+            ),
+            // An hour, as HAProxy users commonly set `timeout tunnel` for WebSockets.
+            tunnel: self.duration(
+                raw.and_then(|t| t.tunnel.as_ref()),
+                Duration::from_secs(3600),
             ),
         }
     }
