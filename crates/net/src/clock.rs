@@ -45,6 +45,9 @@ struct State {
     head_started: bool,
     /// The connection speaks HTTP/2: never write a 408.
     h2: bool,
+    /// The connection was upgraded (a WebSocket): its bytes are no longer HTTP, and
+    /// the tunnel's own idle timeout applies instead of this clock.
+    tunnel: bool,
 }
 
 impl Clock {
@@ -57,6 +60,7 @@ impl Clock {
                 deadline: Instant::now() + head,
                 head_started: false,
                 h2,
+                tunnel: false,
             }),
             head,
             idle,
@@ -67,6 +71,11 @@ impl Clock {
     pub fn request_started(&self) {
         let mut s = self.state.lock().expect("clock lock");
         s.in_flight += 1;
+    }
+
+    /// The connection switched protocols (101): the clock stops for good.
+    pub fn tunnel(&self) {
+        self.state.lock().expect("clock lock").tunnel = true;
     }
 
     /// A response's last byte left (or the response was dropped): if no other request
@@ -139,6 +148,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Watched<T> {
         }
         let (waiting, deadline, head_started, h2) = {
             let s = this.clock.state.lock().expect("clock lock");
+            if s.tunnel {
+                drop(s);
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
             (s.in_flight == 0, s.deadline, s.head_started, s.h2)
         };
         if waiting {

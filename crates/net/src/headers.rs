@@ -125,13 +125,22 @@ impl Trusted {
 /// appended; from anyone else every forwarding claim is deleted and the client is
 /// the peer itself. `X-Real-IP` then names the client for the tiers behind. Returns
 /// the client's address (for the access log).
+///
+/// A WebSocket upgrade (`Upgrade: websocket` with `Connection: upgrade`) keeps
+/// exactly those two headers, rewritten, so that it can pass this hop;
+/// [`crate::proxy::forward`] still passes it only on `GET` over HTTP/1.1. Any other
+/// `Upgrade` goes with the hop-by-hop headers.
 pub fn forwarding(
     headers: &mut HeaderMap,
     peer: SocketAddr,
     secure: bool,
     trusted: &Trusted,
 ) -> IpAddr {
+    let websocket = crate::tunnel::asks_websocket(headers);
     strip_hop_by_hop(headers);
+    if websocket {
+        crate::tunnel::set_upgrade_headers(headers);
+    }
     let peer_ip = peer.ip().to_canonical();
     let believed = trusted.contains(peer_ip);
     let client = client_of(headers, peer, trusted);
@@ -370,6 +379,55 @@ mod tests {
         let t = Trusted::addresses(["::ffff:192.0.2.1".parse().unwrap()]);
         assert!(t.contains("192.0.2.1".parse().unwrap()));
         assert!(!t.contains("192.0.2.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_websocket_upgrade_is_kept_and_any_other_upgrade_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(UPGRADE, HeaderValue::from_static("WebSocket"));
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(
+            "sec-websocket-key",
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        forwarding(
+            &mut h,
+            addr("198.51.100.7:5000"),
+            false,
+            &Trusted::default(),
+        );
+        assert_eq!(h[UPGRADE], "websocket");
+        assert_eq!(h[CONNECTION], "upgrade");
+        assert!(!h.contains_key("x-secret"), "named by Connection");
+        assert!(h.contains_key("sec-websocket-key"), "end to end");
+
+        let mut h = HeaderMap::new();
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQCAAAAAAIAAAAA"),
+        );
+        forwarding(
+            &mut h,
+            addr("198.51.100.7:5000"),
+            false,
+            &Trusted::default(),
+        );
+        for gone in [
+            UPGRADE,
+            CONNECTION,
+            HeaderName::from_static("http2-settings"),
+        ] {
+            assert!(!h.contains_key(&gone), "{gone} passed");
+        }
     }
 
     #[test]

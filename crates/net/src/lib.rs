@@ -9,6 +9,7 @@
 //!   balancer and read (from trusted peers only) by the web server;
 //! - [`upstream`]: pools of servers with health checks and balancing algorithms;
 //! - [`proxy`]: forwarding a request to a pool, with retries and clean error pages;
+//! - [`tunnel`]: WebSocket upgrades through a hop, relayed with an idle timeout;
 //! - [`failure`]: why a forward failed, whose fault it is, whether to retry;
 //! - [`headers`]: forwarding headers, request ids, hop-by-hop headers;
 //! - [`access_log`], [`metrics`], [`finish`]: what is recorded of each request;
@@ -36,6 +37,7 @@ pub mod reuseport;
 pub mod server;
 pub mod shutdown;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 
 pub use body::{empty, full, Body, BoxError};

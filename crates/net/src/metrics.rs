@@ -26,6 +26,12 @@ pub struct Metrics {
     connections: AtomicI64,
     /// Client connections accepted since start.
     connections_total: AtomicU64,
+    /// WebSocket tunnels open now.
+    tunnels: AtomicI64,
+    /// WebSocket tunnels opened since start.
+    tunnels_total: AtomicU64,
+    /// Tunnels closed because nothing moved for `timeouts.tunnel`.
+    tunnels_idle_closed: AtomicU64,
 }
 
 impl Metrics {
@@ -58,6 +64,25 @@ impl Metrics {
     /// A client connection closed.
     pub fn connection_closed(&self) {
         self.connections.fetch_sub(1, Relaxed);
+    }
+
+    /// A WebSocket tunnel opened.
+    pub fn tunnel_opened(&self) {
+        self.tunnels.fetch_add(1, Relaxed);
+        self.tunnels_total.fetch_add(1, Relaxed);
+    }
+
+    /// A WebSocket tunnel closed; `idle`: for its idle timeout.
+    pub fn tunnel_closed(&self, idle: bool) {
+        self.tunnels.fetch_sub(1, Relaxed);
+        if idle {
+            self.tunnels_idle_closed.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// WebSocket tunnels open now.
+    pub fn tunnels_open(&self) -> i64 {
+        self.tunnels.load(Relaxed)
     }
 
     /// Requests answered so far, all classes.
@@ -119,6 +144,18 @@ impl Metrics {
             self.in_flight.load(Relaxed),
             self.connections.load(Relaxed),
             self.connections_total.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP scaleup_tunnels_open WebSocket tunnels open now.\n# TYPE scaleup_tunnels_open gauge\n\
+             scaleup_tunnels_open{{node=\"{node}\"}} {}\n\
+             # HELP scaleup_tunnels_total WebSocket tunnels opened.\n# TYPE scaleup_tunnels_total counter\n\
+             scaleup_tunnels_total{{node=\"{node}\"}} {}\n\
+             # HELP scaleup_tunnels_idle_closed_total WebSocket tunnels closed after timeouts.tunnel with no byte either way.\n# TYPE scaleup_tunnels_idle_closed_total counter\n\
+             scaleup_tunnels_idle_closed_total{{node=\"{node}\"}} {}",
+            self.tunnels.load(Relaxed),
+            self.tunnels_total.load(Relaxed),
+            self.tunnels_idle_closed.load(Relaxed)
         );
     }
 }

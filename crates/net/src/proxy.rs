@@ -14,15 +14,21 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use std::time::Duration;
+
+use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 
 use crate::failure::{root_cause, Failure};
 use crate::headers::strip_hop_by_hop;
 use crate::pages::error_page;
-use crate::upstream::Pool;
+use crate::tunnel;
+use crate::upstream::{InFlight, Pool};
 use crate::{Body, BoxError};
 
 /// How a hop forwards: the parts of proxy behaviour that differ between roles.
@@ -42,8 +48,13 @@ pub struct Policy {
 
 /// Sends `req` to a server of `pool`. Its headers must already be this hop's: the
 /// hop-by-hop ones stripped *before* the forwarding headers were added (see
-/// [`crate::headers::Forwarding`]), so that a client's `Connection` header cannot
+/// [`crate::headers::forwarding`]), so that a client's `Connection` header cannot
 /// name them.
+///
+/// A WebSocket request ([`tunnel::is_websocket_request`]) is sent with its upgrade;
+/// when the server answers 101 the client gets that 101 and the two connections are
+/// relayed to each other until both close or nothing moves for `timeouts.tunnel`.
+/// Any other answer is passed on as usual. Any other upgrade is stripped.
 pub async fn forward(
     pool: &Pool,
     req: Request<Incoming>,
@@ -52,6 +63,15 @@ pub async fn forward(
     request_id: &HeaderValue,
 ) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
+    let mut websocket = None;
+    if tunnel::is_websocket_request(&parts.method, parts.version, &parts.headers) {
+        websocket = parts.extensions.remove::<OnUpgrade>();
+    }
+    if websocket.is_none() {
+        // Whatever the caller left: no hop passes an upgrade it cannot relay.
+        parts.headers.remove(CONNECTION);
+        parts.headers.remove(UPGRADE);
+    }
     let path = parts
         .uri
         .path_and_query()
@@ -70,7 +90,7 @@ pub async fn forward(
     let mut tried: Vec<usize> = Vec::new();
 
     loop {
-        let Some((index, _in_flight)) = pool.pick(peer.ip(), &tried) else {
+        let Some((index, in_flight)) = pool.pick(peer.ip(), &tried) else {
             let failure = Failure::NoServer {
                 after_tries: !tried.is_empty(),
             };
@@ -103,6 +123,24 @@ pub async fn forward(
         let sent =
             tokio::time::timeout(pool.timeouts.server, pool.client().request(upstream)).await;
         let (failure, reason) = match sent {
+            Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let to_websocket = resp
+                    .headers()
+                    .get(UPGRADE)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+                match websocket.take() {
+                    Some(client) if to_websocket => {
+                        let hold = parts.extensions.remove::<tunnel::Hold>();
+                        return open_tunnel(resp, client, pool.timeouts.tunnel, in_flight, hold);
+                    }
+                    // A switch nobody asked for, or to another protocol.
+                    _ => (
+                        Failure::BadResponse,
+                        "101 Switching Protocols to something other than the WebSocket asked for"
+                            .to_string(),
+                    ),
+                }
+            }
             Ok(Ok(resp)) => {
                 let (mut head, body) = resp.into_parts();
                 strip_hop_by_hop(&mut head.headers);
@@ -133,6 +171,51 @@ pub async fn forward(
             return failure.page(policy.unreachable, &pool.name, request_id);
         }
     }
+}
+
+/// The 101 for the client, and the task that relays the two upgraded connections:
+/// the client's (`client`, once hyper has sent this 101) and the server's. The task
+/// keeps the server counted in flight (for `leastconn`) and the client connection's
+/// [`tunnel::Hold`] until the tunnel ends, and reports the end through the
+/// [`tunnel::TunnelEnd`] in the response's extensions.
+fn open_tunnel(
+    mut resp: Response<Incoming>,
+    client: OnUpgrade,
+    idle: Duration,
+    in_flight: InFlight,
+    hold: Option<tunnel::Hold>,
+) -> Response<Body> {
+    let server = hyper::upgrade::on(&mut resp);
+    let (mut head, _) = resp.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    tunnel::set_upgrade_headers(&mut head.headers);
+    let (ended_tx, ended) = tunnel::TunnelEnd::new();
+    head.extensions.insert(ended);
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        let (client, server) = match tokio::join!(client, server) {
+            (Ok(client), Ok(server)) => (client, server),
+            (client, server) => {
+                let e = client.err().or(server.err()).map(|e| e.to_string());
+                tracing::debug!("WebSocket upgrade not completed: {e:?}");
+                return;
+            }
+        };
+        let metrics = hold.as_ref().map(|h| h.metrics().clone());
+        if let Some(metrics) = &metrics {
+            metrics.tunnel_opened();
+        }
+        let relayed = tunnel::relay(TokioIo::new(client), TokioIo::new(server), idle).await;
+        if let Some(metrics) = &metrics {
+            metrics.tunnel_closed(relayed.ended == tunnel::Ended::Idle);
+        }
+        if relayed.ended == tunnel::Ended::Idle {
+            tracing::debug!("WebSocket closed after {idle:?} with no byte either way");
+        }
+        let _ = ended_tx.send(relayed.b_to_a);
+        drop(hold);
+    });
+    Response::from_parts(head, crate::empty())
 }
 
 /// Requests that found this node short of resources: one line a second.

@@ -26,6 +26,7 @@ use crate::budget::{Budget, LogEvery, Slot};
 use crate::clock::{Clock, Watched};
 use crate::linger::Lent;
 use crate::proxy_protocol::Replay;
+use crate::tunnel::Hold;
 use crate::{Body, Metrics, Shutdown};
 
 /// What a request carries about its connection, in its extensions.
@@ -343,7 +344,11 @@ impl<H: Handler> Conn<H> {
         metrics.connection_opened();
         tracker.spawn(async move {
             let pressed = slot.pressed();
-            self.open(stream, peer, &transport, pressed).await;
+            // A WebSocket tunnel outlives the connection's HTTP: it holds the
+            // connection (its budget place, the drain's wait) until it ends.
+            let (hold, held) = crate::tunnel::Hold::new(metrics.clone());
+            self.open(stream, peer, &transport, pressed, hold).await;
+            held.released().await;
             metrics.connection_closed();
             drop(slot);
         });
@@ -352,7 +357,14 @@ impl<H: Handler> Conn<H> {
     /// The PROXY header and the TLS handshake (both within the head timeout), then
     /// HTTP. `pressed`: the node's budget is nearly spent, so the client gets
     /// [`PRESSED_WAIT`] at most for its first request.
-    async fn open(self, stream: TcpStream, peer: SocketAddr, transport: &Transport, pressed: bool) {
+    async fn open(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        transport: &Transport,
+        pressed: bool,
+        hold: Hold,
+    ) {
         let head = if pressed {
             self.limits.header_timeout.min(PRESSED_WAIT)
         } else {
@@ -376,20 +388,28 @@ impl<H: Handler> Conn<H> {
             }
         };
         let Some(tls) = &transport.tls else {
-            return self.http(stream, peer, false, false, head).await;
+            return self.http(stream, peer, false, false, head, hold).await;
         };
         match tokio::time::timeout(head, tls.accept(stream)).await {
             Ok(Ok(stream)) => {
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                self.http(stream, peer, true, h2, head).await
+                self.http(stream, peer, true, h2, head, hold).await
             }
             Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
             Err(_) => tracing::debug!(%peer, "TLS handshake not finished within {head:?}"),
         }
     }
 
-    async fn http<IO>(self, io: IO, peer: SocketAddr, secure: bool, h2: bool, head: Duration)
-    where
+    /// Serves HTTP on `io`; `hold` goes into every request, for a tunnel to keep.
+    async fn http<IO>(
+        self,
+        io: IO,
+        peer: SocketAddr,
+        secure: bool,
+        h2: bool,
+        head: Duration,
+        hold: Hold,
+    ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let idle = if head < self.limits.header_timeout {
@@ -420,6 +440,7 @@ impl<H: Handler> Conn<H> {
             let clock = clock.clone();
             let abandoned = abandoned_tx.clone();
             let linger = linger_tx.clone();
+            let hold = hold.clone();
             if !started_tx.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 first_tx.notify_one();
             }
@@ -431,6 +452,7 @@ impl<H: Handler> Conn<H> {
                     answered: false,
                 };
                 req.extensions_mut().insert(info);
+                req.extensions_mut().insert(hold);
                 let http1 = req.version() < Version::HTTP_2;
                 let resp = match too_large(&req, max_body) {
                     Some(refusal) => refusal,
@@ -441,6 +463,10 @@ impl<H: Handler> Conn<H> {
                 if http1 && resp.headers().get(CONNECTION).is_some_and(|v| v == "close") {
                     linger.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
+                // Once the 101 is out the bytes are the tunnel's, not HTTP heads.
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    clock.tunnel();
+                }
                 pending.answered = true;
                 drop(pending);
                 let done = move |_| clock.response_done();
@@ -448,7 +474,8 @@ impl<H: Handler> Conn<H> {
             }
         });
         {
-            let conn = self.builder.serve_connection(io, service);
+            // With upgrades: hyper hands the socket to a WebSocket after its 101.
+            let conn = self.builder.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

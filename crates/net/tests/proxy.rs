@@ -83,6 +83,7 @@ fn timeouts(server_ms: u64) -> Timeouts {
         client: Duration::from_secs(5),
         server: Duration::from_millis(server_ms),
         keepalive: Duration::from_secs(5),
+        tunnel: Duration::from_secs(60),
     }
 }
 

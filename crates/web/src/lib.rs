@@ -24,7 +24,7 @@ use net::access_log::AccessLog;
 use net::headers::{client_of, forwarding, refuse_malformed, RequestIds, Trusted, X_REQUEST_ID};
 use net::proxy::Policy;
 use net::server::{ConnInfo, Handler, Limits, Transport};
-use net::upstream::Pool;
+use net::upstream::{Pool, Server};
 use net::{Body, Metrics, Shutdown};
 use tokio::net::TcpListener;
 
@@ -37,8 +37,13 @@ pub struct Config {
     pub name: String,
     /// The document root.
     pub root: PathBuf,
-    /// The application servers: name and address.
-    pub apps: Vec<(String, SocketAddr)>,
+    /// The application servers: name, address and weight.
+    pub apps: Vec<Server>,
+    /// How long an application server made ready or back up takes to get its whole
+    /// share of traffic.
+    pub slowstart: std::time::Duration,
+    /// The token admin writes (drain, ready) must carry, or why there is none.
+    pub admin_token: net::admin::Token,
     /// Where access-log lines go (`None`: standard output).
     pub access_log: Option<PathBuf>,
     /// How the application servers are checked.
@@ -75,8 +80,15 @@ impl Config {
             apps: web
                 .apps
                 .iter()
-                .filter_map(|a| site.app(a).map(|n| (n.node.name.clone(), n.node.listen)))
+                .filter_map(|a| site.app(a))
+                .map(|n| Server {
+                    name: n.node.name.clone(),
+                    addr: n.node.listen,
+                    weight: n.weight,
+                })
                 .collect(),
+            slowstart: web.slowstart,
+            admin_token: site.admin_token().into(),
             access_log: web.access_log.clone(),
             health: web.health.clone(),
             timeouts: web.timeouts.clone(),
@@ -117,6 +129,8 @@ struct WebServer {
     policy: Policy,
     /// The load balancers: the only peers whose forwarding headers are believed.
     trusted: Trusted,
+    /// Who may drain and ready the application servers through the admin listener.
+    auth: net::admin::Auth,
 }
 
 impl Handler for WebServer {
@@ -185,10 +199,18 @@ impl Handler for WebServer {
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         let status = resp.status().as_u16();
         let metrics = self.metrics.clone();
+        // A WebSocket is logged when it closes, with what it carried, as nginx does;
+        // its request is counted as answered once the 101 is out.
+        let tunnel = net::tunnel::TunnelEnd::of(&mut resp);
         resp.map(|body| {
             net::finish::on_finish(body, move |bytes| {
                 metrics.request_finished(status, start.elapsed());
-                entry.finish(status, bytes, Some(&request_id));
+                match tunnel {
+                    Some(end) => {
+                        end.then(move |sent| entry.finish(status, sent, Some(&request_id)))
+                    }
+                    None => entry.finish(status, bytes, Some(&request_id)),
+                }
             })
         })
     }
@@ -255,6 +277,14 @@ impl net::admin::Report for WebServer {
             "upstream": self.pool.status(),
         })
     }
+
+    fn auth(&self) -> Option<&net::admin::Auth> {
+        Some(&self.auth)
+    }
+
+    fn pool(&self) -> Option<&Pool> {
+        Some(&self.pool)
+    }
 }
 
 /// Runs web server `config` on `listener` (clients) and `admin` (operators) until
@@ -309,13 +339,16 @@ pub async fn serve(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let files = StaticFiles::new(&config.root)
         .map_err(|e| anyhow::anyhow!("document root {}: {e}", config.root.display()))?;
-    let pool = Arc::new(Pool::new(
-        "app",
-        config.apps.clone(),
-        site::Algorithm::RoundRobin,
-        config.health.clone(),
-        config.timeouts.clone(),
-    ));
+    let pool = Arc::new(
+        Pool::new(
+            "app",
+            config.apps.clone(),
+            site::Algorithm::RoundRobin,
+            config.health.clone(),
+            config.timeouts.clone(),
+        )
+        .with_slow_start(config.slowstart),
+    );
     pool.spawn_health_checks(shutdown.clone());
     let web = Arc::new(WebServer {
         name: config.name.clone(),
@@ -334,6 +367,7 @@ pub async fn serve(
             max_body_bytes: Some(config.max_body_bytes),
         },
         trusted: Trusted::addresses(config.proxy_from.iter().copied()),
+        auth: net::admin::Auth::new(&config.name, config.admin_token.clone()),
     });
     let limits = Limits {
         // Shared by the HTTP and HTTPS listeners; a proxied request also holds a

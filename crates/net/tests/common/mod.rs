@@ -48,6 +48,7 @@ pub fn pool_of(addr: SocketAddr, interval: Duration) -> Arc<Pool> {
             client: Duration::from_secs(5),
             server: Duration::from_secs(5),
             keepalive: Duration::from_secs(5),
+            tunnel: Duration::from_secs(60),
         },
     ))
 }
