@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 use net::headers::{forwarding, refuse_malformed, RequestIds, Trusted, X_REQUEST_ID};
 use net::proxy::Policy;
 use net::server::{ConnInfo, Handler, Limits, Transport};
-use net::upstream::Pool;
+use net::upstream::{Pool, Server};
 use net::{Body, Metrics, Shutdown};
 use tokio::net::TcpListener;
 
@@ -42,8 +42,8 @@ pub struct Config {
     pub name: String,
     /// The site's balancing settings.
     pub balancer: site::Balancer,
-    /// The web servers of the pool: name and address.
-    pub servers: Vec<(String, SocketAddr)>,
+    /// The web servers of the pool: name, address and weight.
+    pub servers: Vec<Server>,
     /// The cluster this load balancer belongs to, if any.
     pub cluster: Option<floating::Membership>,
     /// Each pool member's HTTPS address, in pool order (for `tcp` mode).
@@ -52,6 +52,8 @@ pub struct Config {
     pub tls_port: Option<u16>,
     /// The certificate, when this node ends TLS (`http` mode).
     pub tls: Option<site::TlsFiles>,
+    /// The token admin writes (drain, ready) must carry, or why there is none.
+    pub admin_token: net::admin::Token,
 }
 
 impl Config {
@@ -74,7 +76,11 @@ impl Config {
             balancer: site.balancer.clone(),
             servers: webs
                 .iter()
-                .map(|w| (w.node.name.clone(), w.node.listen))
+                .map(|w| Server {
+                    name: w.node.name.clone(),
+                    addr: w.node.listen,
+                    weight: w.weight,
+                })
                 .collect(),
             servers_tls: webs.iter().map(|w| w.tls_listen).collect(),
             // Clients of the floating address are sent to the floating HTTPS port.
@@ -95,6 +101,7 @@ impl Config {
                 None
             },
             cluster: floating::Membership::from_site(site, name)?,
+            admin_token: site.admin_token().into(),
         })
     }
 }
@@ -112,6 +119,8 @@ struct LoadBalancer {
     redirect_to: Option<u16>,
     /// Proxies in front whose forwarding headers are kept (`trusted_proxies`).
     trusted: Trusted,
+    /// Who may drain and ready the web servers through the admin listener.
+    auth: net::admin::Auth,
 }
 
 impl Handler for LoadBalancer {
@@ -211,6 +220,14 @@ impl net::admin::Report for LoadBalancer {
         (path == "/stats" || path == "/")
             .then(|| stats::page(&self.name, &self.metrics, &self.pool))
     }
+
+    fn auth(&self) -> Option<&net::admin::Auth> {
+        Some(&self.auth)
+    }
+
+    fn pool(&self) -> Option<&Pool> {
+        Some(&self.pool)
+    }
 }
 
 /// Runs load balancer `config` on `listener` (clients), `tls_listener` (the HTTPS
@@ -224,13 +241,16 @@ pub async fn serve(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let b = &config.balancer;
-    let pool = Arc::new(Pool::new(
-        "web",
-        config.servers.clone(),
-        b.algorithm,
-        b.health.clone(),
-        b.timeouts.clone(),
-    ));
+    let pool = Arc::new(
+        Pool::new(
+            "web",
+            config.servers.clone(),
+            b.algorithm,
+            b.health.clone(),
+            b.timeouts.clone(),
+        )
+        .with_slow_start(b.slowstart),
+    );
     // Listeners stop on `inner`, fired only after the cluster has handed over.
     let (inner_trigger, inner) = net::shutdown::channel();
     pool.spawn_health_checks(inner.clone());
@@ -254,6 +274,7 @@ pub async fn serve(
         started: SystemTime::now(),
         redirect_to: config.tls_port.filter(|_| b.https_redirect),
         trusted: Trusted::blocks(b.trusted_proxies.iter().copied()),
+        auth: net::admin::Auth::new(&config.name, config.admin_token.clone()),
     });
     let limits = Limits {
         // Shared by the HTTP, HTTPS and floating listeners; each client connection

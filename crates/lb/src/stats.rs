@@ -10,13 +10,20 @@ pub fn page(name: &str, metrics: &Metrics, pool: &Pool) -> Response<Body> {
     let status = pool.status();
     let mut rows = String::new();
     for s in status["servers"].as_array().into_iter().flatten() {
-        let up = s["up"].as_bool().unwrap_or(false);
+        // `up`, `down`, `draining` (drained, requests still in flight) or `drained`.
+        let state = s["state"].as_str().unwrap_or("down");
+        let class = match state {
+            "up" => "up",
+            "down" => "down",
+            _ => "drain",
+        };
         rows.push_str(&format!(
-            "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({})</td></tr>\n",
-            if up { "up" } else { "down" },
+            "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({})</td></tr>\n",
             s["name"].as_str().unwrap_or("?"),
             s["addr"].as_str().unwrap_or("?"),
-            if up { "UP" } else { "DOWN" },
+            state.to_uppercase(),
+            s["weight"],
+            s["effective_weight"],
             s["in_flight"],
             s["requests"],
             s["failures"],
@@ -28,12 +35,13 @@ pub fn page(name: &str, metrics: &Metrics, pool: &Pool) -> Response<Body> {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
 <title>{name} stats</title><style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}\
-td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}tr.up{{background:#e7f7e7}}tr.down{{background:#fbe3e3}}</style></head>\
+td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}tr.up{{background:#e7f7e7}}tr.down{{background:#fbe3e3}}tr.drain{{background:#e3ebfb}}</style></head>\
 <body><h1>{name}: load balancer</h1>\
-<p>Algorithm <b>{algo}</b>. Responses: 1xx {c1}, 2xx {c2}, 3xx {c3}, 4xx {c4}, 5xx {c5}. Open connections: {conns}.</p>\
-<table><tr><th>server</th><th>address</th><th>state</th><th>in flight</th><th>requests</th><th>failures</th><th>last change</th></tr>\n{rows}</table>\
+<p>Algorithm <b>{algo}</b>, slow start {slowstart} ms. Responses: 1xx {c1}, 2xx {c2}, 3xx {c3}, 4xx {c4}, 5xx {c5}. Open connections: {conns}.</p>\
+<table><tr><th>server</th><th>address</th><th>state</th><th>weight</th><th>weight now</th><th>in flight</th><th>requests</th><th>failures</th><th>last change</th></tr>\n{rows}</table>\
 <p><a href=\"/metrics\">/metrics</a> · <a href=\"/status\">/status</a></p></body></html>",
         algo = status["algorithm"].as_str().unwrap_or("?"),
+        slowstart = status["slowstart_ms"],
         conns = metrics.connections_open(),
     );
     let mut resp = Response::new(net::full(html));

@@ -5,12 +5,23 @@
 //! a row to come up, `fall` bad ones to go down. A refused connection, from a check
 //! or from live traffic, takes a server down at once: the kernel has told us nobody
 //! listens, so waiting for more evidence only sends more clients into the wall.
+//!
+//! Each server has a weight (its share of traffic). An operator can drain a server
+//! (no new request goes to it, those in flight finish; it is still health-checked)
+//! and make it ready again. A server made ready, or coming back up, starts with a
+//! slow start: its effective weight grows linearly from almost nothing to its weight
+//! over the pool's `slowstart`, as HAProxy's `slowstart` does, so a cold server (empty
+//! caches, a JIT still warming) is not handed its whole share at once.
+//!
+//! Picking is one small [`Select`] implementation per algorithm, in Pingora's style:
+//! the pool works out which servers may take the request and their effective
+//! weights; the algorithm only chooses among them.
 
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::Request;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -18,6 +29,32 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use site::{Algorithm, HealthCheck, Timeouts};
 
 use crate::{Body, Shutdown};
+
+/// A server to put in a pool: what the configuration says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// The node's name, for logs, the stats page and `drain`/`ready`.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its share of traffic relative to the pool's other servers (1..=256).
+    pub weight: u32,
+}
+
+impl From<(String, SocketAddr)> for Server {
+    /// A server of weight 1, as every server is when the site file gives no weight.
+    fn from((name, addr): (String, SocketAddr)) -> Server {
+        Server {
+            name,
+            addr,
+            weight: 1,
+        }
+    }
+}
+
+/// Effective weights are counted in 1/`WEIGHT_UNIT` of a configured weight, so that a
+/// server of weight 1 can ramp up through a slow start in small steps.
+const WEIGHT_UNIT: u64 = 1024;
 
 /// One server of a pool and what we know about it.
 #[derive(Debug)]
@@ -42,12 +79,37 @@ pub struct Upstream {
     failures: AtomicU64,
     /// Why its state last changed, and when: shown on `/status`.
     last_change: Mutex<(SystemTime, String)>,
+    /// Its configured weight (1..=256).
+    weight: u32,
+    /// Taken out by an operator: no new request, health checks go on.
+    drained: AtomicBool,
+    /// When its slow start began, as nanoseconds since [`epoch`] plus one; 0 when it
+    /// has its whole weight.
+    ramp_start: AtomicU64,
+    /// A hash of its name, for source hashing (stable across nodes and restarts).
+    name_hash: u64,
+}
+
+/// The instant slow starts are measured from (atomics cannot hold an `Instant`).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Nanoseconds since [`epoch`], plus one so that 0 can mean "none".
+fn now_stamp() -> u64 {
+    u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1
 }
 
 impl Upstream {
-    fn new(name: String, addr: SocketAddr) -> Upstream {
+    fn new(server: Server) -> Upstream {
+        let Server { name, addr, weight } = server;
         Upstream {
             base_uri: format!("http://{addr}"),
+            name_hash: fnv1a(name.as_bytes()),
+            weight: weight.max(1),
+            drained: AtomicBool::new(false),
+            ramp_start: AtomicU64::new(0),
             name,
             addr,
             up: AtomicBool::new(true),
@@ -70,6 +132,60 @@ impl Upstream {
         self.in_flight.load(Relaxed)
     }
 
+    /// Its configured weight.
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
+    /// Whether an operator has drained it.
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Relaxed)
+    }
+
+    /// Takes it out of the pool: no new request goes to it, those in flight finish,
+    /// health checks go on. Whether it was in the pool before.
+    pub fn drain(&self) -> bool {
+        let changed = !self.drained.swap(true, Relaxed);
+        if changed {
+            tracing::info!(server = %self.name, addr = %self.addr, "server is DRAINING: taken out by an operator");
+            *self.last_change.lock().expect("poisoned") =
+                (SystemTime::now(), "drained by an operator".into());
+        }
+        changed
+    }
+
+    /// Puts a drained server back, with a slow start. Whether it was drained.
+    pub fn ready(&self) -> bool {
+        let changed = self.drained.swap(false, Relaxed);
+        if changed {
+            self.ramp_start.store(now_stamp(), Relaxed);
+            tracing::info!(server = %self.name, addr = %self.addr, "server is READY: back in the pool, slow start");
+            *self.last_change.lock().expect("poisoned") =
+                (SystemTime::now(), "made ready by an operator".into());
+        }
+        changed
+    }
+
+    /// Its weight now, in 1/[`WEIGHT_UNIT`]s: during a slow start of `slowstart`
+    /// it grows linearly from 1 unit to the whole weight.
+    fn effective_weight(&self, slowstart: Duration, now: u64) -> u64 {
+        let full = u64::from(self.weight) * WEIGHT_UNIT;
+        let start = self.ramp_start.load(Relaxed);
+        if start == 0 || slowstart.is_zero() {
+            return full;
+        }
+        let elapsed = u128::from(now.saturating_sub(start));
+        let total = slowstart.as_nanos();
+        if elapsed >= total {
+            // Over: later picks skip the arithmetic (unless a new ramp began since).
+            let _ = self.ramp_start.compare_exchange(start, 0, Relaxed, Relaxed);
+            return full;
+        }
+        u64::try_from(u128::from(full) * elapsed / total)
+            .unwrap_or(full)
+            .max(1)
+    }
+
     /// `http://addr` + `path_and_query`.
     pub fn uri_for(&self, path_and_query: &str) -> String {
         let mut uri = String::with_capacity(self.base_uri.len() + path_and_query.len());
@@ -81,6 +197,8 @@ impl Upstream {
     fn set_state(&self, up: bool, reason: String) {
         if self.up.swap(up, Relaxed) != up {
             if up {
+                // Back from down: it may have restarted cold, so it ramps up too.
+                self.ramp_start.store(now_stamp(), Relaxed);
                 tracing::info!(server = %self.name, addr = %self.addr, "server is UP: {reason}");
             } else {
                 tracing::warn!(server = %self.name, addr = %self.addr, "server is DOWN: {reason}");
@@ -128,14 +246,102 @@ impl Drop for InFlight {
     }
 }
 
+/// How one balancing algorithm chooses, given for each server of the pool (in
+/// configuration order) its effective weight now, 0 for a server that may not take
+/// this request (down, drained, or already tried by it).
+trait Select: Send + Sync {
+    fn select(&self, weights: &[u64], servers: &[Arc<Upstream>], client: IpAddr) -> Option<usize>;
+}
+
+/// nginx's smooth weighted round robin: each pick adds every server's weight to its
+/// running score, takes the highest and subtracts the total from it. Weights 3:1 give
+/// `a a b a`, not `a a a b`: no server gets a burst.
+struct SmoothRoundRobin {
+    scores: Mutex<Vec<i64>>,
+}
+
+impl Select for SmoothRoundRobin {
+    fn select(&self, weights: &[u64], _: &[Arc<Upstream>], _: IpAddr) -> Option<usize> {
+        let mut scores = self.scores.lock().expect("poisoned");
+        let mut total: i64 = 0;
+        let mut best: Option<usize> = None;
+        for (i, &w) in weights.iter().enumerate() {
+            if w == 0 {
+                continue;
+            }
+            let w = i64::try_from(w).unwrap_or(i64::MAX / 1024);
+            scores[i] += w;
+            total += w;
+            if best.is_none_or(|b| scores[i] > scores[b]) {
+                best = Some(i);
+            }
+        }
+        let best = best?;
+        scores[best] -= total;
+        Some(best)
+    }
+}
+
+/// HAProxy's `leastconn`: the fewest requests in flight for its weight (compared as
+/// (in flight + 1) / weight, so an idle heavy server beats an idle light one), ties
+/// spread by a rotating start instead of piling on the first server.
+struct LeastConn {
+    cursor: AtomicUsize,
+}
+
+impl Select for LeastConn {
+    fn select(&self, weights: &[u64], servers: &[Arc<Upstream>], _: IpAddr) -> Option<usize> {
+        let n = weights.len();
+        let start = self.cursor.fetch_add(1, Relaxed);
+        let load = |i: usize| (servers[i].in_flight() as u128 + 1, u128::from(weights[i]));
+        (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|&i| weights[i] > 0)
+            .reduce(|best, i| {
+                let ((a, wa), (b, wb)) = (load(i), load(best));
+                // a / wa < b / wb without division.
+                if a * wb < b * wa {
+                    i
+                } else {
+                    best
+                }
+            })
+    }
+}
+
+/// Source hashing by weighted rendezvous (highest random weight): every server draws
+/// a score from a hash of (client, server name), scaled by its weight; the highest
+/// wins. A client keeps its server while that server is usable, a server leaving
+/// moves only its own clients, weights are respected, and during a slow start clients
+/// move to the ramping server a few at a time. Both load balancers compute the same.
+struct SourceHash;
+
+impl Select for SourceHash {
+    fn select(&self, weights: &[u64], servers: &[Arc<Upstream>], client: IpAddr) -> Option<usize> {
+        let client = hash_ip(client);
+        let score = |i: usize| {
+            let h = mix(client ^ servers[i].name_hash);
+            // A uniform draw in (0, 1), never 0 so its logarithm is finite.
+            let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            weights[i] as f64 / -u.ln()
+        };
+        (0..weights.len())
+            .filter(|&i| weights[i] > 0)
+            .map(|i| (i, score(i)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i)
+    }
+}
+
 /// A pool of servers with one balancing algorithm and one keep-alive client.
 pub struct Pool {
     /// The pool's name (`web`, `app`), for logs and metrics.
     pub name: String,
     servers: Vec<Arc<Upstream>>,
     algorithm: Algorithm,
-    /// Round-robin position, shared by all requests.
-    cursor: AtomicUsize,
+    selector: Box<dyn Select>,
+    /// How long a server made ready or back up takes to reach its whole weight.
+    slowstart: Duration,
     /// Keep-alive connections to every server of the pool.
     client: Client<HttpConnector, Body>,
     health: HealthCheck,
@@ -144,10 +350,11 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool of `servers` (name, address), all assumed up until checked.
-    pub fn new(
+    /// A pool of `servers` (a [`Server`], or a name and address for weight 1), all
+    /// assumed up until checked, with no slow start (see [`Pool::with_slow_start`]).
+    pub fn new<S: Into<Server>>(
         name: impl Into<String>,
-        servers: Vec<(String, SocketAddr)>,
+        servers: Vec<S>,
         algorithm: Algorithm,
         health: HealthCheck,
         timeouts: Timeouts,
@@ -161,23 +368,46 @@ impl Pool {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
             .build(connector);
+        let servers: Vec<Arc<Upstream>> = servers
+            .into_iter()
+            .map(|s| Arc::new(Upstream::new(s.into())))
+            .collect();
+        let selector: Box<dyn Select> = match algorithm {
+            Algorithm::RoundRobin => Box::new(SmoothRoundRobin {
+                scores: Mutex::new(vec![0; servers.len()]),
+            }),
+            Algorithm::LeastConn => Box::new(LeastConn {
+                cursor: AtomicUsize::new(0),
+            }),
+            Algorithm::Source => Box::new(SourceHash),
+        };
         Pool {
             name: name.into(),
-            servers: servers
-                .into_iter()
-                .map(|(n, a)| Arc::new(Upstream::new(n, a)))
-                .collect(),
+            servers,
             algorithm,
-            cursor: AtomicUsize::new(0),
+            selector,
+            slowstart: Duration::ZERO,
             client,
             health,
             timeouts,
         }
     }
 
+    /// The same pool, where a server made ready or back up ramps up to its weight
+    /// over `slowstart` (zero: at once).
+    pub fn with_slow_start(mut self, slowstart: Duration) -> Pool {
+        self.slowstart = slowstart;
+        self
+    }
+
     /// The servers, in configuration order.
     pub fn servers(&self) -> &[Arc<Upstream>] {
         &self.servers
+    }
+
+    /// The server called `name`.
+    pub fn server(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.servers.iter().find(|s| s.name == name)
     }
 
     /// The keep-alive client that talks to the servers.
@@ -194,28 +424,21 @@ impl Pool {
     /// `tried` (servers that already failed this request). `None` when no healthy
     /// server is left.
     pub fn pick(&self, client: IpAddr, tried: &[usize]) -> Option<(usize, InFlight)> {
-        let n = self.servers.len();
-        let usable = |i: usize| self.servers[i].is_up() && !tried.contains(&i);
-        let index = match self.algorithm {
-            Algorithm::RoundRobin => {
-                let start = self.cursor.fetch_add(1, Relaxed);
-                (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
-            }
-            Algorithm::LeastConn => {
-                // Rotate the starting point so ties spread instead of piling on server 0.
-                let start = self.cursor.fetch_add(1, Relaxed);
-                (0..n)
-                    .map(|k| (start + k) % n)
-                    .filter(|&i| usable(i))
-                    .min_by_key(|&i| self.servers[i].in_flight())
-            }
-            Algorithm::Source => {
-                // Hash over the whole list, then walk forward: a server going down
-                // moves only its own clients.
-                let start = (hash_ip(client) % n as u64) as usize;
-                (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
-            }
-        }?;
+        let now = now_stamp();
+        let weights: Vec<u64> = self
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let usable = s.is_up() && !s.is_drained() && !tried.contains(&i);
+                if usable {
+                    s.effective_weight(self.slowstart, now)
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let index = self.selector.select(&weights, &self.servers, client)?;
         let server = self.servers[index].clone();
         server.in_flight.fetch_add(1, Relaxed);
         server.requests.fetch_add(1, Relaxed);
@@ -232,9 +455,9 @@ impl Pool {
         }
     }
 
-    /// Whether any server is up.
+    /// Whether any server is up and not drained (one that could take a request).
     pub fn any_up(&self) -> bool {
-        self.servers.iter().any(|s| s.is_up())
+        self.servers.iter().any(|s| s.is_up() && !s.is_drained())
     }
 
     /// Runs the active health checks until `shutdown`.
@@ -277,28 +500,41 @@ impl Pool {
         }
     }
 
+    /// One server as JSON for `/status` and `/servers/NAME`: health, whether it is
+    /// drained, its weight and the share of it it has now (below the weight during a
+    /// slow start), and its counters.
+    pub fn server_status(&self, s: &Upstream) -> serde_json::Value {
+        let (when, why) = s.last_change.lock().expect("poisoned").clone();
+        let effective = s.effective_weight(self.slowstart, now_stamp());
+        serde_json::json!({
+            "name": s.name,
+            "addr": s.addr.to_string(),
+            "up": s.is_up(),
+            "drained": s.is_drained(),
+            "state": match (s.is_drained(), s.in_flight(), s.is_up()) {
+                (true, 0, _) => "drained",
+                (true, _, _) => "draining",
+                (false, _, true) => "up",
+                (false, _, false) => "down",
+            },
+            "weight": s.weight,
+            "effective_weight": (effective as f64 / WEIGHT_UNIT as f64 * 100.0).round() / 100.0,
+            "in_flight": s.in_flight(),
+            "requests": s.requests.load(Relaxed),
+            "failures": s.failures.load(Relaxed),
+            "last_change": httpdate::fmt_http_date(when),
+            "last_change_reason": why,
+        })
+    }
+
     /// The pool as JSON for `/status`.
     pub fn status(&self) -> serde_json::Value {
-        let servers: Vec<serde_json::Value> = self
-            .servers
-            .iter()
-            .map(|s| {
-                let (when, why) = s.last_change.lock().expect("poisoned").clone();
-                serde_json::json!({
-                    "name": s.name,
-                    "addr": s.addr.to_string(),
-                    "up": s.is_up(),
-                    "in_flight": s.in_flight(),
-                    "requests": s.requests.load(Relaxed),
-                    "failures": s.failures.load(Relaxed),
-                    "last_change": httpdate::fmt_http_date(when),
-                    "last_change_reason": why,
-                })
-            })
-            .collect();
+        let servers: Vec<serde_json::Value> =
+            self.servers.iter().map(|s| self.server_status(s)).collect();
         serde_json::json!({
             "pool": self.name,
             "algorithm": self.algorithm.as_str(),
+            "slowstart_ms": u64::try_from(self.slowstart.as_millis()).unwrap_or(u64::MAX),
             "servers": servers,
         })
     }
@@ -313,6 +549,25 @@ impl Pool {
                 "scaleup_upstream_up{{node=\"{node}\",pool=\"{pool}\",server=\"{}\"}} {}",
                 s.name,
                 u8::from(s.is_up())
+            );
+        }
+        let _ = writeln!(out, "# HELP scaleup_upstream_drained Whether an operator has drained an upstream server (1) or not (0).\n# TYPE scaleup_upstream_drained gauge");
+        for s in &self.servers {
+            let _ = writeln!(
+                out,
+                "scaleup_upstream_drained{{node=\"{node}\",pool=\"{pool}\",server=\"{}\"}} {}",
+                s.name,
+                u8::from(s.is_drained())
+            );
+        }
+        let now = now_stamp();
+        let _ = writeln!(out, "# HELP scaleup_upstream_effective_weight An upstream server's weight now (below its configured weight during a slow start).\n# TYPE scaleup_upstream_effective_weight gauge");
+        for s in &self.servers {
+            let _ = writeln!(
+                out,
+                "scaleup_upstream_effective_weight{{node=\"{node}\",pool=\"{pool}\",server=\"{}\"}} {}",
+                s.name,
+                s.effective_weight(self.slowstart, now) as f64 / WEIGHT_UNIT as f64
             );
         }
         let _ = writeln!(out, "# HELP scaleup_upstream_requests_total Requests sent to an upstream server.\n# TYPE scaleup_upstream_requests_total counter");
@@ -348,13 +603,23 @@ impl Pool {
 /// FNV-1a over the address bytes: cheap, stable across runs and processes, so both
 /// load balancers send one client to the same server.
 fn hash_ip(ip: IpAddr) -> u64 {
-    let bytes: Vec<u8> = match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    };
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => fnv1a(&v4.octets()),
+        IpAddr::V6(v6) => fnv1a(&v6.octets()),
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
     })
+}
+
+/// SplitMix64's finaliser: FNV's low bits are poor, and rendezvous needs every bit.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+    x ^ (x >> 31)
 }
 
 struct CheckError {
@@ -425,5 +690,169 @@ async fn check(addr: SocketAddr, health: &HealthCheck) -> Result<(), CheckError>
             local: false,
             reason: format!("no answer within {:?}", health.timeout),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(algorithm: Algorithm, weights: &[u32], slowstart: Duration) -> Pool {
+        let servers: Vec<Server> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| Server {
+                name: format!("s{i}"),
+                addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                weight,
+            })
+            .collect();
+        let health = HealthCheck {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            rise: 1,
+            fall: 1,
+        };
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(1),
+            client: Duration::from_secs(1),
+            server: Duration::from_secs(1),
+            keepalive: Duration::from_secs(1),
+            tunnel: Duration::from_secs(1),
+        };
+        Pool::new("test", servers, algorithm, health, timeouts).with_slow_start(slowstart)
+    }
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// `count` picks (each released at once); the index picked each time.
+    fn picks(pool: &Pool, count: usize) -> Vec<usize> {
+        (0..count)
+            .map(|_| pool.pick(CLIENT, &[]).expect("a server").0)
+            .collect()
+    }
+
+    #[test]
+    fn weighted_round_robin_spreads_3_to_1_smoothly() {
+        let pool = pool(Algorithm::RoundRobin, &[3, 1], Duration::ZERO);
+        let seq = picks(&pool, 400);
+        assert_eq!(seq.iter().filter(|&&i| i == 0).count(), 300);
+        assert_eq!(seq.iter().filter(|&&i| i == 1).count(), 100);
+        // Smooth: every run of 4 holds exactly one pick of the light server, so the
+        // heavy one never gets more than 3 in a row.
+        for window in seq.chunks(4) {
+            assert_eq!(window.iter().filter(|&&i| i == 1).count(), 1, "{seq:?}");
+        }
+        assert_eq!(&seq[..4], &[0, 0, 1, 0], "nginx's order for 3:1");
+        // Equal weights alternate, as plain round robin did.
+        let pool = pool_equal();
+        assert_eq!(picks(&pool, 6), vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    fn pool_equal() -> Pool {
+        pool(Algorithm::RoundRobin, &[1, 1, 1], Duration::ZERO)
+    }
+
+    #[test]
+    fn a_drained_server_gets_no_new_request_and_its_in_flight_ones_finish() {
+        let pool = pool(Algorithm::RoundRobin, &[1, 1], Duration::ZERO);
+        let (first, held) = pool.pick(CLIENT, &[]).unwrap();
+        assert_eq!(first, 0);
+        let s0 = pool.server("s0").unwrap().clone();
+        assert!(s0.drain(), "it was in the pool");
+        assert!(!s0.drain(), "draining twice changes nothing");
+        assert_eq!(pool.server_status(&s0)["state"], "draining");
+        assert!(picks(&pool, 50).iter().all(|&i| i == 1), "no new request");
+        assert_eq!(s0.in_flight(), 1, "the one in flight goes on");
+        drop(held);
+        assert_eq!(s0.in_flight(), 0);
+        assert_eq!(pool.server_status(&s0)["state"], "drained");
+        assert!(s0.is_up(), "draining is not a health verdict");
+        // Both drained: nothing to pick, and the node says so.
+        pool.server("s1").unwrap().drain();
+        assert!(pool.pick(CLIENT, &[]).is_none());
+        assert!(!pool.any_up());
+        assert!(s0.ready() && !s0.ready());
+        assert_eq!(picks(&pool, 3), vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn slow_start_ramps_the_weight_linearly() {
+        let slowstart = Duration::from_secs(10);
+        let pool = pool(Algorithm::RoundRobin, &[4, 4], slowstart);
+        let s1 = pool.server("s1").unwrap().clone();
+        s1.drain();
+        s1.ready();
+        let start = s1.ramp_start.load(Relaxed);
+        let at = |secs: f64| s1.effective_weight(slowstart, start + (secs * 1e9) as u64);
+        let full = 4 * WEIGHT_UNIT;
+        assert_eq!(at(0.0), 1, "from almost nothing");
+        assert_eq!(at(2.5), full / 4);
+        assert_eq!(at(5.0), full / 2);
+        assert_eq!(at(9.99), full * 999 / 1000);
+        assert_eq!(at(10.0), full);
+        assert_eq!(s1.ramp_start.load(Relaxed), 0, "the ramp is over");
+        assert_eq!(at(1.0), full, "and stays over");
+        // Without slow start the whole weight comes back at once.
+        let none = pool_equal();
+        let s = none.server("s1").unwrap();
+        s.drain();
+        s.ready();
+        assert_eq!(s.effective_weight(Duration::ZERO, now_stamp()), WEIGHT_UNIT);
+    }
+
+    #[test]
+    fn a_server_in_slow_start_gets_a_small_share_that_grows() {
+        let pool = pool(Algorithm::RoundRobin, &[1, 1], Duration::from_millis(400));
+        let s1 = pool.server("s1").unwrap().clone();
+        s1.drain();
+        s1.ready();
+        let early = picks(&pool, 200).iter().filter(|&&i| i == 1).count();
+        assert!(
+            early < 40,
+            "just ready: {early} of 200 (a fair share is 100)"
+        );
+        std::thread::sleep(Duration::from_millis(450));
+        let late = picks(&pool, 200).iter().filter(|&&i| i == 1).count();
+        assert!((95..=105).contains(&late), "ramped up: {late} of 200");
+        assert_eq!(pool.server_status(&s1)["effective_weight"], 1.0);
+    }
+
+    #[test]
+    fn leastconn_weighs_requests_in_flight() {
+        let pool = pool(Algorithm::LeastConn, &[2, 1], Duration::ZERO);
+        // Hold every request: the heavy server should carry twice the light one's.
+        let held: Vec<(usize, InFlight)> =
+            (0..9).map(|_| pool.pick(CLIENT, &[]).unwrap()).collect();
+        let heavy = held.iter().filter(|(i, _)| *i == 0).count();
+        assert_eq!(heavy, 6, "in flight: 6 on weight 2, 3 on weight 1");
+        assert_eq!(pool.servers()[1].in_flight(), 3);
+    }
+
+    #[test]
+    fn source_hashing_respects_weights_and_moves_only_a_drained_servers_clients() {
+        let pool = pool(Algorithm::Source, &[3, 1], Duration::ZERO);
+        let clients: Vec<IpAddr> = (0..4000u32)
+            .map(|i| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i * 7)))
+            .collect();
+        let before: Vec<usize> = clients
+            .iter()
+            .map(|&c| pool.pick(c, &[]).unwrap().0)
+            .collect();
+        let heavy = before.iter().filter(|&&i| i == 0).count();
+        assert!(
+            (2800..=3200).contains(&heavy),
+            "weight 3 of 4: {heavy} of 4000"
+        );
+        let again: Vec<usize> = clients
+            .iter()
+            .map(|&c| pool.pick(c, &[]).unwrap().0)
+            .collect();
+        assert_eq!(before, again, "a client keeps its server");
+        pool.server("s1").unwrap().drain();
+        for (c, was) in clients.iter().zip(&before) {
+            assert_eq!(pool.pick(*c, &[]).unwrap().0, 0, "{c} was on {was}");
+        }
     }
 }

@@ -399,7 +399,9 @@ async fn the_web_server_answers_like_nginx() {
     let config = web::Config {
         name: "web1".into(),
         root: root.path().to_path_buf(),
-        apps: vec![("app1".into(), SocketAddr::from(([127, 0, 0, 1], dead)))],
+        apps: vec![("app1".to_string(), SocketAddr::from(([127, 0, 0, 1], dead))).into()],
+        slowstart: web.slowstart,
+        admin_token: net::admin::Token::Off("not needed by this test".into()),
         access_log: Some(prefix.path().join("ours-access.log")),
         health: web.health.clone(),
         timeouts: web.timeouts.clone(),
