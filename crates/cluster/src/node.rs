@@ -45,6 +45,9 @@ pub struct Config {
     pub preempt: bool,
     /// How the address moves.
     pub takeover: Takeover,
+    /// The site file this node runs ([`wire::config_hash`] of its bytes), sent in
+    /// every beat so that each node sees whether its peer runs the same one.
+    pub config_hash: wire::ConfigHash,
 }
 
 /// Counters for `/metrics`.
@@ -53,10 +56,24 @@ struct Counters {
     sent: AtomicU64,
     received: AtomicU64,
     malformed: AtomicU64,
+    version: AtomicU64,
     forged: AtomicU64,
     replayed: AtomicU64,
     transitions: AtomicU64,
     link_up: AtomicBool,
+    /// The peer's config hash as a big-endian u64 (from its last authentic beat),
+    /// valid once `peer_config_known`.
+    peer_config: AtomicU64,
+    peer_config_known: AtomicBool,
+}
+
+impl Counters {
+    /// The peer's config hash, once a beat of it arrived.
+    fn peer_config(&self) -> Option<wire::ConfigHash> {
+        self.peer_config_known
+            .load(Relaxed)
+            .then(|| self.peer_config.load(Relaxed).to_be_bytes())
+    }
 }
 
 /// A handle on the running member.
@@ -134,6 +151,8 @@ impl Cluster {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
             seq: 0,
+            config_mismatch: false,
+            other_versions: RateLimited::new(Duration::from_secs(60)),
         };
         // Built here so that a failure (no descriptors left for its epoll) is an
         // error at start, not a panic on the thread.
@@ -190,9 +209,11 @@ impl Cluster {
     /// The member's state as JSON for `/status`.
     pub fn status(&self) -> serde_json::Value {
         let election = self.election.lock().expect("poisoned");
+        let peer_config = self.counters.peer_config();
         let peer = election.peer().map(|p| {
             serde_json::json!({
                 "name": p.name,
+                "config_hash": peer_config.as_ref().map(wire::hex),
                 "state": p.state.as_str(),
                 "priority": p.priority,
                 "healthy": p.healthy,
@@ -219,18 +240,29 @@ impl Cluster {
             "interval_ms": self.config.interval.as_millis() as u64,
             "dead_after_beats": self.config.dead_after,
             "link_up": self.counters.link_up.load(Relaxed),
+            "config_hash": wire::hex(&self.config.config_hash),
+            "config_mismatch": self.config_mismatch(),
             "peer": peer,
             "heartbeats": {
                 "sent": self.counters.sent.load(Relaxed),
                 "received": self.counters.received.load(Relaxed),
                 "rejected": {
                     "malformed": self.counters.malformed.load(Relaxed),
+                    "version": self.counters.version.load(Relaxed),
                     "forged": self.counters.forged.load(Relaxed),
                     "replayed": self.counters.replayed.load(Relaxed),
                 },
             },
             "transitions": transitions,
         })
+    }
+
+    /// Whether the peer's last beat named another site file than this node's: the
+    /// two load balancers would serve the site differently after a failover.
+    pub fn config_mismatch(&self) -> bool {
+        self.counters
+            .peer_config()
+            .is_some_and(|peer| peer != self.config.config_hash)
     }
 
     /// Appends the member's metrics in Prometheus text format.
@@ -260,6 +292,7 @@ impl Cluster {
         );
         for (reason, count) in [
             ("malformed", &c.malformed),
+            ("version", &c.version),
             ("forged", &c.forged),
             ("replayed", &c.replayed),
         ] {
@@ -269,6 +302,20 @@ impl Cluster {
                 count.load(Relaxed)
             );
         }
+        let peer_config = c.peer_config();
+        let _ = writeln!(
+            out,
+            "# HELP scaleup_cluster_config_mismatch Whether the peer runs another site file than this node (1), by the hash in its heartbeats.\n\
+             # TYPE scaleup_cluster_config_mismatch gauge\n\
+             scaleup_cluster_config_mismatch{{node=\"{node}\"}} {}\n\
+             # HELP scaleup_cluster_config_info The site files' hashes (first 16 hex digits of SHA-256) of this node and its peer (empty until its first heartbeat).\n\
+             # TYPE scaleup_cluster_config_info gauge\n\
+             scaleup_cluster_config_info{{node=\"{node}\",hash=\"{}\",peer=\"{}\",peer_hash=\"{}\"}} 1",
+            u8::from(self.config_mismatch()),
+            wire::hex(&self.config.config_hash),
+            self.config.peer_name,
+            peer_config.as_ref().map(wire::hex).unwrap_or_default(),
+        );
         if let Some(peer) = election.peer() {
             let _ = writeln!(
                 out,
@@ -292,6 +339,11 @@ struct Member {
     role: watch::Sender<State>,
     boot: u64,
     seq: u64,
+    /// Whether the peer's last beat named another site file: a warning is logged
+    /// when this becomes true, and a note when it ends.
+    config_mismatch: bool,
+    /// Beats of another wire version: logged at most once a minute.
+    other_versions: RateLimited,
 }
 
 impl Member {
@@ -411,7 +463,7 @@ impl Member {
             .is_some_and(|p| p.state == State::Active && !p.gone)
     }
 
-    fn accept_beat(&self, bytes: &[u8], guard: &mut ReplayGuard) -> Option<Beat> {
+    fn accept_beat(&mut self, bytes: &[u8], guard: &mut ReplayGuard) -> Option<Beat> {
         let checked = Beat::decode(bytes, &self.config.secret).and_then(|beat| {
             if beat.name != self.config.peer_name {
                 return Err(Rejected::Forged);
@@ -421,11 +473,28 @@ impl Member {
         match checked {
             Ok(beat) => {
                 self.counters.received.fetch_add(1, Relaxed);
+                self.note_peer_config(&beat.config);
                 Some(beat)
+            }
+            Err(Rejected::Version(version)) => {
+                // Not authenticated (the layout is unknown), so it could be anyone's:
+                // counted, and said at most once a minute, in words that fit the
+                // likely cause.
+                self.counters.version.fetch_add(1, Relaxed);
+                if let Some(count) = self.other_versions.tick() {
+                    tracing::warn!(
+                        "cluster: ignored {count} heartbeat(s) of wire version {version} (this \
+                         node speaks version {}): {} probably runs another scaleup release; \
+                         install the same release on both load balancers",
+                        wire::VERSION,
+                        self.config.peer_name
+                    );
+                }
+                None
             }
             Err(reason) => {
                 let counter = match reason {
-                    Rejected::Malformed => &self.counters.malformed,
+                    Rejected::Malformed | Rejected::Version(_) => &self.counters.malformed,
                     Rejected::Forged => &self.counters.forged,
                     Rejected::Replayed => &self.counters.replayed,
                 };
@@ -433,6 +502,35 @@ impl Member {
                 tracing::debug!("cluster: ignored a {} heartbeat", reason.as_str());
                 None
             }
+        }
+    }
+
+    /// Remembers the peer's site-file hash and says when it starts or stops
+    /// differing from this node's.
+    fn note_peer_config(&mut self, peer: &wire::ConfigHash) {
+        self.counters
+            .peer_config
+            .store(u64::from_be_bytes(*peer), Relaxed);
+        self.counters.peer_config_known.store(true, Relaxed);
+        let mismatch = *peer != self.config.config_hash;
+        if mismatch == self.config_mismatch {
+            return;
+        }
+        self.config_mismatch = mismatch;
+        let (mine, theirs) = (wire::hex(&self.config.config_hash), wire::hex(peer));
+        if mismatch {
+            tracing::warn!(
+                "cluster: {} runs another site file than {} ({theirs} vs {mine} here): a \
+                 failover would change how the site behaves; run the same file on both",
+                self.config.peer_name,
+                self.config.name
+            );
+        } else {
+            tracing::info!(
+                "cluster: {} runs the same site file as {} again ({mine})",
+                self.config.peer_name,
+                self.config.name
+            );
         }
     }
 
@@ -447,6 +545,7 @@ impl Member {
                 healthy: election.healthy(),
                 boot: self.boot,
                 seq: self.seq,
+                config: self.config.config_hash,
             }
         };
         let bytes = beat.encode(&self.config.secret);

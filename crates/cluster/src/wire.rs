@@ -4,21 +4,54 @@
 //!
 //! ```text
 //! magic "SUHB" | version u8 | state u8 | priority u8 | healthy u8
-//! boot u64 | seq u64 | name_len u8 | name | tag [16]
+//! boot u64 | seq u64 | config [8] | name_len u8 | name | tag [16]
 //! ```
 //!
 //! `boot` is the sender's start time in nanoseconds since the epoch: it grows across
 //! restarts, so a restarted node's beats are accepted while an old run's are not.
+//! `config` is the first 8 bytes of the SHA-256 of the sender's site file
+//! ([`config_hash`]), so each node sees whether its peer runs the same file; it is
+//! under the tag, so nobody but the peer can make the two look alike or different.
+//!
+//! Version 2 added `config`. A datagram of another version is refused as
+//! [`Rejected::Version`] before anything else is read: the two load balancers run
+//! different scaleup releases, which the receiver logs rather than guessing at the
+//! layout.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 const MAGIC: &[u8; 4] = b"SUHB";
-const VERSION: u8 = 1;
+/// The wire version this release speaks (see the module doc for what changed).
+pub const VERSION: u8 = 2;
 const TAG_LEN: usize = 16;
+/// Bytes of the site file's SHA-256 a beat carries: 64 bits, plenty to tell two
+/// files apart (nobody can forge one under the tag), 16 hex digits to read.
+pub const CONFIG_HASH_LEN: usize = 8;
+/// Bytes before the name's length: magic, version, state, priority, healthy, boot, seq,
+/// config.
+const FIXED: usize = 4 + 4 + 16 + CONFIG_HASH_LEN;
 /// Longest datagram a beat can be; reading buffers are this size.
-pub const MAX_BEAT: usize = 4 + 4 + 16 + 1 + 255 + TAG_LEN;
+pub const MAX_BEAT: usize = FIXED + 1 + 255 + TAG_LEN;
+
+/// A site file's identity in heartbeats: the first [`CONFIG_HASH_LEN`] bytes of the
+/// SHA-256 of its bytes, as read at start.
+pub type ConfigHash = [u8; CONFIG_HASH_LEN];
+
+/// The [`ConfigHash`] of a site file's bytes.
+pub fn config_hash(file: &[u8]) -> ConfigHash {
+    use sha2::Digest;
+    let full = Sha256::digest(file);
+    let mut out = [0u8; CONFIG_HASH_LEN];
+    out.copy_from_slice(&full[..CONFIG_HASH_LEN]);
+    out
+}
+
+/// A [`ConfigHash`] as 16 lowercase hex digits, as status pages and logs show it.
+pub fn hex(hash: &ConfigHash) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// What a node says about itself in each beat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,13 +107,18 @@ pub struct Beat {
     pub boot: u64,
     /// Counts up with every beat of one boot.
     pub seq: u64,
+    /// The sender's site file ([`config_hash`]).
+    pub config: ConfigHash,
 }
 
 /// Why a datagram was not accepted as a beat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejected {
-    /// Not a beat at all, or of another version.
+    /// Not a beat at all.
     Malformed,
+    /// A beat of another wire version (this number): the peer runs another scaleup
+    /// release. Checked before the tag, since the layout is unknown.
+    Version(u8),
     /// The tag does not match: wrong secret, or forged.
     Forged,
     /// Authentic, but not newer than a beat already seen: a replay.
@@ -92,6 +130,7 @@ impl Rejected {
     pub fn as_str(self) -> &'static str {
         match self {
             Rejected::Malformed => "malformed",
+            Rejected::Version(_) => "version",
             Rejected::Forged => "forged",
             Rejected::Replayed => "replayed",
         }
@@ -130,7 +169,7 @@ impl Beat {
             end -= 1;
         }
         let name = &self.name.as_bytes()[..end];
-        let mut out = Vec::with_capacity(4 + 4 + 16 + 1 + name.len() + TAG_LEN);
+        let mut out = Vec::with_capacity(FIXED + 1 + name.len() + TAG_LEN);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&[
             VERSION,
@@ -140,6 +179,7 @@ impl Beat {
         ]);
         out.extend_from_slice(&self.boot.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.config);
         out.push(name.len() as u8);
         out.extend_from_slice(name);
         let tag = tag(secret, &[&out]);
@@ -149,11 +189,17 @@ impl Beat {
 
     /// Reads and authenticates a datagram (replay is checked by [`ReplayGuard`]).
     pub fn decode(bytes: &[u8], secret: &[u8]) -> Result<Beat, Rejected> {
-        if bytes.len() < 4 + 4 + 16 + 1 + TAG_LEN || &bytes[..4] != MAGIC || bytes[4] != VERSION {
+        if bytes.len() < 5 || &bytes[..4] != MAGIC {
             return Err(Rejected::Malformed);
         }
-        let name_len = bytes[24] as usize;
-        let body_len = 25 + name_len;
+        if bytes[4] != VERSION {
+            return Err(Rejected::Version(bytes[4]));
+        }
+        if bytes.len() < FIXED + 1 + TAG_LEN {
+            return Err(Rejected::Malformed);
+        }
+        let name_len = bytes[FIXED] as usize;
+        let body_len = FIXED + 1 + name_len;
         if bytes.len() != body_len + TAG_LEN {
             return Err(Rejected::Malformed);
         }
@@ -162,7 +208,7 @@ impl Beat {
             return Err(Rejected::Forged);
         }
         let state = State::from_code(bytes[5]).ok_or(Rejected::Malformed)?;
-        let name = std::str::from_utf8(&body[25..]).map_err(|_| Rejected::Malformed)?;
+        let name = std::str::from_utf8(&body[FIXED + 1..]).map_err(|_| Rejected::Malformed)?;
         Ok(Beat {
             name: name.to_string(),
             state,
@@ -170,6 +216,7 @@ impl Beat {
             healthy: bytes[7] != 0,
             boot: u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes")),
             seq: u64::from_be_bytes(bytes[16..24].try_into().expect("8 bytes")),
+            config: bytes[24..FIXED].try_into().expect("CONFIG_HASH_LEN bytes"),
         })
     }
 }
@@ -206,6 +253,7 @@ mod tests {
             healthy: true,
             boot: 1_700_000_000_000_000_000,
             seq,
+            config: config_hash(b"[site]\nname = \"www.foobar.com\"\n"),
         }
     }
 
@@ -222,6 +270,45 @@ mod tests {
             Beat::decode(&bytes[..bytes.len() - 1], b"s3cret"),
             Err(Rejected::Malformed)
         );
+    }
+
+    #[test]
+    fn the_site_files_hash_travels_signed() {
+        let bytes = beat(3).encode(b"s3cret");
+        let decoded = Beat::decode(&bytes, b"s3cret").unwrap();
+        assert_eq!(decoded.config, beat(3).config);
+        assert_eq!(hex(&decoded.config).len(), 16);
+        // Another file, another hash: the receiver can tell.
+        let mut other = beat(3);
+        other.config = config_hash(b"[site]\nname = \"www.foobar.org\"\n");
+        assert_ne!(other.config, beat(3).config);
+        assert_eq!(
+            Beat::decode(&other.encode(b"s3cret"), b"s3cret").unwrap(),
+            other
+        );
+        // The hash is under the tag: changed in flight, the beat is forged.
+        let mut tampered = bytes.clone();
+        tampered[24] ^= 1;
+        assert_eq!(Beat::decode(&tampered, b"s3cret"), Err(Rejected::Forged));
+        // SHA-256("abc") starts ba7816bf8f01cfea.
+        assert_eq!(hex(&config_hash(b"abc")), "ba7816bf8f01cfea");
+    }
+
+    #[test]
+    fn a_beat_of_another_version_says_so() {
+        // A version-1 beat (before the hash was added), as an older release sends it.
+        let mut old = b"SUHB".to_vec();
+        old.extend_from_slice(&[1, 1, 150, 1]);
+        old.extend_from_slice(&[0; 16]);
+        old.push(3);
+        old.extend_from_slice(b"lb2");
+        old.extend_from_slice(&[0; TAG_LEN]);
+        assert_eq!(Beat::decode(&old, b"s3cret"), Err(Rejected::Version(1)));
+        assert_eq!(Rejected::Version(1).as_str(), "version");
+        let mut newer = beat(1).encode(b"s3cret");
+        newer[4] = 3;
+        assert_eq!(Beat::decode(&newer, b"s3cret"), Err(Rejected::Version(3)));
+        assert_eq!(Beat::decode(b"SUHB", b"s3cret"), Err(Rejected::Malformed));
     }
 
     #[test]

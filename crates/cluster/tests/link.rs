@@ -33,6 +33,7 @@ fn member(name: &str, me: u16, peer_name: &str, peer: u16, interval: Duration) -
         dead_after: 3,
         preempt: false,
         takeover: Takeover::Local,
+        config_hash: cluster::wire::config_hash(b"the same site file"),
     }
 }
 

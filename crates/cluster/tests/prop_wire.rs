@@ -40,14 +40,16 @@ fn beat() -> impl Strategy<Value = Beat> {
         any::<bool>(),
         any::<u64>(),
         any::<u64>(),
+        any::<[u8; 8]>(),
     )
-        .prop_map(|(name, state, priority, healthy, boot, seq)| Beat {
+        .prop_map(|(name, state, priority, healthy, boot, seq, config)| Beat {
             name,
             state,
             priority,
             healthy,
             boot,
             seq,
+            config,
         })
 }
 
@@ -148,13 +150,13 @@ proptest! {
     #[test]
     fn well_shaped_bytes_never_verify(
         state in 0..=4u8,
-        rest in proptest::collection::vec(any::<u8>(), 18),
+        rest in proptest::collection::vec(any::<u8>(), 18 + 8),
         name in proptest::collection::vec(any::<u8>(), 0..=255),
         tag in proptest::collection::vec(any::<u8>(), 16),
         key in key(),
     ) {
         let mut bytes = b"SUHB".to_vec();
-        bytes.push(1);
+        bytes.push(2);
         bytes.push(state);
         bytes.extend_from_slice(&rest);
         bytes.push(name.len() as u8);

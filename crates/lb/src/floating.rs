@@ -31,6 +31,10 @@ pub struct Membership {
 
 impl Membership {
     /// The membership of load balancer `name`, if the site has a cluster.
+    ///
+    /// Its `member.config_hash` is that of an empty file: a [`site::Site`] no longer
+    /// has the bytes it was read from, so whoever read the file (`scaleup run`) sets
+    /// it with [`cluster::wire::config_hash`] of those bytes.
     pub fn from_site(site: &site::Site, name: &str) -> anyhow::Result<Option<Membership>> {
         let Some(c) = &site.cluster else {
             return Ok(None);
@@ -93,6 +97,7 @@ impl Membership {
                 dead_after: c.dead_after,
                 preempt: c.preempt,
                 takeover,
+                config_hash: cluster::wire::config_hash(b""),
             },
             floating,
             tls_floating: match &c.floating {

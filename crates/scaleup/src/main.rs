@@ -9,9 +9,11 @@
 #![forbid(unsafe_code)]
 
 mod drill;
+mod notify;
 mod probe;
 mod run;
 mod status;
+mod systemd;
 mod up;
 
 use std::path::{Path, PathBuf};
@@ -88,6 +90,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a systemd unit that runs one node on a server of its own.
+    Systemd {
+        /// The node's name in the site file (lb1, web1, app1...).
+        node: String,
+        /// The site file, where it will stay on the server (the unit names it).
+        #[arg(long, value_name = "FILE")]
+        site: PathBuf,
+        /// The account the node runs as (create it with `useradd --system`).
+        #[arg(long, default_value = systemd::DEFAULT_USER, value_name = "USER")]
+        user: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -120,6 +133,7 @@ fn main() -> ExitCode {
         Command::Check { site } => check(&site),
         Command::Explain { site, mermaid } => explain(&site, mermaid),
         Command::Status { site, json } => status::status(&site, json),
+        Command::Systemd { node, site, user } => systemd::print(&node, &site, &user),
         Command::Drill {
             what:
                 DrillCommand::Kill {

@@ -11,7 +11,7 @@ use site::{Database, Role, Site};
 pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
     init_logging();
     raise_open_file_limit(name);
-    let site = site::load(path)?;
+    let (site, config_hash) = load(path)?;
     let (role, node) = site.node(name).ok_or_else(|| {
         let names: Vec<&str> = site.nodes().map(|(_, n)| n.name.as_str()).collect();
         anyhow::anyhow!(
@@ -21,6 +21,12 @@ pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
         )
     })?;
     let node = node.clone();
+    tracing::info!(
+        node = name,
+        "site file {} (config {})",
+        path.display(),
+        cluster::wire::hex(&config_hash)
+    );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -35,9 +41,16 @@ pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
         }
         let listener = net::server::bind(node.bind)?;
         let admin = net::server::bind(node.admin)?;
+        tokio::spawn(tell_systemd_when_serving(
+            admin.local_addr()?,
+            shutdown.clone(),
+        ));
         match role {
             Role::Lb => {
-                let config = lb::Config::from_site(&site, name)?;
+                let mut config = lb::Config::from_site(&site, name)?;
+                if let Some(membership) = config.cluster.as_mut() {
+                    membership.member.config_hash = config_hash;
+                }
                 let tls = bind_optional(site.lb(name).and_then(|l| l.tls_listen))?;
                 lb::serve(config, listener, tls, admin, shutdown).await
             }
@@ -54,6 +67,52 @@ pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
     })?;
     tracing::info!(node = name, "stopped");
     Ok(())
+}
+
+/// Reads and checks the site file, and hashes the very bytes it checked: the load
+/// balancers put the hash in their heartbeats so each sees whether its peer runs the
+/// same file (`cluster::wire::config_hash`).
+fn load(path: &Path) -> anyhow::Result<(Site, cluster::wire::ConfigHash)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the site file {}", path.display()))?;
+    let base = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let site = site::parse(&text, &path.display().to_string(), &base)?;
+    Ok((site, cluster::wire::config_hash(text.as_bytes())))
+}
+
+/// Tells systemd `READY=1` (when it runs this node, see [`crate::notify`]) once the
+/// node answers on its admin listener, which it starts with its other listeners after
+/// its setup (the app server opens its database first): so `systemctl start`
+/// returns when the node serves, not when the process exists. Any answer counts: a
+/// load balancer whose web servers are not up yet answers 503, and is serving.
+async fn tell_systemd_when_serving(admin: std::net::SocketAddr, shutdown: net::Shutdown) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    // A wildcard listener is asked on loopback.
+    let probe = match admin.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, admin.port()))
+        }
+        ip if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, admin.port()))
+        }
+        _ => admin,
+    };
+    let timeout = std::time::Duration::from_secs(1);
+    loop {
+        if shutdown.is_triggered() {
+            return;
+        }
+        if crate::probe::get(probe, "/healthz", timeout).await.is_ok() {
+            crate::notify::notify_logged(&format!("READY=1\nSTATUS=serving, admin on {admin}"));
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Lifts the soft open-file limit to the hard one before any socket is opened, and
@@ -97,16 +156,29 @@ fn init_logging() {
         .init();
 }
 
-/// SIGINT and SIGTERM both mean "stop cleanly".
+/// SIGINT and SIGTERM both mean "stop cleanly". SIGHUP, which the systemd unit's
+/// `ExecReload` sends, does not stop the node (its default action would).
 fn watch_signals(trigger: std::sync::Arc<net::shutdown::Trigger>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        loop {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = int.recv() => tracing::info!("SIGINT: stopping"),
+                _ = hup.recv() => {
+                    tracing::warn!(
+                        "SIGHUP: this release cannot reload its site file in place; the node \
+                         keeps its current configuration (restart it to apply a new one)"
+                    );
+                    continue;
+                }
+            }
+            break;
         }
+        crate::notify::notify_logged("STOPPING=1");
         trigger.fire();
     });
     Ok(())
@@ -129,6 +201,7 @@ fn watch_stdin(trigger: std::sync::Arc<net::shutdown::Trigger>) {
         };
         // Stop first, log second: with the supervisor gone, the log may have no
         // reader left.
+        crate::notify::notify_logged("STOPPING=1");
         trigger.fire();
         tracing::info!("supervisor gone (standard input {why}): stopping");
     });

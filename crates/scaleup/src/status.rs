@@ -7,6 +7,15 @@ use crate::SiteArgs;
 
 pub fn status(args: &SiteArgs, json: bool) -> anyhow::Result<()> {
     let (_, site) = crate::load_site(args, false)?;
+    // The file as read here, to compare with what the load balancers run (not the
+    // built-in default: it is made anew, with a fresh secret, at each call).
+    let local = match &args.site {
+        Some(path) => Some((
+            path.display().to_string(),
+            cluster::wire::hex(&cluster::wire::config_hash(&std::fs::read(path)?)),
+        )),
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -19,6 +28,18 @@ pub fn status(args: &SiteArgs, json: bool) -> anyhow::Result<()> {
         }
         reports
     });
+    let docs: Vec<(&str, Option<serde_json::Value>)> = reports
+        .iter()
+        .map(|(_, node, _, status)| {
+            let doc = status
+                .as_ref()
+                .ok()
+                .and_then(|(_, body)| serde_json::from_str(body).ok());
+            (node.name.as_str(), doc)
+        })
+        .collect();
+    let lbs: Vec<&str> = site.lbs.iter().map(|l| l.node.name.as_str()).collect();
+    let warnings = config_warnings(&lbs, &docs, local.as_ref());
 
     if json {
         let nodes: Vec<serde_json::Value> = reports
@@ -38,7 +59,7 @@ pub fn status(args: &SiteArgs, json: bool) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({ "site": site.name, "nodes": nodes })
+                &serde_json::json!({ "site": site.name, "nodes": nodes, "warnings": warnings })
             )?
         );
         return Ok(());
@@ -83,25 +104,34 @@ pub fn status(args: &SiteArgs, json: bool) -> anyhow::Result<()> {
             errors
         );
     }
+    for warning in &warnings {
+        println!("warning: {warning}");
+    }
     if down > 0 {
         anyhow::bail!("{down} node(s) not healthy");
     }
     Ok(())
 }
 
-/// A one-line summary of a node's upstream pool (`web1 up, web2 DOWN`) or database.
+/// A one-line summary of a node's upstream pool (`web1 up, web2 DRAINED, web3 DOWN`)
+/// or database.
 fn details(doc: &serde_json::Value) -> String {
     let pool = doc.get("backend").or_else(|| doc.get("upstream"));
     if let Some(servers) = pool.and_then(|p| p["servers"].as_array()) {
         let parts: Vec<String> = servers
             .iter()
             .map(|s| {
-                let up = s["up"].as_bool().unwrap_or(false);
-                format!(
-                    "{} {}",
-                    s["name"].as_str().unwrap_or("?"),
-                    if up { "up" } else { "DOWN" }
-                )
+                let name = s["name"].as_str().unwrap_or("?");
+                match s["state"].as_str().unwrap_or("down") {
+                    "up" if s["effective_weight"].as_f64() < s["weight"].as_f64() => format!(
+                        "{name} up (slow start: weight {} of {})",
+                        s["effective_weight"], s["weight"]
+                    ),
+                    "up" => format!("{name} up"),
+                    "draining" => format!("{name} DRAINING ({} in flight)", s["in_flight"]),
+                    "drained" => format!("{name} DRAINED"),
+                    _ => format!("{name} DOWN"),
+                }
             })
             .collect();
         return format!("-> {}", parts.join(", "));
@@ -110,4 +140,114 @@ fn details(doc: &serde_json::Value) -> String {
         return format!("database: {db}");
     }
     String::new()
+}
+
+/// Whether the load balancers run the same site file, by the hash each puts in its
+/// heartbeats and `/status` (`cluster.config_hash`, and the peer's as last heard),
+/// and whether they run the file `local` (its name and hash) this command read.
+fn config_warnings(
+    lbs: &[&str],
+    docs: &[(&str, Option<serde_json::Value>)],
+    local: Option<&(String, String)>,
+) -> Vec<String> {
+    // Each load balancer's hash: its own word first, else its peer's report of it
+    // (a node that does not answer may still beat).
+    let mut hashes: Vec<(&str, String)> = Vec::new();
+    for lb in lbs {
+        let own = docs
+            .iter()
+            .find(|(name, _)| name == lb)
+            .and_then(|(_, doc)| doc.as_ref()?["cluster"]["config_hash"].as_str());
+        let heard = docs.iter().find_map(|(_, doc)| {
+            let peer = &doc.as_ref()?["cluster"]["peer"];
+            (peer["name"].as_str() == Some(lb)).then_some(peer["config_hash"].as_str())?
+        });
+        if let Some(hash) = own.or(heard) {
+            hashes.push((lb, hash.to_string()));
+        }
+    }
+    let mut warnings = Vec::new();
+    for (i, (a, hash_a)) in hashes.iter().enumerate() {
+        for (b, hash_b) in &hashes[i + 1..] {
+            if hash_a != hash_b {
+                warnings.push(format!(
+                    "{a} and {b} run different site files ({hash_a} vs {hash_b}): run the same \
+                     file on both (a failover would change how the site behaves)"
+                ));
+            }
+        }
+    }
+    if let Some((path, hash)) = local {
+        let others: Vec<String> = hashes
+            .iter()
+            .filter(|(_, h)| h != hash)
+            .map(|(name, h)| format!("{name} {h}"))
+            .collect();
+        if !others.is_empty() {
+            let them = if others.len() == 1 { "it" } else { "them" };
+            warnings.push(format!(
+                "{path} ({hash}) is not the file running on {}: restart {them} with it if it \
+                 is the one to run",
+                others.join(", ")
+            ));
+        }
+    }
+    warnings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn lb(own: &str, peer: &str, peer_hash: Option<&str>) -> Option<serde_json::Value> {
+        Some(
+            json!({"cluster": {"config_hash": own, "peer": {"name": peer, "config_hash": peer_hash}}}),
+        )
+    }
+
+    #[test]
+    fn different_files_on_the_load_balancers_are_said_once() {
+        let docs = [
+            ("lb1", lb("aaaa", "lb2", Some("bbbb"))),
+            ("lb2", lb("bbbb", "lb1", Some("aaaa"))),
+            ("web1", Some(json!({}))),
+        ];
+        let w = config_warnings(&["lb1", "lb2"], &docs, None);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("lb1 and lb2 run different site files (aaaa vs bbbb)"));
+        let same = [
+            ("lb1", lb("aaaa", "lb2", Some("aaaa"))),
+            ("lb2", lb("aaaa", "lb1", Some("aaaa"))),
+        ];
+        assert!(config_warnings(&["lb1", "lb2"], &same, None).is_empty());
+    }
+
+    #[test]
+    fn a_silent_load_balancer_is_known_by_its_peers_report() {
+        let docs = [("lb1", lb("aaaa", "lb2", Some("cccc"))), ("lb2", None)];
+        let w = config_warnings(&["lb1", "lb2"], &docs, None);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("(aaaa vs cccc)"), "{w:?}");
+        // Nothing heard of lb2 at all: nothing to compare.
+        let docs = [("lb1", lb("aaaa", "lb2", None)), ("lb2", None)];
+        assert!(config_warnings(&["lb1", "lb2"], &docs, None).is_empty());
+    }
+
+    #[test]
+    fn a_local_file_the_nodes_do_not_run_is_said() {
+        let docs = [
+            ("lb1", lb("aaaa", "lb2", Some("aaaa"))),
+            ("lb2", lb("aaaa", "lb1", Some("aaaa"))),
+        ];
+        let local = ("site.toml".to_string(), "dddd".to_string());
+        let w = config_warnings(&["lb1", "lb2"], &docs, Some(&local));
+        assert_eq!(
+            w,
+            [
+                "site.toml (dddd) is not the file running on lb1 aaaa, lb2 aaaa: restart them \
+              with it if it is the one they should run"
+            ]
+        );
+    }
 }
