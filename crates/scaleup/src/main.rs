@@ -3,11 +3,14 @@
 //! - `scaleup up` starts every node of a site on this machine and supervises them;
 //! - `scaleup run NODE --site FILE` runs one node, as on its own server;
 //! - `scaleup check`, `explain` and `status` read a site file and tell a person
-//!   whether it is right, how it is shaped and how it is doing.
+//!   whether it is right, how it is shaped and how it is doing;
+//! - `scaleup drain` and `ready` take a server out of its pools and put it back,
+//!   through the balancing nodes' admin listeners, with the site's admin token.
 //!
 //! The binary only wires things together: each role lives in its own crate.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod drill;
 mod notify;
 mod probe;
@@ -82,6 +85,25 @@ enum Command {
         #[command(subcommand)]
         what: DrillCommand,
     },
+    /// Take a web or app server out of every pool it is in (no new requests, those in
+    /// flight finish) and wait until it is idle.
+    Drain {
+        /// The server to drain (web2, app1...).
+        node: String,
+        #[command(flatten)]
+        site: SiteArgs,
+        /// How long to wait for its requests in flight before giving up (non-zero exit).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Put a drained server back in its pools; its share of traffic ramps up over the
+    /// pools' `slowstart`.
+    Ready {
+        /// The server to put back (web2, app1...).
+        node: String,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
     /// Ask every node of a running site how it is doing.
     Status {
         #[command(flatten)]
@@ -133,6 +155,12 @@ fn main() -> ExitCode {
         Command::Check { site } => check(&site),
         Command::Explain { site, mermaid } => explain(&site, mermaid),
         Command::Status { site, json } => status::status(&site, json),
+        Command::Drain {
+            node,
+            site,
+            timeout,
+        } => admin::drain(&site, &node, timeout),
+        Command::Ready { node, site } => admin::ready(&site, &node),
         Command::Systemd { node, site, user } => systemd::print(&node, &site, &user),
         Command::Drill {
             what:

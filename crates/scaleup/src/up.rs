@@ -8,6 +8,11 @@
 //! each to exit. Nodes also stop on their own if this supervisor disappears (they
 //! watch their standard input), so none is ever left behind.
 //!
+//! With `admin_token_env` in `[site]`, every node gets the admin token in that
+//! variable: the supervisor's own value when it has one, else a random token made
+//! here, written 0600 into the state directory (`admin.token`) for `scaleup drain`
+//! and `ready`, and removed when the site stops.
+//!
 //! With `managed = true` in `[database]`, a local MariaDB primary and its replicas
 //! (`db::managed`) start before every node, with their data under the state directory,
 //! and stop after every node has stopped.
@@ -65,14 +70,48 @@ async fn supervise(path: &Path, site: &Site) -> anyhow::Result<()> {
         net::tls::cert_files(site)?;
     }
     let mut signals = Signals::new()?;
+    let token = admin_token(site)?;
     let managed = start_managed_database(site).await?;
-    let result = run_nodes(path, site, order, &exe, &mut signals).await;
+    let launch = Launch {
+        exe,
+        site: path.to_path_buf(),
+        env: token.clone(),
+    };
+    let result = run_nodes(site, order, &launch, &mut signals).await;
+    if token.is_some() {
+        let _ = std::fs::remove_file(crate::admin::token_path(site));
+    }
     if let Some(managed) = managed {
         println!("  stopping the managed MariaDB servers");
         managed.stop().await;
         println!("  stopped  MariaDB");
     }
     result
+}
+
+/// The admin token the nodes get, as (variable, value), written where the command
+/// line finds it; `None` when the site names no `admin_token_env`.
+fn admin_token(site: &Site) -> anyhow::Result<Option<(String, String)>> {
+    let Some(var) = &site.admin_token_env else {
+        return Ok(None);
+    };
+    let token = match site.admin_token() {
+        Ok(Some(token)) => token,
+        // 256 random bits, as hex: fits a header, and nothing to escape anywhere.
+        _ => (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect(),
+    };
+    crate::write_private(&crate::admin::token_path(site), &format!("{token}\n"))?;
+    Ok(Some((var.clone(), token)))
+}
+
+/// How a node is started: the binary, the site file, and the admin token's variable.
+#[derive(Clone)]
+struct Launch {
+    exe: std::path::PathBuf,
+    site: std::path::PathBuf,
+    env: Option<(String, String)>,
 }
 
 /// Starts the site's MariaDB servers when `[database]` says `managed = true`.
@@ -110,10 +149,9 @@ async fn start_managed_database(site: &Site) -> anyhow::Result<Option<db::manage
 
 /// Starts the nodes in order, waits for Ctrl-C, and stops them.
 async fn run_nodes(
-    path: &Path,
     site: &Site,
     order: Vec<(Role, Node)>,
-    exe: &Path,
+    launch: &Launch,
     signals: &mut Signals,
 ) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
@@ -126,7 +164,7 @@ async fn run_nodes(
             node.admin
         );
         let started = Instant::now();
-        let mut running = spawn_node(exe, path, &node.name)?;
+        let mut running = spawn_node(launch, &node.name)?;
         let ready = tokio::select! {
             ready = wait_ready(&node, running.child.id()) => ready,
             status = running.child.wait() => Err(anyhow::anyhow!(
@@ -136,13 +174,7 @@ async fn run_nodes(
             _ = signals.recv() => Err(anyhow::anyhow!("interrupted")),
         };
         let (trigger, stop) = net::shutdown::channel();
-        let task = tokio::spawn(keep_running(
-            exe.to_path_buf(),
-            path.to_path_buf(),
-            node.clone(),
-            running,
-            stop,
-        ));
+        let task = tokio::spawn(keep_running(launch.clone(), node.clone(), running, stop));
         tasks.push((node.name.clone(), trigger, task));
         if let Err(e) = ready {
             stop_all(tasks).await;
@@ -265,12 +297,16 @@ struct Running {
     _lifeline: tokio::process::ChildStdin,
 }
 
-fn spawn_node(exe: &Path, site: &Path, name: &str) -> anyhow::Result<Running> {
-    let mut child = Command::new(exe)
+fn spawn_node(launch: &Launch, name: &str) -> anyhow::Result<Running> {
+    let mut command = Command::new(&launch.exe);
+    if let Some((var, token)) = &launch.env {
+        command.env(var, token);
+    }
+    let mut child = command
         .arg("run")
         .arg(name)
         .arg("--site")
-        .arg(site)
+        .arg(&launch.site)
         .arg("--supervised")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -352,13 +388,7 @@ async fn ready(node: &Node, pid: Option<u32>) -> anyhow::Result<()> {
 
 /// Keeps one node running until `stop`: restarts it when it dies, stops it with
 /// SIGTERM (then SIGKILL) when asked.
-async fn keep_running(
-    exe: std::path::PathBuf,
-    site: std::path::PathBuf,
-    node: Node,
-    mut running: Running,
-    stop: net::Shutdown,
-) {
+async fn keep_running(launch: Launch, node: Node, mut running: Running, stop: net::Shutdown) {
     let mut backoff = Duration::from_millis(500);
     loop {
         tokio::select! {
@@ -373,7 +403,7 @@ async fn keep_running(
                     _ = stop.wait() => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
-                match spawn_node(&exe, &site, &node.name) {
+                match spawn_node(&launch, &node.name) {
                     Ok(next) => running = next,
                     Err(e) => {
                         eprintln!("scaleup: {e:#}");
