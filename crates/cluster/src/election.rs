@@ -259,7 +259,7 @@ mod tests {
             healthy: priority > 0,
             boot: 1,
             seq: 1,
-            config: [0; 8],
+            config: None,
         }
     }
 

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::fmt::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -65,6 +65,8 @@ struct Counters {
     /// valid once `peer_config_known`.
     peer_config: AtomicU64,
     peer_config_known: AtomicBool,
+    /// The wire version of the peer's last authentic beat (0: none yet).
+    peer_wire: AtomicU8,
 }
 
 impl Counters {
@@ -152,6 +154,7 @@ impl Cluster {
                 .map_or(0, |d| d.as_nanos() as u64),
             seq: 0,
             config_mismatch: false,
+            peer_speaks_v1: false,
             other_versions: RateLimited::new(Duration::from_secs(60)),
         };
         // Built here so that a failure (no descriptors left for its epoll) is an
@@ -214,6 +217,7 @@ impl Cluster {
             serde_json::json!({
                 "name": p.name,
                 "config_hash": peer_config.as_ref().map(wire::hex),
+                "wire_version": self.counters.peer_wire.load(Relaxed),
                 "state": p.state.as_str(),
                 "priority": p.priority,
                 "healthy": p.healthy,
@@ -342,6 +346,10 @@ struct Member {
     /// Whether the peer's last beat named another site file: a warning is logged
     /// when this becomes true, and a note when it ends.
     config_mismatch: bool,
+    /// Whether the peer speaks wire version 1 (an older release, in the middle of a
+    /// rolling upgrade): this node's beats are then sent in version 1 too, which it
+    /// reads, or it would count this node as dead and take the address as well.
+    peer_speaks_v1: bool,
     /// Beats of another wire version: logged at most once a minute.
     other_versions: RateLimited,
 }
@@ -473,7 +481,10 @@ impl Member {
         match checked {
             Ok(beat) => {
                 self.counters.received.fetch_add(1, Relaxed);
-                self.note_peer_config(&beat.config);
+                self.note_peer_version(beat.config.is_none());
+                if let Some(config) = &beat.config {
+                    self.note_peer_config(config);
+                }
                 Some(beat)
             }
             Err(Rejected::Version(version)) => {
@@ -484,8 +495,9 @@ impl Member {
                 if let Some(count) = self.other_versions.tick() {
                     tracing::warn!(
                         "cluster: ignored {count} heartbeat(s) of wire version {version} (this \
-                         node speaks version {}): {} probably runs another scaleup release; \
-                         install the same release on both load balancers",
+                         node reads versions {} and {}): {} probably runs a newer scaleup \
+                         release; install the same release on both load balancers",
+                        wire::VERSION_WITHOUT_CONFIG,
                         wire::VERSION,
                         self.config.peer_name
                     );
@@ -502,6 +514,40 @@ impl Member {
                 tracing::debug!("cluster: ignored a {} heartbeat", reason.as_str());
                 None
             }
+        }
+    }
+
+    /// Follows the peer's wire version: an older peer is answered in version 1.
+    fn note_peer_version(&mut self, v1: bool) {
+        self.counters.peer_wire.store(
+            if v1 {
+                wire::VERSION_WITHOUT_CONFIG
+            } else {
+                wire::VERSION
+            },
+            Relaxed,
+        );
+        if v1 == self.peer_speaks_v1 {
+            return;
+        }
+        self.peer_speaks_v1 = v1;
+        if v1 {
+            // Its hash is unknown now: neither the same nor another.
+            self.counters.peer_config_known.store(false, Relaxed);
+            self.config_mismatch = false;
+            tracing::warn!(
+                "cluster: {} sends heartbeats of wire version {} (an older scaleup release): \
+                 answering in that version, without the site file's hash, until it is \
+                 upgraded to this release",
+                self.config.peer_name,
+                wire::VERSION_WITHOUT_CONFIG
+            );
+        } else {
+            tracing::info!(
+                "cluster: {} speaks heartbeat version {} again",
+                self.config.peer_name,
+                wire::VERSION
+            );
         }
     }
 
@@ -545,7 +591,7 @@ impl Member {
                 healthy: election.healthy(),
                 boot: self.boot,
                 seq: self.seq,
-                config: self.config.config_hash,
+                config: (!self.peer_speaks_v1).then_some(self.config.config_hash),
             }
         };
         let bytes = beat.encode(&self.config.secret);

@@ -13,27 +13,30 @@
 //! ([`config_hash`]), so each node sees whether its peer runs the same file; it is
 //! under the tag, so nobody but the peer can make the two look alike or different.
 //!
-//! Version 2 added `config`. A datagram of another version is refused as
-//! [`Rejected::Version`] before anything else is read: the two load balancers run
-//! different scaleup releases, which the receiver logs rather than guessing at the
-//! layout.
+//! Version 2 added `config`; version 1 is the same without it. Both are read, and a
+//! beat without a hash is sent in version 1: during a rolling upgrade of the pair the
+//! new node answers an old peer in the version the peer reads (see `node.rs`), so the
+//! two never lose sight of each other and both take the address. A datagram of any
+//! other version is refused as [`Rejected::Version`] before anything else is read.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 const MAGIC: &[u8; 4] = b"SUHB";
-/// The wire version this release speaks (see the module doc for what changed).
+/// The newest wire version this release speaks (see the module doc for the others).
 pub const VERSION: u8 = 2;
+/// The version before the site file's hash, still read and, to an old peer, sent.
+pub const VERSION_WITHOUT_CONFIG: u8 = 1;
 const TAG_LEN: usize = 16;
 /// Bytes of the site file's SHA-256 a beat carries: 64 bits, plenty to tell two
 /// files apart (nobody can forge one under the tag), 16 hex digits to read.
 pub const CONFIG_HASH_LEN: usize = 8;
-/// Bytes before the name's length: magic, version, state, priority, healthy, boot, seq,
-/// config.
-const FIXED: usize = 4 + 4 + 16 + CONFIG_HASH_LEN;
+/// Bytes before the hash (or, in version 1, the name's length): magic, version,
+/// state, priority, healthy, boot, seq.
+const HEAD: usize = 4 + 4 + 16;
 /// Longest datagram a beat can be; reading buffers are this size.
-pub const MAX_BEAT: usize = FIXED + 1 + 255 + TAG_LEN;
+pub const MAX_BEAT: usize = HEAD + CONFIG_HASH_LEN + 1 + 255 + TAG_LEN;
 
 /// A site file's identity in heartbeats: the first [`CONFIG_HASH_LEN`] bytes of the
 /// SHA-256 of its bytes, as read at start.
@@ -107,8 +110,9 @@ pub struct Beat {
     pub boot: u64,
     /// Counts up with every beat of one boot.
     pub seq: u64,
-    /// The sender's site file ([`config_hash`]).
-    pub config: ConfigHash,
+    /// The sender's site file ([`config_hash`]); `None` in a version-1 beat, which
+    /// is what an older release sends (and what is sent to it).
+    pub config: Option<ConfigHash>,
 }
 
 /// Why a datagram was not accepted as a beat.
@@ -169,17 +173,22 @@ impl Beat {
             end -= 1;
         }
         let name = &self.name.as_bytes()[..end];
-        let mut out = Vec::with_capacity(FIXED + 1 + name.len() + TAG_LEN);
+        let mut out = Vec::with_capacity(MAX_BEAT);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&[
-            VERSION,
+            match self.config {
+                Some(_) => VERSION,
+                None => VERSION_WITHOUT_CONFIG,
+            },
             self.state.code(),
             self.priority,
             u8::from(self.healthy),
         ]);
         out.extend_from_slice(&self.boot.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
-        out.extend_from_slice(&self.config);
+        if let Some(config) = &self.config {
+            out.extend_from_slice(config);
+        }
         out.push(name.len() as u8);
         out.extend_from_slice(name);
         let tag = tag(secret, &[&out]);
@@ -192,14 +201,16 @@ impl Beat {
         if bytes.len() < 5 || &bytes[..4] != MAGIC {
             return Err(Rejected::Malformed);
         }
-        if bytes[4] != VERSION {
-            return Err(Rejected::Version(bytes[4]));
-        }
-        if bytes.len() < FIXED + 1 + TAG_LEN {
+        let fixed = match bytes[4] {
+            VERSION => HEAD + CONFIG_HASH_LEN,
+            VERSION_WITHOUT_CONFIG => HEAD,
+            other => return Err(Rejected::Version(other)),
+        };
+        if bytes.len() < fixed + 1 + TAG_LEN {
             return Err(Rejected::Malformed);
         }
-        let name_len = bytes[FIXED] as usize;
-        let body_len = FIXED + 1 + name_len;
+        let name_len = bytes[fixed] as usize;
+        let body_len = fixed + 1 + name_len;
         if bytes.len() != body_len + TAG_LEN {
             return Err(Rejected::Malformed);
         }
@@ -208,7 +219,7 @@ impl Beat {
             return Err(Rejected::Forged);
         }
         let state = State::from_code(bytes[5]).ok_or(Rejected::Malformed)?;
-        let name = std::str::from_utf8(&body[FIXED + 1..]).map_err(|_| Rejected::Malformed)?;
+        let name = std::str::from_utf8(&body[fixed + 1..]).map_err(|_| Rejected::Malformed)?;
         Ok(Beat {
             name: name.to_string(),
             state,
@@ -216,7 +227,11 @@ impl Beat {
             healthy: bytes[7] != 0,
             boot: u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes")),
             seq: u64::from_be_bytes(bytes[16..24].try_into().expect("8 bytes")),
-            config: bytes[24..FIXED].try_into().expect("CONFIG_HASH_LEN bytes"),
+            config: (fixed > HEAD).then(|| {
+                bytes[HEAD..fixed]
+                    .try_into()
+                    .expect("CONFIG_HASH_LEN bytes")
+            }),
         })
     }
 }
@@ -253,7 +268,7 @@ mod tests {
             healthy: true,
             boot: 1_700_000_000_000_000_000,
             seq,
-            config: config_hash(b"[site]\nname = \"www.foobar.com\"\n"),
+            config: Some(config_hash(b"[site]\nname = \"www.foobar.com\"\n")),
         }
     }
 
@@ -275,12 +290,12 @@ mod tests {
     #[test]
     fn the_site_files_hash_travels_signed() {
         let bytes = beat(3).encode(b"s3cret");
+        assert_eq!(bytes[4], VERSION);
         let decoded = Beat::decode(&bytes, b"s3cret").unwrap();
         assert_eq!(decoded.config, beat(3).config);
-        assert_eq!(hex(&decoded.config).len(), 16);
         // Another file, another hash: the receiver can tell.
         let mut other = beat(3);
-        other.config = config_hash(b"[site]\nname = \"www.foobar.org\"\n");
+        other.config = Some(config_hash(b"[site]\nname = \"www.foobar.org\"\n"));
         assert_ne!(other.config, beat(3).config);
         assert_eq!(
             Beat::decode(&other.encode(b"s3cret"), b"s3cret").unwrap(),
@@ -288,26 +303,48 @@ mod tests {
         );
         // The hash is under the tag: changed in flight, the beat is forged.
         let mut tampered = bytes.clone();
-        tampered[24] ^= 1;
+        tampered[HEAD] ^= 1;
         assert_eq!(Beat::decode(&tampered, b"s3cret"), Err(Rejected::Forged));
         // SHA-256("abc") starts ba7816bf8f01cfea.
         assert_eq!(hex(&config_hash(b"abc")), "ba7816bf8f01cfea");
     }
 
     #[test]
-    fn a_beat_of_another_version_says_so() {
-        // A version-1 beat (before the hash was added), as an older release sends it.
-        let mut old = b"SUHB".to_vec();
-        old.extend_from_slice(&[1, 1, 150, 1]);
-        old.extend_from_slice(&[0; 16]);
-        old.push(3);
-        old.extend_from_slice(b"lb2");
-        old.extend_from_slice(&[0; TAG_LEN]);
-        assert_eq!(Beat::decode(&old, b"s3cret"), Err(Rejected::Version(1)));
-        assert_eq!(Rejected::Version(1).as_str(), "version");
+    fn a_version_1_beat_is_read_and_written_as_an_older_release_does() {
+        // Version 1 byte for byte, as the release before the hash built it.
+        let mut body = b"SUHB".to_vec();
+        body.extend_from_slice(&[1, 2, 100, 1]);
+        body.extend_from_slice(&7u64.to_be_bytes());
+        body.extend_from_slice(&9u64.to_be_bytes());
+        body.push(3);
+        body.extend_from_slice(b"lb2");
+        let mut old = body.clone();
+        old.extend_from_slice(&tag(b"s3cret", &[&body]));
+        let expected = Beat {
+            name: "lb2".into(),
+            state: State::Passive,
+            priority: 100,
+            healthy: true,
+            boot: 7,
+            seq: 9,
+            config: None,
+        };
+        assert_eq!(Beat::decode(&old, b"s3cret"), Ok(expected.clone()));
+        // And a beat without a hash is written exactly so, for an old peer to read.
+        assert_eq!(expected.encode(b"s3cret"), old);
+        let mut forged = old.clone();
+        *forged.last_mut().unwrap() ^= 1;
+        assert_eq!(Beat::decode(&forged, b"s3cret"), Err(Rejected::Forged));
+    }
+
+    #[test]
+    fn a_beat_of_an_unknown_version_says_so() {
         let mut newer = beat(1).encode(b"s3cret");
         newer[4] = 3;
         assert_eq!(Beat::decode(&newer, b"s3cret"), Err(Rejected::Version(3)));
+        assert_eq!(Rejected::Version(3).as_str(), "version");
+        newer[4] = 0;
+        assert_eq!(Beat::decode(&newer, b"s3cret"), Err(Rejected::Version(0)));
         assert_eq!(Beat::decode(b"SUHB", b"s3cret"), Err(Rejected::Malformed));
     }
 

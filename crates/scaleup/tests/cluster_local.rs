@@ -130,7 +130,7 @@ async fn forged_and_replayed_heartbeats_are_ignored_and_counted() {
         healthy: priority > 1,
         boot,
         seq,
-        config: cluster::wire::config_hash(b"a forger's site file"),
+        config: Some(cluster::wire::config_hash(b"a forger's site file")),
     };
     // Garbage, a beat signed with the wrong secret, and an authentic beat from an
     // old boot (a replay): each would make lb1 step down if believed.
