@@ -59,7 +59,8 @@ fn user_json(user: &User) -> Value {
     json!({ "id": user.id, "username": user.username, "created_at": user.created_at })
 }
 
-fn post_json(post: &Post) -> Value {
+/// A post as the API and the `/live` feed show it.
+pub(crate) fn post_json(post: &Post) -> Value {
     json!({
         "id": post.id,
         "author": post.author,
@@ -171,6 +172,7 @@ async fn create_post(
     let new = body(payload)?;
     let text = validate::post_body(&new.body).map_err(bad_input)?;
     let written = state.db.create_post(user.id, text, now()).await?;
+    state.feed.publish(&written.value);
     let jar = auth::remember_write(&state, jar, &written.position);
     let reply = json!({ "post": post_json(&written.value) });
     Ok((StatusCode::CREATED, jar, Json(reply)).into_response())

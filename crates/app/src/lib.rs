@@ -8,6 +8,8 @@
 //! Layout:
 //! - `pages.rs`: the server-rendered HTML pages and their form posts;
 //! - `api.rs`: the JSON API under `/api`;
+//! - `live.rs`: `GET /live`, the WebSocket that pushes new posts to the timeline page
+//!   (made here at once, made through other app servers within a second, by polling);
 //! - `views.rs`: the maud templates the pages share;
 //! - `auth.rs`: passwords (argon2), session tokens, cookies, CSRF, and the request
 //!   extractors that say who is asking;
@@ -30,6 +32,7 @@ mod auth;
 mod client;
 mod error;
 mod key;
+mod live;
 mod node;
 mod pages;
 mod throttle;
@@ -119,6 +122,8 @@ pub(crate) struct State {
     /// Failed logins per (account, address) and per address.
     pub(crate) throttle: throttle::LoginThrottle,
     pub(crate) max_body_bytes: usize,
+    /// New posts for the `/live` WebSockets.
+    pub(crate) feed: Arc<live::Feed>,
 }
 
 /// The static files the web tier serves next to the app: `(path, contents)`, with paths
@@ -129,6 +134,7 @@ pub static ASSETS: &[(&str, &[u8])] = &[
         include_bytes!("../assets/static/style.css"),
     ),
     ("static/app.js", include_bytes!("../assets/static/app.js")),
+    ("static/live.js", include_bytes!("../assets/static/live.js")),
     (
         "static/favicon.svg",
         include_bytes!("../assets/static/favicon.svg"),
@@ -145,6 +151,8 @@ impl App {
             .map_err(|problem| {
                 anyhow::anyhow!("making the dummy password hash: {}", problem.message)
             })?;
+        let feed = Arc::new(live::Feed::new());
+        live::Feed::spawn_poller(Arc::downgrade(&feed), db.clone());
         Ok(App {
             state: Arc::new(State {
                 db,
@@ -157,6 +165,7 @@ impl App {
                 hashing,
                 throttle: throttle::LoginThrottle::new(throttle::PAIR, throttle::ADDRESS),
                 max_body_bytes: config.max_body_bytes,
+                feed,
             }),
         })
     }
@@ -192,6 +201,7 @@ impl App {
             .route("/posts", post(pages::create_post))
             .route("/u/{username}", get(pages::user_page))
             .route("/healthz", get(healthz))
+            .route("/live", get(live::live))
             .fallback(pages::not_found)
             .nest("/api", api::router())
             // Form and JSON extractors stop reading at this many bytes, chunked or not,

@@ -128,7 +128,9 @@ async fn render_home(
         .timeline(before, PAGE_SIZE + 1, visit.after.as_ref())
         .await?;
     let (posts, next) = split_page(posts, PAGE_SIZE);
-    let page = views::home(&chrome(state, visit), draft, &posts, next);
+    // Only the newest page grows at the top as posts arrive.
+    let live = before.is_none();
+    let page = views::home(&chrome(state, visit), draft, &posts, next, live);
     Ok((status, visit.jar.clone(), page).into_response())
 }
 
@@ -363,6 +365,7 @@ pub(crate) async fn create_post(
         }
     };
     let written = state.db.create_post(user.id, body, now()).await?;
+    state.feed.publish(&written.value);
     let jar = auth::remember_write(&state, visit.jar.clone(), &written.position);
     Ok((jar, Redirect::to("/")).into_response())
 }

@@ -1,5 +1,6 @@
-//! The HTML templates. Pages link `/static/style.css` and `/static/app.js` and contain no
-//! inline script or style, so they pass `Content-Security-Policy: default-src 'self'`.
+//! The HTML templates. Pages link `/static/style.css` and `/static/app.js` (the newest
+//! timeline page also `/static/live.js`) and contain no inline script or style, so they
+//! pass `Content-Security-Policy: default-src 'self'`.
 //! maud escapes every interpolated value, so user text cannot become markup.
 
 use axum::http::StatusCode;
@@ -64,12 +65,14 @@ pub(crate) struct Draft<'a> {
     pub(crate) error: Option<&'a str>,
 }
 
-/// The timeline: a compose box for logged-in users, then everyone's posts.
+/// The timeline: a compose box for logged-in users, then everyone's posts. `live`: the
+/// newest page, where `live.js` adds new posts at the top as `/live` pushes them.
 pub(crate) fn home(
     chrome: &Chrome<'_>,
     draft: &Draft<'_>,
     posts: &[Post],
     next_before: Option<i64>,
+    live: bool,
 ) -> Markup {
     let content = html! {
         @if let (Some(_), Some(csrf)) = (chrome.user, chrome.csrf) {
@@ -95,7 +98,10 @@ pub(crate) fn home(
             }
         }
         h2.section-title { "Latest posts" }
-        (post_list(posts, "/", next_before))
+        (post_list(posts, "/", next_before, live))
+        @if live {
+            script src="/static/live.js" defer {}
+        }
     };
     layout(chrome, "Home", content)
 }
@@ -113,7 +119,7 @@ pub(crate) fn profile(
             h1 { "@" (user.username) }
             p.muted { "Joined " (date(user.created_at)) }
         }
-        (post_list(posts, &base, next_before))
+        (post_list(posts, &base, next_before, false))
     };
     layout(chrome, &format!("@{}", user.username), content)
 }
@@ -185,14 +191,17 @@ pub(crate) fn error_page(site_name: &str, status: StatusCode, page: &ErrorPage) 
     layout(&chrome, page.title, content)
 }
 
-fn post_list(posts: &[Post], base: &str, next_before: Option<i64>) -> Markup {
+/// The posts, newest first. `live`: the list is marked for `live.js` (and present, if
+/// empty, for new posts to go into).
+fn post_list(posts: &[Post], base: &str, next_before: Option<i64>, live: bool) -> Markup {
     html! {
         @if posts.is_empty() {
             p.empty { "Nothing here yet." }
-        } @else {
-            ol.posts {
+        }
+        @if !posts.is_empty() || live {
+            ol.posts data-live[live] {
                 @for post in posts {
-                    li.post {
+                    li.post data-id=(post.id) {
                         div.meta {
                             a.author href={ "/u/" (post.author) } { "@" (post.author) }
                             " · "

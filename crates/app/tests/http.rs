@@ -546,6 +546,11 @@ async fn bearer_api_flow() {
     let page = client.get(&format!("/?before={before}")).await;
     assert!(page.body.contains("post 4<"));
     assert!(!page.body.contains("Older posts"));
+    // New posts go live onto the newest page only.
+    assert!(home.body.contains("src=\"/static/live.js\""));
+    assert!(home.body.contains("data-live"));
+    assert!(!page.body.contains("live.js"));
+    assert!(!page.body.contains("data-live"));
 
     let reply = client
         .api(Method::POST, "/api/logout", Some(&token), None)
@@ -656,6 +661,7 @@ fn assets_are_the_files_the_pages_link() {
     let paths: Vec<_> = app::ASSETS.iter().map(|(path, _)| *path).collect();
     assert!(paths.contains(&"static/style.css"));
     assert!(paths.contains(&"static/app.js"));
+    assert!(paths.contains(&"static/live.js"));
     assert!(app::ASSETS.iter().all(|(_, bytes)| !bytes.is_empty()));
 }
 

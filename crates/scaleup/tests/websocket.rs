@@ -1,0 +1,163 @@
+//! A WebSocket through the whole house: a client opens `/live` on the floating
+//! address (lb1 → web1 → app1, each its own process under `scaleup up`), a post is
+//! made through the JSON API, and the WebSocket receives it within a second. The
+//! tunnel is counted on the load balancer and the web server, and the web server logs
+//! it when it closes.
+
+mod common;
+
+use std::net::TcpStream;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::Message;
+
+/// `GET url`'s text.
+async fn text(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_through_lb_and_web_receives_a_new_post_within_a_second() {
+    let base = free_base(DEFAULT_SITE_PORTS);
+    let state = tempfile::tempdir().unwrap();
+    // Plain HTTP on the floating address, without the redirect to HTTPS.
+    let site = write_plain_http_site(base, state.path());
+    let mut cmd = scaleup();
+    cmd.arg("up").arg("--site").arg(&site);
+    let up = Proc::spawn("up", cmd);
+    up.wait_for_line("is up", Duration::from_secs(120));
+    let floating = format!("127.0.0.1:{base}");
+    let site_url = format!("http://{floating}");
+
+    // The timeline page links the live script, which the web server serves.
+    let home = text(&format!("{site_url}/")).await;
+    assert!(home.contains("src=\"/static/live.js\""), "{home}");
+    assert!(home.contains("data-live"), "{home}");
+    let script = text(&format!("{site_url}/static/live.js")).await;
+    assert!(script.contains("/live"), "{script}");
+
+    let api = reqwest::Client::new();
+    let credentials = serde_json::json!({"username": "wendy", "password": "correct horse battery"});
+    let resp = api
+        .post(format!("{site_url}/api/signup"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let login: serde_json::Value = api
+        .post(format!("{site_url}/api/login"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().expect("a token").to_string();
+
+    // The WebSocket, on a thread of its own: what it receives, and when.
+    let (opened_tx, opened) = mpsc::channel();
+    let (got_tx, got) = mpsc::channel::<(Instant, String)>();
+    let (close_tx, close) = mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let stream = TcpStream::connect(floating.as_str()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let (mut ws, resp) = tungstenite::client(format!("ws://{floating}/live"), stream)
+            .expect("WebSocket handshake through lb1 and web1");
+        opened_tx.send(resp.status().as_u16()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && close.try_recv().is_err() {
+            match ws.read() {
+                Ok(Message::Text(text)) => {
+                    let _ = got_tx.send((Instant::now(), text.to_string()));
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("WebSocket failed: {e}"),
+            }
+        }
+        let _ = ws.close(None);
+        let _ = ws.flush();
+    });
+    assert_eq!(
+        opened.recv_timeout(Duration::from_secs(10)).unwrap(),
+        101,
+        "switched protocols"
+    );
+
+    // Both proxies carry the tunnel.
+    for (node, admin) in [("lb1", base + 11), ("web1", base + 13)] {
+        let metrics = text(&format!("http://127.0.0.1:{admin}/metrics")).await;
+        assert!(
+            metrics.contains(&format!("scaleup_tunnels_open{{node=\"{node}\"}} 1")),
+            "{node}: {metrics}"
+        );
+    }
+
+    let body = "live through the house <b>not markup</b>";
+    let sent = Instant::now();
+    let resp = api
+        .post(format!("{site_url}/api/posts"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "body": body }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let created: serde_json::Value = resp.json().await.unwrap();
+    let (at, message) = got
+        .recv_timeout(Duration::from_secs(3))
+        .expect("the new post on the WebSocket");
+    let took = at.duration_since(sent);
+    eprintln!("post pushed through the WebSocket {took:?} after it was sent");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let pushed: serde_json::Value = serde_json::from_str(&message).unwrap();
+    assert_eq!(pushed, created["post"], "the API's fields");
+    assert_eq!(pushed["body"], body);
+    assert_eq!(pushed["author"], "wendy");
+
+    // Closed by the client: the web server logs the WebSocket once it ends.
+    close_tx.send(()).unwrap();
+    client.join().unwrap();
+    let log = state.path().join("web1-access.log");
+    let start = Instant::now();
+    loop {
+        let metrics = text(&format!("http://127.0.0.1:{}/metrics", base + 11)).await;
+        let lines = std::fs::read_to_string(&log).unwrap_or_default();
+        let logged = lines
+            .lines()
+            .find(|l| l.contains("\"GET /live HTTP/1.1\" 101"));
+        if metrics.contains("scaleup_tunnels_open{node=\"lb1\"} 0") {
+            if let Some(line) = logged {
+                // The bytes the WebSocket carried to the client: at least the post.
+                let bytes: u64 = line
+                    .split("\" 101 ")
+                    .nth(1)
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(bytes >= message.len() as u64, "{line}");
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "tunnel still open or not logged; {}: {lines}\n{metrics}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(up);
+}
