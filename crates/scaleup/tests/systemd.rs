@@ -211,7 +211,7 @@ fn an_app_server_says_ready_on_an_abstract_socket_after_opening_its_database() {
 }
 
 #[test]
-fn a_node_without_notify_socket_runs_as_before() {
+fn without_notify_socket_a_node_runs_and_sighup_does_not_stop_it() {
     let base = free_base(DEFAULT_SITE_PORTS);
     let dir = tempfile::tempdir().unwrap();
     let site = write_default_site(base, dir.path());
