@@ -2,7 +2,8 @@
 //! servers under `scaleup up`; drained, web2 gets no request through the floating
 //! address (each web server's access log says who served what); made ready, it ramps
 //! up over the slow start and gets its share again. Admin writes without the token,
-//! or with a wrong one, are refused with 401 and counted.
+//! or with a wrong one, are refused with 401 and counted. An application server
+//! drains through the web servers that use it.
 
 mod common;
 
@@ -195,6 +196,29 @@ async fn drain_takes_web2_out_ready_brings_it_back_and_writes_need_the_token() {
     }
     let (web1, web2) = spread(base, state, "ready", 20).await;
     assert!(web2 >= 8 && web1 >= 8, "ready: web1 {web1}, web2 {web2}");
+
+    // An application server drains through the web servers that use it: with app1
+    // drained, both web servers answer their own 502 page; ready, the site answers.
+    let mut cmd = scaleup();
+    cmd.args(["drain", "app1", "--site"])
+        .arg(&site)
+        .env_remove("SCALEUP_ADMIN_TOKEN");
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("idle on web1, web2"), "{stdout}");
+    let home = format!("http://127.0.0.1:{base}/");
+    assert_eq!(reqwest::get(&home).await.unwrap().status(), 502);
+    let mut cmd = scaleup();
+    cmd.args(["ready", "app1", "--site"])
+        .arg(&site)
+        .env_remove("SCALEUP_ADMIN_TOKEN");
+    assert!(cmd.status().unwrap().success());
+    assert_eq!(reqwest::get(&home).await.unwrap().status(), 200);
 
     // A clean stop takes the token file away with the site.
     up.signal(Signal::SIGINT);
