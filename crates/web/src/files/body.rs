@@ -6,13 +6,12 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::Content;
 
@@ -56,7 +55,7 @@ pub(super) fn file_body(
         return Ok(Payload::new(read_segments(&mut file, &segments)?, false));
     }
     let state = Streamer {
-        file: tokio::fs::File::from_std(file),
+        file,
         segments: segments.into(),
         position: None,
     };
@@ -149,8 +148,8 @@ fn shrank() -> io::Error {
 
 /// State of a streamed body: the file and what is left to send.
 struct Streamer {
-    /// The open file, read from the blocking pool by tokio.
-    file: tokio::fs::File,
+    /// The open file.
+    file: File,
     /// What is left to send, in order; a partly sent slice is put back shortened.
     segments: VecDeque<Segment>,
     /// The file offset, when known, so consecutive reads need no seek.
@@ -159,6 +158,12 @@ struct Streamer {
 
 impl Streamer {
     /// The next chunk of the body, or `None` at the end.
+    ///
+    /// The read is a plain `read` on this worker thread, as nginx reads (its default
+    /// `aio off`): a served file is nearly always in the page cache, where a 128 KiB
+    /// read is a memcpy of some microseconds. tokio's `File` instead hands each read to
+    /// the blocking pool and copies it twice (into its own buffer, then into ours):
+    /// measured, that cost a quarter of 1 MiB downloads' throughput.
     async fn next(mut self) -> io::Result<Option<(Bytes, Self)>> {
         let Some(segment) = self.segments.pop_front() else {
             return Ok(None);
@@ -168,17 +173,14 @@ impl Streamer {
             Segment::File { start, len } => (start, len),
         };
         if self.position != Some(start) {
-            self.file.seek(SeekFrom::Start(start)).await?;
+            self.file.seek(SeekFrom::Start(start))?;
         }
         let want = len.min(CHUNK as u64);
-        let mut buf = BytesMut::with_capacity(want as usize);
-        let mut limited = (&mut self.file).take(want);
-        while (buf.len() as u64) < want {
-            if limited.read_buf(&mut buf).await? == 0 {
-                return Err(shrank());
-            }
+        let mut buf = Vec::with_capacity(want as usize);
+        let read = Read::by_ref(&mut self.file).take(want).read_to_end(&mut buf)? as u64;
+        if read != want {
+            return Err(shrank());
         }
-        let read = buf.len() as u64;
         self.position = Some(start + read);
         if read < len {
             self.segments.push_front(Segment::File {
@@ -186,7 +188,7 @@ impl Streamer {
                 len: len - read,
             });
         }
-        Ok(Some((buf.freeze(), self)))
+        Ok(Some((buf.into(), self)))
     }
 }
 
