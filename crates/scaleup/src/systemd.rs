@@ -323,11 +323,11 @@ pub fn render(site: &Site, name: &str, options: &Options) -> anyhow::Result<Unit
         role_words(role),
         site.name
     );
-    let _ = writeln!(
-        u,
-        "Documentation=file://{}",
-        escape_value(&options.site_file.display().to_string())
-    );
+    let site_file = options.site_file.display().to_string();
+    // A URL cannot hold a space as is; such a path is only in ExecStart then.
+    if !site_file.chars().any(char::is_whitespace) {
+        let _ = writeln!(u, "Documentation=file://{}", escape_value(&site_file));
+    }
     let _ = writeln!(u, "Wants=network-online.target");
     let _ = writeln!(u, "After=network-online.target");
     let _ = writeln!(u);
