@@ -246,7 +246,7 @@ mod tests {
             w,
             [
                 "site.toml (dddd) is not the file running on lb1 aaaa, lb2 aaaa: restart them \
-              with it if it is the one they should run"
+              with it if it is the one to run"
             ]
         );
     }
