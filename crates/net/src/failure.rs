@@ -10,6 +10,7 @@ use std::error::Error as _;
 
 use http::{HeaderValue, Response, StatusCode};
 
+use crate::keepalive::ConnectError;
 use crate::pages::error_page;
 use crate::Body;
 
@@ -45,20 +46,26 @@ impl Failure {
         }
     }
 
-    /// The failure behind an error of the upstream client. `client_body` says what
-    /// the client's body did meanwhile (it is checked first: when the client broke
-    /// the exchange, whatever the server then saw is not the server's fault).
-    pub fn of_client_error(
-        e: &hyper_util::client::legacy::Error,
-        client_body: Option<Failure>,
-    ) -> Failure {
+    /// The failure behind a connection that could not be had.
+    pub fn of_connect_error(e: &ConnectError) -> Failure {
+        match e {
+            ConnectError::Io(io) => Failure::of_connect(io),
+            ConnectError::Timeout | ConnectError::Handshake(_) | ConnectError::Closed => {
+                Failure::Connect { refused: false }
+            }
+        }
+    }
+
+    /// The failure behind an exchange that broke after the request went out.
+    /// `client_body` says what the client's body did meanwhile (it is checked first:
+    /// when the client broke the exchange, whatever the server then saw is not the
+    /// server's fault).
+    pub fn of_exchange(e: &hyper::Error, client_body: Option<Failure>) -> Failure {
         if let Some(fault) = client_body {
             return fault;
         }
         match io_cause(e) {
             Some(io) if crate::budget::is_local_exhaustion(io) => Failure::LocalShortage,
-            Some(io) if e.is_connect() => Failure::of_connect(io),
-            _ if e.is_connect() => Failure::Connect { refused: false },
             _ => Failure::BadResponse,
         }
     }
@@ -132,7 +139,7 @@ impl Failure {
 }
 
 /// The operating system's error under a client error, if there is one.
-fn io_cause(e: &hyper_util::client::legacy::Error) -> Option<&std::io::Error> {
+fn io_cause(e: &hyper::Error) -> Option<&std::io::Error> {
     let mut source = e.source();
     while let Some(err) = source {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {

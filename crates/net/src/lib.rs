@@ -8,6 +8,7 @@
 //! - [`proxy_protocol`]: PROXY protocol v2, written by a TLS-passthrough load
 //!   balancer and read (from trusted peers only) by the web server;
 //! - [`upstream`]: pools of servers with health checks and balancing algorithms;
+//! - [`keepalive`]: each server's kept-alive connections, on hyper's connection API;
 //! - [`proxy`]: forwarding a request to a pool, with retries and clean error pages;
 //! - [`tunnel`]: WebSocket upgrades through a hop, relayed with an idle timeout;
 //! - [`failure`]: why a forward failed, whose fault it is, whether to retry;
@@ -28,6 +29,7 @@ pub mod clock;
 pub mod failure;
 pub mod finish;
 pub mod headers;
+pub mod keepalive;
 pub mod linger;
 pub mod metrics;
 pub mod pages;

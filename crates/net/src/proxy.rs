@@ -1,6 +1,11 @@
-//! Forwarding one request to a pool: pick a server, send, retry an idempotent
-//! request that could not connect on another server, and turn every failure into a
-//! clean 502/503/504 page instead of a hang.
+//! Forwarding one request to a pool: pick a server, get a connection to it, send,
+//! try a request that found no connection on another server, and turn every failure
+//! into a clean 502/503/504 page instead of a hang.
+//!
+//! A request goes to another server only while nothing of it was sent (as HAProxy's
+//! `retry-on conn-failure` with `redispatch`): then any method is safe to send
+//! again, and nothing has to be kept aside for it. Once a server has seen a request,
+//! its failure is answered, never replayed.
 //!
 //! A failure is blamed where it happened: a client whose body breaks the limit or
 //! the chunked framing gets 413 or 400 and no server is marked for it; a connect that
@@ -16,8 +21,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use std::time::Duration;
 
-use http::header::{CONNECTION, UPGRADE};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::header::{CONNECTION, HOST, UPGRADE};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
@@ -26,7 +32,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::failure::{root_cause, Failure};
 use crate::headers::strip_hop_by_hop;
-use crate::pages::error_page;
+use crate::keepalive::{ConnectError, Connections, PooledBody, Sent};
 use crate::tunnel;
 use crate::upstream::{InFlight, Pool};
 use crate::{Body, BoxError};
@@ -34,8 +40,7 @@ use crate::{Body, BoxError};
 /// How a hop forwards: the parts of proxy behaviour that differ between roles.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
-    /// How many other servers an idempotent, bodiless request that failed to
-    /// connect may be tried on.
+    /// How many other servers a request that found no connection may be tried on.
     pub retries: u32,
     /// The status when no server can be reached: a load balancer says 503 (the
     /// service is missing, as HAProxy does), a web server 502 (its upstream is
@@ -72,21 +77,43 @@ pub async fn forward(
         parts.headers.remove(CONNECTION);
         parts.headers.remove(UPGRADE);
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    // A request can be sent again only if nothing of it is lost by the first try.
-    let replayable = is_idempotent(&parts.method) && body.is_end_stream();
+    // The request line goes upstream as the client sent it (origin form); an
+    // HTTP/2 client's authority becomes the Host header an HTTP/1.1 server needs.
+    if !parts.headers.contains_key(HOST) {
+        if let Some(host) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(HOST, host);
+        }
+    }
+    let uri = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+        std::mem::take(&mut parts.uri)
+    } else {
+        let target = parts.uri.path_and_query().cloned();
+        Uri::from(target.unwrap_or_else(|| PathAndQuery::from_static("/")))
+    };
     // Only a body that is sent on needs watching; a bodiless request costs nothing.
-    let fault = (!replayable).then(|| Arc::new(OnceLock::new()));
-    let mut body = fault.as_ref().map(|fault| ClientBody {
-        inner: body,
-        left: policy.max_body_bytes,
-        limit: policy.max_body_bytes.unwrap_or_default(),
-        fault: fault.clone(),
-    });
+    let fault = (!body.is_end_stream()).then(|| Arc::new(OnceLock::new()));
+    let upstream_body: Body = match &fault {
+        Some(fault) => ClientBody {
+            inner: body,
+            left: policy.max_body_bytes,
+            limit: policy.max_body_bytes.unwrap_or_default(),
+            fault: fault.clone(),
+        }
+        .boxed_unsync(),
+        None => crate::empty(),
+    };
+    let mut request = Request::new(upstream_body);
+    *request.method_mut() = parts.method.clone();
+    *request.version_mut() = Version::HTTP_11;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = std::mem::take(&mut parts.headers);
+    // Held until a server took it: a request that found no connection is whole,
+    // whatever its method, and goes to the next server.
+    let mut unsent = Some(request);
     let mut tried: Vec<usize> = Vec::new();
 
     loop {
@@ -97,33 +124,23 @@ pub async fn forward(
             return failure.page(policy.unreachable, &pool.name, request_id);
         };
         let server = &pool.servers()[index];
-        let upstream_body: Body = match body.take() {
-            Some(body) => body.boxed_unsync(),
-            None => crate::empty(),
+        let Some(mut request) = unsent.take() else {
+            unreachable!("a request is retried only while it is unsent")
         };
-        let mut upstream = Request::new(upstream_body);
-        *upstream.method_mut() = parts.method.clone();
-        *upstream.version_mut() = Version::HTTP_11;
-        *upstream.uri_mut() = match server.uri_for(&path).parse() {
-            Ok(uri) => uri,
-            Err(_) => {
-                return error_page(
-                    StatusCode::BAD_REQUEST,
-                    "The request target is not valid.",
-                    Some(request_id),
-                )
-            }
-        };
-        *upstream.headers_mut() = if replayable {
-            parts.headers.clone()
-        } else {
-            std::mem::take(&mut parts.headers)
-        };
-
-        let sent =
-            tokio::time::timeout(pool.timeouts.server, pool.client().request(upstream)).await;
+        if !request.headers().contains_key(HOST) {
+            // An HTTP/1.0 client may send none; HTTP/1.1 needs one.
+            request
+                .headers_mut()
+                .insert(HOST, server.host_header.clone());
+        }
+        let sent = tokio::time::timeout(
+            pool.timeouts.server,
+            exchange(&server.conns, pool.timeouts.connect, request),
+        )
+        .await;
         let (failure, reason) = match sent {
-            Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Ok(Exchange::Answer(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let resp = resp.map(PooledBody::into_incoming);
                 let to_websocket = resp
                     .headers()
                     .get(UPGRADE)
@@ -141,14 +158,18 @@ pub async fn forward(
                     ),
                 }
             }
-            Ok(Ok(resp)) => {
+            Ok(Exchange::Answer(resp)) => {
                 let (mut head, body) = resp.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 return Response::from_parts(head, body.map_err(Into::into).boxed_unsync());
             }
-            Ok(Err(e)) => {
+            Ok(Exchange::NoConnection(e, request)) => {
+                unsent = Some(request);
+                (Failure::of_connect_error(&e), e.to_string())
+            }
+            Ok(Exchange::Failed(e)) => {
                 let client_body = fault.as_ref().and_then(|f| f.get().copied());
-                (Failure::of_client_error(&e, client_body), root_cause(&e))
+                (Failure::of_exchange(&e, client_body), root_cause(&e))
             }
             Err(_) => (Failure::Timeout, "response timeout".to_string()),
         };
@@ -166,10 +187,44 @@ pub async fn forward(
             }
         }
         tried.push(index);
-        let may_retry = replayable && tried.len() <= policy.retries as usize;
+        let may_retry = unsent.is_some() && tried.len() <= policy.retries as usize;
         if !(failure.retry_elsewhere() && may_retry) {
             return failure.page(policy.unreachable, &pool.name, request_id);
         }
+    }
+}
+
+/// What became of one request at one server.
+enum Exchange {
+    /// The server answered.
+    Answer(Response<PooledBody>),
+    /// No connection could be had: the request, unsent, comes back.
+    NoConnection(ConnectError, Request<Body>),
+    /// The exchange broke after the request (or part of it) went out.
+    Failed(hyper::Error),
+}
+
+/// Sends `request` on a kept-alive connection to the server, or on a fresh one when
+/// the kept-alive one turns out closed (the server saw nothing, so any method may
+/// go again).
+async fn exchange(conns: &Arc<Connections>, connect: Duration, request: Request<Body>) -> Exchange {
+    let conn = match conns.get(connect).await {
+        Ok(conn) => conn,
+        Err(e) => return Exchange::NoConnection(e, request),
+    };
+    let request = match conns.send(conn, request).await {
+        Sent::Answer(resp) => return Exchange::Answer(resp),
+        Sent::Failed(e) => return Exchange::Failed(e),
+        Sent::NotSent(request) => request,
+    };
+    let conn = match conns.connect(connect).await {
+        Ok(conn) => conn,
+        Err(e) => return Exchange::NoConnection(e, request),
+    };
+    match conns.send(conn, request).await {
+        Sent::Answer(resp) => Exchange::Answer(resp),
+        Sent::Failed(e) => Exchange::Failed(e),
+        Sent::NotSent(request) => Exchange::NoConnection(ConnectError::Closed, request),
     }
 }
 
@@ -270,12 +325,4 @@ impl http_body::Body for ClientBody {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// RFC 9110 §9.2.2: these methods may be repeated without changing the outcome.
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }

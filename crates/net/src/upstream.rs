@@ -24,11 +24,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::Request;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use site::{Algorithm, HealthCheck, Timeouts};
 
-use crate::{Body, Shutdown};
+use crate::keepalive::Connections;
+use crate::Shutdown;
 
 /// A server to put in a pool: what the configuration says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,8 +63,10 @@ pub struct Upstream {
     pub name: String,
     /// Where it listens.
     pub addr: SocketAddr,
-    /// `http://addr`, prebuilt so a request's URI costs one concatenation.
-    base_uri: String,
+    /// Kept-alive connections to it.
+    pub conns: Arc<Connections>,
+    /// `addr` as a `Host` header, for a request that came without one.
+    pub host_header: http::HeaderValue,
     /// Whether it receives traffic.
     up: AtomicBool,
     /// Good checks in a row while down (toward `rise`).
@@ -105,7 +107,9 @@ impl Upstream {
     fn new(server: Server) -> Upstream {
         let Server { name, addr, weight } = server;
         Upstream {
-            base_uri: format!("http://{addr}"),
+            conns: Arc::new(Connections::new(addr)),
+            host_header: http::HeaderValue::from_str(&addr.to_string())
+                .expect("a socket address is a valid header value"),
             name_hash: fnv1a(name.as_bytes()),
             weight: weight.max(1),
             drained: AtomicBool::new(false),
@@ -184,14 +188,6 @@ impl Upstream {
         u64::try_from(u128::from(full) * elapsed / total)
             .unwrap_or(full)
             .max(1)
-    }
-
-    /// `http://addr` + `path_and_query`.
-    pub fn uri_for(&self, path_and_query: &str) -> String {
-        let mut uri = String::with_capacity(self.base_uri.len() + path_and_query.len());
-        uri.push_str(&self.base_uri);
-        uri.push_str(path_and_query);
-        uri
     }
 
     fn set_state(&self, up: bool, reason: String) {
@@ -333,7 +329,8 @@ impl Select for SourceHash {
     }
 }
 
-/// A pool of servers with one balancing algorithm and one keep-alive client.
+/// A pool of servers with one balancing algorithm; each server keeps its own
+/// kept-alive connections ([`Connections`]).
 pub struct Pool {
     /// The pool's name (`web`, `app`), for logs and metrics.
     pub name: String,
@@ -342,8 +339,6 @@ pub struct Pool {
     selector: Box<dyn Select>,
     /// How long a server made ready or back up takes to reach its whole weight.
     slowstart: Duration,
-    /// Keep-alive connections to every server of the pool.
-    client: Client<HttpConnector, Body>,
     health: HealthCheck,
     /// Connect, client and server timeouts.
     pub timeouts: Timeouts,
@@ -359,15 +354,6 @@ impl Pool {
         health: HealthCheck,
         timeouts: Timeouts,
     ) -> Pool {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeouts.connect));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         let servers: Vec<Arc<Upstream>> = servers
             .into_iter()
             .map(|s| Arc::new(Upstream::new(s.into())))
@@ -387,7 +373,6 @@ impl Pool {
             algorithm,
             selector,
             slowstart: Duration::ZERO,
-            client,
             health,
             timeouts,
         }
@@ -408,11 +393,6 @@ impl Pool {
     /// The server called `name`.
     pub fn server(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.servers.iter().find(|s| s.name == name)
-    }
-
-    /// The keep-alive client that talks to the servers.
-    pub fn client(&self) -> &Client<HttpConnector, Body> {
-        &self.client
     }
 
     /// How many consecutive bad checks take a server out.
@@ -455,9 +435,11 @@ impl Pool {
         }
     }
 
-    /// Whether any server is up and not drained (one that could take a request).
+    /// Whether any server is up. Drained servers count: draining is an operator's
+    /// choice, not a health verdict, and must not make a load balancer unhealthy and
+    /// hand the floating address to a peer that may not have the drain.
     pub fn any_up(&self) -> bool {
-        self.servers.iter().any(|s| s.is_up() && !s.is_drained())
+        self.servers.iter().any(|s| s.is_up())
     }
 
     /// Runs the active health checks until `shutdown`.
@@ -772,7 +754,10 @@ mod tests {
         // Both drained: nothing to pick, and the node says so.
         pool.server("s1").unwrap().drain();
         assert!(pool.pick(CLIENT, &[]).is_none());
-        assert!(!pool.any_up());
+        assert!(
+            pool.any_up(),
+            "drained is not down: no failover over a drain"
+        );
         assert!(s0.ready() && !s0.ready());
         assert_eq!(picks(&pool, 3), vec![0, 0, 0]);
     }

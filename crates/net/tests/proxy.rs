@@ -231,6 +231,26 @@ async fn a_refused_server_is_retried_elsewhere_and_taken_out_at_once() {
         .contains("503 Service Unavailable"));
 }
 
+/// A request that found no connection was never seen by a server, so it goes to the
+/// next one whatever its method, body included: as HAProxy's `redispatch`.
+#[tokio::test]
+async fn a_post_that_found_no_connection_goes_whole_to_the_next_server() {
+    let (live, _) = origin("live", Duration::ZERO).await;
+    let pool = Arc::new(Pool::new(
+        "web",
+        vec![("dead".into(), dead_addr()), ("live".into(), live)],
+        Algorithm::RoundRobin,
+        health(60_000),
+        timeouts(2000),
+    ));
+    let url = format!("http://{}/", front(pool.clone(), Limits::default()).await);
+    let client = reqwest::Client::new();
+    let resp = client.post(&url).body("data").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().starts_with("live"));
+    assert!(!pool.servers()[0].is_up(), "refused: down at once");
+}
+
 #[tokio::test]
 async fn health_checks_follow_fall_and_rise() {
     let (a, sick) = origin("a", Duration::ZERO).await;

@@ -1,0 +1,336 @@
+//! Keep-alive connections to one upstream server, on hyper's connection API.
+//!
+//! Why not hyper-util's pooled client: a proxy needs the connection *before* it
+//! gives up the request. Getting a connection is where a server that is down shows
+//! itself (refused, timed out), and with the connection first, the request can go
+//! to another server untouched: no clone of its headers kept on the side for a retry
+//! that rarely comes. The request line is sent as the client gave it (origin form),
+//! so no URI is built and parsed per request; the pool is a short list per server
+//! behind an uncontended lock, with no task spawned per request to put a connection
+//! back (the response body puts it back when it ends).
+//!
+//! A kept-alive connection the server has just closed is found out when the request
+//! is offered to it: [`SendRequest::try_send_request`] hands back a request that was
+//! not written, and the caller tries a fresh connection to the same server, which is
+//! safe for any method since the server saw nothing.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::Body;
+
+/// Most idle connections kept per server: enough for a burst of 64+ clients each
+/// holding one while a request is in flight, bounded so a spike does not keep
+/// descriptors for ever.
+const MAX_IDLE: usize = 256;
+
+/// How long an idle connection is kept. Below the keep-alive timeout of our own
+/// servers (the default `timeouts.keepalive` is longer), so the pool rarely offers
+/// a connection the server is closing.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The kept-alive connections to one server.
+#[derive(Debug)]
+pub struct Connections {
+    addr: SocketAddr,
+    /// Most recently used last: a warm connection is taken first, and the oldest
+    /// ones age out at the front.
+    idle: Mutex<Vec<Idle>>,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+/// Why a connection could not be had.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The operating system refused or failed the connect (refused, unreachable,
+    /// out of descriptors...).
+    Io(std::io::Error),
+    /// No answer within the connect timeout.
+    Timeout,
+    /// The HTTP/1 handshake over a fresh socket failed.
+    Handshake(hyper::Error),
+    /// A fresh connection was closed before the request could go out.
+    Closed,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Io(e) => write!(f, "connect: {e}"),
+            ConnectError::Timeout => f.write_str("connect: timed out"),
+            ConnectError::Handshake(e) => write!(f, "connect: {e}"),
+            ConnectError::Closed => f.write_str("connection closed by the server at once"),
+        }
+    }
+}
+
+/// A connection lent to one request; [`Connections::send`] uses it.
+pub struct Conn {
+    sender: SendRequest<Body>,
+    /// Whether it came from the idle list (a reused connection may have been closed
+    /// by the server meanwhile; a fresh one may not).
+    pub reused: bool,
+}
+
+/// What became of a request offered to a connection.
+pub enum Sent {
+    /// The server answered; its body gives the connection back when it ends.
+    Answer(Response<PooledBody>),
+    /// The connection was closed before the request went out: the request is
+    /// returned untouched, to be sent on another connection.
+    NotSent(Request<Body>),
+    /// The exchange failed after the request (or part of it) was written.
+    Failed(hyper::Error),
+}
+
+impl Connections {
+    /// No connections yet to `addr`.
+    pub fn new(addr: SocketAddr) -> Connections {
+        Connections {
+            addr,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An open connection: the most recently used idle one still open, or a new one
+    /// (given `connect_timeout`).
+    pub async fn get(&self, connect_timeout: Duration) -> Result<Conn, ConnectError> {
+        if let Some(sender) = self.take_idle() {
+            return Ok(Conn {
+                sender,
+                reused: true,
+            });
+        }
+        self.connect(connect_timeout).await
+    }
+
+    /// A new connection, never one from the idle list.
+    pub async fn connect(&self, connect_timeout: Duration) -> Result<Conn, ConnectError> {
+        let stream =
+            match tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(ConnectError::Io(e)),
+                Err(_) => return Err(ConnectError::Timeout),
+            };
+        // Requests and answers are small writes: no waiting for an ACK to batch them.
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        tokio::spawn(async move {
+            // Upgrades, for WebSockets; the error (a server that hung up) is the
+            // request's to report, where the exchange failed.
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("upstream connection ended: {e}");
+            }
+        });
+        Ok(Conn {
+            sender,
+            reused: false,
+        })
+    }
+
+    /// Sends `req` on `conn`. The response's body puts the connection back in this
+    /// list when it ends (for a `101`, the connection belongs to the upgrade and is
+    /// not put back).
+    pub async fn send(self: &Arc<Self>, mut conn: Conn, req: Request<Body>) -> Sent {
+        // An HTTP/1 connection takes one request at a time; a kept-alive one is ready
+        // at once, or closed.
+        if conn.sender.ready().await.is_err() {
+            return Sent::NotSent(req);
+        }
+        match conn.sender.try_send_request(req).await {
+            Ok(resp) => {
+                let (head, body) = resp.into_parts();
+                let home = (head.status != http::StatusCode::SWITCHING_PROTOCOLS)
+                    .then(|| (conn.sender, Arc::clone(self)));
+                let mut body = PooledBody { inner: body, home };
+                if body.inner.is_end_stream() {
+                    body.give_back();
+                }
+                Sent::Answer(Response::from_parts(head, body))
+            }
+            Err(mut e) => match e.take_message() {
+                Some(req) => Sent::NotSent(req),
+                None => Sent::Failed(e.into_error()),
+            },
+        }
+    }
+
+    /// The most recently used idle connection that is still open; drops the closed
+    /// and the expired ones on the way.
+    fn take_idle(&self) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        // The oldest are at the front: drop those past their time in one go.
+        let expired = idle
+            .iter()
+            .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
+            .count();
+        idle.drain(..expired);
+        while let Some(Idle { sender, .. }) = idle.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Takes a connection back after its answer ended.
+    fn put_back(&self, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= MAX_IDLE {
+            // The oldest goes: it is the least likely to be wanted soon.
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// How many idle connections are kept now (for `/status`).
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+    }
+}
+
+/// A response body from a pooled connection: when it ends, the connection goes back
+/// to its server's idle list; dropped before its end, the connection is closed (it
+/// still carries the rest of this answer).
+pub struct PooledBody {
+    inner: Incoming,
+    home: Option<(SendRequest<Body>, Arc<Connections>)>,
+}
+
+impl PooledBody {
+    fn give_back(&mut self) {
+        if let Some((sender, home)) = self.home.take() {
+            home.put_back(sender);
+        }
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
+            Poll::Ready(Some(Err(_))) => self.home = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Lets hyper's upgrade machinery find the connection of a `101` answer.
+impl PooledBody {
+    /// The response as hyper gave it, for [`hyper::upgrade::on`] (a `101`'s body is
+    /// empty, and its connection is never put back).
+    pub fn into_incoming(self) -> Incoming {
+        self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_is_reused_after_its_answer_and_a_closed_one_is_not() {
+        use http_body_util::BodyExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        // A server that answers two requests per connection, then closes it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    for _ in 0..2 {
+                        let mut buf = vec![0; 1024];
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let n = s.read(&mut buf).await.unwrap();
+                            if n == 0 {
+                                return;
+                            }
+                            got.extend_from_slice(&buf[..n]);
+                        }
+                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let conns = Arc::new(Connections::new(addr));
+        let mut reused = Vec::new();
+        let mut not_sent = 0;
+        for _ in 0..4 {
+            let mut req = Request::new(crate::empty());
+            req.headers_mut()
+                .insert(http::header::HOST, http::HeaderValue::from_static("x"));
+            let conn = conns.get(Duration::from_secs(1)).await.unwrap();
+            let was_reused = conn.reused;
+            let resp = match conns.send(conn, req).await {
+                Sent::Answer(resp) => resp,
+                Sent::NotSent(req) => {
+                    not_sent += 1;
+                    let conn = conns.connect(Duration::from_secs(1)).await.unwrap();
+                    match conns.send(conn, req).await {
+                        Sent::Answer(resp) => resp,
+                        _ => panic!("a fresh connection failed"),
+                    }
+                }
+                Sent::Failed(e) => panic!("{e}"),
+            };
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+            reused.push(was_reused);
+            // Let the server's close, after its second answer, reach us.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(reused, [false, true, false, true], "not_sent {not_sent}");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+}
