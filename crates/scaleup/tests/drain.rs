@@ -40,8 +40,18 @@ fn write_two_web_site(base: u16, dir: &Path) -> PathBuf {
 /// `scaleup VERB web2 --site FILE` with the admin token from the state directory
 /// (or `token` in the variable); exit success, stdout and stderr.
 fn admin_command(verb: &str, site: &Path, token: Option<&str>) -> (bool, String, String) {
+    admin_command_with(verb, &[], site, token)
+}
+
+/// [`admin_command`] with more arguments.
+fn admin_command_with(
+    verb: &str,
+    args: &[&str],
+    site: &Path,
+    token: Option<&str>,
+) -> (bool, String, String) {
     let mut cmd = scaleup();
-    cmd.arg(verb).arg("web2").arg("--site").arg(site);
+    cmd.arg(verb).arg("web2").args(args).arg("--site").arg(site);
     match token {
         Some(t) => cmd.env("SCALEUP_ADMIN_TOKEN", t),
         None => cmd.env_remove("SCALEUP_ADMIN_TOKEN"),
@@ -163,6 +173,24 @@ async fn drain_takes_web2_out_ready_brings_it_back_and_writes_need_the_token() {
     // Reading stays open, and a write asked with GET says to POST it.
     let resp = reqwest::get(&drain_url).await.unwrap();
     assert_eq!(resp.status(), 405);
+
+    // An HTTPS connection relayed to web2 (tcp mode) is in flight while it is open:
+    // a drain that times out says what is left, fails, and leaves web2 draining.
+    // Two connections in a row go one to each web server (1:1 round robin).
+    let held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", base + 5)).unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while web2_on(lb1_admin).await["in_flight"] != 1 {
+        assert!(Instant::now() < deadline, "no relayed connection to web2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (ok, _, stderr) = admin_command_with("drain", &["--timeout", "1s"], &site, None);
+    assert!(!ok, "a drain with a request in flight must time out");
+    assert!(stderr.contains("not idle after 1s"), "{stderr}");
+    assert!(stderr.contains("lb1: 1 in flight"), "{stderr}");
+    assert_eq!(web2_on(lb1_admin).await["state"], "draining");
+    drop(held);
 
     // Drain: the command returns once web2 is idle on both load balancers.
     let started = Instant::now();
