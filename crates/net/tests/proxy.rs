@@ -251,6 +251,71 @@ async fn a_post_that_found_no_connection_goes_whole_to_the_next_server() {
     assert!(!pool.servers()[0].is_up(), "refused: down at once");
 }
 
+/// An origin whose answer comes in three pieces, 150 ms apart.
+struct Slow;
+
+impl Handler for Slow {
+    async fn handle(&self, _req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+        use http_body_util::BodyExt;
+        let pieces = futures_util::stream::unfold(0, |n| async move {
+            if n == 3 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let frame = http_body::Frame::data(bytes::Bytes::from_static(b"piece "));
+            Some((Ok::<_, std::convert::Infallible>(frame), n + 1))
+        });
+        Response::new(
+            http_body_util::StreamBody::new(pieces)
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        )
+    }
+}
+
+/// A server is busy until its answer has gone out to the end, not when its head
+/// arrives: `drain` waits for a download, and `leastconn` weighs it.
+#[tokio::test]
+async fn a_server_counts_a_request_in_flight_until_its_answer_ends() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow = listener.local_addr().unwrap();
+    let (_trigger, shutdown) = net::shutdown::channel();
+    tokio::spawn(serve(
+        listener,
+        Limits::default(),
+        Arc::new(Slow),
+        Arc::new(Metrics::default()),
+        shutdown,
+    ));
+    let pool = Arc::new(Pool::new(
+        "web",
+        vec![("slow".into(), slow)],
+        Algorithm::RoundRobin,
+        health(60_000),
+        timeouts(2000),
+    ));
+    let url = format!("http://{}/", front(pool.clone(), Limits::default()).await);
+    let mut resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"piece ");
+    assert_eq!(
+        pool.servers()[0].in_flight(),
+        1,
+        "the answer is still coming"
+    );
+    while resp.chunk().await.unwrap().is_some() {}
+    // The front's end of the body may lag the client's by a poll.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while pool.servers()[0].in_flight() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still counted in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn health_checks_follow_fall_and_rise() {
     let (a, sick) = origin("a", Duration::ZERO).await;

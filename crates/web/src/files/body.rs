@@ -177,7 +177,9 @@ impl Streamer {
         }
         let want = len.min(CHUNK as u64);
         let mut buf = Vec::with_capacity(want as usize);
-        let read = Read::by_ref(&mut self.file).take(want).read_to_end(&mut buf)? as u64;
+        let read = Read::by_ref(&mut self.file)
+            .take(want)
+            .read_to_end(&mut buf)? as u64;
         if read != want {
             return Err(shrank());
         }
