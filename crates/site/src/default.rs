@@ -26,6 +26,9 @@ state_dir = "{state_dir}"
 # `scaleup up` makes one when it is not set, gives it to the nodes and keeps it in
 # the state directory (admin.token) for the command line.
 admin_token_env = "SCALEUP_ADMIN_TOKEN"
+# Access logs (STATE/NODE-access.log for every node; `scaleup trace ID` reads them):
+# nginx's "combined" line, or "json" (one object per line) for log shippers.
+log_format = "combined"
 
 # What both load balancers do: spread requests over the web servers.
 [balancer]

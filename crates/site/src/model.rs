@@ -29,6 +29,30 @@ pub struct Site {
     /// The environment variable holding the token that admin writes (drain, ready)
     /// must carry as `Authorization: Bearer TOKEN`. `None`: no node accepts a write.
     pub admin_token_env: Option<String>,
+    /// How every node writes its access log (`log_format` in `[site]`).
+    pub log_format: LogFormat,
+}
+
+/// How access-log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// nginx's `combined` line with `rid=`, `rt=` (and `trace=`) appended: what
+    /// people and `grep` read.
+    #[default]
+    Combined,
+    /// One JSON object per line, what log shippers (Vector, Fluent Bit, Filebeat)
+    /// read without a parsing rule.
+    Json,
+}
+
+impl LogFormat {
+    /// The word used in site files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Combined => "combined",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 /// Server weights are 1..=`MAX_WEIGHT` (HAProxy's range, without its 0: a server
@@ -221,6 +245,10 @@ pub struct LbNode {
     pub priority: u8,
     /// The HTTPS frontend, if any (its mode is the balancer's `tls_mode`).
     pub tls_listen: Option<SocketAddr>,
+    /// Where its access log goes (one line per HTTP request, as the web servers');
+    /// `None` means standard output. Requests relayed as TLS in `tcp` mode are
+    /// logged by the web server only: the load balancer never sees them.
+    pub access_log: Option<PathBuf>,
 }
 
 /// A web server node.
@@ -326,6 +354,8 @@ pub struct AppNode {
     /// Its share of the web servers' traffic, relative to the other application
     /// servers (1..=256, default 1).
     pub weight: u32,
+    /// Where its access log goes; `None` means standard output.
+    pub access_log: Option<PathBuf>,
 }
 
 /// The load balancers' shared settings (HAProxy's `defaults` + `backend`).

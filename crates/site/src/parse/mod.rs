@@ -78,6 +78,7 @@ struct RawLb {
     heartbeat: Option<Spanned<String>>,
     priority: Option<u8>,
     tls_listen: Option<Spanned<String>>,
+    access_log: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +95,7 @@ struct RawSiteSection {
     name: String,
     state_dir: Option<String>,
     admin_token_env: Option<Spanned<String>>,
+    log_format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +106,7 @@ struct RawNode {
     bind: Option<Spanned<String>>,
     admin: Spanned<String>,
     weight: Option<Spanned<i64>>,
+    access_log: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -296,6 +299,7 @@ impl Checker<'_> {
                 heartbeat: n.heartbeat.as_ref().map(|h| self.address(h, "heartbeat")),
                 priority: n.priority.unwrap_or(100),
                 tls_listen: n.tls_listen.as_ref().map(|a| self.address(a, "tls_listen")),
+                access_log: access_log(&state_dir, n.access_log.as_deref(), n.name.get_ref()),
             })
             .collect();
         let apps: Vec<AppNode> = raw
@@ -304,6 +308,7 @@ impl Checker<'_> {
             .map(|n| AppNode {
                 node: self.node(&n.name, &n.listen, n.bind.as_ref(), &n.admin),
                 weight: self.weight(n.weight.as_ref()),
+                access_log: access_log(&state_dir, n.access_log.as_deref(), n.name.get_ref()),
             })
             .collect();
 
@@ -319,11 +324,7 @@ impl Checker<'_> {
                     Some(list) => self.references(list, &roles, Role::App, "apps"),
                     None => all_apps.clone(),
                 },
-                access_log: match w.access_log.as_deref() {
-                    Some("-") => None,
-                    Some(p) => Some(absolute(&state_dir, p)),
-                    None => Some(state_dir.join(format!("{}-access.log", w.name.get_ref()))),
-                },
+                access_log: access_log(&state_dir, w.access_log.as_deref(), w.name.get_ref()),
                 health: self.health(w.health.as_ref()),
                 timeouts: self.timeouts(w.timeouts.as_ref()),
                 max_connections: w.max_connections.unwrap_or(10_000),
@@ -397,6 +398,7 @@ impl Checker<'_> {
             .admin_token_env
             .as_ref()
             .and_then(|v| self.env_name(v, "admin_token_env"));
+        let log_format = self.log_format(raw.site.log_format.as_ref());
         self.check_roles_present(&raw);
         self.check_addresses(&raw);
         self.check_https(&raw, &balancer);
@@ -412,7 +414,19 @@ impl Checker<'_> {
             cluster,
             tls,
             admin_token_env,
+            log_format,
         }
+    }
+}
+
+/// A node's access log: `"-"` is standard output, a relative path is under the
+/// state directory, and none is `STATE/NAME-access.log` (where `scaleup trace`
+/// looks).
+fn access_log(state_dir: &Path, raw: Option<&str>, name: &str) -> Option<PathBuf> {
+    match raw {
+        Some("-") => None,
+        Some(p) => Some(absolute(state_dir, p)),
+        None => Some(state_dir.join(format!("{name}-access.log"))),
     }
 }
 

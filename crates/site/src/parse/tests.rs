@@ -422,3 +422,52 @@ fn admin_token_env_names_a_variable() {
         "{err}"
     );
 }
+
+#[test]
+fn log_format_is_combined_or_json() {
+    assert_eq!(ok(&default_text()).log_format, LogFormat::Combined);
+    let json = default_text().replacen("log_format = \"combined\"", "log_format = \"json\"", 1);
+    assert_eq!(ok(&json).log_format, LogFormat::Json);
+    let text = default_text().replacen("log_format = \"combined\"", "log_format = \"xml\"", 1);
+    let found = mistakes(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let (line, column) = position(&text, "\"xml\"");
+    assert_eq!((found[0].line, found[0].column), (line, column));
+    assert!(found[0].message.contains("unknown log_format `xml`"));
+    assert!(found[0].hint.as_deref().unwrap().contains("\"json\""));
+}
+
+#[test]
+fn every_node_has_an_access_log_under_the_state_dir_by_default() {
+    let site = ok(&default_text());
+    let state = Path::new("/tmp/x");
+    assert_eq!(
+        site.lbs[0].access_log.as_deref(),
+        Some(state.join("lb1-access.log").as_path())
+    );
+    assert_eq!(
+        site.webs[0].access_log.as_deref(),
+        Some(state.join("web1-access.log").as_path())
+    );
+    assert_eq!(
+        site.apps[0].access_log.as_deref(),
+        Some(state.join("app1-access.log").as_path())
+    );
+    let text = default_text()
+        .replacen(
+            "name = \"lb1\"\n",
+            "name = \"lb1\"\naccess_log = \"-\"\n",
+            1,
+        )
+        .replacen(
+            "name = \"app1\"\n",
+            "name = \"app1\"\naccess_log = \"logs/app.log\"\n",
+            1,
+        );
+    let site = ok(&text);
+    assert_eq!(site.lbs[0].access_log, None);
+    assert_eq!(
+        site.apps[0].access_log.as_deref(),
+        Some(state.join("logs/app.log").as_path())
+    );
+}

@@ -4,6 +4,26 @@
 use super::*;
 
 impl Checker<'_> {
+    /// `log_format` in `[site]`: how access-log lines are written.
+    pub(super) fn log_format(&mut self, value: Option<&Spanned<String>>) -> LogFormat {
+        let Some(value) = value else {
+            return LogFormat::Combined;
+        };
+        match value.get_ref().as_str() {
+            "combined" => LogFormat::Combined,
+            "json" => LogFormat::Json,
+            other => {
+                self.mistake(
+                    value.span(),
+                    format!("unknown log_format `{other}`"),
+                    "write \"combined\" (nginx's access-log line, the default) or \"json\" \
+                     (one JSON object per line, for log shippers)",
+                );
+                LogFormat::Combined
+            }
+        }
+    }
+
     pub(super) fn address(&mut self, value: &Spanned<String>, key: &str) -> SocketAddr {
         value.get_ref().parse().unwrap_or_else(|_| {
             self.mistake(
