@@ -78,6 +78,11 @@ pub struct AppConfig {
     /// Larger request bodies are refused with 413 while they stream in, announced length
     /// or not.
     pub max_body_bytes: usize,
+    /// Where the node's access log goes (`None`: standard output): one line per
+    /// request with the request id the tiers in front gave it.
+    pub access_log: Option<std::path::PathBuf>,
+    /// How access-log lines are written.
+    pub log_format: site::LogFormat,
 }
 
 impl AppConfig {
@@ -91,6 +96,8 @@ impl AppConfig {
             key: AppKey::random(),
             trusted_proxies: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            access_log: None,
+            log_format: site::LogFormat::Combined,
         }
     }
 }

@@ -1,5 +1,10 @@
 //! The application server as a node: the router behind `net`'s accept loop (its
 //! limits, drain and metrics), and the admin listener.
+//!
+//! Each request is logged in the access log with the request id the tiers in front
+//! gave it, and its response says in `Server-Timing` how long the app took to the
+//! response head (`app`) and how many database calls that included, and their time
+//! (`db`, counted by [`db::spent`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +13,10 @@ use std::time::{Instant, SystemTime};
 use axum::Router;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use net::access_log::AccessLog;
+use net::headers::{client_of, RequestIds, Trusted, X_REQUEST_ID};
 use net::server::{Handler, Limits};
+use net::timing::Metric;
 use net::{Body, Metrics, Shutdown};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -21,6 +29,12 @@ struct AppNode {
     router: Router,
     metrics: Arc<Metrics>,
     started: SystemTime,
+    /// Keeps the web tier's request id (makes one for a request that came without).
+    ids: RequestIds,
+    /// One line per request, joined to the other hops' by the request id.
+    log: AccessLog,
+    /// The site's proxies: the client named in their forwarding headers is logged.
+    trusted: Trusted,
 }
 
 impl Handler for AppNode {
@@ -31,18 +45,42 @@ impl Handler for AppNode {
     ) -> http::Response<Body> {
         let start = Instant::now();
         self.metrics.request_started();
+        net::trace::check(req.headers_mut());
+        let request_id = self.ids.ensure(req.headers_mut());
+        let entry = self.log.begin(
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+            SocketAddr::new(client_of(req.headers(), peer, &self.trusted), peer.port()),
+        );
         // Forwarding headers are believed only from the site's proxies: the app needs to
         // know who sent them.
         req.extensions_mut().insert(crate::client::Peer(peer));
-        let resp = match self.router.clone().oneshot(req).await {
+        let (resp, spent) = db::spent::measure(self.router.clone().oneshot(req)).await;
+        let mut resp = match resp {
             Ok(resp) => resp,
             Err(never) => match never {},
         };
+        let headers = resp.headers_mut();
+        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        net::timing::prepend(
+            headers,
+            &[
+                Metric::new("app", start.elapsed()),
+                Metric {
+                    name: "db",
+                    dur: spent.time,
+                    count: Some((spent.queries, "queries")),
+                },
+            ],
+        );
         let status = resp.status().as_u16();
         let metrics = self.metrics.clone();
         resp.map(|body| {
-            net::finish::on_finish(body.map_err(Into::into).boxed_unsync(), move |_| {
-                metrics.request_finished(status, start.elapsed())
+            net::finish::on_finish(body.map_err(Into::into).boxed_unsync(), move |bytes| {
+                metrics.request_finished(status, start.elapsed());
+                entry.finish(status, bytes, Some(&request_id));
             })
         })
     }
@@ -173,6 +211,8 @@ pub async fn serve(
         ),
         ..Limits::default()
     };
+    let log = AccessLog::open(config.access_log.as_deref())?.with_format(config.log_format);
+    let trusted = Trusted::addresses(config.trusted_proxies.iter().copied());
     let app = App::new(config).await?;
     let node = Arc::new(AppNode {
         name: name.to_string(),
@@ -180,6 +220,9 @@ pub async fn serve(
         app,
         metrics: Arc::new(Metrics::default()),
         started: SystemTime::now(),
+        ids: RequestIds::default(),
+        log,
+        trusted,
     });
     tracing::info!(
         node = name,

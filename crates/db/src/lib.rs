@@ -18,7 +18,7 @@
 //! (`sqlite.rs`, `mysql.rs`); `error.rs` holds [`DbError`], whose variants tell callers
 //! what they can do about a failure (pick another name, retry later, fix the setup, or
 //! report a bug); `managed.rs` starts a local MariaDB primary and replicas for `scaleup up`
-//! and the tests.
+//! and the tests; `spent.rs` counts and times one request's calls (for `Server-Timing`).
 //!
 //! Timestamps are unix seconds (`i64`) everywhere, passed in by the caller so that tests and
 //! every backend agree on what "now" is.
@@ -27,6 +27,7 @@
 mod error;
 pub mod managed;
 mod mysql;
+pub mod spent;
 mod sqlite;
 
 use std::fmt;
@@ -292,10 +293,13 @@ impl Db {
 
     /// Checks the database answers a trivial query; used by health checks.
     pub async fn ping(&self) -> Result<(), DbError> {
-        match &*self.backend {
-            Backend::Sqlite(db) => db.ping().await,
-            Backend::Mysql(db) => db.ping().await,
-        }
+        spent::timed(async {
+            match &*self.backend {
+                Backend::Sqlite(db) => db.ping().await,
+                Backend::Mysql(db) => db.ping().await,
+            }
+        })
+        .await
     }
 
     /// Registers a user. Fails with [`DbError::Conflict`] when the username is taken.
@@ -305,10 +309,13 @@ impl Db {
         password_hash: &str,
         now: i64,
     ) -> Result<Written<User>, DbError> {
-        match &*self.backend {
-            Backend::Sqlite(db) => db.create_user(username, password_hash, now).await,
-            Backend::Mysql(db) => db.create_user(username, password_hash, now).await,
-        }
+        spent::timed(async {
+            match &*self.backend {
+                Backend::Sqlite(db) => db.create_user(username, password_hash, now).await,
+                Backend::Mysql(db) => db.create_user(username, password_hash, now).await,
+            }
+        })
+        .await
     }
 
     /// Looks a user up by exact username.
@@ -317,10 +324,13 @@ impl Db {
         username: &str,
         after: Option<&Position>,
     ) -> Result<Option<User>, DbError> {
-        match &*self.backend {
-            Backend::Sqlite(db) => db.user_by_name(username, after).await,
-            Backend::Mysql(db) => db.user_by_name(username, after).await,
-        }
+        spent::timed(async {
+            match &*self.backend {
+                Backend::Sqlite(db) => db.user_by_name(username, after).await,
+                Backend::Mysql(db) => db.user_by_name(username, after).await,
+            }
+        })
+        .await
     }
 
     /// Looks a user up by id.
@@ -329,10 +339,13 @@ impl Db {
         id: i64,
         after: Option<&Position>,
     ) -> Result<Option<User>, DbError> {
-        match &*self.backend {
-            Backend::Sqlite(db) => db.user_by_id(id, after).await,
-            Backend::Mysql(db) => db.user_by_id(id, after).await,
-        }
+        spent::timed(async {
+            match &*self.backend {
+                Backend::Sqlite(db) => db.user_by_id(id, after).await,
+                Backend::Mysql(db) => db.user_by_id(id, after).await,
+            }
+        })
+        .await
     }
 
     /// Stores a login session under the hash of its token. Also removes sessions that have
@@ -344,16 +357,19 @@ impl Db {
         now: i64,
         expires_at: i64,
     ) -> Result<Written<()>, DbError> {
-        match &*self.backend {
-            Backend::Sqlite(db) => {
-                db.create_session(token_hash, user_id, now, expires_at)
-                    .await
+        spent::timed(async {
+            match &*self.backend {
+                Backend::Sqlite(db) => {
+                    db.create_session(token_hash, user_id, now, expires_at)
+                        .await
+                }
+                Backend::Mysql(db) => {
+                    db.create_session(token_hash, user_id, now, expires_at)
+                        .await
+                }
             }
-            Backend::Mysql(db) => {
-                db.create_session(token_hash, user_id, now, expires_at)
-                    .await
-            }
-        }
+        })
+        .await
     }
 
     /// The user a session token hash belongs to, if the session exists and has not expired
@@ -364,19 +380,25 @@ impl Db {
         now: i64,
         after: Option<&Position>,
     ) -> Result<Option<User>, DbError> {
-        match &*self.backend {
-            Backend::Sqlite(db) => db.session_user(token_hash, now, after).await,
-            Backend::Mysql(db) => db.session_user(token_hash, now, after).await,
-        }
+        spent::timed(async {
+            match &*self.backend {
+                Backend::Sqlite(db) => db.session_user(token_hash, now, after).await,
+                Backend::Mysql(db) => db.session_user(token_hash, now, after).await,
+            }
+        })
+        .await
     }
 
     /// Ends a session. Deleting a session that does not exist is not an error: logging out
     /// twice should simply succeed.
     pub async fn delete_session(&self, token_hash: &[u8]) -> Result<Written<()>, DbError> {
-        match &*self.backend {
-            Backend::Sqlite(db) => db.delete_session(token_hash).await,
-            Backend::Mysql(db) => db.delete_session(token_hash).await,
-        }
+        spent::timed(async {
+            match &*self.backend {
+                Backend::Sqlite(db) => db.delete_session(token_hash).await,
+                Backend::Mysql(db) => db.delete_session(token_hash).await,
+            }
+        })
+        .await
     }
 
     /// Publishes a post and returns it with its author's name.
@@ -386,10 +408,13 @@ impl Db {
         body: &str,
         now: i64,
     ) -> Result<Written<Post>, DbError> {
-        match &*self.backend {
-            Backend::Sqlite(db) => db.create_post(user_id, body, now).await,
-            Backend::Mysql(db) => db.create_post(user_id, body, now).await,
-        }
+        spent::timed(async {
+            match &*self.backend {
+                Backend::Sqlite(db) => db.create_post(user_id, body, now).await,
+                Backend::Mysql(db) => db.create_post(user_id, body, now).await,
+            }
+        })
+        .await
     }
 
     /// Everyone's posts, newest first: at most `limit` posts with an id below `before_id`
@@ -400,10 +425,13 @@ impl Db {
         limit: u32,
         after: Option<&Position>,
     ) -> Result<Vec<Post>, DbError> {
-        match &*self.backend {
-            Backend::Sqlite(db) => db.timeline(before_id, limit, after).await,
-            Backend::Mysql(db) => db.timeline(before_id, limit, after).await,
-        }
+        spent::timed(async {
+            match &*self.backend {
+                Backend::Sqlite(db) => db.timeline(before_id, limit, after).await,
+                Backend::Mysql(db) => db.timeline(before_id, limit, after).await,
+            }
+        })
+        .await
     }
 
     /// One user's posts, newest first, paged like [`Db::timeline`].
@@ -414,18 +442,24 @@ impl Db {
         limit: u32,
         after: Option<&Position>,
     ) -> Result<Vec<Post>, DbError> {
-        match &*self.backend {
-            Backend::Sqlite(db) => db.user_posts(user_id, before_id, limit, after).await,
-            Backend::Mysql(db) => db.user_posts(user_id, before_id, limit, after).await,
-        }
+        spent::timed(async {
+            match &*self.backend {
+                Backend::Sqlite(db) => db.user_posts(user_id, before_id, limit, after).await,
+                Backend::Mysql(db) => db.user_posts(user_id, before_id, limit, after).await,
+            }
+        })
+        .await
     }
 
     /// How many users and posts exist, for status pages.
     pub async fn counts(&self, after: Option<&Position>) -> Result<Counts, DbError> {
-        match &*self.backend {
-            Backend::Sqlite(db) => db.counts(after).await,
-            Backend::Mysql(db) => db.counts(after).await,
-        }
+        spent::timed(async {
+            match &*self.backend {
+                Backend::Sqlite(db) => db.counts(after).await,
+                Backend::Mysql(db) => db.counts(after).await,
+            }
+        })
+        .await
     }
 }
 

@@ -28,6 +28,7 @@ use std::time::{Instant, SystemTime};
 use http::header::{HOST, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use net::access_log::AccessLog;
 use net::headers::{forwarding, refuse_malformed, RequestIds, Trusted, X_REQUEST_ID};
 use net::proxy::Policy;
 use net::server::{ConnInfo, Handler, Limits, Transport};
@@ -54,6 +55,11 @@ pub struct Config {
     pub tls: Option<site::TlsFiles>,
     /// The token admin writes (drain, ready) must carry, or why there is none.
     pub admin_token: net::admin::Token,
+    /// Where access-log lines go (`None`: standard output): one per HTTP request, as
+    /// HAProxy logs, so `scaleup trace` finds a request here too.
+    pub access_log: Option<std::path::PathBuf>,
+    /// How access-log lines are written.
+    pub log_format: site::LogFormat,
 }
 
 impl Config {
@@ -102,6 +108,8 @@ impl Config {
             },
             cluster: floating::Membership::from_site(site, name)?,
             admin_token: site.admin_token().into(),
+            access_log: site.lb(name).and_then(|l| l.access_log.clone()),
+            log_format: site.log_format,
         })
     }
 }
@@ -121,6 +129,8 @@ struct LoadBalancer {
     trusted: Trusted,
     /// Who may drain and ready the web servers through the admin listener.
     auth: net::admin::Auth,
+    /// One line per HTTP request (TLS relayed in `tcp` mode is not seen here).
+    log: AccessLog,
 }
 
 impl Handler for LoadBalancer {
@@ -131,8 +141,16 @@ impl Handler for LoadBalancer {
         // The first hop: what the client claimed about itself goes, this hop's own
         // forwarding headers come in (after the client's `Connection` list is
         // applied, so it cannot name them), and then the request id.
-        forwarding(req.headers_mut(), peer, secure, &self.trusted);
+        let client = forwarding(req.headers_mut(), peer, secure, &self.trusted);
+        net::trace::check(req.headers_mut());
         let request_id = self.ids.ensure(req.headers_mut());
+        let entry = self.log.begin(
+            req.method(),
+            req.uri(),
+            req.version(),
+            req.headers(),
+            SocketAddr::new(client, peer.port()),
+        );
         let answered_here = refuse_malformed(&req, &request_id).or_else(|| {
             let port = self.redirect_to.filter(|_| !secure)?;
             redirect(&req, port)
@@ -141,12 +159,20 @@ impl Handler for LoadBalancer {
             Some(resp) => resp,
             None => net::proxy::forward(&self.pool, req, peer, self.policy, &request_id).await,
         };
-        resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+        resp.headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+        // The whole time at this hop, to the response head: what the web server
+        // said it took, plus the network and this node's own work.
+        net::timing::prepend(
+            resp.headers_mut(),
+            &[net::timing::Metric::new("lb", start.elapsed())],
+        );
         let status = resp.status().as_u16();
         let metrics = self.metrics.clone();
         resp.map(|body| {
-            net::finish::on_finish(body, move |_| {
-                metrics.request_finished(status, start.elapsed())
+            net::finish::on_finish(body, move |bytes| {
+                metrics.request_finished(status, start.elapsed());
+                entry.finish(status, bytes, Some(&request_id));
             })
         })
     }
@@ -275,6 +301,7 @@ pub async fn serve(
         redirect_to: config.tls_port.filter(|_| b.https_redirect),
         trusted: Trusted::blocks(b.trusted_proxies.iter().copied()),
         auth: net::admin::Auth::new(&config.name, config.admin_token.clone()),
+        log: AccessLog::open(config.access_log.as_deref())?.with_format(config.log_format),
     });
     let limits = Limits {
         // Shared by the HTTP, HTTPS and floating listeners; each client connection

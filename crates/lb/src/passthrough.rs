@@ -5,6 +5,12 @@
 //! Servers are picked from the same health-checked pool as the HTTP frontend (their
 //! plain-HTTP health says whether the node is up); a server that refuses the
 //! connection is taken out at once and the next one is tried.
+//!
+//! Requests on such a connection are invisible here: the load balancer never sees
+//! their HTTP, so it can neither log them nor add its `Server-Timing` entry (`lb`);
+//! their responses carry the web server's entries only, and `scaleup trace` finds
+//! them from the web server's log inwards. End TLS at the load balancer
+//! (`tls_mode = "http"`) to see the `lb` hop on HTTPS too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,8 +1,18 @@
 //! The access log: one line per request in nginx's `combined` format, plus the
-//! request id and the time taken, so a line can be joined with the other hops'.
+//! request id and the time taken, so a line can be joined with the other hops'
+//! (`scaleup trace ID` does), and the W3C trace id when the client sent a valid
+//! `traceparent` ([`crate::trace`]):
 //!
 //! ```text
-//! 127.0.0.1 - - [23/Nov/2026:11:46:51 +0000] "GET / HTTP/1.1" 200 512 "-" "curl/8.0" rid=5f0c… rt=0.002
+//! 127.0.0.1 - - [23/Nov/2026:11:46:51 +0000] "GET / HTTP/1.1" 200 512 "-" "curl/8.0" rid=5f0c… rt=0.002140
+//! 127.0.0.1 - - [23/Nov/2026:11:46:52 +0000] "GET / HTTP/1.1" 200 512 "-" "curl/8.0" rid=5f0d… rt=0.001873 trace=4bf9…
+//! ```
+//!
+//! With `log_format = "json"` (`[site]`) each line is one JSON object instead, for
+//! log shippers, with the same fields named:
+//!
+//! ```text
+//! {"time":"2026-11-23T11:46:51.120Z","remote_addr":"127.0.0.1","method":"GET","uri":"/","protocol":"HTTP/1.1","status":200,"bytes":512,"referer":null,"user_agent":"curl/8.0","request_id":"5f0c…","trace_id":null,"request_time":0.002140}
 //! ```
 //!
 //! Requests never wait on the disk: lines go through a bounded channel to a writer
@@ -25,6 +35,8 @@ use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 pub struct AccessLog {
     tx: mpsc::SyncSender<String>,
     dropped: Arc<AtomicU64>,
+    /// How lines are written: nginx's combined format, or JSON.
+    format: site::LogFormat,
 }
 
 /// Lines waiting for the writer at most: a few seconds of a busy node's traffic,
@@ -65,7 +77,14 @@ impl AccessLog {
         Ok(AccessLog {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            format: site::LogFormat::Combined,
         })
+    }
+
+    /// The same log, its lines written in `format`.
+    pub fn with_format(mut self, format: site::LogFormat) -> AccessLog {
+        self.format = format;
+        self
     }
 
     /// Lines dropped because the writer could not keep up.
@@ -86,22 +105,23 @@ impl AccessLog {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .map_or_else(|| "-".to_string(), quote_safe)
+                .map(str::to_string)
         };
         Entry {
             log: self.clone(),
             started: Instant::now(),
             at: SystemTime::now(),
             peer,
+            method: method.clone(),
             // HTTP/2 requests carry the scheme and authority in the URI; log the
             // path as nginx does, so lines read the same whatever the protocol.
-            request_line: format!(
-                "{method} {} {}",
-                quote_safe(uri.path_and_query().map_or("/", |p| p.as_str())),
-                version_str(version)
-            ),
+            target: uri
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            version,
             referer: header(http::header::REFERER),
             user_agent: header(http::header::USER_AGENT),
+            trace_id: crate::trace::trace_id_of(headers).map(str::to_string),
         }
     }
 }
@@ -113,31 +133,111 @@ pub struct Entry {
     started: Instant,
     at: SystemTime,
     peer: SocketAddr,
-    request_line: String,
-    referer: String,
-    user_agent: String,
+    method: Method,
+    target: String,
+    version: Version,
+    referer: Option<String>,
+    user_agent: Option<String>,
+    /// The W3C trace id, when the request carried a valid `traceparent`.
+    trace_id: Option<String>,
 }
 
 impl Entry {
     /// Writes the line: the response's status, the bytes its body sent, the id.
     pub fn finish(self, status: u16, bytes: u64, request_id: Option<&HeaderValue>) {
         let elapsed = self.started.elapsed();
-        let line = format!(
-            "{} - - [{}] \"{}\" {status} {bytes} \"{}\" \"{}\" rid={} rt={}\n",
-            self.peer.ip(),
-            log_time(self.at),
-            self.request_line,
-            self.referer,
-            self.user_agent,
-            request_id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            seconds(elapsed),
-        );
+        let request_id = request_id.and_then(|v| v.to_str().ok());
+        let line = match self.log.format {
+            site::LogFormat::Combined => self.combined(status, bytes, request_id, elapsed),
+            site::LogFormat::Json => self.json(status, bytes, request_id, elapsed),
+        };
         // The request succeeded either way: a full queue (the disk is slower than
         // the traffic) or a dead writer costs the line, counted, not the request.
         if self.log.tx.try_send(line).is_err() {
             self.log.dropped.fetch_add(1, Relaxed);
         }
     }
+}
+
+impl Entry {
+    fn combined(
+        &self,
+        status: u16,
+        bytes: u64,
+        request_id: Option<&str>,
+        elapsed: Duration,
+    ) -> String {
+        let quoted = |v: &Option<String>| v.as_deref().map_or_else(|| "-".into(), quote_safe);
+        let mut line = format!(
+            "{} - - [{}] \"{} {} {}\" {status} {bytes} \"{}\" \"{}\" rid={} rt={}",
+            self.peer.ip(),
+            log_time(self.at),
+            self.method,
+            quote_safe(&self.target),
+            version_str(self.version),
+            quoted(&self.referer),
+            quoted(&self.user_agent),
+            request_id.unwrap_or("-"),
+            seconds(elapsed),
+        );
+        if let Some(trace) = &self.trace_id {
+            line.push_str(" trace=");
+            line.push_str(trace);
+        }
+        line.push('\n');
+        line
+    }
+
+    /// One JSON object: strings escaped as JSON requires (quotes, backslashes,
+    /// control characters), absent values `null`.
+    fn json(&self, status: u16, bytes: u64, request_id: Option<&str>, elapsed: Duration) -> String {
+        use std::fmt::Write as _;
+        let mut line = String::with_capacity(320);
+        line.push_str("{\"time\":");
+        json_string(&mut line, Some(&iso_time(self.at)));
+        line.push_str(",\"remote_addr\":");
+        json_string(&mut line, Some(&self.peer.ip().to_string()));
+        line.push_str(",\"method\":");
+        json_string(&mut line, Some(self.method.as_str()));
+        line.push_str(",\"uri\":");
+        json_string(&mut line, Some(&self.target));
+        line.push_str(",\"protocol\":");
+        json_string(&mut line, Some(version_str(self.version)));
+        let _ = write!(line, ",\"status\":{status},\"bytes\":{bytes},\"referer\":");
+        json_string(&mut line, self.referer.as_deref());
+        line.push_str(",\"user_agent\":");
+        json_string(&mut line, self.user_agent.as_deref());
+        line.push_str(",\"request_id\":");
+        json_string(&mut line, request_id);
+        line.push_str(",\"trace_id\":");
+        json_string(&mut line, self.trace_id.as_deref());
+        let _ = writeln!(line, ",\"request_time\":{}}}", seconds(elapsed));
+        line
+    }
+}
+
+/// `value` as a JSON string (or `null`) appended to `out`.
+fn json_string(out: &mut String, value: Option<&str>) {
+    use std::fmt::Write as _;
+    let Some(value) = value else {
+        out.push_str("null");
+        return;
+    };
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 fn write_lines(rx: mpsc::Receiver<String>, sink: Box<dyn Write + Send>) {
@@ -153,9 +253,10 @@ fn write_lines(rx: mpsc::Receiver<String>, sink: Box<dyn Write + Send>) {
     }
 }
 
-/// `$request_time`: seconds with millisecond resolution.
+/// `$request_time`: seconds, with microsecond resolution (nginx has milliseconds;
+/// the hops of a site on one machine often take less than one).
 fn seconds(d: Duration) -> String {
-    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+    format!("{}.{:06}", d.as_secs(), d.subsec_micros())
 }
 
 fn version_str(v: Version) -> &'static str {
@@ -180,6 +281,15 @@ fn quote_safe(s: &str) -> String {
         }
     }
     out
+}
+
+/// RFC 3339 in UTC with milliseconds, what log shippers parse: `2026-11-23T11:46:51.120Z`.
+fn iso_time(at: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(at);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&format).unwrap_or_else(|_| "-".into())
 }
 
 /// nginx's `$time_local` in UTC: `23/Nov/2026:11:46:51 +0000`.
@@ -228,6 +338,64 @@ mod tests {
                 "] \"GET /a?b=c HTTP/1.1\" 200 1234 \"-\" \"curl/8 \\x22x\\x22\" rid=rid1 rt=0."
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn json_lines_are_valid_json_with_every_field_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::open(Some(&path))
+            .unwrap()
+            .with_format(site::LogFormat::Json);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static("agent \"quoted\" back\\slash\ttab"),
+        );
+        headers.insert(
+            &crate::trace::TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let entry = log.begin(
+            &Method::POST,
+            &"/p?q=%22x%22".parse().unwrap(),
+            Version::HTTP_2,
+            &headers,
+            "[2001:db8::1]:4444".parse().unwrap(),
+        );
+        entry.finish(201, 7, Some(&HeaderValue::from_static("rid-2")));
+        drop(log);
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.ends_with('\n') {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(line["remote_addr"], "2001:db8::1");
+        assert_eq!(line["method"], "POST");
+        assert_eq!(line["uri"], "/p?q=%22x%22");
+        assert_eq!(line["protocol"], "HTTP/2.0");
+        assert_eq!(line["status"], 201);
+        assert_eq!(line["bytes"], 7);
+        assert_eq!(line["referer"], serde_json::Value::Null);
+        assert_eq!(line["user_agent"], "agent \"quoted\" back\\slash\ttab");
+        assert_eq!(line["request_id"], "rid-2");
+        assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(line["request_time"].as_f64().unwrap() < 1.0);
+        let time = line["time"].as_str().unwrap();
+        assert!(time.len() == 24 && time.ends_with('Z'), "{time}");
+
+        let mut escaped = String::new();
+        json_string(&mut escaped, Some("a\u{1}b\u{2028}\n"));
+        assert_eq!(escaped, "\"a\\u0001b\\u2028\\n\"");
+        assert_eq!(
+            serde_json::from_str::<String>(&escaped).unwrap(),
+            "a\u{1}b\u{2028}\n"
         );
     }
 

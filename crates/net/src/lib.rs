@@ -14,6 +14,8 @@
 //! - [`failure`]: why a forward failed, whose fault it is, whether to retry;
 //! - [`headers`]: forwarding headers, request ids, hop-by-hop headers;
 //! - [`access_log`], [`metrics`], [`finish`]: what is recorded of each request;
+//! - [`timing`]: the `Server-Timing` entry each hop adds to a response;
+//! - [`trace`]: W3C `traceparent`, checked and passed on;
 //! - [`admin`]: the `/healthz`, `/metrics`, `/status` listener of every node.
 //!
 //! Nothing here knows a role's policy: the load balancer and the web server are
@@ -38,7 +40,9 @@ pub mod proxy_protocol;
 pub mod reuseport;
 pub mod server;
 pub mod shutdown;
+pub mod timing;
 pub mod tls;
+pub mod trace;
 pub mod tunnel;
 pub mod upstream;
 

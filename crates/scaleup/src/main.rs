@@ -5,7 +5,8 @@
 //! - `scaleup check`, `explain` and `status` read a site file and tell a person
 //!   whether it is right, how it is shaped and how it is doing;
 //! - `scaleup drain` and `ready` take a server out of its pools and put it back,
-//!   through the balancing nodes' admin listeners, with the site's admin token.
+//!   through the balancing nodes' admin listeners, with the site's admin token;
+//! - `scaleup trace ID` gathers one request's lines from every node's logs.
 //!
 //! The binary only wires things together: each role lives in its own crate.
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ mod probe;
 mod run;
 mod status;
 mod systemd;
+mod trace;
 mod up;
 
 use std::path::{Path, PathBuf};
@@ -112,6 +114,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Follow one request through the site: every node's log lines for its request id
+    /// (the X-Request-Id response header), from the client inwards, with each hop's time.
+    Trace {
+        /// The request id (or a W3C trace id, for every request of that trace).
+        id: String,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
     /// Print a systemd unit that runs one node on a server of its own.
     Systemd {
         /// The node's name in the site file (lb1, web1, app1...).
@@ -161,6 +171,7 @@ fn main() -> ExitCode {
             timeout,
         } => admin::drain(&site, &node, timeout),
         Command::Ready { node, site } => admin::ready(&site, &node),
+        Command::Trace { id, site } => trace::trace(&site, &id),
         Command::Systemd { node, site, user } => systemd::print(&node, &site, &user),
         Command::Drill {
             what:

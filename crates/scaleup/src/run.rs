@@ -246,6 +246,8 @@ fn app_config(site: &Site, name: &str) -> anyhow::Result<app::AppConfig> {
             .map(|w| usize::try_from(w.max_body_bytes).unwrap_or(usize::MAX))
             .max()
             .unwrap_or(app::DEFAULT_MAX_BODY_BYTES),
+        access_log: site.app(name).and_then(|a| a.access_log.clone()),
+        log_format: site.log_format,
     })
 }
 

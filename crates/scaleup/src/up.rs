@@ -13,6 +13,10 @@
 //! here, written 0600 into the state directory (`admin.token`) for `scaleup drain`
 //! and `ready`, and removed when the site stops.
 //!
+//! Each node's standard output and error are shown on the terminal, prefixed with
+//! its name, and appended to `STATE/logs/NODE.log`, where `scaleup trace` looks
+//! for a request's lines next to the access logs.
+//!
 //! With `managed = true` in `[database]`, a local MariaDB primary and its replicas
 //! (`db::managed`) start before every node, with their data under the state directory,
 //! and stop after every node has stopped.
@@ -76,6 +80,7 @@ async fn supervise(path: &Path, site: &Site) -> anyhow::Result<()> {
         exe,
         site: path.to_path_buf(),
         env: token.clone(),
+        state_dir: site.state_dir.clone(),
     };
     let result = run_nodes(site, order, &launch, &mut signals).await;
     if token.is_some() {
@@ -112,6 +117,8 @@ struct Launch {
     exe: std::path::PathBuf,
     site: std::path::PathBuf,
     env: Option<(String, String)>,
+    /// Where `logs/NODE.log` goes.
+    state_dir: std::path::PathBuf,
 }
 
 /// Starts the site's MariaDB servers when `[database]` says `managed = true`.
@@ -318,6 +325,8 @@ fn spawn_node(launch: &Launch, name: &str) -> anyhow::Result<Running> {
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot start {name}: {e}"))?;
     let lifeline = child.stdin.take().expect("stdin is piped");
+    // Both streams go to one file, each line whole (a shared, locked writer).
+    let log = open_node_log(launch, name).map(|f| std::sync::Arc::new(std::sync::Mutex::new(f)));
     for (stream, is_err) in [
         (
             child
@@ -336,9 +345,16 @@ fn spawn_node(launch: &Launch, name: &str) -> anyhow::Result<Running> {
     ] {
         let Some(stream) = stream else { continue };
         let name = name.to_string();
+        let log = log.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stream).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(log) = &log {
+                    use std::io::Write;
+                    if let Ok(mut file) = log.lock() {
+                        let _ = writeln!(file, "{line}");
+                    }
+                }
                 if is_err {
                     eprintln!("{name:>6} | {line}");
                 } else {
@@ -351,6 +367,31 @@ fn spawn_node(launch: &Launch, name: &str) -> anyhow::Result<Running> {
         child,
         _lifeline: lifeline,
     })
+}
+
+/// Opens `STATE/logs/NODE.log` for appending; `None` (said once on the terminal)
+/// when it cannot be: the node still runs, its lines still reach the terminal.
+fn open_node_log(launch: &Launch, name: &str) -> Option<std::fs::File> {
+    let path = crate::trace::node_log_in(&launch.state_dir, name);
+    let opened = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+        });
+    match opened {
+        Ok(file) => Some(file),
+        Err(e) => {
+            eprintln!(
+                "scaleup: cannot write {}: {e}; {name}'s lines go to the terminal only",
+                path.display()
+            );
+            None
+        }
+    }
 }
 
 /// Polls the node's admin listener until the process `pid` answers `/status` (not

@@ -46,6 +46,8 @@ pub struct Config {
     pub admin_token: net::admin::Token,
     /// Where access-log lines go (`None`: standard output).
     pub access_log: Option<PathBuf>,
+    /// How access-log lines are written.
+    pub log_format: site::LogFormat,
     /// How the application servers are checked.
     pub health: site::HealthCheck,
     /// Client and upstream timeouts.
@@ -90,6 +92,7 @@ impl Config {
             slowstart: web.slowstart,
             admin_token: site.admin_token().into(),
             access_log: web.access_log.clone(),
+            log_format: site.log_format,
             health: web.health.clone(),
             timeouts: web.timeouts.clone(),
             max_connections: web.max_connections,
@@ -143,6 +146,7 @@ impl Handler for WebServer {
         // forwarding headers themselves are rewritten only for a request that is
         // forwarded: a static file needs none of that work.
         let client = client_of(req.headers(), peer, &self.trusted);
+        net::trace::check(req.headers_mut());
         let request_id = self.ids.ensure(req.headers_mut());
         let entry = self.log.begin(
             req.method(),
@@ -197,6 +201,12 @@ impl Handler for WebServer {
 
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
+        // This hop's whole time to the response head, before the app's entries (a
+        // static file or an error page made here carries this entry alone).
+        net::timing::prepend(
+            resp.headers_mut(),
+            &[net::timing::Metric::new("web", start.elapsed())],
+        );
         let status = resp.status().as_u16();
         let metrics = self.metrics.clone();
         // A WebSocket is logged when it closes, with what it carried, as nginx does;
@@ -355,7 +365,7 @@ pub async fn serve(
         files,
         pool,
         ids: RequestIds::default(),
-        log: AccessLog::open(config.access_log.as_deref())?,
+        log: AccessLog::open(config.access_log.as_deref())?.with_format(config.log_format),
         metrics: Arc::new(Metrics::default()),
         started: SystemTime::now(),
         headers,

@@ -403,6 +403,7 @@ async fn the_web_server_answers_like_nginx() {
         slowstart: web.slowstart,
         admin_token: net::admin::Token::Off("not needed by this test".into()),
         access_log: Some(prefix.path().join("ours-access.log")),
+        log_format: site::LogFormat::Combined,
         health: web.health.clone(),
         timeouts: web.timeouts.clone(),
         max_connections: 100,
