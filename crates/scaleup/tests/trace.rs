@@ -220,3 +220,32 @@ async fn trace_finds_one_request_in_the_lb_web_and_app_logs() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_page_carries_the_entry_of_the_hop_that_made_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base(DEFAULT_SITE_PORTS);
+    let site = write_plain_http_site(base, dir.path());
+    // lb1 alone: no web server answers, the load balancer's own 503.
+    let _lb1 = run_node("lb1", &site);
+    let lb1 = format!("http://127.0.0.1:{}/", base + 1);
+    wait_status(&lb1, 503, Duration::from_secs(20)).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let resp = client.get(&lb1).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let names: Vec<String> = server_timing(&resp).into_iter().map(|e| e.0).collect();
+    assert_eq!(names, ["lb"]);
+
+    // web1 up, no application server: the web server's 502, under the lb's entry.
+    let _web1 = run_node("web1", &site);
+    wait_status(&lb1, 502, Duration::from_secs(20)).await;
+    let resp = client.get(&lb1).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let timing = server_timing(&resp);
+    let names: Vec<&str> = timing.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(names, ["lb", "web"], "{timing:?}");
+    assert!(timing[0].1 >= timing[1].1, "{timing:?}");
+}
