@@ -67,6 +67,9 @@ struct Counters {
     peer_config_known: AtomicBool,
     /// The wire version of the peer's last authentic beat (0: none yet).
     peer_wire: AtomicU8,
+    /// This node's own config hash as a big-endian u64: `Config::config_hash` at
+    /// start, then the file's a reload applied ([`Cluster::set_config_hash`]).
+    own_config: AtomicU64,
 }
 
 impl Counters {
@@ -75,6 +78,11 @@ impl Counters {
         self.peer_config_known
             .load(Relaxed)
             .then(|| self.peer_config.load(Relaxed).to_be_bytes())
+    }
+
+    /// This node's config hash now.
+    fn own_config(&self) -> wire::ConfigHash {
+        self.own_config.load(Relaxed).to_be_bytes()
     }
 }
 
@@ -137,7 +145,10 @@ impl Cluster {
             Instant::now(),
         )));
         let (role_tx, role) = watch::channel(State::Passive);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            own_config: AtomicU64::new(u64::from_be_bytes(config.config_hash)),
+            ..Counters::default()
+        });
         let healthy = Arc::new(AtomicBool::new(true));
         let health_changed = Arc::new(Notify::new());
         let (commands, commands_rx) = mpsc::channel(2);
@@ -181,6 +192,14 @@ impl Cluster {
             health_changed,
             commands,
         })
+    }
+
+    /// The site file this node runs now, after a reload: the next beats carry its
+    /// hash, and `status` and `/metrics` show it.
+    pub fn set_config_hash(&self, hash: wire::ConfigHash) {
+        self.counters
+            .own_config
+            .store(u64::from_be_bytes(hash), Relaxed);
     }
 
     /// This node's state, now and as it changes.
@@ -244,7 +263,7 @@ impl Cluster {
             "interval_ms": self.config.interval.as_millis() as u64,
             "dead_after_beats": self.config.dead_after,
             "link_up": self.counters.link_up.load(Relaxed),
-            "config_hash": wire::hex(&self.config.config_hash),
+            "config_hash": wire::hex(&self.counters.own_config()),
             "config_mismatch": self.config_mismatch(),
             "peer": peer,
             "heartbeats": {
@@ -266,7 +285,7 @@ impl Cluster {
     pub fn config_mismatch(&self) -> bool {
         self.counters
             .peer_config()
-            .is_some_and(|peer| peer != self.config.config_hash)
+            .is_some_and(|peer| peer != self.counters.own_config())
     }
 
     /// Appends the member's metrics in Prometheus text format.
@@ -316,7 +335,7 @@ impl Cluster {
              # TYPE scaleup_cluster_config_info gauge\n\
              scaleup_cluster_config_info{{node=\"{node}\",hash=\"{}\",peer=\"{}\",peer_hash=\"{}\"}} 1",
             u8::from(self.config_mismatch()),
-            wire::hex(&self.config.config_hash),
+            wire::hex(&self.counters.own_config()),
             self.config.peer_name,
             peer_config.as_ref().map(wire::hex).unwrap_or_default(),
         );
@@ -558,12 +577,12 @@ impl Member {
             .peer_config
             .store(u64::from_be_bytes(*peer), Relaxed);
         self.counters.peer_config_known.store(true, Relaxed);
-        let mismatch = *peer != self.config.config_hash;
+        let mismatch = *peer != self.counters.own_config();
         if mismatch == self.config_mismatch {
             return;
         }
         self.config_mismatch = mismatch;
-        let (mine, theirs) = (wire::hex(&self.config.config_hash), wire::hex(peer));
+        let (mine, theirs) = (wire::hex(&self.counters.own_config()), wire::hex(peer));
         if mismatch {
             tracing::warn!(
                 "cluster: {} runs another site file than {} ({theirs} vs {mine} here): a \
@@ -591,7 +610,7 @@ impl Member {
                 healthy: election.healthy(),
                 boot: self.boot,
                 seq: self.seq,
-                config: (!self.peer_speaks_v1).then_some(self.config.config_hash),
+                config: (!self.peer_speaks_v1).then_some(self.counters.own_config()),
             }
         };
         let bytes = beat.encode(&self.config.secret);

@@ -175,7 +175,7 @@ pub fn spawn(
                 changed = role.changed() => if changed.is_err() { break },
                 _ = health.tick() => {
                     if let Some(cluster) = &frontends.lb.cluster {
-                        cluster.set_healthy(frontends.lb.pool.any_up());
+                        cluster.set_healthy(frontends.lb.live.load().pool.any_up());
                     }
                 }
                 _ = stop.wait() => break,

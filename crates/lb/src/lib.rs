@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use http::header::{HOST, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -114,23 +115,103 @@ impl Config {
     }
 }
 
-/// The running load balancer: its pool and its counters.
+/// The running load balancer: its live settings and its counters.
 struct LoadBalancer {
     name: String,
     cluster: Option<cluster::Cluster>,
-    pool: Arc<Pool>,
+    /// What a reload replaces, loaded once per request.
+    live: Arc<ArcSwap<Live>>,
     ids: RequestIds,
     metrics: Arc<Metrics>,
-    policy: Policy,
     started: SystemTime,
+    /// Who may drain and ready the web servers through the admin listener.
+    auth: net::admin::Auth,
+    /// The certificate of the HTTPS frontend when it ends TLS (`http` mode), which a
+    /// reload replaces for new handshakes.
+    cert: Option<Arc<net::tls::LiveCert>>,
+    /// Where `POST /reload` goes.
+    reload: Option<net::reload::Trigger>,
+    /// Stops the health checks of the pools a reload makes.
+    checks_stop: Shutdown,
+}
+
+/// The settings a reload can change in place, swapped whole: a request sees the old
+/// ones or the new ones, never half of each.
+pub(crate) struct Live {
+    /// The web servers; a reload's new pool keeps the state of the servers that stay.
+    pub pool: Arc<Pool>,
+    policy: Policy,
     /// Answer plain-HTTP requests with 308 to this HTTPS port.
     redirect_to: Option<u16>,
     /// Proxies in front whose forwarding headers are kept (`trusted_proxies`).
     trusted: Trusted,
-    /// Who may drain and ready the web servers through the admin listener.
-    auth: net::admin::Auth,
+    /// Each pool member's HTTPS address, by pool index (for `tcp` mode).
+    pub targets: Vec<Option<SocketAddr>>,
     /// One line per HTTP request (TLS relayed in `tcp` mode is not seen here).
     log: AccessLog,
+    /// The file and format `log` writes, to reopen it only when they change.
+    log_to: (Option<std::path::PathBuf>, site::LogFormat),
+}
+
+impl Live {
+    /// Other servers tried after a failed connect.
+    pub fn policy_retries(&self) -> u32 {
+        self.policy.retries
+    }
+
+    /// The settings of `config` around `pool`, writing to `log` if it still goes
+    /// where `config` says (else to the file it names, opened here).
+    fn new(config: &Config, pool: Arc<Pool>, log: Option<&Live>) -> std::io::Result<Live> {
+        let b = &config.balancer;
+        let log_to = (config.access_log.clone(), config.log_format);
+        let log = match log {
+            Some(live) if live.log_to == log_to => live.log.clone(),
+            _ => AccessLog::open(config.access_log.as_deref())?.with_format(config.log_format),
+        };
+        Ok(Live {
+            pool,
+            policy: Policy {
+                retries: b.retries,
+                unreachable: StatusCode::SERVICE_UNAVAILABLE,
+                // The web servers enforce the site's body limit.
+                max_body_bytes: None,
+            },
+            redirect_to: config.tls_port.filter(|_| b.https_redirect),
+            trusted: Trusted::blocks(b.trusted_proxies.iter().copied()),
+            targets: config.servers_tls.clone(),
+            log,
+            log_to,
+        })
+    }
+}
+
+impl LoadBalancer {
+    /// Applies a reloaded configuration: the certificate and the access log first
+    /// (the steps that can fail, leaving the settings as they were), then the new pool
+    /// and settings in one swap.
+    fn apply(&self, config: Config) -> Result<(), String> {
+        if let (Some(cert), Some(files)) = (&self.cert, &config.tls) {
+            cert.reload(files).map_err(|e| format!("{e:#}"))?;
+        }
+        let old = self.live.load_full();
+        let b = &config.balancer;
+        let pool = Arc::new(old.pool.reconfigured(
+            config.servers.clone(),
+            b.algorithm,
+            b.health.clone(),
+            b.timeouts.clone(),
+            b.slowstart,
+        ));
+        let live = Live::new(&config, pool.clone(), Some(&old)).map_err(|e| e.to_string())?;
+        pool.spawn_health_checks(self.checks_stop.clone());
+        self.live.store(Arc::new(live));
+        old.pool.retire();
+        // The peer (and `status`) now see this node run the new file.
+        if let (Some(cluster), Some(membership)) = (&self.cluster, &config.cluster) {
+            cluster.set_config_hash(membership.member.config_hash);
+        }
+        Ok(())
+    }
 }
 
 impl Handler for LoadBalancer {
@@ -141,10 +222,11 @@ impl Handler for LoadBalancer {
         // The first hop: what the client claimed about itself goes, this hop's own
         // forwarding headers come in (after the client's `Connection` list is
         // applied, so it cannot name them), and then the request id.
-        let client = forwarding(req.headers_mut(), peer, secure, &self.trusted);
+        let live = self.live.load_full();
+        let client = forwarding(req.headers_mut(), peer, secure, &live.trusted);
         net::trace::check(req.headers_mut());
         let request_id = self.ids.ensure(req.headers_mut());
-        let entry = self.log.begin(
+        let entry = live.log.begin(
             req.method(),
             req.uri(),
             req.version(),
@@ -152,12 +234,12 @@ impl Handler for LoadBalancer {
             SocketAddr::new(client, peer.port()),
         );
         let answered_here = refuse_malformed(&req, &request_id).or_else(|| {
-            let port = self.redirect_to.filter(|_| !secure)?;
+            let port = live.redirect_to.filter(|_| !secure)?;
             redirect(&req, port)
         });
         let mut resp = match answered_here {
             Some(resp) => resp,
-            None => net::proxy::forward(&self.pool, req, peer, self.policy, &request_id).await,
+            None => net::proxy::forward(&live.pool, req, peer, live.policy, &request_id).await,
         };
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -217,7 +299,7 @@ impl net::admin::Report for LoadBalancer {
     fn metrics(&self) -> String {
         let mut out = String::with_capacity(4096);
         self.metrics.render(&self.name, &mut out);
-        self.pool.render_metrics(&self.name, &mut out);
+        self.live.load().pool.render_metrics(&self.name, &mut out);
         if let Some(cluster) = &self.cluster {
             cluster.render_metrics(&self.name, &mut out);
         }
@@ -234,25 +316,29 @@ impl net::admin::Report for LoadBalancer {
             "requests": self.metrics.requests_total(),
             "responses_by_class": self.metrics.by_class(),
             "connections_open": self.metrics.connections_open(),
-            "backend": self.pool.status(),
+            "backend": self.live.load().pool.status(),
         })
     }
 
     async fn healthy(&self) -> bool {
-        self.pool.any_up()
+        self.live.load().pool.any_up()
     }
 
     fn extra(&self, path: &str) -> Option<Response<Body>> {
         (path == "/stats" || path == "/")
-            .then(|| stats::page(&self.name, &self.metrics, &self.pool))
+            .then(|| stats::page(&self.name, &self.metrics, &self.live.load().pool))
     }
 
     fn auth(&self) -> Option<&net::admin::Auth> {
         Some(&self.auth)
     }
 
-    fn pool(&self) -> Option<&Pool> {
-        Some(&self.pool)
+    fn pool(&self) -> Option<Arc<Pool>> {
+        Some(self.live.load().pool.clone())
+    }
+
+    fn reload(&self) -> Option<&net::reload::Trigger> {
+        self.reload.as_ref()
     }
 }
 
@@ -265,6 +351,22 @@ pub async fn serve(
     tls_listener: Option<TcpListener>,
     admin: TcpListener,
     shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    serve_reloadable(config, listener, tls_listener, admin, shutdown, None).await
+}
+
+/// [`serve`], taking `reloads` (`POST /reload` and whatever else fires their
+/// trigger): the pool (servers, weights, algorithm, health checks, upstream
+/// timeouts, slow start), retries, the redirect, `trusted_proxies`, each server's
+/// HTTPS address, the access log and the certificate change in place. The rest of a
+/// new [`Config`] is not looked at: the caller says what needs a restart.
+pub async fn serve_reloadable(
+    config: Config,
+    listener: TcpListener,
+    tls_listener: Option<TcpListener>,
+    admin: TcpListener,
+    shutdown: Shutdown,
+    reloads: Option<net::reload::Reloads<Config>>,
 ) -> anyhow::Result<()> {
     let b = &config.balancer;
     let pool = Arc::new(
@@ -285,23 +387,33 @@ pub async fn serve(
         .as_ref()
         .map(|m| cluster::Cluster::start(m.member.clone()))
         .transpose()?;
+    let has_https = tls_listener.is_some()
+        || config
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.tls_floating.is_some());
+    let (tls, cert) = match (&config.tls, has_https) {
+        (Some(files), true) => {
+            let (tls, cert) = net::tls::live_server_config(files)?;
+            (Some(tls), Some(cert))
+        }
+        _ => (None, None),
+    };
     let lb = Arc::new(LoadBalancer {
         name: config.name.clone(),
         cluster: member,
-        pool,
+        live: Arc::new(ArcSwap::from_pointee(Live::new(&config, pool, None)?)),
         ids: RequestIds::default(),
         metrics: Arc::new(Metrics::default()),
-        policy: Policy {
-            retries: b.retries,
-            unreachable: StatusCode::SERVICE_UNAVAILABLE,
-            // The web servers enforce the site's body limit.
-            max_body_bytes: None,
-        },
         started: SystemTime::now(),
-        redirect_to: config.tls_port.filter(|_| b.https_redirect),
-        trusted: Trusted::blocks(b.trusted_proxies.iter().copied()),
         auth: net::admin::Auth::new(&config.name, config.admin_token.clone()),
-        log: AccessLog::open(config.access_log.as_deref())?.with_format(config.log_format),
+        cert,
+        reload: reloads.as_ref().map(|r| r.trigger.clone()),
+        checks_stop: inner.clone(),
+    });
+    let reload_task = reloads.map(|reloads| {
+        let lb = lb.clone();
+        tokio::spawn(net::reload::serve(reloads, move |config| lb.apply(config)))
     });
     let limits = Limits {
         // Shared by the HTTP, HTTPS and floating listeners; each client connection
@@ -324,24 +436,14 @@ pub async fn serve(
         algorithm = b.algorithm.as_str(),
         "load balancer serving"
     );
-    let https = match (
-        &config.tls,
-        tls_listener.is_some()
-            || config
-                .cluster
-                .as_ref()
-                .is_some_and(|c| c.tls_floating.is_some()),
-    ) {
+    let https = match (tls, has_https) {
         (_, false) => None,
-        (Some(files), true) => Some(Https::Terminate(Transport {
-            tls: Some(net::tls::server_config(files)?.into()),
+        (Some(tls), true) => Some(Https::Terminate(Transport {
+            tls: Some(tls.into()),
             proxy_from: Vec::new(),
         })),
         (None, true) => Some(Https::Relay(Arc::new(passthrough::Relay {
-            pool: lb.pool.clone(),
-            targets: config.servers_tls.clone(),
-            connect_timeout: b.timeouts.connect,
-            retries: b.retries,
+            live: lb.live.clone(),
             budget: limits.budget.clone(),
             metrics: lb.metrics.clone(),
         }))),
@@ -388,6 +490,11 @@ pub async fn serve(
         task.await??;
     }
     admin_task.await??;
+    if let Some(task) = reload_task {
+        // Its triggers are gone with the listeners (the signal handler's with the
+        // process): stop it rather than wait.
+        task.abort();
+    }
     Ok(())
 }
 

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use net::failure::Failure;
 use net::server::Acceptor;
-use net::upstream::Pool;
 use net::{Metrics, Shutdown};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -26,12 +25,10 @@ use tokio_util::task::TaskTracker;
 
 /// Where and how connections are relayed.
 pub(crate) struct Relay {
-    pub pool: Arc<Pool>,
-    /// The HTTPS address of each pool member, by pool index.
-    pub targets: Vec<Option<SocketAddr>>,
-    pub connect_timeout: Duration,
-    /// Other servers tried after a failed connect.
-    pub retries: u32,
+    /// The pool, each member's HTTPS address (by pool index), the connect timeout
+    /// and retries (other servers tried after a failed connect), as the last reload
+    /// left them.
+    pub live: Arc<arc_swap::ArcSwap<crate::Live>>,
     /// The node's connection budget, shared with its other frontends.
     pub budget: Arc<net::budget::Budget>,
     pub metrics: Arc<Metrics>,
@@ -67,17 +64,19 @@ impl Relay {
     async fn one(&self, mut client: TcpStream, peer: SocketAddr) -> std::io::Result<()> {
         let _ = client.set_nodelay(true);
         let local = client.local_addr()?;
+        let live = self.live.load_full();
+        let (pool, retries) = (&live.pool, live.policy_retries());
         let mut tried = Vec::new();
-        while tried.len() <= self.retries as usize {
-            let Some((index, _in_flight)) = self.pool.pick(peer.ip(), &tried) else {
+        while tried.len() <= retries as usize {
+            let Some((index, _in_flight)) = pool.pick(peer.ip(), &tried) else {
                 break;
             };
             tried.push(index);
-            let Some(target) = self.targets.get(index).copied().flatten() else {
+            let Some(target) = live.targets.get(index).copied().flatten() else {
                 continue;
             };
             let connected =
-                tokio::time::timeout(self.connect_timeout, TcpStream::connect(target)).await;
+                tokio::time::timeout(pool.timeouts.connect, TcpStream::connect(target)).await;
             let failure = match connected {
                 Ok(Ok(server)) => Ok(server),
                 Ok(Err(e)) => Err((Failure::of_connect(&e), format!("HTTPS connect: {e}"))),
@@ -93,7 +92,7 @@ impl Relay {
                 }
                 Err((failure, reason)) => {
                     let refused = failure == Failure::Connect { refused: true };
-                    self.pool.report_failure(index, &reason, refused);
+                    pool.report_failure(index, &reason, refused);
                     continue;
                 }
             };

@@ -10,7 +10,10 @@
 //!
 //! - `GET /servers/NAME`: one server of the pool (open, like `/status`);
 //! - `POST /servers/NAME/drain`: no new request goes to it, those in flight finish;
-//! - `POST /servers/NAME/ready`: back in the pool, with the pool's slow start.
+//! - `POST /servers/NAME/ready`: back in the pool, with the pool's slow start;
+//! - `POST /reload`: re-read the node's site file and apply what can change in place
+//!   ([`crate::reload`]); the answer is what changed, as JSON, or 422 and why nothing
+//!   did.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,8 +47,13 @@ pub trait Report: Send + Sync + 'static {
     fn auth(&self) -> Option<&Auth> {
         None
     }
-    /// The pool `/servers/NAME` shows and `drain`/`ready` act on, if the node has one.
-    fn pool(&self) -> Option<&Pool> {
+    /// The pool `/servers/NAME` shows and `drain`/`ready` act on, if the node has one
+    /// (the one in use now: a reload may have replaced it).
+    fn pool(&self) -> Option<Arc<Pool>> {
+        None
+    }
+    /// Where `POST /reload` goes, if the node takes reloads.
+    fn reload(&self) -> Option<&crate::reload::Trigger> {
         None
     }
 }
@@ -191,7 +199,7 @@ struct Admin<R>(Arc<R>);
 impl<R: Report> Handler for Admin<R> {
     async fn handle(&self, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
         if req.method() == Method::POST {
-            return self.write(&req);
+            return self.write(&req).await;
         }
         let path = req.uri().path();
         if let Some(rest) = path.strip_prefix("/servers/") {
@@ -216,6 +224,7 @@ impl<R: Report> Handler for Admin<R> {
                     out,
                 )
             }
+            "/reload" => post_only(),
             "/status" => typed(
                 StatusCode::OK,
                 "application/json",
@@ -235,23 +244,17 @@ impl<R: Report> Admin<R> {
     /// `GET /servers/NAME`, or a write path asked for with the wrong method.
     fn server(&self, rest: &str) -> Response<Body> {
         if rest.ends_with("/drain") || rest.ends_with("/ready") {
-            let mut resp = text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "this changes the node: POST it, with `Authorization: Bearer TOKEN`\n".into(),
-            );
-            resp.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("POST"));
-            return resp;
+            return post_only();
         }
         match self.find(rest) {
-            Ok((pool, server)) => json(StatusCode::OK, &pool.server_status(server)),
+            Ok((pool, server)) => json(StatusCode::OK, &pool.server_status(&server)),
             Err(why) => text(StatusCode::NOT_FOUND, why),
         }
     }
 
     /// A `POST`: the token first (so nothing about the node is told to a caller
     /// without it), then the action.
-    fn write(&self, req: &Request<Incoming>) -> Response<Body> {
+    async fn write(&self, req: &Request<Incoming>) -> Response<Body> {
         let Some(auth) = self.0.auth() else {
             return text(
                 StatusCode::FORBIDDEN,
@@ -262,6 +265,18 @@ impl<R: Report> Admin<R> {
             return refusal;
         }
         let path = req.uri().path();
+        if path == "/reload" {
+            return match self.0.reload() {
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "this node takes no reloads: restart it to apply a new site file\n".into(),
+                ),
+                Some(trigger) => match trigger.reload().await {
+                    Ok(changes) => json(StatusCode::OK, &changes),
+                    Err(why) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{why}\n")),
+                },
+            };
+        }
         let action = path.strip_prefix("/servers/").and_then(|rest| {
             rest.strip_suffix("/drain")
                 .map(|name| (name, true))
@@ -270,7 +285,9 @@ impl<R: Report> Admin<R> {
         let Some((name, drain)) = action else {
             return text(
                 StatusCode::NOT_FOUND,
-                "no such admin write: try POST /servers/NAME/drain or /servers/NAME/ready\n".into(),
+                "no such admin write: try POST /servers/NAME/drain, /servers/NAME/ready or \
+                 /reload\n"
+                    .into(),
             );
         };
         let (pool, server) = match self.find(name) {
@@ -282,15 +299,16 @@ impl<R: Report> Admin<R> {
         } else {
             server.ready();
         }
-        json(StatusCode::OK, &pool.server_status(server))
+        json(StatusCode::OK, &pool.server_status(&server))
     }
 
     /// The pool's server called `name`, or why not (listing the ones there are).
-    fn find(&self, name: &str) -> Result<(&Pool, &Arc<crate::upstream::Upstream>), String> {
+    fn find(&self, name: &str) -> Result<(Arc<Pool>, Arc<crate::upstream::Upstream>), String> {
         let Some(pool) = self.0.pool() else {
             return Err("this node balances to no servers\n".into());
         };
-        pool.server(name).map(|s| (pool, s)).ok_or_else(|| {
+        let found = pool.server(name).cloned();
+        found.map(|s| (pool.clone(), s)).ok_or_else(|| {
             let names: Vec<&str> = pool.servers().iter().map(|s| s.name.as_str()).collect();
             format!(
                 "`{name}` is not in this node's {} pool; its servers are: {}\n",
@@ -299,6 +317,17 @@ impl<R: Report> Admin<R> {
             )
         })
     }
+}
+
+/// A write path asked for with another method than `POST`.
+fn post_only() -> Response<Body> {
+    let mut resp = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this changes the node: POST it, with `Authorization: Bearer TOKEN`\n".into(),
+    );
+    resp.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("POST"));
+    resp
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {

@@ -16,7 +16,8 @@
 //! - [`access_log`], [`metrics`], [`finish`]: what is recorded of each request;
 //! - [`timing`]: the `Server-Timing` entry each hop adds to a response;
 //! - [`trace`]: W3C `traceparent`, checked and passed on;
-//! - [`admin`]: the `/healthz`, `/metrics`, `/status` listener of every node.
+//! - [`admin`]: the `/healthz`, `/metrics`, `/status` listener of every node;
+//! - [`reload`]: how a running node is asked to re-read its site file.
 //!
 //! Nothing here knows a role's policy: the load balancer and the web server are
 //! both built from these parts.
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod pages;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod reload;
 pub mod reuseport;
 pub mod server;
 pub mod shutdown;

@@ -549,8 +549,10 @@ impl Drop for Pending {
     }
 }
 
-/// 413 for a request that announces a body over the limit, before anything reads it.
-fn too_large(req: &Request<Incoming>, max: Option<u64>) -> Option<Response<Body>> {
+/// 413 for a request that announces a body over the limit, before anything reads it
+/// (with `Connection: close` on HTTP/1, which makes the connection linger). Public for
+/// a handler whose limit a reload can change: it checks with the limit of the moment.
+pub fn too_large(req: &Request<Incoming>, max: Option<u64>) -> Option<Response<Body>> {
     let max = max?;
     let announced: u64 = req
         .headers()

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 /// The certificate and key files a node serves: the site's own, or the self-signed
 /// pair in the state directory (made here if missing).
@@ -75,6 +77,47 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
 /// The rustls server configuration for `files`: TLS 1.3 and 1.2, ALPN `h2` then
 /// `http/1.1`.
 pub fn server_config(files: &site::TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    Ok(live_server_config(files)?.0)
+}
+
+/// The certificate a TLS listener hands out, which a reload can replace: the next
+/// handshake gets the new one, a connection already open goes on with the old.
+#[derive(Debug)]
+pub struct LiveCert(arc_swap::ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+impl LiveCert {
+    /// Loads `files` and serves them from the next handshake on; on an error the
+    /// certificate in use stays.
+    pub fn reload(&self, files: &site::TlsFiles) -> anyhow::Result<()> {
+        self.0.store(Arc::new(certified_key(files)?));
+        Ok(())
+    }
+}
+
+/// [`server_config`], with the handle that replaces its certificate.
+pub fn live_server_config(
+    files: &site::TlsFiles,
+) -> anyhow::Result<(Arc<rustls::ServerConfig>, Arc<LiveCert>)> {
+    let live = Arc::new(LiveCert(arc_swap::ArcSwap::from_pointee(certified_key(
+        files,
+    )?)));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(live.clone());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((Arc::new(config), live))
+}
+
+/// The certificate chain and key of `files`, checked to belong together.
+fn certified_key(files: &site::TlsFiles) -> anyhow::Result<CertifiedKey> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| {
@@ -96,20 +139,21 @@ pub fn server_config(files: &site::TlsFiles) -> anyhow::Result<Arc<rustls::Serve
             files.key.display()
         )
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .with_context(|| {
-            format!(
-                "{} and {} do not make a usable certificate and key pair",
-                files.cert.display(),
-                files.key.display()
-            )
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    let unusable = || {
+        format!(
+            "{} and {} do not make a usable certificate and key pair",
+            files.cert.display(),
+            files.key.display()
+        )
+    };
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .with_context(unusable)?;
+    let certified = CertifiedKey::new(certs, signing);
+    certified.keys_match().with_context(unusable)?;
+    Ok(certified)
 }
 
 /// Only for messages: where the certificate in use came from.

@@ -81,8 +81,8 @@ pub struct Upstream {
     failures: AtomicU64,
     /// Why its state last changed, and when: shown on `/status`.
     last_change: Mutex<(SystemTime, String)>,
-    /// Its configured weight (1..=256).
-    weight: u32,
+    /// Its configured weight (1..=256); a reload may change it.
+    weight: AtomicU32,
     /// Taken out by an operator: no new request, health checks go on.
     drained: AtomicBool,
     /// When its slow start began, as nanoseconds since [`epoch`] plus one; 0 when it
@@ -111,7 +111,7 @@ impl Upstream {
             host_header: http::HeaderValue::from_str(&addr.to_string())
                 .expect("a socket address is a valid header value"),
             name_hash: fnv1a(name.as_bytes()),
-            weight: weight.max(1),
+            weight: AtomicU32::new(weight.max(1)),
             drained: AtomicBool::new(false),
             ramp_start: AtomicU64::new(0),
             name,
@@ -138,7 +138,7 @@ impl Upstream {
 
     /// Its configured weight.
     pub fn weight(&self) -> u32 {
-        self.weight
+        self.weight.load(Relaxed)
     }
 
     /// Whether an operator has drained it.
@@ -173,7 +173,7 @@ impl Upstream {
     /// Its weight now, in 1/[`WEIGHT_UNIT`]s: during a slow start of `slowstart`
     /// it grows linearly from 1 unit to the whole weight.
     fn effective_weight(&self, slowstart: Duration, now: u64) -> u64 {
-        let full = u64::from(self.weight) * WEIGHT_UNIT;
+        let full = u64::from(self.weight()) * WEIGHT_UNIT;
         let start = self.ramp_start.load(Relaxed);
         if start == 0 || slowstart.is_zero() {
             return full;
@@ -342,6 +342,9 @@ pub struct Pool {
     health: HealthCheck,
     /// Connect, client and server timeouts.
     pub timeouts: Timeouts,
+    /// Fired when a reload replaced this pool: its health checks stop (the new pool
+    /// checks the servers that stay).
+    retired: tokio_util::sync::CancellationToken,
 }
 
 impl Pool {
@@ -375,7 +378,43 @@ impl Pool {
             slowstart: Duration::ZERO,
             health,
             timeouts,
+            retired: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// The pool a reload makes of this one: `servers` with the other settings given.
+    /// A server that stays (same name and address) is the same [`Upstream`], so it
+    /// keeps its health, drain, slow start, requests in flight and kept-alive
+    /// connections, and takes its new weight; a new server starts as in
+    /// [`Pool::new`]; a removed one gets no new request from the new pool, while
+    /// the requests it has finish (they hold the old pool). Start the new pool's
+    /// health checks, swap it in, then [`Pool::retire`] this one.
+    pub fn reconfigured(
+        &self,
+        servers: Vec<Server>,
+        algorithm: Algorithm,
+        health: HealthCheck,
+        timeouts: Timeouts,
+        slowstart: Duration,
+    ) -> Pool {
+        let mut pool = Pool::new(self.name.clone(), servers, algorithm, health, timeouts)
+            .with_slow_start(slowstart);
+        for server in &mut pool.servers {
+            if let Some(old) = self
+                .servers
+                .iter()
+                .find(|o| o.name == server.name && o.addr == server.addr)
+            {
+                old.weight.store(server.weight(), Relaxed);
+                *server = old.clone();
+            }
+        }
+        pool
+    }
+
+    /// Stops this pool's health checks: a reload replaced it.
+    pub fn retire(&self) {
+        self.retired.cancel();
     }
 
     /// The same pool, where a server made ready or back up ramps up to its weight
@@ -448,6 +487,7 @@ impl Pool {
             let server = server.clone();
             let health = self.health.clone();
             let shutdown = shutdown.clone();
+            let retired = self.retired.clone();
             tokio::spawn(async move {
                 let mut ticker = tokio::time::interval(health.interval);
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -455,6 +495,7 @@ impl Pool {
                     tokio::select! {
                         _ = ticker.tick() => {}
                         _ = shutdown.wait() => return,
+                        _ = retired.cancelled() => return,
                     }
                     match check(server.addr, &health).await {
                         Ok(()) => server.check_passed(health.rise),
@@ -499,7 +540,7 @@ impl Pool {
                 (false, _, true) => "up",
                 (false, _, false) => "down",
             },
-            "weight": s.weight,
+            "weight": s.weight(),
             "effective_weight": (effective as f64 / WEIGHT_UNIT as f64 * 100.0).round() / 100.0,
             "in_flight": s.in_flight(),
             "requests": s.requests.load(Relaxed),
@@ -707,6 +748,55 @@ mod tests {
     }
 
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn a_reconfigured_pool_keeps_the_state_of_the_servers_that_stay() {
+        let old = pool(Algorithm::RoundRobin, &[1, 1, 1], Duration::ZERO);
+        // s0 drained, s1 down, s2 with a request in flight.
+        old.servers()[0].drain();
+        old.servers()[1].check_failed(1, "refused", true);
+        let (index, in_flight) = old.pick(CLIENT, &[0, 1]).unwrap();
+        assert_eq!(index, 2);
+        let mut servers: Vec<Server> = old
+            .servers()
+            .iter()
+            .map(|s| Server {
+                name: s.name.clone(),
+                addr: s.addr,
+                weight: s.weight(),
+            })
+            .collect();
+        servers.remove(1); // s1 leaves
+        servers[1].weight = 5; // s2 reweighted
+        servers.push(Server {
+            name: "s9".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 9009)),
+            weight: 2,
+        });
+        let new = old.reconfigured(
+            servers,
+            Algorithm::LeastConn,
+            old.health.clone(),
+            old.timeouts.clone(),
+            Duration::ZERO,
+        );
+        let names: Vec<&str> = new.servers().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["s0", "s2", "s9"]);
+        assert!(Arc::ptr_eq(&new.servers()[0], &old.servers()[0]));
+        assert!(new.servers()[0].is_drained(), "a drain survives a reload");
+        assert_eq!(new.servers()[1].in_flight(), 1, "so do requests in flight");
+        assert_eq!(new.servers()[1].weight(), 5);
+        assert!(new.servers()[2].is_up() && !new.servers()[2].is_drained());
+        assert_eq!(new.status()["algorithm"], "leastconn");
+        // The request in flight to s2 ends through either pool.
+        drop(in_flight);
+        assert_eq!(new.servers()[1].in_flight(), 0);
+        // The new pool never picks the drained s0 nor the removed s1.
+        for _ in 0..10 {
+            let (i, _) = new.pick(CLIENT, &[]).unwrap();
+            assert_ne!(new.servers()[i].name, "s0");
+        }
+    }
 
     /// `count` picks (each released at once); the index picked each time.
     fn picks(pool: &Pool, count: usize) -> Vec<usize> {

@@ -6,15 +6,18 @@
 //!   whether it is right, how it is shaped and how it is doing;
 //! - `scaleup drain` and `ready` take a server out of its pools and put it back,
 //!   through the balancing nodes' admin listeners, with the site's admin token;
+//! - `scaleup reload` makes running nodes re-read their site file;
 //! - `scaleup trace ID` gathers one request's lines from every node's logs.
 //!
 //! The binary only wires things together: each role lives in its own crate.
 #![forbid(unsafe_code)]
 
 mod admin;
+mod configs;
 mod drill;
 mod notify;
 mod probe;
+mod reload;
 mod run;
 mod status;
 mod systemd;
@@ -106,6 +109,15 @@ enum Command {
         #[command(flatten)]
         site: SiteArgs,
     },
+    /// Re-read the site file on every node (or those named) and apply what can change
+    /// in place; print per node what changed and what needs `upgrade`. A broken file
+    /// is refused with its line and column, and every node keeps its configuration.
+    Reload {
+        /// Only these nodes (lb1, web2...); all of them when none is given.
+        nodes: Vec<String>,
+        #[command(flatten)]
+        site: SiteArgs,
+    },
     /// Ask every node of a running site how it is doing.
     Status {
         #[command(flatten)]
@@ -171,6 +183,7 @@ fn main() -> ExitCode {
             timeout,
         } => admin::drain(&site, &node, timeout),
         Command::Ready { node, site } => admin::ready(&site, &node),
+        Command::Reload { nodes, site } => reload::reload(&site, &nodes),
         Command::Trace { id, site } => trace::trace(&site, &id),
         Command::Systemd { node, site, user } => systemd::print(&node, &site, &user),
         Command::Drill {

@@ -4,7 +4,10 @@ use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use site::{Database, Role, Site};
+use site::{Role, Site};
+
+use crate::configs;
+use crate::reload::SiteFile;
 
 /// Runs node `name` of the site file at `path` until SIGINT or SIGTERM (or, when
 /// `supervised`, until standard input closes), then stops it cleanly.
@@ -35,7 +38,10 @@ pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
     runtime.block_on(async {
         let (trigger, shutdown) = net::shutdown::channel();
         let trigger = std::sync::Arc::new(trigger);
-        watch_signals(trigger.clone())?;
+        // The load balancers and web servers take reloads (`POST /reload`, SIGHUP).
+        let (reload, reload_requests) = net::reload::channel();
+        let takes_reloads = matches!(role, Role::Lb | Role::Web);
+        watch_signals(trigger.clone(), takes_reloads.then(|| reload.clone()))?;
         if supervised {
             watch_stdin(trigger.clone());
         }
@@ -47,21 +53,31 @@ pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
         ));
         match role {
             Role::Lb => {
-                let mut config = lb::Config::from_site(&site, name)?;
-                if let Some(membership) = config.cluster.as_mut() {
-                    membership.member.config_hash = config_hash;
-                }
+                let config = configs::lb(&site, name, config_hash)?;
+                let reloads = net::reload::Reloads {
+                    trigger: reload,
+                    requests: reload_requests,
+                    source: Box::new(SiteFile::new(path, name, &site, &config, |s, n, h| {
+                        configs::lb(s, n, h)
+                    })),
+                };
                 let tls = bind_optional(site.lb(name).and_then(|l| l.tls_listen))?;
-                lb::serve(config, listener, tls, admin, shutdown).await
+                lb::serve_reloadable(config, listener, tls, admin, shutdown, Some(reloads)).await
             }
             Role::Web => {
-                let root = document_root(&site, name)?;
-                let config = web::Config::from_site(&site, name, root)?;
+                let config = configs::web(&site, name)?;
+                let reloads = net::reload::Reloads {
+                    trigger: reload,
+                    requests: reload_requests,
+                    source: Box::new(SiteFile::new(path, name, &site, &config, |s, n, _| {
+                        configs::web(s, n)
+                    })),
+                };
                 let tls = bind_optional(site.web(name).and_then(|w| w.tls_listen))?;
-                web::serve(config, listener, tls, admin, shutdown).await
+                web::serve_reloadable(config, listener, tls, admin, shutdown, Some(reloads)).await
             }
             Role::App => {
-                app::serve(name, app_config(&site, name)?, listener, admin, shutdown).await
+                app::serve(name, configs::app(&site, name)?, listener, admin, shutdown).await
             }
         }
     })?;
@@ -72,7 +88,7 @@ pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
 /// Reads and checks the site file, and hashes the very bytes it checked: the load
 /// balancers put the hash in their heartbeats so each sees whether its peer runs the
 /// same file (`cluster::wire::config_hash`).
-fn load(path: &Path) -> anyhow::Result<(Site, cluster::wire::ConfigHash)> {
+pub(crate) fn load(path: &Path) -> anyhow::Result<(Site, cluster::wire::ConfigHash)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the site file {}", path.display()))?;
     let base = match path.parent() {
@@ -157,8 +173,12 @@ fn init_logging() {
 }
 
 /// SIGINT and SIGTERM both mean "stop cleanly". SIGHUP, which the systemd unit's
-/// `ExecReload` sends, does not stop the node (its default action would).
-fn watch_signals(trigger: std::sync::Arc<net::shutdown::Trigger>) -> anyhow::Result<()> {
+/// `ExecReload` sends, reloads the site file (as `POST /reload` does) on a node that
+/// takes reloads, and never stops the node (its default action would).
+fn watch_signals(
+    trigger: std::sync::Arc<net::shutdown::Trigger>,
+    reload: Option<net::reload::Trigger>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -169,10 +189,18 @@ fn watch_signals(trigger: std::sync::Arc<net::shutdown::Trigger>) -> anyhow::Res
                 _ = term.recv() => tracing::info!("SIGTERM: stopping"),
                 _ = int.recv() => tracing::info!("SIGINT: stopping"),
                 _ = hup.recv() => {
-                    tracing::warn!(
-                        "SIGHUP: this release cannot reload its site file in place; the node \
-                         keeps its current configuration (restart it to apply a new one)"
-                    );
+                    match &reload {
+                        // The reload task logs what changed, or why nothing did.
+                        Some(reload) => {
+                            tracing::info!("SIGHUP: reloading the site file");
+                            let reload = reload.clone();
+                            tokio::spawn(async move { reload.reload().await });
+                        }
+                        None => tracing::warn!(
+                            "SIGHUP: an application server cannot reload its site file in \
+                             place; it keeps its configuration (restart it to apply a new one)"
+                        ),
+                    }
                     continue;
                 }
             }
@@ -205,119 +233,4 @@ fn watch_stdin(trigger: std::sync::Arc<net::shutdown::Trigger>) {
         trigger.fire();
         tracing::info!("supervisor gone (standard input {why}): stopping");
     });
-}
-
-/// The web server's document root: the site's, or the built-in foobar assets
-/// written into the state directory.
-fn document_root(site: &Site, name: &str) -> anyhow::Result<PathBuf> {
-    let web = site.web(name).expect("role checked by the caller");
-    if let Some(root) = &web.root {
-        return Ok(root.clone());
-    }
-    let root = site.state_dir.join("public");
-    for (rel, bytes) in app::ASSETS {
-        let path = root.join(rel);
-        if std::fs::read(&path).ok().as_deref() == Some(*bytes) {
-            continue;
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(root)
-}
-
-fn app_config(site: &Site, name: &str) -> anyhow::Result<app::AppConfig> {
-    anyhow::ensure!(
-        site.app(name).is_some(),
-        "`{name}` is not an application server"
-    );
-    Ok(app::AppConfig {
-        db: db_config(site)?,
-        site_name: site.name.clone(),
-        https: site_has_https(site),
-        key: app::AppKey::load(&site.state_dir)?,
-        trusted_proxies: proxy_addresses(site),
-        max_body_bytes: site
-            .webs
-            .iter()
-            .map(|w| usize::try_from(w.max_body_bytes).unwrap_or(usize::MAX))
-            .max()
-            .unwrap_or(app::DEFAULT_MAX_BODY_BYTES),
-        access_log: site.app(name).and_then(|a| a.access_log.clone()),
-        log_format: site.log_format,
-    })
-}
-
-/// Whether browsers reach the site over HTTPS: any TLS listener (a web server's or a load
-/// balancer's, or the cluster's floating HTTPS address). The app then marks its cookies
-/// `Secure` with the `__Host-` prefix.
-fn site_has_https(site: &Site) -> bool {
-    site.webs.iter().any(|w| w.tls_listen.is_some())
-        || site.lbs.iter().any(|l| l.tls_listen.is_some())
-        || matches!(
-            site.cluster.as_ref().map(|c| &c.floating),
-            Some(site::Floating::Local {
-                tls_address: Some(_),
-                ..
-            })
-        )
-}
-
-/// The addresses of the site's web servers and load balancers, the only peers whose
-/// forwarding headers (`X-Forwarded-For`, `X-Forwarded-Proto`) an app server believes.
-fn proxy_addresses(site: &Site) -> Vec<std::net::IpAddr> {
-    let nodes = site
-        .webs
-        .iter()
-        .map(|w| &w.node)
-        .chain(site.lbs.iter().map(|l| &l.node));
-    let mut addresses: Vec<std::net::IpAddr> = nodes
-        .flat_map(|n| [n.listen.ip(), n.bind.ip()])
-        .filter(|ip| !ip.is_unspecified())
-        .collect();
-    addresses.sort_unstable();
-    addresses.dedup();
-    addresses
-}
-
-/// The site's `[database]` as the `db` crate takes it, with the password resolved.
-pub(crate) fn db_config(site: &Site) -> anyhow::Result<db::Config> {
-    Ok(match &site.database {
-        Database::Sqlite { path } => db::Config::Sqlite { path: path.clone() },
-        Database::Mysql(m) => db::Config::Mysql(db::MysqlConfig {
-            primary: db_server(m, &m.primary)?,
-            replicas: m
-                .replicas
-                .iter()
-                .map(|r| db_server(m, r))
-                .collect::<anyhow::Result<_>>()?,
-            max_replica_lag: m.max_replica_lag,
-            read_your_writes_timeout: m.read_your_writes_timeout,
-        }),
-    })
-}
-
-/// One server's connection settings. The password comes from the environment variable
-/// `password_env` names when it is set (so the site file holds no secret), else from the URL.
-fn db_server(m: &site::Mysql, server: &site::DbServer) -> anyhow::Result<db::Server> {
-    let password = match &m.password_env {
-        Some(var) => std::env::var(var).map_err(|_| {
-            anyhow::anyhow!(
-                "the site file's [database] takes the password from the environment variable \
-                 {var}, which is not set: export {var}=... before starting"
-            )
-        })?,
-        None => server.password.clone().unwrap_or_default(),
-    };
-    Ok(db::Server {
-        name: server.name.clone(),
-        host: server.host.clone(),
-        port: server.port,
-        user: server.user.clone(),
-        password,
-        database: server.database.clone(),
-    })
 }

@@ -129,7 +129,7 @@ async fn start_managed_database(site: &Site) -> anyhow::Result<Option<db::manage
     if !m.managed {
         return Ok(None);
     }
-    let db::Config::Mysql(config) = crate::run::db_config(site)? else {
+    let db::Config::Mysql(config) = crate::configs::db(site)? else {
         unreachable!("a mysql [database] gives a mysql config");
     };
     let started = Instant::now();

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, STRICT_TRANSPORT_SECURITY};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -117,12 +118,32 @@ impl Config {
 
 struct WebServer {
     name: String,
-    files: StaticFiles,
-    pool: Arc<Pool>,
+    /// What a reload replaces, loaded once per request.
+    live: ArcSwap<Live>,
     ids: RequestIds,
-    log: AccessLog,
     metrics: Arc<Metrics>,
     started: SystemTime,
+    /// Who may drain and ready the application servers through the admin listener.
+    auth: net::admin::Auth,
+    /// The HTTPS listener's certificate, which a reload replaces for new handshakes.
+    cert: Option<Arc<net::tls::LiveCert>>,
+    /// Where `POST /reload` goes.
+    reload: Option<net::reload::Trigger>,
+    /// Stops the health checks of the pools a reload makes.
+    checks_stop: Shutdown,
+}
+
+/// The settings a reload can change in place, swapped whole: a request sees the old
+/// ones or the new ones, never half of each.
+struct Live {
+    files: StaticFiles,
+    /// The document root `files` serves, as configured.
+    root: PathBuf,
+    /// The application servers; a reload's new pool keeps the state of those that stay.
+    pool: Arc<Pool>,
+    log: AccessLog,
+    /// The file and format `log` writes, to reopen it only when they change.
+    log_to: (Option<PathBuf>, site::LogFormat),
     /// Added to every response that lacks them.
     headers: Vec<(HeaderName, HeaderValue)>,
     hsts: Option<HeaderValue>,
@@ -132,23 +153,108 @@ struct WebServer {
     policy: Policy,
     /// The load balancers: the only peers whose forwarding headers are believed.
     trusted: Trusted,
-    /// Who may drain and ready the application servers through the admin listener.
-    auth: net::admin::Auth,
+}
+
+impl Live {
+    /// The settings of `config` around `pool`. The static-file handler (and its cache)
+    /// and the access log of `old` are kept when their root, file and format are the
+    /// same.
+    fn new(config: &Config, pool: Arc<Pool>, old: Option<&Live>) -> anyhow::Result<Live> {
+        let header = |name: &str, value: &str| -> anyhow::Result<(HeaderName, HeaderValue)> {
+            Ok((
+                HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("header name `{name}`: {e}"))?,
+                HeaderValue::from_str(value)
+                    .map_err(|e| anyhow::anyhow!("value of header `{name}`: {e}"))?,
+            ))
+        };
+        let headers = config
+            .headers
+            .iter()
+            .map(|(k, v)| header(k, v))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let hsts = config
+            .hsts
+            .as_deref()
+            .map(|v| header("strict-transport-security", v).map(|(_, v)| v))
+            .transpose()?;
+        let cache = config
+            .cache
+            .iter()
+            .map(|rule| {
+                Ok((
+                    rule.clone(),
+                    header("cache-control", &rule.cache_control)?.1,
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let files = match old {
+            Some(old) if old.root == config.root => old.files.clone(),
+            _ => StaticFiles::new(&config.root)
+                .map_err(|e| anyhow::anyhow!("document root {}: {e}", config.root.display()))?,
+        };
+        let log_to = (config.access_log.clone(), config.log_format);
+        let log = match old {
+            Some(old) if old.log_to == log_to => old.log.clone(),
+            _ => AccessLog::open(config.access_log.as_deref())?.with_format(config.log_format),
+        };
+        Ok(Live {
+            files,
+            root: config.root.clone(),
+            pool,
+            log,
+            log_to,
+            headers,
+            hsts,
+            cache,
+            policy: Policy {
+                retries: 1,
+                unreachable: StatusCode::BAD_GATEWAY,
+                max_body_bytes: Some(config.max_body_bytes),
+            },
+            trusted: Trusted::addresses(config.proxy_from.iter().copied()),
+        })
+    }
+}
+
+impl WebServer {
+    /// Applies a reloaded configuration: everything that can fail first (the
+    /// certificate, the header values, the document root, the access log), so a
+    /// failure leaves the server as it was; then the new pool and settings in one swap.
+    fn apply(&self, config: Config) -> Result<(), String> {
+        let old = self.live.load_full();
+        let pool = Arc::new(old.pool.reconfigured(
+            config.apps.clone(),
+            site::Algorithm::RoundRobin,
+            config.health.clone(),
+            config.timeouts.clone(),
+            config.slowstart,
+        ));
+        let live = Live::new(&config, pool.clone(), Some(&old)).map_err(|e| format!("{e:#}"))?;
+        if let (Some(cert), Some(files)) = (&self.cert, &config.tls) {
+            cert.reload(files).map_err(|e| format!("{e:#}"))?;
+        }
+        pool.spawn_health_checks(self.checks_stop.clone());
+        self.live.store(Arc::new(live));
+        old.pool.retire();
+        Ok(())
+    }
 }
 
 impl Handler for WebServer {
     async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let start = Instant::now();
+        let live = self.live.load_full();
         self.metrics.request_started();
         let tls_here = req.extensions().get::<ConnInfo>().is_some_and(|c| c.secure);
         // The client is the load balancer's client when a load balancer sent this
         // (its X-Forwarded-For, or the PROXY header on HTTPS), else the peer. The
         // forwarding headers themselves are rewritten only for a request that is
         // forwarded: a static file needs none of that work.
-        let client = client_of(req.headers(), peer, &self.trusted);
+        let client = client_of(req.headers(), peer, &live.trusted);
         net::trace::check(req.headers_mut());
         let request_id = self.ids.ensure(req.headers_mut());
-        let entry = self.log.begin(
+        let entry = live.log.begin(
             req.method(),
             req.uri(),
             req.version(),
@@ -159,43 +265,45 @@ impl Handler for WebServer {
         // HTTPS: TLS ended here, or at a load balancer in `http` mode (which says so,
         // and only a load balancer's word is kept).
         let secure = tls_here
-            || (self.trusted.contains(peer.ip())
+            || (live.trusted.contains(peer.ip())
                 && req
                     .headers()
                     .get(&net::headers::X_FORWARDED_PROTO)
                     .is_some_and(|v| v == "https"));
         let path = req.uri().path().to_owned();
 
-        let mut resp = if let Some(refusal) = refuse_malformed(&req, &request_id) {
+        let mut resp = if let Some(refusal) = refuse_malformed(&req, &request_id)
+            .or_else(|| net::server::too_large(&req, live.policy.max_body_bytes))
+        {
             refusal
         } else if path == "/healthz" {
             health_response(req.method())
         } else {
-            match self
+            match live
                 .files
                 .serve(req.method(), req.uri(), req.headers())
                 .await
             {
                 Outcome::Response(mut resp) => {
-                    self.cache_control(&path, &mut resp);
+                    live.cache_control(&path, &mut resp);
                     resp
                 }
                 Outcome::NotFound => {
-                    forwarding(req.headers_mut(), peer, tls_here, &self.trusted);
+                    forwarding(req.headers_mut(), peer, tls_here, &live.trusted);
                     // The id this line is logged with, whatever `Connection` named.
                     req.headers_mut()
                         .insert(X_REQUEST_ID.clone(), request_id.clone());
-                    net::proxy::forward(&self.pool, req, peer, self.policy, &request_id).await
+                    net::proxy::forward(&live.pool, req, peer, live.policy, &request_id).await
                 }
             }
         };
         let headers = resp.headers_mut();
-        for (name, value) in &self.headers {
+        for (name, value) in &live.headers {
             if !headers.contains_key(name) {
                 headers.insert(name.clone(), value.clone());
             }
         }
-        if let (true, Some(hsts)) = (secure, &self.hsts) {
+        if let (true, Some(hsts)) = (secure, &live.hsts) {
             headers.insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
 
@@ -226,7 +334,7 @@ impl Handler for WebServer {
     }
 }
 
-impl WebServer {
+impl Live {
     /// The first matching rule's `Cache-Control` on a file (or its 304/206), unless
     /// the file handler set one.
     fn cache_control(&self, path: &str, resp: &mut Response<Body>) {
@@ -263,14 +371,15 @@ impl net::admin::Report for WebServer {
     fn metrics(&self) -> String {
         let mut out = String::with_capacity(4096);
         self.metrics.render(&self.name, &mut out);
-        self.pool.render_metrics(&self.name, &mut out);
+        let live = self.live.load();
+        live.pool.render_metrics(&self.name, &mut out);
         let _ = writeln!(
             out,
             "# HELP scaleup_access_log_dropped_total Access-log lines dropped because the disk could not keep up.\n\
              # TYPE scaleup_access_log_dropped_total counter\n\
              scaleup_access_log_dropped_total{{node=\"{}\"}} {}",
             self.name,
-            self.log.dropped()
+            live.log.dropped()
         );
         out
     }
@@ -284,7 +393,7 @@ impl net::admin::Report for WebServer {
             "requests": self.metrics.requests_total(),
             "responses_by_class": self.metrics.by_class(),
             "connections_open": self.metrics.connections_open(),
-            "upstream": self.pool.status(),
+            "upstream": self.live.load().pool.status(),
         })
     }
 
@@ -292,8 +401,12 @@ impl net::admin::Report for WebServer {
         Some(&self.auth)
     }
 
-    fn pool(&self) -> Option<&Pool> {
-        Some(&self.pool)
+    fn pool(&self) -> Option<Arc<Pool>> {
+        Some(self.live.load().pool.clone())
+    }
+
+    fn reload(&self) -> Option<&net::reload::Trigger> {
+        self.reload.as_ref()
     }
 }
 
@@ -309,46 +422,33 @@ pub async fn serve(
     admin: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let tls = match (&tls_listener, &config.tls) {
-        (None, _) => None,
-        (Some(_), Some(files)) => Some(tokio_rustls::TlsAcceptor::from(net::tls::server_config(
-            files,
-        )?)),
+    serve_reloadable(config, listener, tls_listener, admin, shutdown, None).await
+}
+
+/// [`serve`], taking `reloads` (`POST /reload` and whatever else fires their
+/// trigger): the app pool (servers, weights, health checks, upstream timeouts, slow
+/// start), the document root, the access log, response headers, HSTS, cache rules,
+/// the body limit and the certificate change in place. The rest of a new [`Config`]
+/// is not looked at: the caller says what needs a restart.
+pub async fn serve_reloadable(
+    config: Config,
+    listener: TcpListener,
+    tls_listener: Option<TcpListener>,
+    admin: TcpListener,
+    shutdown: Shutdown,
+    reloads: Option<net::reload::Reloads<Config>>,
+) -> anyhow::Result<()> {
+    let (tls, cert) = match (&tls_listener, &config.tls) {
+        (None, _) => (None, None),
+        (Some(_), Some(files)) => {
+            let (tls, cert) = net::tls::live_server_config(files)?;
+            (Some(tokio_rustls::TlsAcceptor::from(tls)), Some(cert))
+        }
         (Some(_), None) => anyhow::bail!(
             "web server {} has an HTTPS listener but no certificate in its configuration",
             config.name
         ),
     };
-    let header = |name: &str, value: &str| -> anyhow::Result<(HeaderName, HeaderValue)> {
-        Ok((
-            HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| anyhow::anyhow!("header name `{name}`: {e}"))?,
-            HeaderValue::from_str(value)
-                .map_err(|e| anyhow::anyhow!("value of header `{name}`: {e}"))?,
-        ))
-    };
-    let headers = config
-        .headers
-        .iter()
-        .map(|(k, v)| header(k, v))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let hsts = config
-        .hsts
-        .as_deref()
-        .map(|v| header("strict-transport-security", v).map(|(_, v)| v))
-        .transpose()?;
-    let cache = config
-        .cache
-        .iter()
-        .map(|rule| {
-            Ok((
-                rule.clone(),
-                header("cache-control", &rule.cache_control)?.1,
-            ))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let files = StaticFiles::new(&config.root)
-        .map_err(|e| anyhow::anyhow!("document root {}: {e}", config.root.display()))?;
     let pool = Arc::new(
         Pool::new(
             "app",
@@ -362,22 +462,18 @@ pub async fn serve(
     pool.spawn_health_checks(shutdown.clone());
     let web = Arc::new(WebServer {
         name: config.name.clone(),
-        files,
-        pool,
+        live: ArcSwap::from_pointee(Live::new(&config, pool, None)?),
         ids: RequestIds::default(),
-        log: AccessLog::open(config.access_log.as_deref())?.with_format(config.log_format),
         metrics: Arc::new(Metrics::default()),
         started: SystemTime::now(),
-        headers,
-        hsts,
-        cache,
-        policy: Policy {
-            retries: 1,
-            unreachable: StatusCode::BAD_GATEWAY,
-            max_body_bytes: Some(config.max_body_bytes),
-        },
-        trusted: Trusted::addresses(config.proxy_from.iter().copied()),
         auth: net::admin::Auth::new(&config.name, config.admin_token.clone()),
+        cert,
+        reload: reloads.as_ref().map(|r| r.trigger.clone()),
+        checks_stop: shutdown.clone(),
+    });
+    let reload_task = reloads.map(|reloads| {
+        let web = web.clone();
+        tokio::spawn(net::reload::serve(reloads, move |config| web.apply(config)))
     });
     let limits = Limits {
         // Shared by the HTTP and HTTPS listeners; a proxied request also holds a
@@ -391,7 +487,9 @@ pub async fn serve(
         ),
         header_timeout: config.timeouts.client,
         keepalive_timeout: config.timeouts.keepalive,
-        max_body_bytes: Some(config.max_body_bytes),
+        // The handler refuses a body announced over the limit, with the limit of the
+        // moment (a reload may change it).
+        max_body_bytes: None,
         ..Limits::default()
     };
     tracing::info!(
@@ -429,5 +527,10 @@ pub async fn serve(
         task.await??;
     }
     admin_task.await??;
+    if let Some(task) = reload_task {
+        // Its triggers are gone with the listeners (the signal handler's with the
+        // process): stop it rather than wait.
+        task.abort();
+    }
     Ok(())
 }
