@@ -162,10 +162,14 @@ pub fn render(site: &Site, name: &str, options: &Options) -> anyhow::Result<Unit
         }
     }
     let mut written_dirs = Vec::new();
-    if let Some(web) = site.web(name) {
-        if let Some(dir) = web.access_log.as_deref().and_then(Path::parent) {
-            written_dirs.push(("the access log", normalize(dir)));
-        }
+    // Every role writes an access log (`scaleup trace` reads them all).
+    let access_log = match role {
+        Role::Lb => site.lb(name).and_then(|l| l.access_log.as_deref()),
+        Role::Web => site.web(name).and_then(|w| w.access_log.as_deref()),
+        Role::App => site.app(name).and_then(|a| a.access_log.as_deref()),
+    };
+    if let Some(dir) = access_log.and_then(Path::parent) {
+        written_dirs.push(("the access log", normalize(dir)));
     }
     if let (Role::App, Database::Sqlite { path }) = (role, &site.database) {
         if let Some(dir) = path.parent() {
@@ -631,6 +635,28 @@ kind = "mysql"
 primary = "mysql://foobar@192.0.2.20:3306/foobar"
 password_env = "FOOBAR_DB_PASSWORD"
 "#;
+
+    #[test]
+    fn a_load_balancer_or_app_access_log_under_var_log_gets_a_logs_directory() {
+        let text = SERVERS
+            .replacen(
+                "heartbeat = \"192.0.2.11:7000\"\n",
+                "heartbeat = \"192.0.2.11:7000\"\naccess_log = \"/var/log/scaleup/lb1-access.log\"\n",
+                1,
+            )
+            .replacen(
+                "admin = \"127.0.0.1:9014\"\n",
+                "admin = \"127.0.0.1:9014\"\naccess_log = \"/var/log/scaleup/app1-access.log\"\n",
+                1,
+            );
+        for node in ["lb1", "app1"] {
+            let u = unit(&text, node);
+            assert_eq!(values(&u, "LogsDirectory"), ["scaleup"], "{}", u.text);
+        }
+        // By default their logs are in the state directory, which the unit makes.
+        assert!(values(&unit(SERVERS, "lb2"), "LogsDirectory").is_empty());
+        assert!(values(&unit(SERVERS, "app2"), "LogsDirectory").is_empty());
+    }
 
     fn options() -> Options {
         Options {
