@@ -133,6 +133,31 @@ struct LoadBalancer {
     reload: Option<net::reload::Trigger>,
     /// Stops the health checks of the pools a reload makes.
     checks_stop: Shutdown,
+    /// The connections its listeners may hold, which a reload resizes.
+    budget: Arc<net::budget::Budget>,
+}
+
+/// The connection budget `b` asks for: shared by the HTTP, HTTPS and floating
+/// listeners; each client connection also holds a connection to a web server (2
+/// descriptors). A proxy in front carries many clients' connections from one
+/// address, so `trusted_proxies` are not capped per address.
+fn budget(b: &site::Balancer) -> Arc<net::budget::Budget> {
+    net::budget::Budget::for_process(
+        b.max_connections,
+        b.max_connections_per_client as usize,
+        2,
+        Trusted::blocks(b.trusted_proxies.iter().copied()),
+    )
+}
+
+/// [`budget`] applied by a reload to the budget in use.
+fn resize(budget: &net::budget::Budget, b: &site::Balancer) {
+    budget.resize(
+        b.max_connections,
+        b.max_connections_per_client as usize,
+        2,
+        Trusted::blocks(b.trusted_proxies.iter().copied()),
+    );
 }
 
 /// The settings a reload can change in place, swapped whole: a request sees the old
@@ -205,6 +230,7 @@ impl LoadBalancer {
         let live = Live::new(&config, pool.clone(), Some(&old)).map_err(|e| e.to_string())?;
         pool.spawn_health_checks(self.checks_stop.clone());
         self.live.store(Arc::new(live));
+        resize(&self.budget, b);
         old.pool.retire();
         // The peer (and `status`) now see this node run the new file.
         if let (Some(cluster), Some(membership)) = (&self.cluster, &config.cluster) {
@@ -400,6 +426,7 @@ pub async fn serve_reloadable(
         _ => (None, None),
     };
     let lb = Arc::new(LoadBalancer {
+        budget: budget(b),
         name: config.name.clone(),
         cluster: member,
         live: Arc::new(ArcSwap::from_pointee(Live::new(&config, pool, None)?)),
@@ -416,15 +443,7 @@ pub async fn serve_reloadable(
         tokio::spawn(net::reload::serve(reloads, move |config| lb.apply(config)))
     });
     let limits = Limits {
-        // Shared by the HTTP, HTTPS and floating listeners; each client connection
-        // also holds a connection to a web server.
-        budget: net::budget::Budget::for_process(
-            b.max_connections,
-            b.max_connections_per_client as usize,
-            2,
-            // A proxy in front carries many clients' connections from one address.
-            Trusted::blocks(b.trusted_proxies.iter().copied()),
-        ),
+        budget: lb.budget.clone(),
         header_timeout: b.timeouts.client,
         keepalive_timeout: b.timeouts.keepalive,
         ..Limits::default()

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -90,13 +90,17 @@ pub fn is_local_exhaustion(e: &std::io::Error) -> bool {
 #[derive(Debug)]
 pub struct Budget {
     permits: Arc<Semaphore>,
-    capacity: usize,
-    per_client: usize,
+    /// Connections admitted at most; a reload may change it ([`Budget::resize`]).
+    capacity: AtomicUsize,
+    per_client: AtomicUsize,
+    /// Places a smaller capacity took back that were in use: each is forgotten
+    /// instead of freed when its connection closes.
+    owed: AtomicUsize,
     /// Open connections per client key (see [`client_key`]); absent means none.
     clients: Mutex<HashMap<IpAddr, usize>>,
     /// Addresses the per-client cap does not apply to: the tier in front, whose one
     /// address carries many clients' requests.
-    exempt: Trusted,
+    exempt: arc_swap::ArcSwap<Trusted>,
     /// Connections closed at once because their address was over `per_client`.
     refused: AtomicU64,
 }
@@ -112,10 +116,11 @@ impl Budget {
         let capacity = capacity.max(1);
         Arc::new(Budget {
             permits: Arc::new(Semaphore::new(capacity)),
-            capacity,
-            per_client: per_client.max(1),
+            capacity: AtomicUsize::new(capacity),
+            per_client: AtomicUsize::new(per_client.max(1)),
+            owed: AtomicUsize::new(0),
             clients: Mutex::new(HashMap::new()),
-            exempt,
+            exempt: arc_swap::ArcSwap::from_pointee(exempt),
             refused: AtomicU64::new(0),
         })
     }
@@ -130,6 +135,16 @@ impl Budget {
         fds_per_connection: u64,
         exempt: Trusted,
     ) -> Arc<Budget> {
+        Budget::build(
+            Budget::affordable(max_connections, fds_per_connection),
+            per_client,
+            exempt,
+        )
+    }
+
+    /// `max_connections`, lowered (and said so) to what the open-file limit allows
+    /// when each costs `fds_per_connection` descriptors.
+    fn affordable(max_connections: usize, fds_per_connection: u64) -> usize {
         let limit = open_file_limit();
         let allowed = fd_allowance(limit, fds_per_connection);
         let wanted = max_connections as u64;
@@ -146,21 +161,48 @@ impl Budget {
                 tracing::info!("{why}");
             }
         }
-        Budget::build(
-            (max_connections as u64).min(allowed) as usize,
-            per_client,
-            exempt,
-        )
+        (max_connections as u64).min(allowed) as usize
+    }
+
+    /// Changes the budget in place (a reload): `max_connections` (lowered as in
+    /// [`Budget::for_process`]), `per_client` and the addresses `exempt` from it. More
+    /// room is usable at once; less closes no connection: the places it takes back
+    /// are taken from the free ones, then from the connections open now as they close.
+    pub fn resize(
+        &self,
+        max_connections: usize,
+        per_client: usize,
+        fds_per_connection: u64,
+        exempt: Trusted,
+    ) {
+        let new = Budget::affordable(max_connections, fds_per_connection).max(1);
+        self.per_client.store(per_client.max(1), Relaxed);
+        self.exempt.store(Arc::new(exempt));
+        let old = self.capacity.swap(new, Relaxed);
+        if new > old {
+            // Places still owed are cancelled first, then new ones are made.
+            let mut more = new - old;
+            let _ = self.owed.fetch_update(Relaxed, Relaxed, |owed| {
+                let cancel = owed.min(more);
+                more = new - old - cancel;
+                Some(owed - cancel)
+            });
+            self.permits.add_permits(more);
+        } else if new < old {
+            let fewer = old - new;
+            let taken = self.permits.forget_permits(fewer);
+            self.owed.fetch_add(fewer - taken, Relaxed);
+        }
     }
 
     /// Connections admitted at most.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.capacity.load(Relaxed)
     }
 
     /// Connections open now.
     pub fn in_use(&self) -> usize {
-        self.capacity - self.permits.available_permits()
+        (self.capacity() + self.owed.load(Relaxed)).saturating_sub(self.permits.available_permits())
     }
 
     /// Connections closed because their address held too many already.
@@ -192,11 +234,11 @@ impl Budget {
         client: IpAddr,
     ) -> Result<Slot, OwnedSemaphorePermit> {
         let client = client.to_canonical();
-        let key = (!self.exempt.contains(client)).then(|| client_key(client));
+        let key = (!self.exempt.load().contains(client)).then(|| client_key(client));
         if let Some(key) = key {
             let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
             let count = clients.entry(key).or_insert(0);
-            if *count >= self.per_client {
+            if *count >= self.per_client.load(Relaxed) {
                 drop(clients);
                 self.refused.fetch_add(1, Relaxed);
                 return Err(permit);
@@ -204,12 +246,12 @@ impl Budget {
             *count += 1;
         }
         // Nearly spent: under a tenth left.
-        let pressed = self.permits.available_permits() < self.capacity / 10;
+        let pressed = self.permits.available_permits() < self.capacity() / 10;
         Ok(Slot {
             budget: self.clone(),
             key,
             pressed,
-            _permit: permit,
+            permit: Some(permit),
         })
     }
 }
@@ -240,7 +282,8 @@ pub struct Slot {
     /// `None` for an exempt address.
     key: Option<IpAddr>,
     pressed: bool,
-    _permit: OwnedSemaphorePermit,
+    /// The place itself; `None` once given back.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Slot {
@@ -253,6 +296,17 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        // A smaller budget is still owed places: this one goes, instead of being freed.
+        let owed = &self.budget.owed;
+        if owed.load(Relaxed) > 0
+            && owed
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            if let Some(permit) = self.permit.take() {
+                permit.forget();
+            }
+        }
         let Some(key) = self.key else { return };
         let mut clients = self
             .budget
@@ -325,6 +379,34 @@ mod tests {
         drop(held);
         assert_eq!(budget.in_use(), 0);
         assert!(budget.clients.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_resized_budget_closes_nothing_and_takes_places_back_as_they_free() {
+        let budget = Budget::new(6, 2);
+        let ip = |i: u8| IpAddr::from([192, 0, 2, i]);
+        let mut held = Vec::new();
+        for i in 0..4 {
+            held.push(budget.admit(budget.room().await, ip(i)).unwrap());
+        }
+        // Down to 3 (and 1 per address) with 4 open: none closes, none comes in.
+        budget.resize(3, 1, 1, Trusted::default());
+        assert_eq!((budget.capacity(), budget.in_use()), (3, 4));
+        assert!(budget.room_now().is_none());
+        held.pop();
+        assert_eq!(budget.in_use(), 3);
+        assert!(budget.room_now().is_none(), "the freed place was owed");
+        held.pop();
+        let permit = budget.room_now().expect("below the new capacity");
+        // One per address now: 192.0.2.0 already has its one.
+        assert!(budget.admit(permit, ip(0)).is_err());
+        // Up to 10, 2 per address: room at once.
+        budget.resize(10, 2, 1, Trusted::default());
+        held.push(budget.admit(budget.room().await, ip(0)).unwrap());
+        assert_eq!((budget.capacity(), budget.in_use()), (10, 3));
+        drop(held);
+        assert_eq!(budget.in_use(), 0);
+        assert_eq!(budget.permits.available_permits(), 10);
     }
 
     #[tokio::test]

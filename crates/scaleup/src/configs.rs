@@ -5,8 +5,8 @@
 //!
 //! [`diff`] says, for one node, what a new site file changes: what its role applies in
 //! place, and what only a restart with the new file (`upgrade`) can change: the node's
-//! own addresses, its role, the cluster, the database, the connection limits and
-//! client timeouts its listeners were built with.
+//! own addresses, its role, the cluster, the database, and the client timeouts its
+//! listeners' connections were built with.
 
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -333,13 +333,13 @@ fn lb_diff(c: &mut Changes, old: &Site, new: &Site, name: &str) {
     timeouts(c, "balancer.timeouts", &ob.timeouts, &nb.timeouts);
     c.note(false, "balancer.tls_mode", &ob.tls_mode, &nb.tls_mode);
     c.note(
-        false,
+        true,
         "balancer.max_connections",
         &ob.max_connections,
         &nb.max_connections,
     );
     c.note(
-        false,
+        true,
         "balancer.max_connections_per_client",
         &ob.max_connections_per_client,
         &nb.max_connections_per_client,
@@ -365,13 +365,13 @@ fn web_diff(c: &mut Changes, old: &Site, new: &Site, name: &str) {
     c.note(true, "max_body_bytes", &o.max_body_bytes, &n.max_body_bytes);
     timeouts(c, "timeouts", &o.timeouts, &n.timeouts);
     c.note(
-        false,
+        true,
         "max_connections",
         &o.max_connections,
         &n.max_connections,
     );
     c.note(
-        false,
+        true,
         "max_connections_per_client",
         &o.max_connections_per_client,
         &n.max_connections_per_client,
@@ -447,6 +447,7 @@ mod tests {
             vec![
                 "web pool: web1 weight 1 -> 4".to_string(),
                 "balancer.algorithm: RoundRobin -> LeastConn".to_string(),
+                "balancer.max_connections: 10000 -> 500".to_string(),
             ]
         );
         assert!(lb1
@@ -454,10 +455,6 @@ mod tests {
             .iter()
             .any(|c| c.starts_with("listen: 127.0.0.1:20001")));
         assert!(lb1.needs_upgrade.contains(&"[cluster] changed".to_string()));
-        assert!(lb1
-            .needs_upgrade
-            .iter()
-            .any(|c| c.starts_with("balancer.max_connections: 10000 -> 500")));
         // lb2's own address did not move; web1 balances to no web server.
         let lb2 = diff(&old, &new, "lb2").unwrap();
         assert!(!lb2.needs_upgrade.iter().any(|c| c.starts_with("listen")));

@@ -275,6 +275,7 @@ async fn a_broken_file_changes_nothing_and_a_reload_under_load_adds_web2() {
     let lb1_pid = status["pid"].as_i64().unwrap() as i32;
     let reweighted = two_web_site(base, state, "[\"web1\", \"web2\"]")
         .replacen("weight = 1\n", "weight = 3\n", 1)
+        .replacen("max_connections = 10000", "max_connections = 9000", 1)
         .replacen(
             "[balancer.timeouts]\n",
             "[balancer.timeouts]\nkeepalive = \"7s\"\n",
@@ -309,6 +310,10 @@ async fn a_broken_file_changes_nothing_and_a_reload_under_load_adds_web2() {
     let (ok, out) = reload_command(&site, &["lb2"]);
     assert!(ok, "{out}");
     assert!(out.contains("web pool: web1 weight 1 -> 3"), "{out}");
+    assert!(
+        out.contains("applied: balancer.max_connections: 10000 -> 9000"),
+        "{out}"
+    );
     assert!(
         out.contains("needs `upgrade`") && out.contains("balancer.timeouts.keepalive"),
         "{out}"

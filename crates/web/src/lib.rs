@@ -131,6 +131,19 @@ struct WebServer {
     reload: Option<net::reload::Trigger>,
     /// Stops the health checks of the pools a reload makes.
     checks_stop: Shutdown,
+    /// The connections its listeners may hold (HTTP and HTTPS together), which a
+    /// reload resizes.
+    budget: Arc<net::budget::Budget>,
+}
+
+/// Descriptors a client connection costs: a proxied request also holds a connection
+/// to an app server.
+const BUDGET_FDS: u64 = 2;
+
+/// Who the per-address cap spares: the load balancers carry every client's requests
+/// from one address each.
+fn budget_exempt(config: &Config) -> Trusted {
+    Trusted::addresses(config.proxy_from.iter().copied())
 }
 
 /// The settings a reload can change in place, swapped whole: a request sees the old
@@ -236,6 +249,12 @@ impl WebServer {
         }
         pool.spawn_health_checks(self.checks_stop.clone());
         self.live.store(Arc::new(live));
+        self.budget.resize(
+            config.max_connections,
+            config.max_connections_per_client,
+            BUDGET_FDS,
+            budget_exempt(&config),
+        );
         old.pool.retire();
         Ok(())
     }
@@ -461,6 +480,12 @@ pub async fn serve_reloadable(
     );
     pool.spawn_health_checks(shutdown.clone());
     let web = Arc::new(WebServer {
+        budget: net::budget::Budget::for_process(
+            config.max_connections,
+            config.max_connections_per_client,
+            BUDGET_FDS,
+            budget_exempt(&config),
+        ),
         name: config.name.clone(),
         live: ArcSwap::from_pointee(Live::new(&config, pool, None)?),
         ids: RequestIds::default(),
@@ -476,15 +501,7 @@ pub async fn serve_reloadable(
         tokio::spawn(net::reload::serve(reloads, move |config| web.apply(config)))
     });
     let limits = Limits {
-        // Shared by the HTTP and HTTPS listeners; a proxied request also holds a
-        // connection to an app server.
-        budget: net::budget::Budget::for_process(
-            config.max_connections,
-            config.max_connections_per_client,
-            2,
-            // The load balancers carry every client's requests from one address each.
-            Trusted::addresses(config.proxy_from.iter().copied()),
-        ),
+        budget: web.budget.clone(),
         header_timeout: config.timeouts.client,
         keepalive_timeout: config.timeouts.keepalive,
         // The handler refuses a body announced over the limit, with the limit of the
