@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 
 /// Where access-log lines go. Cheap to clone.
@@ -101,12 +102,8 @@ impl AccessLog {
         headers: &HeaderMap,
         peer: SocketAddr,
     ) -> Entry {
-        let header = |name: http::header::HeaderName| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+        // Kept as the request's own buffers (reference-counted clones): nothing is
+        // copied or formatted until the line is written.
         Entry {
             log: self.clone(),
             started: Instant::now(),
@@ -115,13 +112,12 @@ impl AccessLog {
             method: method.clone(),
             // HTTP/2 requests carry the scheme and authority in the URI; log the
             // path as nginx does, so lines read the same whatever the protocol.
-            target: uri
-                .path_and_query()
-                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            target: uri.path_and_query().cloned(),
             version,
-            referer: header(http::header::REFERER),
-            user_agent: header(http::header::USER_AGENT),
-            trace_id: crate::trace::trace_id_of(headers).map(str::to_string),
+            referer: headers.get(http::header::REFERER).cloned(),
+            user_agent: headers.get(http::header::USER_AGENT).cloned(),
+            traceparent: crate::trace::trace_id_of(headers)
+                .and_then(|_| headers.get(&crate::trace::TRACEPARENT).cloned()),
         }
     }
 }
@@ -134,12 +130,12 @@ pub struct Entry {
     at: SystemTime,
     peer: SocketAddr,
     method: Method,
-    target: String,
+    target: Option<PathAndQuery>,
     version: Version,
-    referer: Option<String>,
-    user_agent: Option<String>,
-    /// The W3C trace id, when the request carried a valid `traceparent`.
-    trace_id: Option<String>,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    /// The request's `traceparent`, when it carried one valid one.
+    traceparent: Option<HeaderValue>,
 }
 
 impl Entry {
@@ -160,6 +156,16 @@ impl Entry {
 }
 
 impl Entry {
+    fn target(&self) -> &str {
+        self.target.as_ref().map_or("/", PathAndQuery::as_str)
+    }
+
+    fn trace_id(&self) -> Option<&str> {
+        self.traceparent
+            .as_ref()
+            .and_then(|v| crate::trace::trace_id(v.as_bytes()))
+    }
+
     fn combined(
         &self,
         status: u16,
@@ -167,20 +173,33 @@ impl Entry {
         request_id: Option<&str>,
         elapsed: Duration,
     ) -> String {
-        let quoted = |v: &Option<String>| v.as_deref().map_or_else(|| "-".into(), quote_safe);
-        let mut line = format!(
-            "{} - - [{}] \"{} {} {}\" {status} {bytes} \"{}\" \"{}\" rid={} rt={}",
+        use std::fmt::Write as _;
+        let mut line = String::with_capacity(256);
+        let _ = write!(
+            line,
+            "{} - - [{}] \"{} ",
             self.peer.ip(),
             log_time(self.at),
-            self.method,
-            quote_safe(&self.target),
-            version_str(self.version),
-            quoted(&self.referer),
-            quoted(&self.user_agent),
-            request_id.unwrap_or("-"),
-            seconds(elapsed),
+            self.method
         );
-        if let Some(trace) = &self.trace_id {
+        push_quote_safe(&mut line, self.target());
+        let _ = write!(line, " {}\" {status} {bytes} \"", version_str(self.version));
+        for (i, header) in [&self.referer, &self.user_agent].into_iter().enumerate() {
+            if i > 0 {
+                line.push_str("\" \"");
+            }
+            match header.as_ref().and_then(|v| v.to_str().ok()) {
+                Some(value) => push_quote_safe(&mut line, value),
+                None => line.push('-'),
+            }
+        }
+        let _ = write!(
+            line,
+            "\" rid={} rt={}",
+            request_id.unwrap_or("-"),
+            seconds(elapsed)
+        );
+        if let Some(trace) = self.trace_id() {
             line.push_str(" trace=");
             line.push_str(trace);
         }
@@ -200,20 +219,25 @@ impl Entry {
         line.push_str(",\"method\":");
         json_string(&mut line, Some(self.method.as_str()));
         line.push_str(",\"uri\":");
-        json_string(&mut line, Some(&self.target));
+        json_string(&mut line, Some(self.target()));
         line.push_str(",\"protocol\":");
         json_string(&mut line, Some(version_str(self.version)));
         let _ = write!(line, ",\"status\":{status},\"bytes\":{bytes},\"referer\":");
-        json_string(&mut line, self.referer.as_deref());
+        json_string(&mut line, header_text(&self.referer));
         line.push_str(",\"user_agent\":");
-        json_string(&mut line, self.user_agent.as_deref());
+        json_string(&mut line, header_text(&self.user_agent));
         line.push_str(",\"request_id\":");
         json_string(&mut line, request_id);
         line.push_str(",\"trace_id\":");
-        json_string(&mut line, self.trace_id.as_deref());
+        json_string(&mut line, self.trace_id());
         let _ = writeln!(line, ",\"request_time\":{}}}", seconds(elapsed));
         line
     }
+}
+
+/// A header's value as text; `None` for an absent or non-ASCII one (logged as absent).
+fn header_text(value: &Option<HeaderValue>) -> Option<&str> {
+    value.as_ref().and_then(|v| v.to_str().ok())
 }
 
 /// `value` as a JSON string (or `null`) appended to `out`.
@@ -271,16 +295,15 @@ fn version_str(v: Version) -> &'static str {
 
 /// A field between double quotes must not break the line's format: quotes,
 /// backslashes and control characters are escaped as nginx does (`\x22`).
-fn quote_safe(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+fn push_quote_safe(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
     for b in s.bytes() {
         if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            out.push_str(&format!("\\x{b:02X}"));
+            let _ = write!(out, "\\x{b:02X}");
         } else {
             out.push(b as char);
         }
     }
-    out
 }
 
 /// RFC 3339 in UTC with milliseconds, what log shippers parse: `2026-11-23T11:46:51.120Z`.
@@ -315,6 +338,10 @@ mod tests {
             http::header::USER_AGENT,
             HeaderValue::from_static("curl/8 \"x\""),
         );
+        headers.insert(
+            &crate::trace::TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
         let entry = log.begin(
             &Method::GET,
             &"/a?b=c".parse().unwrap(),
@@ -337,6 +364,10 @@ mod tests {
             text.contains(
                 "] \"GET /a?b=c HTTP/1.1\" 200 1234 \"-\" \"curl/8 \\x22x\\x22\" rid=rid1 rt=0."
             ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(" trace=4bf92f3577b34da6a3ce929d0e0e4736\n"),
             "{text}"
         );
     }
