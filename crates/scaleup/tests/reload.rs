@@ -4,7 +4,8 @@
 //! under a bounded stream of requests, fails none of them and web2 then gets traffic
 //! (each web server's access log says who served what), and lb1's heartbeats carry the
 //! new file's hash; SIGHUP reloads too; a new
-//! certificate is served to a new TLS handshake while an open connection goes on.
+//! certificate is served to a new TLS handshake while an open connection goes on; a
+//! WebSocket through lb1 and web1 survives a reload.
 
 mod common;
 
@@ -381,4 +382,110 @@ async fn a_new_certificate_is_seen_by_a_new_handshake_while_an_open_connection_g
     // ...and no longer the old one.
     let err = trusting(&old_pem).get(&url).send().await.unwrap_err();
     assert!(err.is_connect() || err.is_request(), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_through_lb_and_web_survives_a_reload() {
+    use std::sync::mpsc;
+    use tungstenite::Message;
+
+    let base = free_base(DEFAULT_SITE_PORTS);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let site = write_plain_http_site(base, state);
+    let _up = up(&site);
+    let floating = format!("127.0.0.1:{base}");
+    let site_url = format!("http://{floating}");
+
+    let api = reqwest::Client::new();
+    let credentials = serde_json::json!({"username": "rita", "password": "correct horse battery"});
+    let resp = api
+        .post(format!("{site_url}/api/signup"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let login: serde_json::Value = api
+        .post(format!("{site_url}/api/login"))
+        .json(&credentials)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().expect("a token").to_string();
+
+    // The WebSocket on a thread of its own: whether it opened, what it receives.
+    let (opened_tx, opened) = mpsc::channel();
+    let (got_tx, got) = mpsc::channel::<String>();
+    let (close_tx, close) = mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        let stream = std::net::TcpStream::connect(floating.as_str()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let (mut ws, resp) = tungstenite::client(format!("ws://{floating}/live"), stream)
+            .expect("WebSocket handshake through lb1 and web1");
+        opened_tx.send(resp.status().as_u16()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && close.try_recv().is_err() {
+            match ws.read() {
+                Ok(Message::Text(text)) => {
+                    let _ = got_tx.send(text.to_string());
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("WebSocket failed: {e}"),
+            }
+        }
+        let _ = ws.close(None);
+        let _ = ws.flush();
+    });
+    assert_eq!(opened.recv_timeout(Duration::from_secs(10)).unwrap(), 101);
+
+    // A reload that changes something on every proxy the WebSocket goes through.
+    let text = std::fs::read_to_string(&site).unwrap();
+    let changed = text.replacen("retries = 1", "retries = 2", 1).replacen(
+        "public, max-age=3600",
+        "public, max-age=600",
+        1,
+    );
+    assert_ne!(text, changed);
+    std::fs::write(&site, changed).unwrap();
+    let command_site = site.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || reload_command(&command_site, &[]))
+        .await
+        .unwrap();
+    assert!(ok, "{out}");
+    assert!(out.contains("applied: balancer.retries: 1 -> 2"), "{out}");
+    assert!(out.contains("applied: cache: "), "{out}");
+
+    // The open WebSocket still receives a new post within a second.
+    let sent = Instant::now();
+    let resp = api
+        .post(format!("{site_url}/api/posts"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "body": "after the reload" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let message = got
+        .recv_timeout(Duration::from_secs(3))
+        .expect("the new post on the WebSocket opened before the reload");
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        sent.elapsed()
+    );
+    let pushed: serde_json::Value = serde_json::from_str(&message).unwrap();
+    assert_eq!(pushed["body"], "after the reload");
+    close_tx.send(()).unwrap();
+    client.join().unwrap();
 }
