@@ -20,6 +20,7 @@ use net::timing::Metric;
 use net::{Body, Metrics, Shutdown};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::{App, AppConfig};
 
@@ -57,7 +58,12 @@ impl Handler for AppNode {
         // Forwarding headers are believed only from the site's proxies: the app needs to
         // know who sent them.
         req.extensions_mut().insert(crate::client::Peer(peer));
-        let (resp, spent) = db::spent::measure(self.router.clone().oneshot(req)).await;
+        // What the application logs while it answers (a database error, a throttled
+        // login) names the request, so `scaleup trace` finds it with the access lines.
+        let span = tracing::info_span!("request", request_id = %RequestIdField(&request_id));
+        let (resp, spent) = db::spent::measure(self.router.clone().oneshot(req))
+            .instrument(span)
+            .await;
         let mut resp = match resp {
             Ok(resp) => resp,
             Err(never) => match never {},
@@ -83,6 +89,15 @@ impl Handler for AppNode {
                 entry.finish(status, bytes, Some(&request_id));
             })
         })
+    }
+}
+
+/// A request id as a log field: the id itself (it is 1-128 of `[A-Za-z0-9._-]`).
+struct RequestIdField<'a>(&'a http::HeaderValue);
+
+impl std::fmt::Display for RequestIdField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.to_str().unwrap_or("-"))
     }
 }
 

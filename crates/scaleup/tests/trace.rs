@@ -112,6 +112,15 @@ async fn every_hop_adds_its_server_timing_and_each_covers_those_below() {
 /// Runs `scaleup trace ID --site FILE` until its output names every node in `want`
 /// (access-log lines are written by a background thread), within 10 s.
 fn trace_until(site: &Path, id: &str, want: &[&str]) -> String {
+    trace_when(site, id, |text| {
+        want.iter()
+            .all(|node| text.lines().any(|l| l.trim_start().starts_with(node)))
+    })
+}
+
+/// Runs `scaleup trace ID --site FILE` until it succeeds with an output `done` likes,
+/// within 10 s.
+fn trace_when(site: &Path, id: &str, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = scaleup()
@@ -122,13 +131,12 @@ fn trace_until(site: &Path, id: &str, want: &[&str]) -> String {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let found = |node: &str| text.lines().any(|l| l.trim_start().starts_with(node));
-        if out.status.success() && want.iter().all(|n| found(n)) {
+        if out.status.success() && done(&text) {
             return text;
         }
         assert!(
             Instant::now() < deadline,
-            "trace {id} did not find {want:?} within 10 s:\n{text}\n{}",
+            "trace {id} did not find what was expected within 10 s:\n{text}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -206,6 +214,35 @@ async fn trace_finds_one_request_in_the_lb_web_and_app_logs() {
         "{other_text}"
     );
     assert!(!other_text.contains("not-a-trace"), "{other_text}");
+
+    // What the app logs while it answers names the request too: guesses at one
+    // account until the throttle answers 429, which the app logs.
+    let mut throttled = None;
+    for _ in 0..20 {
+        let resp = client
+            .post(format!("{site}/api/login"))
+            .json(&serde_json::json!({"username": "nobody", "password": "wrong guess"}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 429 {
+            throttled = Some(resp.headers()["x-request-id"].to_str().unwrap().to_string());
+            break;
+        }
+        assert_eq!(resp.status(), 401);
+    }
+    let throttled = throttled.expect("the 11th guess is throttled");
+    let text = trace_when(&site_file, &throttled, |text| {
+        text.lines()
+            .any(|l| l.trim_start().starts_with("app1   app node") && l.contains("login throttled"))
+    });
+    eprintln!("scaleup trace {throttled}:\n{text}");
+    for node in ["lb1", "web1", "app1"] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(node)),
+            "{node}:\n{text}"
+        );
+    }
 
     // An id nobody logged: a clear failure.
     let out = scaleup()
