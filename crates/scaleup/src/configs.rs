@@ -31,7 +31,47 @@ pub(crate) fn lb(
 /// Web server `name`'s configuration (its document root written out first when it is
 /// the built-in one).
 pub(crate) fn web(site: &Site, name: &str) -> anyhow::Result<web::Config> {
-    web::Config::from_site(site, name, document_root(site, name)?)
+    let web = site
+        .web(name)
+        .ok_or_else(|| anyhow::anyhow!("`{name}` is not a web server of this site"))?;
+    Ok(web::Config {
+        name: name.to_string(),
+        root: document_root(site, name)?,
+        apps: web
+            .apps
+            .iter()
+            .filter_map(|a| site.app(a))
+            .map(|n| net::upstream::Server {
+                name: n.node.name.clone(),
+                addr: n.node.listen,
+                weight: n.weight,
+            })
+            .collect(),
+        slowstart: web.slowstart,
+        admin_token: site.admin_token().into(),
+        access_log: web.access_log.clone(),
+        log_format: site.log_format,
+        health: web.health.clone(),
+        timeouts: web.timeouts.clone(),
+        max_connections: web.max_connections,
+        max_connections_per_client: web.max_connections_per_client as usize,
+        tls: match web.tls_listen {
+            Some(_) => Some(net::tls::cert_files(site)?),
+            None => None,
+        },
+        hsts: site.tls.hsts.clone(),
+        // The load balancers: who may send a PROXY header, whose forwarding headers
+        // are believed.
+        proxy_from: site
+            .lbs
+            .iter()
+            .flat_map(|l| [l.node.listen.ip(), l.node.bind.ip()])
+            .map(|ip| ip.to_canonical())
+            .collect(),
+        headers: web.headers.clone(),
+        cache: web.cache.clone(),
+        max_body_bytes: web.max_body_bytes,
+    })
 }
 
 /// The web server's document root: the site's, or the built-in foobar assets

@@ -71,51 +71,6 @@ pub struct Config {
     pub max_body_bytes: u64,
 }
 
-impl Config {
-    /// The configuration of web server `name` of `site`, serving `root`.
-    pub fn from_site(site: &site::Site, name: &str, root: PathBuf) -> anyhow::Result<Config> {
-        let web = site
-            .web(name)
-            .ok_or_else(|| anyhow::anyhow!("`{name}` is not a web server of this site"))?;
-        Ok(Config {
-            name: name.to_string(),
-            root,
-            apps: web
-                .apps
-                .iter()
-                .filter_map(|a| site.app(a))
-                .map(|n| Server {
-                    name: n.node.name.clone(),
-                    addr: n.node.listen,
-                    weight: n.weight,
-                })
-                .collect(),
-            slowstart: web.slowstart,
-            admin_token: site.admin_token().into(),
-            access_log: web.access_log.clone(),
-            log_format: site.log_format,
-            health: web.health.clone(),
-            timeouts: web.timeouts.clone(),
-            max_connections: web.max_connections,
-            max_connections_per_client: web.max_connections_per_client as usize,
-            tls: match web.tls_listen {
-                Some(_) => Some(net::tls::cert_files(site)?),
-                None => None,
-            },
-            hsts: site.tls.hsts.clone(),
-            proxy_from: site
-                .lbs
-                .iter()
-                .flat_map(|l| [l.node.listen.ip(), l.node.bind.ip()])
-                .map(|ip| ip.to_canonical())
-                .collect(),
-            headers: web.headers.clone(),
-            cache: web.cache.clone(),
-            max_body_bytes: web.max_body_bytes,
-        })
-    }
-}
-
 struct WebServer {
     name: String,
     /// What a reload replaces, loaded once per request.
