@@ -211,13 +211,10 @@ impl Live {
 }
 
 impl LoadBalancer {
-    /// Applies a reloaded configuration: the certificate and the access log first
+    /// Applies a reloaded configuration: the access log and the certificate first
     /// (the steps that can fail, leaving the settings as they were), then the new pool
     /// and settings in one swap.
     fn apply(&self, config: Config) -> Result<(), String> {
-        if let (Some(cert), Some(files)) = (&self.cert, &config.tls) {
-            cert.reload(files).map_err(|e| format!("{e:#}"))?;
-        }
         let old = self.live.load_full();
         let b = &config.balancer;
         let pool = Arc::new(old.pool.reconfigured(
@@ -228,6 +225,9 @@ impl LoadBalancer {
             b.slowstart,
         ));
         let live = Live::new(&config, pool.clone(), Some(&old)).map_err(|e| e.to_string())?;
+        if let (Some(cert), Some(files)) = (&self.cert, &config.tls) {
+            cert.reload(files).map_err(|e| format!("{e:#}"))?;
+        }
         pool.spawn_health_checks(self.checks_stop.clone());
         self.live.store(Arc::new(live));
         resize(&self.budget, b);
