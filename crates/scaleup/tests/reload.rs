@@ -4,7 +4,8 @@
 //! under a bounded stream of requests, fails none of them and web2 then gets traffic
 //! (each web server's access log says who served what), and lb1's heartbeats carry the
 //! new file's hash; SIGHUP reloads too; a new
-//! certificate is served to a new TLS handshake while an open connection goes on; a
+//! certificate is served to a new TLS handshake while an open connection goes on (the
+//! built-in site, reloaded without --site from the file `up` wrote); a
 //! WebSocket through lb1 and web1 survives a reload.
 
 mod common;
@@ -324,16 +325,12 @@ async fn a_broken_file_changes_nothing_and_a_reload_under_load_adds_web2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_certificate_is_seen_by_a_new_handshake_while_an_open_connection_goes_on() {
+    // The built-in site under `scaleup up`: `scaleup reload` without --site reloads
+    // the file `up` wrote into the state directory.
     let base = free_base(DEFAULT_SITE_PORTS);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
-    let site = state.join("site.toml");
-    std::fs::write(
-        &site,
-        site::default_site(base, &state.to_string_lossy(), "test-secret"),
-    )
-    .unwrap();
-    let _up = up(&site);
+    let _up = start_up(base, state);
 
     // The certificate `up` made, and another one for the same names.
     let old_pem = std::fs::read(state.join("tls/www.foobar.com.crt")).unwrap();
@@ -364,7 +361,20 @@ async fn a_new_certificate_is_seen_by_a_new_handshake_while_an_open_connection_g
     // The new certificate goes in place of the old one; the reload says so.
     std::fs::copy(&new_files.key, state.join("tls/www.foobar.com.key")).unwrap();
     std::fs::copy(&new_files.cert, state.join("tls/www.foobar.com.crt")).unwrap();
-    let (ok, out) = reload_command(&site, &["web1"]);
+    let out = scaleup()
+        .args(["reload", "web1", "--state-dir"])
+        .arg(state)
+        .output()
+        .unwrap();
+    let (ok, out) = (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    );
+    eprintln!("[reload] {out}");
     assert!(ok, "{out}");
     assert!(
         out.contains("certificate") && out.contains("new handshakes"),
