@@ -17,6 +17,7 @@
 //! `X-Forwarded-Proto: https`. The plain-HTTP frontend can answer 308 to HTTPS.
 #![forbid(unsafe_code)]
 
+mod dashboard;
 mod floating;
 mod passthrough;
 mod stats;
@@ -36,6 +37,8 @@ use net::server::{ConnInfo, Handler, Limits, Transport};
 use net::upstream::{Pool, Server};
 use net::{Body, Metrics, Shutdown};
 use tokio::net::TcpListener;
+
+pub use dashboard::{DbMember, Member, Topology};
 
 /// Everything a load balancer needs to run.
 #[derive(Debug, Clone)]
@@ -61,6 +64,8 @@ pub struct Config {
     pub access_log: Option<std::path::PathBuf>,
     /// How access-log lines are written.
     pub log_format: site::LogFormat,
+    /// The site's nodes, which the dashboard draws and asks for their state.
+    pub topology: Topology,
 }
 
 impl Config {
@@ -111,6 +116,7 @@ impl Config {
             admin_token: site.admin_token().into(),
             access_log: site.lb(name).and_then(|l| l.access_log.clone()),
             log_format: site.log_format,
+            topology: Topology::from_site(site),
         })
     }
 }
@@ -133,6 +139,8 @@ struct LoadBalancer {
     reload: Option<net::reload::Trigger>,
     /// Stops the health checks of the pools a reload makes.
     checks_stop: Shutdown,
+    /// The live picture of the site on the admin listener (`/dashboard`).
+    dashboard: Arc<dashboard::Dashboard>,
     /// The connections its listeners may hold, which a reload resizes.
     budget: Arc<net::budget::Budget>,
 }
@@ -252,6 +260,8 @@ impl Handler for LoadBalancer {
         let client = forwarding(req.headers_mut(), peer, secure, &live.trusted);
         net::trace::check(req.headers_mut());
         let request_id = self.ids.ensure(req.headers_mut());
+        // For the dashboard's last server errors (cheap clones: shared bytes).
+        let (method, uri) = (req.method().clone(), req.uri().clone());
         let entry = live.log.begin(
             req.method(),
             req.uri(),
@@ -276,6 +286,11 @@ impl Handler for LoadBalancer {
             &[net::timing::Metric::new("lb", start.elapsed())],
         );
         let status = resp.status().as_u16();
+        if status >= 500 {
+            let id = request_id.to_str().unwrap_or("");
+            self.dashboard
+                .server_error(status, method.as_str(), uri.path(), id);
+        }
         let metrics = self.metrics.clone();
         resp.map(|body| {
             net::finish::on_finish(body, move |bytes| {
@@ -343,6 +358,7 @@ impl net::admin::Report for LoadBalancer {
             "responses_by_class": self.metrics.by_class(),
             "connections_open": self.metrics.connections_open(),
             "backend": self.live.load().pool.status(),
+            "recent_errors": self.dashboard.recent_errors(),
         })
     }
 
@@ -351,8 +367,10 @@ impl net::admin::Report for LoadBalancer {
     }
 
     fn extra(&self, path: &str) -> Option<Response<Body>> {
-        (path == "/stats" || path == "/")
-            .then(|| stats::page(&self.name, &self.metrics, &self.live.load().pool))
+        self.dashboard.route(path).or_else(|| {
+            (path == "/stats" || path == "/")
+                .then(|| stats::page(&self.name, &self.metrics, &self.live.load().pool))
+        })
     }
 
     fn auth(&self) -> Option<&net::admin::Auth> {
@@ -437,6 +455,11 @@ pub async fn serve_reloadable(
         cert,
         reload: reloads.as_ref().map(|r| r.trigger.clone()),
         checks_stop: inner.clone(),
+        dashboard: Arc::new(dashboard::Dashboard::new(
+            &config.name,
+            config.topology.clone(),
+            inner.clone(),
+        )),
     });
     let reload_task = reloads.map(|reloads| {
         let lb = lb.clone();
@@ -452,6 +475,7 @@ pub async fn serve_reloadable(
         node = %config.name,
         listen = %listener.local_addr()?,
         admin = %admin.local_addr()?,
+        dashboard = %format!("http://{}/dashboard", admin.local_addr()?),
         algorithm = b.algorithm.as_str(),
         "load balancer serving"
     );

@@ -263,6 +263,12 @@ async fn run_nodes(
     }
     for lb in &site.lbs {
         println!(
+            "  dashboard: http://{}/dashboard   ({})",
+            lb.node.admin, lb.node.name
+        );
+    }
+    for lb in &site.lbs {
+        println!(
             "  stats: http://{}/stats   ({})",
             lb.node.admin, lb.node.name
         );
