@@ -332,35 +332,42 @@ async fn probe_all(topology: &Topology) -> BTreeMap<String, Probe> {
 }
 
 /// `GET path` on a node's admin listener, within [`PROBE_TIMEOUT`]; the body of a 200.
+/// The connection is driven inside this future (not spawned), so a node that hangs
+/// leaves nothing behind when the timeout drops it.
 async fn get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("admin {addr}: {e}");
     let attempt = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("admin {addr}: {e}"))?;
+            .map_err(|e| fail(&e))?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
-                .map_err(|e| format!("admin {addr}: {e}"))?;
-        tokio::spawn(conn);
+                .map_err(|e| fail(&e))?;
         let req = http::Request::get(path)
             .header(http::header::HOST, addr.to_string())
+            .header(http::header::CONNECTION, "close")
             .body(http_body_util::Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("admin {addr}: {e}"))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("admin {addr}: {e}"))?
-            .to_bytes();
-        if status != StatusCode::OK {
-            return Err(format!("admin {addr}{path} answered {status}"));
+            .map_err(|e| fail(&e))?;
+        let exchange = async {
+            let resp = sender.send_request(req).await.map_err(|e| fail(&e))?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await.map_err(|e| fail(&e))?;
+            if status != StatusCode::OK {
+                return Err(format!("admin {addr}{path} answered {status}"));
+            }
+            Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
+        };
+        tokio::pin!(conn);
+        tokio::pin!(exchange);
+        tokio::select! {
+            result = &mut exchange => result,
+            // The connection ended first: the exchange has its answer or never will.
+            ended = &mut conn => match ended {
+                Ok(()) => exchange.await,
+                Err(e) => Err(fail(&e)),
+            },
         }
-        Ok(String::from_utf8_lossy(&body).into_owned())
     };
     tokio::time::timeout(PROBE_TIMEOUT, attempt)
         .await

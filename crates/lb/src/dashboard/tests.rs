@@ -364,3 +364,42 @@ async fn the_event_stream_is_served_and_gathers_only_while_watched() {
     .await;
     assert!(end.is_ok(), "the stream ends on shutdown");
 }
+
+#[tokio::test]
+async fn a_node_that_hangs_is_given_up_after_the_probe_timeout() {
+    // Accepts and never answers (the connection stays in the backlog, unread).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let start = Instant::now();
+    let why = get(addr, "/status").await.unwrap_err();
+    assert!(why.contains("no answer"), "{why}");
+    assert!(start.elapsed() < PROBE_TIMEOUT + Duration::from_millis(300));
+    drop(listener);
+    // A real admin answer is read whole.
+    let (trigger, stop) = net::shutdown::channel();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = admin.local_addr().unwrap();
+    let dash = Arc::new(Dashboard::new("lb1", topology(), stop.clone()));
+    let served = tokio::spawn(net::admin::serve_admin(admin, Arc::new(Fake(dash)), stop));
+    let body = get(addr, "/status").await.unwrap();
+    assert_eq!(body.trim(), "{\n  \"node\": \"fake\"\n}");
+    let why = get(addr, "/nothing").await.unwrap_err();
+    assert!(why.contains("404"), "{why}");
+    trigger.fire();
+    served.await.unwrap().unwrap();
+}
+
+/// An admin listener's report with only the dashboard on it.
+struct Fake(Arc<Dashboard>);
+
+impl net::admin::Report for Fake {
+    fn metrics(&self) -> String {
+        String::new()
+    }
+    async fn status(&self) -> Value {
+        json!({"node": "fake"})
+    }
+    fn extra(&self, path: &str) -> Option<Response<Body>> {
+        self.0.route(path)
+    }
+}
