@@ -288,7 +288,7 @@ impl Handler for LoadBalancer {
         let status = resp.status().as_u16();
         if status >= 500 {
             let id = request_id.to_str().unwrap_or("");
-            self.dashboard
+            self.metrics
                 .server_error(status, method.as_str(), uri.path(), id);
         }
         let metrics = self.metrics.clone();
@@ -358,7 +358,7 @@ impl net::admin::Report for LoadBalancer {
             "responses_by_class": self.metrics.by_class(),
             "connections_open": self.metrics.connections_open(),
             "backend": self.live.load().pool.status(),
-            "recent_errors": self.dashboard.recent_errors(),
+            "recent_errors": self.metrics.recent_errors(),
         })
     }
 

@@ -1,9 +1,28 @@
 //! Request metrics in Prometheus text format, kept in atomics so recording a request
-//! costs a few relaxed increments and no lock.
+//! costs a few relaxed increments and no lock; and the last server errors, kept (under
+//! a lock taken only for a 5xx) for `/status` and the dashboard.
 
+use std::collections::VecDeque;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+/// Server errors a node remembers: enough for a person to pick one and trace it.
+pub const KEPT_ERRORS: usize = 20;
+
+/// One 5xx answer a node gave, for `/status` (`recent_errors`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServerError {
+    /// When, as an HTTP date.
+    pub at: String,
+    pub status: u16,
+    pub method: String,
+    /// The path only: a query may carry what should not be shown around.
+    pub path: String,
+    /// What `scaleup trace` follows.
+    pub request_id: String,
+}
 
 /// Upper bounds of the latency histogram, in seconds: fine below 10 ms where a healthy
 /// proxy hop lives, coarse above where only timeouts do.
@@ -32,6 +51,8 @@ pub struct Metrics {
     tunnels_total: AtomicU64,
     /// Tunnels closed because nothing moved for `timeouts.tunnel`.
     tunnels_idle_closed: AtomicU64,
+    /// The last [`KEPT_ERRORS`] 5xx answers, oldest first.
+    recent_errors: Mutex<VecDeque<ServerError>>,
 }
 
 impl Metrics {
@@ -53,6 +74,32 @@ impl Metrics {
         self.buckets[slot].fetch_add(1, Relaxed);
         self.latency_sum_us
             .fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    /// Remembers a 5xx answer (the caller decides what counts: this takes a lock).
+    pub fn server_error(&self, status: u16, method: &str, path: &str, request_id: &str) {
+        let error = ServerError {
+            at: httpdate::fmt_http_date(SystemTime::now()),
+            status,
+            method: method.to_string(),
+            path: path.to_string(),
+            request_id: request_id.to_string(),
+        };
+        let mut errors = self.recent_errors.lock().expect("poisoned");
+        if errors.len() == KEPT_ERRORS {
+            errors.pop_front();
+        }
+        errors.push_back(error);
+    }
+
+    /// The remembered 5xx answers, oldest first.
+    pub fn recent_errors(&self) -> Vec<ServerError> {
+        self.recent_errors
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// A client connection was accepted.
@@ -180,5 +227,20 @@ mod tests {
         assert!(out.contains("le=\"10\"} 3"));
         assert!(out.contains("le=\"+Inf\"} 4"));
         assert!(out.contains("scaleup_requests_in_flight{node=\"t\"} 0"));
+    }
+
+    #[test]
+    fn only_the_last_server_errors_are_kept() {
+        let m = Metrics::default();
+        for i in 0..KEPT_ERRORS + 3 {
+            m.server_error(502, "GET", &format!("/p{i}"), &format!("rid-{i}"));
+        }
+        let kept = m.recent_errors();
+        assert_eq!(kept.len(), KEPT_ERRORS);
+        assert_eq!(kept[0].request_id, "rid-3");
+        assert_eq!(kept[KEPT_ERRORS - 1].path, format!("/p{}", KEPT_ERRORS + 2));
+        let json = serde_json::to_value(&kept[0]).unwrap();
+        assert_eq!(json["status"], 502);
+        assert!(json["at"].as_str().unwrap().ends_with("GMT"));
     }
 }

@@ -4,7 +4,8 @@
 //! named and shown up, no console error, no failed request, no refused content
 //! security policy. Then `scaleup drill kill lb1`: lb2's page shows lb2 holding the
 //! floating address without a reload, and lb1's page says it lost contact and comes
-//! back by itself once `up` has restarted lb1. A screenshot is kept in
+//! back by itself once `up` has restarted lb1. A 5xx that web1 answers while app1
+//! is dead is listed with its request id. A screenshot is kept in
 //! `target/test-artifacts/dashboard.png`.
 //!
 //! Chromium only ever reaches loopback: every other name fails to resolve, and any
@@ -335,15 +336,6 @@ fn the_dashboard_shows_the_site_live_and_a_failover_without_a_reload() {
          true",
     );
 
-    let shot = page.call("Page.captureScreenshot", json!({"format": "png"}));
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(shot["data"].as_str().unwrap())
-        .unwrap();
-    assert!(png.starts_with(b"\x89PNG"));
-    let path = artifacts_dir().join("dashboard.png");
-    std::fs::write(&path, png).unwrap();
-    eprintln!("screenshot: {}", path.display());
-
     // The drill. The page must not be reloaded: a mark set now must survive.
     page.eval("window.mark = 'before the drill'; true");
     let mut drill = scaleup();
@@ -390,6 +382,54 @@ fn the_dashboard_shows_the_site_live_and_a_failover_without_a_reload() {
         events.contains("lb2: passive → active"),
         "the takeover is listed: {events}"
     );
+
+    // A server error, with its request id: app1 dies, and web1 answers a request for
+    // it with a 5xx (before `up` restarts app1), which the page lists.
+    let app_admin = std::net::SocketAddr::from(([127, 0, 0, 1], base + 14));
+    let status = raw_exchange(
+        app_admin,
+        b"GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    let body = status.split_once("\r\n\r\n").unwrap().1;
+    let pid = serde_json::from_str::<Value>(body).unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while TcpStream::connect(app_admin).is_ok() {
+        assert!(Instant::now() < deadline, "app1 did not die");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let web1 = std::net::SocketAddr::from(([127, 0, 0, 1], base + 3));
+    let answer = raw_exchange(
+        web1,
+        b"GET /api/me HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(status_of(&answer) >= 500, "app1 is dead: {answer}");
+    let rid = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no request id: {answer}"))
+        .trim()
+        .to_string();
+    page.wait_until(
+        &format!(
+            "document.getElementById('errors').innerText.includes('web1 {} GET /api/me rid={rid}')",
+            status_of(&answer)
+        ),
+        "the server error on the page",
+        Duration::from_secs(5),
+    );
+
+    // The picture after it all: lb2 active, the takeover listed, the error.
+    let shot = page.call("Page.captureScreenshot", json!({"format": "png"}));
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().unwrap())
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    let path = artifacts_dir().join("dashboard.png");
+    std::fs::write(&path, png).unwrap();
+    eprintln!("screenshot: {}", path.display());
 
     // Whatever the page reported until now has been read by this last call.
     page.eval("true");

@@ -245,6 +245,7 @@ impl Handler for WebServer {
                     .get(&net::headers::X_FORWARDED_PROTO)
                     .is_some_and(|v| v == "https"));
         let path = req.uri().path().to_owned();
+        let method = req.method().clone();
 
         let mut resp = if let Some(refusal) = refuse_malformed(&req, &request_id)
             .or_else(|| net::server::too_large(&req, live.policy.max_body_bytes))
@@ -290,6 +291,11 @@ impl Handler for WebServer {
             &[net::timing::Metric::new("web", start.elapsed())],
         );
         let status = resp.status().as_u16();
+        if status >= 500 {
+            let id = request_id.to_str().unwrap_or("");
+            self.metrics
+                .server_error(status, method.as_str(), &path, id);
+        }
         let metrics = self.metrics.clone();
         // A WebSocket is logged when it closes, with what it carried, as nginx does;
         // its request is counted as answered once the 101 is out.
@@ -368,6 +374,7 @@ impl net::admin::Report for WebServer {
             "responses_by_class": self.metrics.by_class(),
             "connections_open": self.metrics.connections_open(),
             "upstream": self.live.load().pool.status(),
+            "recent_errors": self.metrics.recent_errors(),
         })
     }
 

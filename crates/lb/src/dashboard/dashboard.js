@@ -96,7 +96,7 @@
       setClass('n-' + n.name, 'node ' + n.role + ' ' + n.state + (activeNode ? ' active' : ''));
       let state = n.state;
       if (n.cluster_role) state += ' · ' + n.cluster_role;
-      if (n.state === 'down' && n.error) state = 'down: ' + n.error.replace(/^admin [^:]*: /, '');
+      if (n.state === 'down' && n.error) state = 'down: ' + n.error.replace(/^admin \S+: /, '');
       text('s-' + n.name, state.length > 30 ? state.slice(0, 29) + '…' : state);
       if (n.state === 'down') {
         text('l-' + n.name, '');

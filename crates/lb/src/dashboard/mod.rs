@@ -14,14 +14,14 @@
 //! not answer is shown down, with why. Rates (requests/s, error rate, p50/p99
 //! latency) are the difference between two snapshots' counters and histograms.
 //!
-//! Server errors: each load balancer keeps its last [`KEPT_ERRORS`] 5xx answers with
-//! their request ids (on `/status` as `recent_errors`); HTTPS relayed as TLS (`tcp`
-//! mode) never passes through a load balancer's HTTP handler, so errors on it are
-//! not among them (the web servers' access logs have them, `scaleup trace ID`).
+//! Server errors: each load balancer and web server keeps its last 5xx answers with
+//! their request ids (`net::metrics`, on `/status` as `recent_errors`); the page
+//! lists the newest of all. The web servers see every request that reaches the
+//! application, HTTPS relayed as TLS included, and pass its 5xx on.
 
 mod svg;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -39,8 +39,8 @@ use tokio::sync::watch;
 const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 /// Time between snapshots.
 const PERIOD: Duration = Duration::from_secs(1);
-/// Server errors each load balancer remembers.
-pub(crate) const KEPT_ERRORS: usize = 20;
+/// Server errors the page lists, newest first.
+const SHOWN_ERRORS: usize = 10;
 /// Cluster and node events the page lists, newest first.
 const KEPT_EVENTS: usize = 12;
 /// Every dashboard response's policy: nothing from anywhere but this listener, no
@@ -161,8 +161,6 @@ pub(crate) struct Dashboard {
     /// Whether the gatherer runs; taken with the feed's receiver count so that a
     /// stream opening as the gatherer stops always finds one running.
     running: Mutex<bool>,
-    /// The last server errors this load balancer answered, newest last.
-    errors: Mutex<VecDeque<Value>>,
     /// Ends the event streams and the gatherer when the node stops.
     stop: Shutdown,
 }
@@ -177,7 +175,6 @@ impl Dashboard {
             page,
             feed: watch::Sender::new(None),
             running: Mutex::new(false),
-            errors: Mutex::new(VecDeque::with_capacity(KEPT_ERRORS)),
             stop,
         }
     }
@@ -192,33 +189,6 @@ impl Dashboard {
             "/dashboard/events" => self.events(),
             _ => return None,
         })
-    }
-
-    /// Remembers a 5xx this load balancer answered.
-    pub(crate) fn server_error(&self, status: u16, method: &str, path: &str, request_id: &str) {
-        let mut errors = self.errors.lock().expect("poisoned");
-        if errors.len() == KEPT_ERRORS {
-            errors.pop_front();
-        }
-        errors.push_back(json!({
-            "at": httpdate::fmt_http_date(SystemTime::now()),
-            "node": self.me,
-            "status": status,
-            "method": method,
-            // The path only: a query may carry what should not be shown around.
-            "path": path,
-            "request_id": request_id,
-        }));
-    }
-
-    /// The remembered server errors, oldest first (for `/status`).
-    pub(crate) fn recent_errors(&self) -> Vec<Value> {
-        self.errors
-            .lock()
-            .expect("poisoned")
-            .iter()
-            .cloned()
-            .collect()
     }
 
     /// The event stream: `retry` (EventSource reconnects after a second), the last
@@ -496,8 +466,15 @@ impl Memory {
             let mut all: Vec<Value> = topology
                 .lbs
                 .iter()
-                .filter_map(|lb| probe(&lb.name).status.as_ref())
-                .flat_map(|s| s["recent_errors"].as_array().cloned().unwrap_or_default())
+                .chain(&topology.webs)
+                .filter_map(|m| Some((m, probe(&m.name).status.as_ref()?)))
+                .flat_map(|(m, s)| {
+                    let errors = s["recent_errors"].as_array().cloned().unwrap_or_default();
+                    errors.into_iter().map(|mut e| {
+                        e["node"] = json!(m.name);
+                        e
+                    })
+                })
                 .collect();
             all.sort_by_key(|e| {
                 e["at"]
@@ -505,7 +482,7 @@ impl Memory {
                     .and_then(|s| httpdate::parse_http_date(s).ok())
                     .unwrap_or(SystemTime::UNIX_EPOCH)
             });
-            all.into_iter().rev().take(10).collect()
+            all.into_iter().rev().take(SHOWN_ERRORS).collect()
         };
         json!({
             "at": httpdate::fmt_http_date(wall),
@@ -787,7 +764,7 @@ fn page(me: &str, topology: &Topology) -> String {
 <div class="panel"><h2>Load balancers</h2><p id="active">floating address: waiting for news</p><table id="lbs"><thead><tr><th>node</th><th>role</th><th>its peer</th></tr></thead><tbody></tbody></table><h3>Recent events</h3><ul id="events"><li>none seen yet</li></ul></div>
 <div class="panel"><h2>Nodes</h2><table id="nodes"><thead><tr><th>node</th><th>state</th><th>req/s</th><th>5xx</th><th>p50</th><th>p99</th><th>conns</th><th>health checks</th></tr></thead><tbody></tbody></table></div>
 <div class="panel"><h2>Database</h2><p id="db-summary">waiting for news</p><table id="db"><thead><tr><th>server</th><th>role</th><th>state</th><th>lag</th><th>reads</th><th>writes</th><th>read-your-writes fallbacks</th></tr></thead><tbody></tbody></table></div>
-<div class="panel"><h2>Last server errors</h2><p class="note">5xx answers the load balancers gave over HTTP, with their request ids (<code>scaleup trace ID</code> follows one). HTTPS relayed as TLS reaches the web servers untouched: its errors are in their access logs.</p><ul id="errors"><li>none</li></ul></div>
+<div class="panel"><h2>Last server errors</h2><p class="note">The newest 5xx answers of the load balancers and web servers, with their request ids (<code>scaleup trace ID</code> follows one).</p><ul id="errors"><li>none</li></ul></div>
 </section>
 </main>
 </body>

@@ -161,9 +161,10 @@ fn probes(requests: u64, down: &[&str], lb1_role: &str) -> BTreeMap<String, Prob
                     "transitions": [{"at": "Fri, 27 Nov 2026 18:00:00 GMT", "from": "passive", "to": "active", "reason": "no peer heard within 1s of starting"}],
                 });
                 s["backend"] = json!({"servers": [{"name": "web1", "state": "draining", "last_change_reason": "drained by an operator", "in_flight": 1}]});
-                s["recent_errors"] = json!([{"at": "Fri, 27 Nov 2026 18:00:01 GMT", "node": m.name, "status": 503, "method": "GET", "path": "/", "request_id": format!("rid-{}", m.name)}]);
+                s["recent_errors"] = json!([{"at": "Fri, 27 Nov 2026 18:00:01 GMT", "status": 503, "method": "GET", "path": "/", "request_id": format!("rid-{}", m.name)}]);
             }
             "web" => {
+                s["recent_errors"] = json!([{"at": "Fri, 27 Nov 2026 18:00:02 GMT", "status": 502, "method": "POST", "path": "/posts", "request_id": "rid-web1"}]);
                 s["upstream"] = json!({"servers": [{"name": "app1", "state": "up", "last_change_reason": "health check passed", "in_flight": 0}]});
             }
             _ => {
@@ -233,8 +234,16 @@ fn the_snapshot_tells_rates_states_the_cluster_and_the_database() {
     assert_eq!(db["servers"][1]["read_your_writes_fallbacks"], 2);
 
     let errors = second["errors"].as_array().unwrap();
-    assert_eq!(errors.len(), 2, "one from each load balancer: {errors:?}");
-    assert!(errors.iter().any(|e| e["request_id"] == "rid-lb1"));
+    assert_eq!(
+        errors.len(),
+        3,
+        "from each load balancer and web1: {errors:?}"
+    );
+    assert_eq!(errors[0]["request_id"], "rid-web1", "newest first");
+    assert_eq!(errors[0]["node"], "web1");
+    assert!(errors
+        .iter()
+        .any(|e| e["request_id"] == "rid-lb1" && e["node"] == "lb1"));
 
     // lb1 dies: shown down with why, lb2 holds the address, and the dashboard notes it.
     let third = memory.snapshot(
