@@ -240,6 +240,7 @@ impl LoadBalancer {
         self.live.store(Arc::new(live));
         resize(&self.budget, b);
         old.pool.retire();
+        self.dashboard.set_topology(config.topology.clone());
         // The peer (and `status`) now see this node run the new file.
         if let (Some(cluster), Some(membership)) = (&self.cluster, &config.cluster) {
             cluster.set_config_hash(membership.member.config_hash);

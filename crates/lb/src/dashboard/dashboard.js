@@ -91,6 +91,8 @@
     fillList('events', cluster.events.map((e) => e.at + ' ' + e.node + ': ' + e.text), 'none seen yet');
 
     const rows = [];
+    // A node the picture lacks (a reload added it): the page is older than the site.
+    byId('stale').hidden = s.nodes.every((n) => byId('n-' + n.name));
     for (const n of s.nodes) {
       const activeNode = n.cluster_role === 'active';
       setClass('n-' + n.name, 'node ' + n.role + ' ' + n.state + (activeNode ? ' active' : ''));

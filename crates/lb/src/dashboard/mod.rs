@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Response, StatusCode};
@@ -152,9 +153,9 @@ impl Topology {
 pub(crate) struct Dashboard {
     /// The load balancer serving it (the page says whose it is).
     me: String,
-    topology: Topology,
-    /// The page, made once: the topology does not change while the node runs.
-    page: String,
+    /// The nodes and the page drawn from them, made once per site file: a reload
+    /// that changes the nodes swaps both.
+    drawn: ArcSwap<Drawn>,
     /// The latest snapshot as JSON; each open event stream holds a receiver, which
     /// is how the gatherer knows whether anyone watches.
     feed: watch::Sender<Option<Arc<str>>>,
@@ -168,11 +169,9 @@ pub(crate) struct Dashboard {
 impl Dashboard {
     /// The dashboard of load balancer `me`, until `stop`.
     pub(crate) fn new(me: &str, topology: Topology, stop: Shutdown) -> Dashboard {
-        let page = page(me, &topology);
         Dashboard {
             me: me.to_string(),
-            topology,
-            page,
+            drawn: ArcSwap::from_pointee(Drawn::new(me, topology)),
             feed: watch::Sender::new(None),
             running: Mutex::new(false),
             stop,
@@ -182,13 +181,23 @@ impl Dashboard {
     /// The response for an admin path that is the dashboard's, else `None`.
     pub(crate) fn route(self: &Arc<Self>, path: &str) -> Option<Response<Body>> {
         Some(match path {
-            "/dashboard" | "/dashboard/" => typed("text/html; charset=utf-8", self.page.clone()),
+            "/dashboard" | "/dashboard/" => {
+                typed("text/html; charset=utf-8", self.drawn.load().page.clone())
+            }
             "/dashboard.js" => typed("text/javascript; charset=utf-8", SCRIPT.into()),
             "/dashboard.css" => typed("text/css; charset=utf-8", STYLE.into()),
             "/dashboard/icon.svg" => typed("image/svg+xml", ICON.into()),
             "/dashboard/events" => self.events(),
             _ => return None,
         })
+    }
+
+    /// Takes the nodes of a reloaded site file: the next snapshot asks them, and a
+    /// page loaded from now on draws them (an open page says it should be reloaded).
+    pub(crate) fn set_topology(&self, topology: Topology) {
+        if format!("{topology:?}") != format!("{:?}", self.drawn.load().topology) {
+            self.drawn.store(Arc::new(Drawn::new(&self.me, topology)));
+        }
     }
 
     /// The event stream: `retry` (EventSource reconnects after a second), the last
@@ -251,12 +260,28 @@ impl Dashboard {
                     return;
                 }
             }
-            let probes = probe_all(&self.topology).await;
-            let snapshot = memory.snapshot(&self.topology, &self.me, &probes, Instant::now());
+            let drawn = self.drawn.load_full();
+            let probes = probe_all(&drawn.topology).await;
+            let snapshot = memory.snapshot(&drawn.topology, &self.me, &probes, Instant::now());
             self.feed
                 .send_replace(Some(Arc::from(snapshot.to_string().as_str())));
         }
         *self.running.lock().expect("poisoned") = false;
+    }
+}
+
+/// The nodes, and the page that draws them.
+struct Drawn {
+    topology: Topology,
+    page: String,
+}
+
+impl Drawn {
+    fn new(me: &str, topology: Topology) -> Drawn {
+        Drawn {
+            page: page(me, &topology),
+            topology,
+        }
     }
 }
 
@@ -756,6 +781,7 @@ fn page(me: &str, topology: &Topology) -> String {
 <body data-node="{me}">
 <header>
 <h1>{site}</h1>
+<p id="stale" class="lost" hidden>The site's nodes changed (a reload): reload this page for the new picture.</p>
 <p>dashboard served by <b>{me}</b> · <span id="contact" class="waiting">connecting to {me}…</span> · <span id="at"></span></p>
 </header>
 <main>

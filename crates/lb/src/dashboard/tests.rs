@@ -412,3 +412,30 @@ impl net::admin::Report for Fake {
         self.0.route(path)
     }
 }
+
+#[test]
+fn a_reload_that_adds_a_node_redraws_the_page() {
+    let (_trigger, stop) = net::shutdown::channel();
+    let dash = Dashboard::new("lb1", topology(), stop);
+    let before = dash.drawn.load_full();
+    assert!(!before.page.contains("id=\"n-web2\""));
+    // The same nodes: nothing is redrawn.
+    dash.set_topology(topology());
+    assert!(Arc::ptr_eq(&before, &dash.drawn.load_full()));
+    let mut grown = topology();
+    let mut web2 = grown.webs[0].clone();
+    web2.name = "web2".into();
+    grown.webs.push(web2);
+    grown.lbs[0].to.push("web2".into());
+    dash.set_topology(grown);
+    let after = dash.drawn.load_full();
+    assert!(after.page.contains("id=\"n-web2\""));
+    assert_eq!(after.topology.webs.len(), 2);
+    let mut memory = Memory::default();
+    let snapshot = memory.snapshot(&after.topology, "lb1", &BTreeMap::new(), Instant::now());
+    assert_eq!(
+        node(&snapshot, "web2")["state"],
+        "down",
+        "asked, and not answering"
+    );
+}
