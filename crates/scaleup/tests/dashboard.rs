@@ -305,7 +305,7 @@ fn the_dashboard_shows_the_site_live_and_a_failover_without_a_reload() {
         page.holds("document.getElementById('n-db-sqlite').classList.contains('up')"),
         "the embedded database is shown up: {text}"
     );
-    // Traffic shows: requests through the floating address appear as a rate on web1.
+    // Traffic shows: requests through the floating address appear as lb1's rate.
     let floating = std::net::SocketAddr::from(([127, 0, 0, 1], base));
     for _ in 0..20 {
         raw_exchange(
@@ -331,7 +331,11 @@ fn the_dashboard_shows_the_site_live_and_a_failover_without_a_reload() {
         "window.lost = false;
          const c = document.getElementById('contact');
          new MutationObserver(() => {
-           if (c.textContent === 'lost contact with lb1, trying again') window.lost = true;
+           if (c.textContent === 'lost contact with lb1, trying again') {
+             window.lost = true;
+             const peers = document.getElementById('peers');
+             window.offered = peers.hidden ? null : peers.querySelector('a').href;
+           }
          }).observe(c, {childList: true, characterData: true, subtree: true});
          true",
     );
@@ -363,6 +367,11 @@ fn the_dashboard_shows_the_site_live_and_a_failover_without_a_reload() {
         "window.lost === true",
         "lb1's page losing contact",
         Duration::from_secs(10),
+    );
+    assert_eq!(
+        lb1_page.eval("window.offered"),
+        Value::String(lb2_url.clone()),
+        "lb1's page offers lb2's dashboard while lb1 is away"
     );
     assert_eq!(
         drill.wait_exit(Duration::from_secs(15)),

@@ -151,6 +151,8 @@
     const el = byId('contact');
     el.textContent = words;
     el.className = cls;
+    const peers = byId('peers');
+    if (peers) peers.hidden = cls !== 'lost';
   }
 
   const source = new EventSource('/dashboard/events');

@@ -767,6 +767,28 @@ fn page(me: &str, topology: &Topology) -> String {
     let me = svg::escape(me);
     let site = svg::escape(&topology.site);
     let picture = svg::render(topology);
+    // Where to go when this node stops: the other load balancers' dashboards (a
+    // link: the event stream itself cannot follow to another origin).
+    let peers: Vec<String> = topology
+        .lbs
+        .iter()
+        .filter(|l| svg::escape(&l.name) != me && !l.admin.ip().is_unspecified())
+        .map(|l| {
+            let name = svg::escape(&l.name);
+            format!(
+                r#"<a href="http://{}/dashboard">{name}'s dashboard</a>"#,
+                l.admin
+            )
+        })
+        .collect();
+    let peers = if peers.is_empty() {
+        String::new()
+    } else {
+        format!(
+            r#"<p id="peers" hidden>Meanwhile: {}</p>"#,
+            peers.join(", ")
+        )
+    };
     format!(
         r#"<!doctype html>
 <html lang="en">
@@ -783,6 +805,7 @@ fn page(me: &str, topology: &Topology) -> String {
 <h1>{site}</h1>
 <p id="stale" class="lost" hidden>The site's nodes changed (a reload): reload this page for the new picture.</p>
 <p>dashboard served by <b>{me}</b> · <span id="contact" class="waiting">connecting to {me}…</span> · <span id="at"></span></p>
+{peers}
 </header>
 <main>
 <section class="picture">{picture}</section>

@@ -95,6 +95,15 @@ fn names_are_escaped_in_the_picture_and_the_page() {
     assert!(html.contains("<title>a&lt;b&gt;&amp;&quot;c&quot;: dashboard (lb1)</title>"));
     assert!(html.contains("<script src=\"/dashboard.js\" defer></script>"));
     assert!(!html.contains("<script>"), "no inline script");
+    // lb1's page links to lb2's, for when lb1 stops.
+    assert!(
+        html.contains(&format!(
+            "<a href=\"http://{}/dashboard\">lb2's dashboard</a>",
+            t.lbs[1].admin
+        )),
+        "{html}"
+    );
+    assert!(!html.contains("lb1's dashboard</a>"));
     assert!(!html.contains("style="), "no inline style");
 }
 
