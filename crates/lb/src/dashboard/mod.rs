@@ -256,6 +256,8 @@ impl Dashboard {
             {
                 let mut running = self.running.lock().expect("poisoned");
                 if self.feed.receiver_count() == 0 {
+                    // The next watcher must not be shown this old news first.
+                    self.feed.send_replace(None);
                     *running = false;
                     return;
                 }
@@ -266,7 +268,9 @@ impl Dashboard {
             self.feed
                 .send_replace(Some(Arc::from(snapshot.to_string().as_str())));
         }
-        *self.running.lock().expect("poisoned") = false;
+        let mut running = self.running.lock().expect("poisoned");
+        self.feed.send_replace(None);
+        *running = false;
     }
 }
 
