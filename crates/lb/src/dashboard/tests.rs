@@ -372,6 +372,10 @@ async fn the_event_stream_is_served_and_gathers_only_while_watched() {
         !*dash.running.lock().unwrap(),
         "nobody watches: no gathering"
     );
+    assert!(
+        dash.feed.borrow().is_none(),
+        "no old news for the next watcher"
+    );
     // A stream ends when the node stops.
     let mut body = dash.route("/dashboard/events").unwrap().into_body();
     let _ = body.frame().await;
