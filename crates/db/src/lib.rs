@@ -15,7 +15,7 @@
 //!   cookie, which keeps app servers stateless.
 //!
 //! Layout: this file holds the public types and dispatches to a backend module
-//! (`sqlite.rs`, `mysql.rs`); `error.rs` holds [`DbError`], whose variants tell callers
+//! (`sqlite.rs`, `mysql/`); `error.rs` holds [`DbError`], whose variants tell callers
 //! what they can do about a failure (pick another name, retry later, fix the setup, or
 //! report a bug); `managed.rs` starts a local MariaDB primary and replicas for `scaleup up`
 //! and the tests; `spent.rs` counts and times one request's calls (for `Server-Timing`).

@@ -17,6 +17,10 @@
 //!
 //! MariaDB and MySQL differ in the SQL for GTIDs and replica status; [`Flavor`] holds those
 //! differences, and every place that depends on it says so.
+//!
+//! Layout: this file holds the pools and the routing; `monitor.rs` the background checks
+//! that decide which servers are usable; `sql.rs` the statements whose shape matters to
+//! the optimizer.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -36,6 +40,12 @@ use crate::{
 /// replicas receive it through replication).
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
 
+mod monitor;
+mod sql;
+
+use monitor::{check_all, monitor, replica_status};
+use sql::{newest_first, page_of_posts, POST_COLUMNS, USER_COLUMNS};
+
 /// How often the monitor checks every server. Short, so that a replica that falls behind
 /// or a primary that returns is noticed within a fraction of a second.
 const MONITOR_INTERVAL: Duration = Duration::from_millis(250);
@@ -53,49 +63,6 @@ const REPLICA_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Connections per server; the application server's requests share them.
 const MAX_CONNECTIONS: u32 = 16;
-
-/// Posts joined with their author, the shape every post query returns. `STRAIGHT_JOIN`
-/// keeps posts as the driving table: otherwise, with few users, the optimizer may start
-/// from `users` and sort every post of theirs to find the newest page (measured: ~100x
-/// slower timelines at 25k posts).
-const POST_COLUMNS: &str = "SELECT p.id, p.user_id, u.username, p.body, p.created_at \
-     FROM posts p STRAIGHT_JOIN users u ON u.id = p.user_id";
-
-/// A page of posts, newest first: the page's ids are chosen from `posts` alone, in a
-/// derived table, and only those rows are read and joined with their authors. `WHERE`
-/// (with `?`s) and the `LIMIT ?` apply to the ids.
-///
-/// Why not one join with `ORDER BY p.id DESC LIMIT ?`: MariaDB 10.11 then chose, per
-/// execution, between walking the primary key backwards (51 rows read) and reading
-/// every post, joining and sorting them all; under concurrent load most executions of
-/// the same prepared statement took the second plan. And because `body` is `TEXT`, its
-/// temporary table went to disk: a file created and deleted in the replica's tmpdir
-/// per timeline, where the replica spent 0.5 ms of CPU per request in ext4's inode
-/// code (perf) and capped the site at ~1,500 timelines/s. The ids alone make a small
-/// in-memory table with one sensible plan. The joined rows are put in order by
-/// [`newest_first`], not by an outer `ORDER BY`: that sort, too, went through a
-/// temporary table on disk in two executions out of three under load.
-fn page_of_posts(filter: &str) -> String {
-    format!(
-        "SELECT p.id, p.user_id, u.username, p.body, p.created_at \
-         FROM (SELECT id FROM posts {filter} ORDER BY id DESC LIMIT ?) page \
-         STRAIGHT_JOIN posts p ON p.id = page.id \
-         STRAIGHT_JOIN users u ON u.id = p.user_id"
-    )
-}
-
-/// The rows of a [`page_of_posts`] query as posts, newest first.
-fn newest_first(rows: &[sqlx::mysql::MySqlRow]) -> Result<Vec<Post>, sqlx::Error> {
-    let mut posts = rows
-        .iter()
-        .map(Post::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    posts.sort_unstable_by_key(|p| std::cmp::Reverse(p.id));
-    Ok(posts)
-}
-
-/// A user row's columns.
-const USER_COLUMNS: &str = "SELECT id, username, password_hash, created_at FROM users";
 
 /// Where MariaDB and MySQL speak differently about GTIDs and replication.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,15 +126,6 @@ struct ReplicaStatusSql {
     behind: &'static str,
     io_error: &'static str,
     sql_error: &'static str,
-}
-
-/// What a replica said about its replication threads.
-struct ReplicaStatus {
-    io_running: String,
-    sql_running: bool,
-    /// `None` while the SQL thread is stopped, or idle with the IO thread down.
-    behind: Option<u64>,
-    error: String,
 }
 
 /// One server with its pool, what the monitor last saw, and its counters.
@@ -876,120 +834,6 @@ impl Shared {
             position: Position(position),
         })
     }
-}
-
-/// Checks every server forever, every [`MONITOR_INTERVAL`].
-async fn monitor(shared: Arc<Shared>) {
-    loop {
-        tokio::time::sleep(MONITOR_INTERVAL).await;
-        check_all(&shared).await;
-    }
-}
-
-async fn check_all(shared: &Shared) {
-    let primary = async {
-        let ok = tokio::time::timeout(CHECK_TIMEOUT, async {
-            let mut conn = shared.primary.pool.acquire().await?;
-            conn.ping().await
-        })
-        .await;
-        match ok {
-            Ok(Ok(())) => {
-                shared.primary.mark_up();
-                shared.primary.health.lock().expect("health lock").problem = None;
-            }
-            Ok(Err(e)) => shared.primary.mark_down(e.to_string()),
-            Err(_) => shared
-                .primary
-                .mark_down(format!("no answer within {CHECK_TIMEOUT:?}")),
-        }
-    };
-    let replicas =
-        futures_util::future::join_all(shared.replicas.iter().map(|r| check_replica(shared, r)));
-    tokio::join!(primary, replicas);
-}
-
-async fn check_replica(shared: &Shared, replica: &Member) {
-    let status = tokio::time::timeout(CHECK_TIMEOUT, async {
-        let mut conn = replica.pool.acquire().await?;
-        replica_status(shared.flavor, &mut conn).await
-    })
-    .await;
-    let now = Instant::now();
-    let status = match status {
-        Ok(Ok(Some(status))) => status,
-        Ok(Ok(None)) => {
-            return replica.mark_down(
-                "not replicating: no replication configured (CHANGE MASTER TO ...)".into(),
-            )
-        }
-        Ok(Err(e)) => return replica.mark_down(e.to_string()),
-        Err(_) => return replica.mark_down(format!("no answer within {CHECK_TIMEOUT:?}")),
-    };
-    let mut health = replica.health.lock().expect("health lock");
-    match (status.sql_running, status.behind) {
-        (true, Some(secs)) => {
-            let lag = Duration::from_secs(secs);
-            health.lag = Some(lag);
-            health.current_at = now.checked_sub(lag);
-        }
-        // Unknown lag: count it from when the data was last known current.
-        _ => health.lag = health.current_at.map(|at| now - at),
-    }
-    health.problem = if !status.sql_running {
-        Some(format!(
-            "SQL thread stopped: not applying the primary's writes {}",
-            status.error
-        ))
-    } else if status.io_running != "Yes" {
-        Some(format!(
-            "IO thread {}: not receiving the primary's writes {}",
-            status.io_running, status.error
-        ))
-    } else if !shared.lag_ok(health.lag) {
-        Some(format!(
-            "lagging {:?}, more than max_replica_lag {:?}",
-            health.lag.unwrap_or_default(),
-            shared.max_lag
-        ))
-    } else {
-        None
-    };
-    drop(health);
-    replica.mark_up();
-}
-
-async fn replica_status(
-    flavor: Flavor,
-    conn: &mut MySqlConnection,
-) -> Result<Option<ReplicaStatus>, sqlx::Error> {
-    let sql = flavor.replica_status();
-    let Some(row) = sqlx::query(sql.query).fetch_optional(conn).await? else {
-        return Ok(None);
-    };
-    let text = |col: &str| -> Result<String, sqlx::Error> {
-        // Status columns are text; some servers send them as binary strings.
-        let bytes: Option<Vec<u8>> = row.try_get(col)?;
-        Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
-    };
-    let behind: Option<u64> = row.try_get(sql.behind)?;
-    let io_error = text(sql.io_error)?;
-    let sql_error = text(sql.sql_error)?;
-    let error = [io_error, sql_error]
-        .into_iter()
-        .filter(|e| !e.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ");
-    Ok(Some(ReplicaStatus {
-        io_running: text(sql.io)?,
-        sql_running: text(sql.sql)? == "Yes",
-        behind,
-        error: if error.is_empty() {
-            String::new()
-        } else {
-            format!("({error})")
-        },
-    }))
 }
 
 /// MySQL/MariaDB error numbers that mean "this server cannot serve us right now" rather
