@@ -583,58 +583,8 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 mod tests {
     use super::*;
 
-    /// A two-server site as it would be installed: a linux-mode cluster on port 80, the
-    /// web server on 80/443 with the site's own certificate, the app on MariaDB.
-    const SERVERS: &str = r#"
-[site]
-name = "www.foobar.com"
-state_dir = "/var/lib/scaleup"
-admin_token_env = "SCALEUP_ADMIN_TOKEN"
-
-[cluster]
-mode = "linux"
-interface = "eth0"
-address = "192.0.2.10/24:80"
-secret_env = "SCALEUP_CLUSTER_SECRET"
-
-[[lb]]
-name = "lb1"
-listen = "192.0.2.11:8080"
-admin = "127.0.0.1:9011"
-heartbeat = "192.0.2.11:7000"
-
-[[lb]]
-name = "lb2"
-listen = "192.0.2.12:8080"
-admin = "127.0.0.1:9012"
-heartbeat = "192.0.2.12:7000"
-
-[[web]]
-name = "web1"
-listen = "192.0.2.13:80"
-tls_listen = "192.0.2.13:443"
-admin = "127.0.0.1:9013"
-access_log = "/var/log/scaleup/web1-access.log"
-
-[[app]]
-name = "app1"
-listen = "192.0.2.14:8000"
-admin = "127.0.0.1:9014"
-
-[[app]]
-name = "app2"
-listen = "192.0.2.15:8000"
-admin = "127.0.0.1:9015"
-
-[tls]
-cert = "/etc/scaleup/www.foobar.com.crt"
-key = "/etc/scaleup/www.foobar.com.key"
-
-[database]
-kind = "mysql"
-primary = "mysql://foobar@192.0.2.20:3306/foobar"
-password_env = "FOOBAR_DB_PASSWORD"
-"#;
+    /// The example site as installed on servers (shared with `tests/systemd.rs`).
+    const SERVERS: &str = include_str!("../../../examples/servers.toml");
 
     #[test]
     fn a_load_balancer_or_app_access_log_under_var_log_gets_a_logs_directory() {

@@ -31,49 +31,10 @@ fn systemd_analyze_available() -> bool {
     found
 }
 
-/// A site as installed on servers: a linux-mode cluster on port 80, the web server on
-/// 80 and 443, the app on MariaDB, secrets from the environment, state in /var/lib.
-const SERVERS: &str = r#"
-[site]
-name = "www.foobar.com"
-state_dir = "/var/lib/scaleup"
-admin_token_env = "SCALEUP_ADMIN_TOKEN"
-
-[cluster]
-mode = "linux"
-interface = "eth0"
-address = "192.0.2.10/24:80"
-secret_env = "SCALEUP_CLUSTER_SECRET"
-
-[[lb]]
-name = "lb1"
-listen = "192.0.2.11:8080"
-admin = "127.0.0.1:9011"
-heartbeat = "192.0.2.11:7000"
-
-[[lb]]
-name = "lb2"
-listen = "192.0.2.12:8080"
-admin = "127.0.0.1:9012"
-heartbeat = "192.0.2.12:7000"
-
-[[web]]
-name = "web1"
-listen = "192.0.2.13:80"
-tls_listen = "192.0.2.13:443"
-admin = "127.0.0.1:9013"
-access_log = "/var/log/scaleup/web1-access.log"
-
-[[app]]
-name = "app1"
-listen = "192.0.2.14:8000"
-admin = "127.0.0.1:9014"
-
-[database]
-kind = "mysql"
-primary = "mysql://foobar@192.0.2.20:3306/foobar"
-password_env = "FOOBAR_DB_PASSWORD"
-"#;
+/// The example site as installed on servers: a linux-mode cluster on port 80, the web
+/// server on 80 and 443, the app on MariaDB, secrets from the environment, state in
+/// /var/lib.
+const SERVERS: &str = include_str!("../../../examples/servers.toml");
 
 #[test]
 fn the_units_of_every_role_pass_systemd_analyze_verify() {
