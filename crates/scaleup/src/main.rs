@@ -7,7 +7,8 @@
 //! - `scaleup drain` and `ready` take a server out of its pools and put it back,
 //!   through the balancing nodes' admin listeners, with the site's admin token;
 //! - `scaleup reload` makes running nodes re-read their site file;
-//! - `scaleup trace ID` gathers one request's lines from every node's logs.
+//! - `scaleup trace ID` gathers one request's lines from every node's logs;
+//! - `scaleup prometheus` prints a Prometheus configuration that scrapes every node.
 //!
 //! The binary only wires things together: each role lives in its own crate.
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ mod configs;
 mod drill;
 mod notify;
 mod probe;
+mod prometheus;
 mod reload;
 mod run;
 mod status;
@@ -134,6 +136,13 @@ enum Command {
         #[command(flatten)]
         site: SiteArgs,
     },
+    /// Print a Prometheus configuration that scrapes every node's admin `/metrics`
+    /// (one job a role, each target labelled with its node); see
+    /// examples/grafana-dashboard.json for a dashboard of those metrics.
+    Prometheus {
+        #[command(flatten)]
+        site: SiteArgs,
+    },
     /// Print a systemd unit that runs one node on a server of its own.
     Systemd {
         /// The node's name in the site file (lb1, web1, app1...).
@@ -185,6 +194,7 @@ fn main() -> ExitCode {
         Command::Ready { node, site } => admin::ready(&site, &node),
         Command::Reload { nodes, site } => reload::reload(&site, &nodes),
         Command::Trace { id, site } => trace::trace(&site, &id),
+        Command::Prometheus { site } => prometheus::print(&site),
         Command::Systemd { node, site, user } => systemd::print(&node, &site, &user),
         Command::Drill {
             what:
