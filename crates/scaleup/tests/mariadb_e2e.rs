@@ -81,24 +81,7 @@ async fn managed_mariadb_reads_from_the_replica_survives_a_dead_primary_and_a_re
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let creds = serde_json::json!({"username": "alice", "password": "correct horse battery"});
-    let resp = client
-        .post(format!("{lb1}/api/signup"))
-        .json(&creds)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let login: serde_json::Value = client
-        .post(format!("{lb1}/api/login"))
-        .json(&creds)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_string();
+    let token = api_token(&client, &lb1, "alice").await;
     let resp = client
         .post(format!("{lb1}/api/posts"))
         .bearer_auth(&token)

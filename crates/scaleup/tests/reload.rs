@@ -408,24 +408,7 @@ async fn a_websocket_through_lb_and_web_survives_a_reload() {
     let site_url = format!("http://{floating}");
 
     let api = reqwest::Client::new();
-    let credentials = serde_json::json!({"username": "rita", "password": "correct horse battery"});
-    let resp = api
-        .post(format!("{site_url}/api/signup"))
-        .json(&credentials)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let login: serde_json::Value = api
-        .post(format!("{site_url}/api/login"))
-        .json(&credentials)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().expect("a token").to_string();
+    let token = api_token(&api, &site_url, "rita").await;
 
     // The WebSocket on a thread of its own: whether it opened, what it receives.
     let (opened_tx, opened) = mpsc::channel();

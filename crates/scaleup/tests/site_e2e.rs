@@ -39,7 +39,7 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
         .post(format!("{lb1}/signup"))
         .form(&[
             ("username", "alice"),
-            ("password", "correct horse battery"),
+            ("password", TEST_PASSWORD),
             ("csrf", &csrf),
         ])
         .send()
@@ -105,7 +105,7 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
         .post(format!("{lb1}/login"))
         .form(&[
             ("username", "alice"),
-            ("password", "correct horse battery"),
+            ("password", TEST_PASSWORD),
             ("csrf", &csrf_of(&form)),
         ])
         .send()
@@ -120,16 +120,7 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
 
     // The JSON API with a bearer token.
     let api = https_client(state.path()).build().unwrap();
-    let login: serde_json::Value = api
-        .post(format!("{lb2}/api/login"))
-        .json(&serde_json::json!({"username": "alice", "password": "correct horse battery"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().expect("login gives a token");
+    let token = api_login(&api, &lb2, "alice").await;
     let resp = api
         .post(format!("{lb2}/api/posts"))
         .bearer_auth(token)

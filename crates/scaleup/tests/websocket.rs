@@ -39,24 +39,7 @@ async fn a_websocket_through_lb_and_web_receives_a_new_post_within_a_second() {
     assert!(script.contains("/live"), "{script}");
 
     let api = reqwest::Client::new();
-    let credentials = serde_json::json!({"username": "wendy", "password": "correct horse battery"});
-    let resp = api
-        .post(format!("{site_url}/api/signup"))
-        .json(&credentials)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let login: serde_json::Value = api
-        .post(format!("{site_url}/api/login"))
-        .json(&credentials)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().expect("a token").to_string();
+    let token = api_token(&api, &site_url, "wendy").await;
 
     // The WebSocket, on a thread of its own: what it receives, and when.
     let (opened_tx, opened) = mpsc::channel();

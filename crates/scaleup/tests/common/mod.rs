@@ -2,6 +2,8 @@
 //! processes that are always cleaned up, and raw-socket helpers.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod chromium;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -279,4 +281,37 @@ pub fn mariadb_available() -> bool {
         );
     }
     found
+}
+
+/// The password the tests give the accounts they make: long enough for the app's rule.
+pub const TEST_PASSWORD: &str = "correct horse battery";
+
+/// Logs `username` (password [`TEST_PASSWORD`]) in through the JSON API at `site_url`;
+/// the bearer token.
+pub async fn api_login(client: &reqwest::Client, site_url: &str, username: &str) -> String {
+    let resp = client
+        .post(format!("{site_url}/api/login"))
+        .json(&serde_json::json!({"username": username, "password": TEST_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "logging {username} in");
+    let login: serde_json::Value = resp.json().await.unwrap();
+    login["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("login gives a token: {login}"))
+        .to_string()
+}
+
+/// Signs `username` up through the JSON API at `site_url` (which must answer 201), then
+/// logs in; the bearer token.
+pub async fn api_token(client: &reqwest::Client, site_url: &str, username: &str) -> String {
+    let resp = client
+        .post(format!("{site_url}/api/signup"))
+        .json(&serde_json::json!({"username": username, "password": TEST_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "signing {username} up");
+    api_login(client, site_url, username).await
 }
