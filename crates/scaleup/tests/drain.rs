@@ -7,35 +7,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::Signal;
-
-/// The default site on `base` with a second web server (web2 on +9, admin +10, HTTPS
-/// +15, all unused by the default site) in the
-/// load balancers' pool, plain HTTP kept (no 308), and a 3 s slow start.
-fn write_two_web_site(base: u16, dir: &Path) -> PathBuf {
-    let text = site::default_site(base, &dir.to_string_lossy(), "test-secret")
-        .replacen("servers = [\"web1\"]", "servers = [\"web1\", \"web2\"]", 1)
-        .replacen("slowstart = \"10s\"", "slowstart = \"3s\"", 1)
-        .replacen("[balancer]\n", "[balancer]\nhttps_redirect = false\n", 1)
-        .replacen(
-            "# The application server",
-            &format!(
-                "[[web]]\nname = \"web2\"\nlisten = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n\
-                 tls_listen = \"127.0.0.1:{}\"\napps = [\"app1\"]\n\n# The application server",
-                base + 9,
-                base + 10,
-                base + 15
-            ),
-            1,
-        );
-    let path = dir.join("site.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 /// `scaleup VERB web2 --site FILE` with the admin token from the state directory
 /// (or `token` in the variable); exit success, stdout and stderr.
@@ -65,41 +41,6 @@ fn admin_command_with(
     (out.status.success(), stdout, stderr)
 }
 
-/// Sends `count` requests marked `mark` through the floating address, all 200, then
-/// waits until the access logs hold them all; how many each web server served.
-async fn spread(base: u16, state: &Path, mark: &str, count: usize) -> (usize, usize) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    for i in 0..count {
-        let url = format!("http://127.0.0.1:{base}/static/style.css?{mark}-{i}");
-        let resp = client.get(&url).send().await.unwrap();
-        assert_eq!(resp.status(), 200, "{url}");
-    }
-    // Lines reach the logs through a queue: wait (bounded) until all are written.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let served = |web: &str| {
-            std::fs::read_to_string(state.join(format!("{web}-access.log")))
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| l.contains(&format!("?{mark}-")))
-                .count()
-        };
-        let (web1, web2) = (served("web1"), served("web2"));
-        if web1 + web2 >= count {
-            return (web1, web2);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {count} `{mark}` requests reached the access logs",
-            web1 + web2
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// web2 as load balancer `admin` sees it (`GET /servers/web2`, open to read).
 async fn web2_on(admin: u16) -> serde_json::Value {
     let url = format!("http://127.0.0.1:{admin}/servers/web2");
@@ -111,16 +52,13 @@ async fn drain_takes_web2_out_ready_brings_it_back_and_writes_need_the_token() {
     let base = free_base(DEFAULT_SITE_PORTS);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
-    let site = write_two_web_site(base, state);
+    // web2 in the load balancers' pool from the start, with a 3 s slow start.
+    let site = state.join("site.toml");
+    let text = two_web_site(base, state, "[\"web1\", \"web2\"]", "3s");
+    std::fs::write(&site, text).unwrap();
     let (lb1_admin, lb2_admin) = (base + 11, base + 12);
 
-    let mut cmd = scaleup();
-    cmd.arg("up")
-        .arg("--site")
-        .arg(&site)
-        .env_remove("SCALEUP_ADMIN_TOKEN");
-    let mut up = Proc::spawn("up", cmd);
-    up.wait_for_line("is up", Duration::from_secs(60));
+    let mut up = up_site(&site);
 
     // `up` made a token and left it where the command line looks, for its owner only.
     let token_file = state.join("admin.token");

@@ -15,28 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The default site on `base` with a second web server, web2 (+9, admin +10, HTTPS
-/// +15, all unused by the default site), that runs but is in no pool until `pool`
-/// names it; plain HTTP kept (no 308), no slow start (so a test sees web2's share at
-/// once).
-fn two_web_site(base: u16, dir: &Path, pool: &str) -> String {
-    site::default_site(base, &dir.to_string_lossy(), "test-secret")
-        .replacen("servers = [\"web1\"]", &format!("servers = {pool}"), 1)
-        .replacen("slowstart = \"10s\"", "slowstart = \"0s\"", 1)
-        .replacen("[balancer]\n", "[balancer]\nhttps_redirect = false\n", 1)
-        .replacen(
-            "# The application server",
-            &format!(
-                "[[web]]\nname = \"web2\"\nlisten = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n\
-                 tls_listen = \"127.0.0.1:{}\"\napps = [\"app1\"]\n\n# The application server",
-                base + 9,
-                base + 10,
-                base + 15
-            ),
-            1,
-        )
-}
-
 /// `scaleup reload ARGS --site FILE` with the token `up` left in the state directory;
 /// whether it succeeded, and what it printed.
 fn reload_command(site: &Path, args: &[&str]) -> (bool, String) {
@@ -55,57 +33,6 @@ fn reload_command(site: &Path, args: &[&str]) -> (bool, String) {
     );
     eprintln!("[reload] {text}");
     (out.status.success(), text)
-}
-
-/// Starts `scaleup up` on `site` and waits until it is up.
-fn up(site: &Path) -> Proc {
-    let mut cmd = scaleup();
-    cmd.arg("up")
-        .arg("--site")
-        .arg(site)
-        .env_remove("SCALEUP_ADMIN_TOKEN");
-    let up = Proc::spawn("up", cmd);
-    up.wait_for_line("is up", Duration::from_secs(60));
-    up
-}
-
-/// Lines of `web`'s access log that carry `mark`.
-fn served(state: &Path, web: &str, mark: &str) -> usize {
-    std::fs::read_to_string(state.join(format!("{web}-access.log")))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(mark))
-        .count()
-}
-
-/// Sends `count` requests marked `mark` through the floating address, all 200, then
-/// waits (bounded) until the access logs hold them all; how many each web server served.
-async fn spread(base: u16, state: &Path, mark: &str, count: usize) -> (usize, usize) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    for i in 0..count {
-        let url = format!("http://127.0.0.1:{base}/static/style.css?{mark}-{i}");
-        let resp = client.get(&url).send().await.unwrap();
-        assert_eq!(resp.status(), 200, "{url}");
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (web1, web2) = (
-            served(state, "web1", &format!("?{mark}-")),
-            served(state, "web2", &format!("?{mark}-")),
-        );
-        if web1 + web2 >= count {
-            return (web1, web2);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {count} `{mark}` requests reached the access logs",
-            web1 + web2
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Requests through the floating address for `length` (2000 at most, one at a time on
@@ -137,9 +64,10 @@ async fn a_broken_file_changes_nothing_and_a_reload_under_load_adds_web2() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
     let site: PathBuf = state.join("site.toml");
-    let good = two_web_site(base, state, "[\"web1\"]");
+    // web2 runs in no pool yet; no slow start, so the test sees web2's share at once.
+    let good = two_web_site(base, state, "[\"web1\"]", "0s");
     std::fs::write(&site, &good).unwrap();
-    let _up = up(&site);
+    let _up = up_site(&site);
     let token = std::fs::read_to_string(state.join("admin.token")).unwrap();
     let token = token.trim();
     let lb1_admin = base + 11;
@@ -177,7 +105,7 @@ async fn a_broken_file_changes_nothing_and_a_reload_under_load_adds_web2() {
 
     // A broken file (web2 added, and a bad value): the command refuses it with its
     // line and column and asks no node; a node asked directly refuses it too.
-    let broken = two_web_site(base, state, "[\"web1\", \"web2\"]").replacen(
+    let broken = two_web_site(base, state, "[\"web1\", \"web2\"]", "0s").replacen(
         "max_connections = 10000",
         "max_connections = \"lots\"",
         1,
@@ -203,7 +131,11 @@ async fn a_broken_file_changes_nothing_and_a_reload_under_load_adds_web2() {
     assert_eq!((web1, web2), (10, 0), "the broken file changed nothing");
 
     // The fixed file, reloaded while requests flow: none fails, web2 gets traffic.
-    std::fs::write(&site, two_web_site(base, state, "[\"web1\", \"web2\"]")).unwrap();
+    std::fs::write(
+        &site,
+        two_web_site(base, state, "[\"web1\", \"web2\"]", "0s"),
+    )
+    .unwrap();
     let traffic = tokio::spawn(load(base, Duration::from_secs(2)));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let command_site = site.clone();
@@ -275,7 +207,7 @@ async fn a_broken_file_changes_nothing_and_a_reload_under_load_adds_web2() {
         .await
         .unwrap();
     let lb1_pid = status["pid"].as_i64().unwrap() as i32;
-    let reweighted = two_web_site(base, state, "[\"web1\", \"web2\"]")
+    let reweighted = two_web_site(base, state, "[\"web1\", \"web2\"]", "0s")
         .replacen("weight = 1\n", "weight = 3\n", 1)
         .replacen("max_connections = 10000", "max_connections = 9000", 1)
         .replacen(
@@ -403,7 +335,7 @@ async fn a_websocket_through_lb_and_web_survives_a_reload() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
     let site = write_plain_http_site(base, state);
-    let _up = up(&site);
+    let _up = up_site(&site);
     let floating = format!("127.0.0.1:{base}");
     let site_url = format!("http://{floating}");
 

@@ -315,3 +315,82 @@ pub async fn api_token(client: &reqwest::Client, site_url: &str, username: &str)
     assert_eq!(resp.status(), 201, "signing {username} up");
     api_login(client, site_url, username).await
 }
+
+/// The default site on `base` in `dir` with a second web server, web2 (+9, admin +10,
+/// HTTPS +15, all unused by the default site), and the load balancers' pool set to
+/// `pool` (a TOML array: `["web1"]` leaves web2 running in no pool); plain HTTP kept
+/// (no 308) and a slow start of `slowstart` (a TOML duration such as `"3s"`).
+pub fn two_web_site(base: u16, dir: &Path, pool: &str, slowstart: &str) -> String {
+    site::default_site(base, &dir.to_string_lossy(), "test-secret")
+        .replacen("servers = [\"web1\"]", &format!("servers = {pool}"), 1)
+        .replacen(
+            "slowstart = \"10s\"",
+            &format!("slowstart = \"{slowstart}\""),
+            1,
+        )
+        .replacen("[balancer]\n", "[balancer]\nhttps_redirect = false\n", 1)
+        .replacen(
+            "# The application server",
+            &format!(
+                "[[web]]\nname = \"web2\"\nlisten = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n\
+                 tls_listen = \"127.0.0.1:{}\"\napps = [\"app1\"]\n\n# The application server",
+                base + 9,
+                base + 10,
+                base + 15
+            ),
+            1,
+        )
+}
+
+/// Starts `scaleup up` on the site file `site` and waits until it is up. The admin token
+/// is taken out of the environment, so `up` makes one and leaves it in the state
+/// directory, where the admin commands look.
+pub fn up_site(site: &Path) -> Proc {
+    let mut cmd = scaleup();
+    cmd.arg("up")
+        .arg("--site")
+        .arg(site)
+        .env_remove("SCALEUP_ADMIN_TOKEN");
+    let up = Proc::spawn("up", cmd);
+    up.wait_for_line("is up", Duration::from_secs(60));
+    up
+}
+
+/// Lines of `web`'s access log in `state` that carry `mark`.
+pub fn served(state: &Path, web: &str, mark: &str) -> usize {
+    std::fs::read_to_string(state.join(format!("{web}-access.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(mark))
+        .count()
+}
+
+/// Sends `count` requests marked `mark` through the floating address on `base`, all
+/// 200, then waits (bounded) until the access logs of web1 and web2 hold them all; how
+/// many each served.
+pub async fn spread(base: u16, state: &Path, mark: &str, count: usize) -> (usize, usize) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for i in 0..count {
+        let url = format!("http://127.0.0.1:{base}/static/style.css?{mark}-{i}");
+        let resp = client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+    }
+    // Lines reach the logs through a queue: wait until all are written.
+    let tag = format!("?{mark}-");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (web1, web2) = (served(state, "web1", &tag), served(state, "web2", &tag));
+        if web1 + web2 >= count {
+            return (web1, web2);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} `{mark}` requests reached the access logs",
+            web1 + web2
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
