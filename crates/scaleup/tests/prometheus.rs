@@ -223,25 +223,90 @@ fn metric_names_are_the_selectors_not_the_functions_labels_or_ranges() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_prometheus_scrapes_every_node_and_counts_requests_and_answers_the_dashboard() {
-    let Some(prometheus) = prometheus_binary() else {
-        return;
-    };
-    let base = free_base(DEFAULT_SITE_PORTS);
-    let state = tempfile::tempdir().unwrap();
-    let site_file = write_default_site(base, state.path());
-    let mut cmd = scaleup();
-    cmd.arg("up").arg("--site").arg(&site_file);
-    let up = Proc::spawn("up", cmd);
-    up.wait_for_line("is up", Duration::from_secs(60));
-    let site = site::load(&site_file).unwrap();
+/// The built-in site on `base` in `dir`; with `mariadb`, a managed MariaDB primary
+/// (`base+23`) and replica (`base+24`) instead of SQLite (as in `mariadb_e2e.rs`), the
+/// password from `SCALEUP_TEST_DB_PASSWORD`.
+fn write_site(base: u16, dir: &std::path::Path, mariadb: bool) -> PathBuf {
+    if !mariadb {
+        return write_default_site(base, dir);
+    }
+    let text = site::default_site(base, &dir.to_string_lossy(), "test-secret");
+    let head = &text[..text
+        .find("[database]")
+        .expect("default site has [database]")];
+    let text = format!(
+        "{head}[database]\n\
+         kind = \"mysql\"\n\
+         primary = \"mysql://foobar@127.0.0.1:{p}/foobar\"\n\
+         replicas = [\"mysql://foobar@127.0.0.1:{r}/foobar\"]\n\
+         password_env = \"SCALEUP_TEST_DB_PASSWORD\"\n\
+         managed = true\n",
+        p = base + 23,
+        r = base + 24
+    );
+    let path = dir.join("site.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
 
+/// A running site (`scaleup up`), stopped when dropped.
+struct Site {
+    up: Proc,
+    state: tempfile::TempDir,
+    file: PathBuf,
+    site: site::Site,
+    base: u16,
+}
+
+impl Drop for Site {
+    /// Ctrl-C, as a user stops it: `scaleup up` stops the nodes, then the MariaDB
+    /// servers it started (a SIGKILL, `Proc`'s own drop, would leave those running).
+    /// Bounded: after 30 s `Proc`'s drop kills what is left of `up`.
+    fn drop(&mut self) {
+        self.up.signal(nix::sys::signal::Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.up.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn start_site(mariadb: bool) -> Site {
+    let base = free_base(DEFAULT_SITE_PORTS + 2);
+    let state = tempfile::tempdir().unwrap();
+    let file = write_site(base, state.path(), mariadb);
+    let mut cmd = scaleup();
+    cmd.arg("up")
+        .arg("--site")
+        .arg(&file)
+        .env("SCALEUP_TEST_DB_PASSWORD", "test-pw");
+    let up = Proc::spawn("up", cmd);
+    up.wait_for_line("is up", Duration::from_secs(if mariadb { 120 } else { 60 }));
+    let site = site::load(&file).unwrap();
+    Site {
+        up,
+        state,
+        file,
+        site,
+        base,
+    }
+}
+
+/// A real Prometheus scraping `site` with what `scaleup prometheus` printed for it,
+/// killed when dropped (pass or fail: `Proc`'s `Drop`), its data in a temporary
+/// directory.
+struct Prometheus {
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+    url: String,
+}
+
+async fn start_prometheus(binary: &std::path::Path, site: &Site) -> Prometheus {
     // The configuration, as a user would write it to a file.
     let out = scaleup()
         .arg("prometheus")
         .arg("--site")
-        .arg(&site_file)
+        .arg(&site.file)
         .output()
         .unwrap();
     assert!(
@@ -249,30 +314,126 @@ async fn real_prometheus_scrapes_every_node_and_counts_requests_and_answers_the_
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let prom_dir = tempfile::tempdir().unwrap();
-    let config = prom_dir.path().join("prometheus.yml");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
     std::fs::write(&config, &out.stdout).unwrap();
     let port = free_base(1);
-    let mut cmd = Command::new(&prometheus);
+    let mut cmd = Command::new(binary);
     cmd.arg(format!("--config.file={}", config.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
-            prom_dir.path().join("data").display()
+            dir.path().join("data").display()
         ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"));
-    // Killed when the test ends, pass or fail (Proc's Drop).
-    let _prom = Proc::spawn("prometheus", cmd);
-    let prom = format!("http://127.0.0.1:{port}");
-    wait_status(&format!("{prom}/-/ready"), 200, Duration::from_secs(20)).await;
+    let proc = Proc::spawn("prometheus", cmd);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_status(&format!("{url}/-/ready"), 200, Duration::from_secs(20)).await;
+    Prometheus {
+        _proc: proc,
+        _dir: dir,
+        url,
+    }
+}
 
-    // Requests through the floating address: plain HTTP (the load balancer answers
-    // with its redirect) and HTTPS, which crosses web1 and app1 too.
-    let plain = reqwest::Client::builder()
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(5))
         .build()
-        .unwrap();
-    let https = https_client(state.path())
+        .unwrap()
+}
+
+/// Waits (at most 20 s) until Prometheus has `up == 1` for every node of the site, and
+/// checks there is one target a node.
+async fn wait_every_node_up(prom: &Prometheus, site: &Site) {
+    let client = client();
+    let nodes: BTreeSet<String> = site.site.nodes().map(|(_, n)| n.name.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ups = loop {
+        let ups = by_node(&query(&client, &prom.url, "up").await);
+        if nodes.iter().all(|n| ups.get(n) == Some(&1.0)) || Instant::now() > deadline {
+            break ups;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for node in &nodes {
+        assert_eq!(ups.get(node), Some(&1.0), "up of {node}: {ups:?}");
+    }
+    assert_eq!(ups.len(), nodes.len(), "one target a node: {ups:?}");
+}
+
+/// The metric names every node of the running site exports on its admin `/metrics`,
+/// and `up`, which Prometheus makes for each target.
+async fn exported_by(site: &Site) -> BTreeSet<String> {
+    let client = client();
+    let mut exported = BTreeSet::from(["up".to_string()]);
+    for (_, node) in site.site.nodes() {
+        let text = client
+            .get(format!("http://{}/metrics", node.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        exported.extend(exported_names(&text));
+    }
+    exported
+}
+
+/// Every query of the dashboard names only metrics in `exported` and gets data from
+/// `prom` (within 20 s: a rate needs two scrapes in its window); with `db` false, the
+/// database panels (a SQLite site has no database servers) need only be valid PromQL.
+async fn check_dashboard(prom: &Prometheus, exported: &BTreeSet<String>, db: bool) {
+    let queries = dashboard_queries();
+    for (title, expr) in &queries {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{title}: no metric in {expr}");
+        for name in names {
+            assert!(
+                exported.contains(&name) || (!db && name.starts_with("scaleup_db_")),
+                "panel {title:?} queries {name}, which no node exports ({expr}); exported: {exported:?}"
+            );
+        }
+    }
+    let client = client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut empty = Vec::new();
+        for (title, expr) in &queries {
+            let q = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$node", ".*");
+            // `query` fails the test on a query Prometheus refuses.
+            if query(&client, &prom.url, &q).await.is_empty() && (db || !q.contains("scaleup_db_"))
+            {
+                empty.push(format!("{title}: {q}"));
+            }
+        }
+        if empty.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dashboard queries with no data from a running site: {empty:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_prometheus_scrapes_every_node_and_counts_requests_and_answers_the_dashboard() {
+    let Some(prometheus) = prometheus_binary() else {
+        return;
+    };
+    let site = start_site(false);
+    let prom = start_prometheus(&prometheus, &site).await;
+    let base = site.base;
+
+    // Requests through the floating address: plain HTTP (the load balancer answers
+    // with its redirect) and HTTPS, which crosses web1 and app1 too.
+    let plain = client();
+    let https = https_client(site.state.path())
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
@@ -290,31 +451,15 @@ async fn real_prometheus_scrapes_every_node_and_counts_requests_and_answers_the_
         assert_eq!(resp.status(), 200);
     }
 
-    // Every node scraped: `up == 1` for each node of the site, within a bounded wait.
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let nodes: BTreeSet<String> = site.nodes().map(|(_, n)| n.name.clone()).collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let ups = loop {
-        let ups = by_node(&query(&client, &prom, "up").await);
-        if nodes.iter().all(|n| ups.get(n) == Some(&1.0)) || Instant::now() > deadline {
-            break ups;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    for node in &nodes {
-        assert_eq!(ups.get(node), Some(&1.0), "up of {node}: {ups:?}");
-    }
-    assert_eq!(ups.len(), nodes.len(), "one target a node: {ups:?}");
+    wait_every_node_up(&prom, &site).await;
 
     // The requests counted, on the load balancer, the web server and the app server
-    // (a scrape after the requests: wait for it).
+    // (a scrape after the requests: wait for it, boundedly).
+    let client = client();
     let deadline = Instant::now() + Duration::from_secs(20);
     let counted = loop {
         let counted =
-            by_node(&query(&client, &prom, "sum by (node) (scaleup_requests_total)").await);
+            by_node(&query(&client, &prom.url, "sum by (node) (scaleup_requests_total)").await);
         if ["lb1", "web1", "app1"]
             .iter()
             .all(|n| counted.get(*n).is_some_and(|v| *v >= 10.0))
@@ -330,56 +475,26 @@ async fn real_prometheus_scrapes_every_node_and_counts_requests_and_answers_the_
             "{node} counted fewer than the 10 requests sent: {counted:?}"
         );
     }
-    let total = query(&client, &prom, "sum(scaleup_requests_total)").await;
+    let total = query(&client, &prom.url, "sum(scaleup_requests_total)").await;
     let total: f64 = total[0]["value"][1].as_str().unwrap().parse().unwrap();
     assert!(total >= 30.0, "sum(scaleup_requests_total) = {total}");
 
-    // The dashboard: every metric its queries name is one a node exports (or `up`,
-    // which Prometheus makes for each target), and each query is answered. The
-    // database panels need MariaDB servers; this SQLite site has none, so those may
-    // be empty here, but must still be valid PromQL.
-    let mut exported = BTreeSet::from(["up".to_string()]);
-    for (_, node) in site.nodes() {
-        let text = plain
-            .get(format!("http://{}/metrics", node.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        exported.extend(exported_names(&text));
+    check_dashboard(&prom, &exported_by(&site).await, false).await;
+}
+
+/// The database panels against a site with a MariaDB primary and replica: the app
+/// server exports their `scaleup_db_*` series, and Prometheus answers every panel's
+/// query, replica lag included. Needs MariaDB too (`common::mariadb_available`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_prometheus_answers_every_dashboard_panel_of_a_mariadb_site() {
+    let Some(prometheus) = prometheus_binary() else {
+        return;
+    };
+    if !mariadb_available() {
+        return;
     }
-    let queries = dashboard_queries();
-    for (title, expr) in &queries {
-        let names = metric_names(expr);
-        assert!(!names.is_empty(), "{title}: no metric in {expr}");
-        for name in names {
-            assert!(
-                exported.contains(&name) || name.starts_with("scaleup_db_"),
-                "panel {title:?} queries {name}, which no node exports ({expr}); exported: {exported:?}"
-            );
-        }
-    }
-    // A rate needs two scrapes in its window: wait for them, boundedly.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut empty = Vec::new();
-        for (title, expr) in &queries {
-            let q = expr
-                .replace("$__rate_interval", "1m")
-                .replace("$node", ".*");
-            if query(&client, &prom, &q).await.is_empty() && !expr.contains("scaleup_db_") {
-                empty.push(format!("{title}: {q}"));
-            }
-        }
-        if empty.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dashboard queries with no data from a running site: {empty:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let site = start_site(true);
+    let prom = start_prometheus(&prometheus, &site).await;
+    wait_every_node_up(&prom, &site).await;
+    check_dashboard(&prom, &exported_by(&site).await, true).await;
 }
