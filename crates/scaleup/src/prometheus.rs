@@ -27,7 +27,27 @@ pub(crate) const SCRAPE_INTERVAL: Duration = Duration::from_secs(5);
 pub fn print(args: &SiteArgs) -> anyhow::Result<()> {
     let (path, site) = crate::load_site(args, false)?;
     print!("{}", render(&site, &path.display().to_string()));
+    for warning in warnings(&site) {
+        eprintln!("scaleup: warning: {warning}");
+    }
     Ok(())
+}
+
+/// What in the site makes a target that Prometheus on another machine cannot reach:
+/// an admin listener on an unspecified address (`0.0.0.0`, `::`) is where the node
+/// binds, not an address to connect to.
+pub(crate) fn warnings(site: &site::Site) -> Vec<String> {
+    site.nodes()
+        .filter(|(_, n)| n.admin.ip().is_unspecified())
+        .map(|(_, n)| {
+            format!(
+                "{}'s admin address {} is a bind address: its target only reaches the node \
+                 from Prometheus on the same machine; give the node's own address in the \
+                 site file's `admin`, or change the target",
+                n.name, n.admin
+            )
+        })
+        .collect()
 }
 
 /// The job name for the nodes of `role`.
@@ -148,6 +168,19 @@ mod tests {
                 assert!(lines.contains(&want), "{want} not in {lines:#?}");
             }
         }
+    }
+
+    #[test]
+    fn an_admin_listener_on_an_unspecified_address_is_warned_about() {
+        let mut site = default_site();
+        assert!(warnings(&site).is_empty());
+        site.webs[0].node.admin = "0.0.0.0:9100".parse().unwrap();
+        let warnings = warnings(&site);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("web1's admin address 0.0.0.0:9100 is a bind address"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
