@@ -328,9 +328,6 @@ async fn a_new_certificate_is_seen_by_a_new_handshake_while_an_open_connection_g
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_through_lb_and_web_survives_a_reload() {
-    use std::sync::mpsc;
-    use tungstenite::Message;
-
     let base = free_base(DEFAULT_SITE_PORTS);
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path();
@@ -342,37 +339,9 @@ async fn a_websocket_through_lb_and_web_survives_a_reload() {
     let api = reqwest::Client::new();
     let token = api_token(&api, &site_url, "rita").await;
 
-    // The WebSocket on a thread of its own: whether it opened, what it receives.
-    let (opened_tx, opened) = mpsc::channel();
-    let (got_tx, got) = mpsc::channel::<String>();
-    let (close_tx, close) = mpsc::channel::<()>();
-    let client = std::thread::spawn(move || {
-        let stream = std::net::TcpStream::connect(floating.as_str()).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let (mut ws, resp) = tungstenite::client(format!("ws://{floating}/live"), stream)
-            .expect("WebSocket handshake through lb1 and web1");
-        opened_tx.send(resp.status().as_u16()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline && close.try_recv().is_err() {
-            match ws.read() {
-                Ok(Message::Text(text)) => {
-                    let _ = got_tx.send(text.to_string());
-                }
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("WebSocket failed: {e}"),
-            }
-        }
-        let _ = ws.close(None);
-        let _ = ws.flush();
-    });
-    assert_eq!(opened.recv_timeout(Duration::from_secs(10)).unwrap(), 101);
+    // The WebSocket, read on a thread of its own.
+    let live = LiveSocket::open(&floating);
+    assert_eq!(live.status, 101);
 
     // A reload that changes something on every proxy the WebSocket goes through.
     let text = std::fs::read_to_string(&site).unwrap();
@@ -401,7 +370,8 @@ async fn a_websocket_through_lb_and_web_survives_a_reload() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
-    let message = got
+    let (_, message) = live
+        .got
         .recv_timeout(Duration::from_secs(3))
         .expect("the new post on the WebSocket opened before the reload");
     assert!(
@@ -411,6 +381,5 @@ async fn a_websocket_through_lb_and_web_survives_a_reload() {
     );
     let pushed: serde_json::Value = serde_json::from_str(&message).unwrap();
     assert_eq!(pushed["body"], "after the reload");
-    close_tx.send(()).unwrap();
-    client.join().unwrap();
+    live.close();
 }

@@ -6,12 +6,9 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tungstenite::Message;
 
 /// `GET url`'s text.
 async fn text(url: &str) -> String {
@@ -24,10 +21,7 @@ async fn a_websocket_through_lb_and_web_receives_a_new_post_within_a_second() {
     let state = tempfile::tempdir().unwrap();
     // Plain HTTP on the floating address, without the redirect to HTTPS.
     let site = write_plain_http_site(base, state.path());
-    let mut cmd = scaleup();
-    cmd.arg("up").arg("--site").arg(&site);
-    let up = Proc::spawn("up", cmd);
-    up.wait_for_line("is up", Duration::from_secs(120));
+    let up = up_site(&site);
     let floating = format!("127.0.0.1:{base}");
     let site_url = format!("http://{floating}");
 
@@ -42,40 +36,8 @@ async fn a_websocket_through_lb_and_web_receives_a_new_post_within_a_second() {
     let token = api_token(&api, &site_url, "wendy").await;
 
     // The WebSocket, on a thread of its own: what it receives, and when.
-    let (opened_tx, opened) = mpsc::channel();
-    let (got_tx, got) = mpsc::channel::<(Instant, String)>();
-    let (close_tx, close) = mpsc::channel::<()>();
-    let client = std::thread::spawn(move || {
-        let stream = TcpStream::connect(floating.as_str()).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let (mut ws, resp) = tungstenite::client(format!("ws://{floating}/live"), stream)
-            .expect("WebSocket handshake through lb1 and web1");
-        opened_tx.send(resp.status().as_u16()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline && close.try_recv().is_err() {
-            match ws.read() {
-                Ok(Message::Text(text)) => {
-                    let _ = got_tx.send((Instant::now(), text.to_string()));
-                }
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("WebSocket failed: {e}"),
-            }
-        }
-        let _ = ws.close(None);
-        let _ = ws.flush();
-    });
-    assert_eq!(
-        opened.recv_timeout(Duration::from_secs(10)).unwrap(),
-        101,
-        "switched protocols"
-    );
+    let live = LiveSocket::open(&floating);
+    assert_eq!(live.status, 101, "switched protocols");
 
     // Both proxies carry the tunnel.
     for (node, admin) in [("lb1", base + 11), ("web1", base + 13)] {
@@ -97,7 +59,8 @@ async fn a_websocket_through_lb_and_web_receives_a_new_post_within_a_second() {
         .unwrap();
     assert_eq!(resp.status(), 201);
     let created: serde_json::Value = resp.json().await.unwrap();
-    let (at, message) = got
+    let (at, message) = live
+        .got
         .recv_timeout(Duration::from_secs(3))
         .expect("the new post on the WebSocket");
     let took = at.duration_since(sent);
@@ -109,8 +72,7 @@ async fn a_websocket_through_lb_and_web_receives_a_new_post_within_a_second() {
     assert_eq!(pushed["author"], "wendy");
 
     // Closed by the client: the web server logs the WebSocket once it ends.
-    close_tx.send(()).unwrap();
-    client.join().unwrap();
+    live.close();
     let log = state.path().join("web1-access.log");
     let start = Instant::now();
     loop {

@@ -352,7 +352,7 @@ pub fn up_site(site: &Path) -> Proc {
         .arg(site)
         .env_remove("SCALEUP_ADMIN_TOKEN");
     let up = Proc::spawn("up", cmd);
-    up.wait_for_line("is up", Duration::from_secs(60));
+    up.wait_for_line("is up", Duration::from_secs(120));
     up
 }
 
@@ -392,5 +392,78 @@ pub async fn spread(base: u16, state: &Path, mark: &str, count: usize) -> (usize
             web1 + web2
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A WebSocket on the foobar app's `GET /live` (each new post pushed as JSON), read on
+/// a thread of its own for 15 s at the most, or until [`LiveSocket::close`].
+pub struct LiveSocket {
+    /// The handshake's status: 101 when the proxies let the upgrade through.
+    pub status: u16,
+    /// Each text message, with when it arrived.
+    pub got: mpsc::Receiver<(Instant, String)>,
+    close: mpsc::Sender<()>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LiveSocket {
+    /// Opens `ws://ADDR/live` (`addr` as `127.0.0.1:PORT`); waits for the handshake.
+    pub fn open(addr: &str) -> LiveSocket {
+        let (status_tx, status) = mpsc::channel();
+        let (got_tx, got) = mpsc::channel();
+        let (close, close_rx) = mpsc::channel::<()>();
+        let addr = addr.to_string();
+        let reader = std::thread::spawn(move || {
+            let stream = TcpStream::connect(addr.as_str()).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let (mut ws, resp) = tungstenite::client(format!("ws://{addr}/live"), stream)
+                .expect("WebSocket handshake through lb1 and web1");
+            status_tx.send(resp.status().as_u16()).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline && close_rx.try_recv().is_err() {
+                match ws.read() {
+                    Ok(tungstenite::Message::Text(text)) => {
+                        let _ = got_tx.send((Instant::now(), text.to_string()));
+                    }
+                    Ok(_) => {}
+                    Err(tungstenite::Error::Io(e))
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => panic!("WebSocket failed: {e}"),
+                }
+            }
+            let _ = ws.close(None);
+            let _ = ws.flush();
+        });
+        let status = status
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the WebSocket handshake did not complete within 10 s");
+        LiveSocket {
+            status,
+            got,
+            close,
+            reader: Some(reader),
+        }
+    }
+
+    /// Closes the WebSocket from the client's side; fails if reading it failed.
+    pub fn close(mut self) {
+        let _ = self.close.send(());
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the WebSocket reader failed");
+        }
+    }
+}
+
+impl Drop for LiveSocket {
+    fn drop(&mut self) {
+        let _ = self.close.send(());
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
     }
 }
