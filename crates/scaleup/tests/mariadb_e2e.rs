@@ -45,14 +45,7 @@ fn up(site: &std::path::Path) -> Proc {
 
 /// `scaleup_db_reads_total` of `server` on the app's admin `/metrics`.
 async fn reads_of(client: &reqwest::Client, admin: &str, server: &str) -> u64 {
-    let metrics = client
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = page(client, &format!("{admin}/metrics")).await;
     let prefix = format!("scaleup_db_reads_total{{node=\"app1\",server=\"{server}\"");
     metrics
         .lines()
@@ -95,25 +88,11 @@ async fn managed_mariadb_reads_from_the_replica_survives_a_dead_primary_and_a_re
     let reader = https_client(state.path()).build().unwrap();
     let before = reads_of(&reader, &admin, "replica1").await;
     for _ in 0..5 {
-        let timeline = reader
-            .get(format!("{lb1}/api/timeline"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let timeline = page(&reader, &format!("{lb1}/api/timeline")).await;
         assert!(timeline.contains("stored on the primary"), "{timeline}");
     }
     assert!(reads_of(&reader, &admin, "replica1").await >= before + 5);
-    let status: serde_json::Value = reader
-        .get(format!("{admin}/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = json_of(&reader, &format!("{admin}/status")).await;
     let servers = status["database"]["servers"].as_array().unwrap();
     assert_eq!(servers.len(), 2, "{status}");
     assert_eq!(servers[1]["name"], "replica1");
@@ -157,14 +136,7 @@ async fn managed_mariadb_reads_from_the_replica_survives_a_dead_primary_and_a_re
 
     // Up again on the same state: the data is there and writes work.
     let mut up2 = up(&site);
-    let timeline = reader
-        .get(format!("{lb1}/api/timeline"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let timeline = page(&reader, &format!("{lb1}/api/timeline")).await;
     assert!(timeline.contains("stored on the primary"), "{timeline}");
     let resp = client
         .post(format!("{lb1}/api/posts"))

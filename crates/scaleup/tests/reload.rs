@@ -88,14 +88,7 @@ async fn a_broken_file_changes_nothing_and_a_reload_under_load_adds_web2() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    let metrics = http
-        .get(format!("http://127.0.0.1:{lb1_admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = page(&http, &format!("http://127.0.0.1:{lb1_admin}/metrics")).await;
     assert!(
         metrics.contains("scaleup_admin_unauthorized_total{node=\"lb1\",reason=\"missing\"} 1")
             && metrics
@@ -174,14 +167,7 @@ async fn a_broken_file_changes_nothing_and_a_reload_under_load_adds_web2() {
         let cluster = |admin: u16| {
             let http = http.clone();
             async move {
-                let status: serde_json::Value = http
-                    .get(format!("http://127.0.0.1:{admin}/status"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let status = json_of(&http, &format!("http://127.0.0.1:{admin}/status")).await;
                 status["cluster"].clone()
             }
         };
@@ -198,14 +184,7 @@ async fn a_broken_file_changes_nothing_and_a_reload_under_load_adds_web2() {
 
     // A reload the same file again changes nothing; one that needs a restart says so
     // and still applies the rest (web1's weight, by SIGHUP to lb1).
-    let status: serde_json::Value = http
-        .get(format!("http://127.0.0.1:{lb1_admin}/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = json_of(&http, &format!("http://127.0.0.1:{lb1_admin}/status")).await;
     let lb1_pid = status["pid"].as_i64().unwrap() as i32;
     let reweighted = two_web_site(base, state, "[\"web1\", \"web2\"]", "0s")
         .replacen("weight = 1\n", "weight = 3\n", 1)
@@ -224,14 +203,7 @@ async fn a_broken_file_changes_nothing_and_a_reload_under_load_adds_web2() {
     let web1_url = format!("http://127.0.0.1:{lb1_admin}/servers/web1");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let web1: serde_json::Value = http
-            .get(&web1_url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let web1 = json_of(&http, &web1_url).await;
         if web1["weight"] == 3 {
             break;
         }

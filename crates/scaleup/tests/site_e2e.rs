@@ -68,14 +68,7 @@ async fn up_serves_the_foobar_application_through_a_load_balancer_and_stops_clea
     assert_eq!(resp.status(), 303);
     let timeline = page(&client, &format!("{lb1}/")).await;
     assert!(timeline.contains("Hello from the scale-up site"));
-    let json: serde_json::Value = client
-        .get(format!("{lb1}/api/timeline"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let json = json_of(&client, &format!("{lb1}/api/timeline")).await;
     assert_eq!(json["posts"][0]["body"], "Hello from the scale-up site");
     assert_eq!(json["posts"][0]["author"], "alice");
     let user_page = client.get(format!("{lb2}/u/alice")).send().await.unwrap();

@@ -247,6 +247,11 @@ pub async fn page(client: &reqwest::Client, url: &str) -> String {
     client.get(url).send().await.unwrap().text().await.unwrap()
 }
 
+/// `GET url` with `client`: the answer as JSON (a node's `/status`, an API answer).
+pub async fn json_of(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Starts `scaleup up` on the built-in default site and waits until it is up.
 pub fn start_up(base: u16, state: &Path) -> Proc {
     let mut cmd = scaleup();
