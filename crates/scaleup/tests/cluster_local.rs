@@ -40,17 +40,6 @@ fn failed_count(report: &str) -> usize {
         .unwrap()
 }
 
-async fn cluster_status(admin: u16) -> serde_json::Value {
-    let body = reqwest::get(format!("http://127.0.0.1:{admin}/status"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
-    doc["cluster"].clone()
-}
-
 async fn wait_role(admin: u16, role: &str) {
     wait_status(
         &format!("http://127.0.0.1:{admin}/status"),
@@ -59,7 +48,7 @@ async fn wait_role(admin: u16, role: &str) {
     )
     .await;
     for _ in 0..300 {
-        if cluster_status(admin).await["role"] == role {
+        if cluster_of(admin).await["role"] == role {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -89,7 +78,7 @@ async fn the_floating_address_survives_sigkill_and_graceful_stops() {
 
     // The supervisor restarts lb1; it joins as passive (preempt is off).
     wait_role(lb1_admin, "passive").await;
-    assert_eq!(cluster_status(lb2_admin).await["role"], "active");
+    assert_eq!(cluster_of(lb2_admin).await["role"], "active");
 
     // A graceful stop hands the address over without a single failed request.
     let report = drill(base, state.path(), "lb2", true);
@@ -147,7 +136,7 @@ async fn forged_and_replayed_heartbeats_are_ignored_and_counted() {
     socket.send_to(&older, target).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let status = cluster_status(lb1_admin).await;
+    let status = cluster_of(lb1_admin).await;
     let rejected = &status["heartbeats"]["rejected"];
     assert_eq!(rejected["malformed"], 1, "{status}");
     assert_eq!(rejected["forged"], 1, "{status}");
@@ -156,12 +145,7 @@ async fn forged_and_replayed_heartbeats_are_ignored_and_counted() {
         status["role"], "active",
         "nothing forged or replayed moved the address: {status}"
     );
-    let metrics = reqwest::get(format!("http://127.0.0.1:{lb1_admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(lb1_admin).await;
     assert!(
         metrics.contains(
             "scaleup_cluster_heartbeats_rejected_total{node=\"lb1\",reason=\"replayed\"} 2"

@@ -19,16 +19,6 @@ fn hash_of(path: &Path) -> String {
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn cluster_of(admin: u16) -> serde_json::Value {
-    let body = reqwest::get(format!("http://127.0.0.1:{admin}/status"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str::<serde_json::Value>(&body).unwrap()["cluster"].clone()
-}
-
 /// Waits until the node behind `admin` has heard its peer's hash `want`.
 async fn wait_peer_hash(admin: u16, want: &str) -> serde_json::Value {
     wait_status(
@@ -49,15 +39,6 @@ async fn wait_peer_hash(admin: u16, want: &str) -> serde_json::Value {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn metrics(admin: u16) -> String {
-    reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 /// `scaleup status --site FILE`'s standard output (it fails: no web or app server runs).
@@ -95,7 +76,7 @@ async fn different_site_files_on_the_load_balancers_are_reported_and_the_same_on
     let on_lb2 = wait_peer_hash(lb2_admin, &hash_a).await;
     assert_eq!(on_lb2["config_hash"], hash_b, "{on_lb2}");
     assert_eq!(on_lb2["config_mismatch"], true, "{on_lb2}");
-    let m = metrics(lb1_admin).await;
+    let m = metrics_of(lb1_admin).await;
     assert!(
         m.contains("scaleup_cluster_config_mismatch{node=\"lb1\"} 1"),
         "{m}"
@@ -148,7 +129,7 @@ async fn different_site_files_on_the_load_balancers_are_reported_and_the_same_on
         "lb2 runs the same site file as lb1 again",
         Duration::from_secs(5),
     );
-    let m = metrics(lb1_admin).await;
+    let m = metrics_of(lb1_admin).await;
     assert!(
         m.contains("scaleup_cluster_config_mismatch{node=\"lb1\"} 0"),
         "{m}"

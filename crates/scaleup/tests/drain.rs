@@ -89,12 +89,7 @@ async fn drain_takes_web2_out_ready_brings_it_back_and_writes_need_the_token() {
     let (ok, _, stderr) = admin_command("drain", &site, Some("also-wrong"));
     assert!(!ok, "a wrong token must fail the command");
     assert!(stderr.contains("401"), "{stderr}");
-    let metrics = reqwest::get(format!("http://127.0.0.1:{lb1_admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(lb1_admin).await;
     assert!(
         metrics.contains("scaleup_admin_unauthorized_total{node=\"lb1\",reason=\"missing\"} 1"),
         "{metrics}"

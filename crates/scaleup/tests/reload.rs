@@ -88,7 +88,7 @@ async fn a_broken_file_changes_nothing_and_a_reload_under_load_adds_web2() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    let metrics = page(&http, &format!("http://127.0.0.1:{lb1_admin}/metrics")).await;
+    let metrics = metrics_of(lb1_admin).await;
     assert!(
         metrics.contains("scaleup_admin_unauthorized_total{node=\"lb1\",reason=\"missing\"} 1")
             && metrics
@@ -164,14 +164,7 @@ async fn a_broken_file_changes_nothing_and_a_reload_under_load_adds_web2() {
         .to_string();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let cluster = |admin: u16| {
-            let http = http.clone();
-            async move {
-                let status = json_of(&http, &format!("http://127.0.0.1:{admin}/status")).await;
-                status["cluster"].clone()
-            }
-        };
-        let (lb1, lb2) = (cluster(lb1_admin).await, cluster(base + 12).await);
+        let (lb1, lb2) = (cluster_of(lb1_admin).await, cluster_of(base + 12).await);
         if lb1["config_hash"] == hash.as_str() && lb2["peer"]["config_hash"] == hash.as_str() {
             break;
         }

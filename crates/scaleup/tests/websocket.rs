@@ -10,11 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// `GET url`'s text.
-async fn text(url: &str) -> String {
-    reqwest::get(url).await.unwrap().text().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_through_lb_and_web_receives_a_new_post_within_a_second() {
     let base = free_base(DEFAULT_SITE_PORTS);
@@ -26,10 +21,10 @@ async fn a_websocket_through_lb_and_web_receives_a_new_post_within_a_second() {
     let site_url = format!("http://{floating}");
 
     // The timeline page links the live script, which the web server serves.
-    let home = text(&format!("{site_url}/")).await;
+    let home = get_text(&format!("{site_url}/")).await;
     assert!(home.contains("src=\"/static/live.js\""), "{home}");
     assert!(home.contains("data-live"), "{home}");
-    let script = text(&format!("{site_url}/static/live.js")).await;
+    let script = get_text(&format!("{site_url}/static/live.js")).await;
     assert!(script.contains("/live"), "{script}");
 
     let api = reqwest::Client::new();
@@ -41,7 +36,7 @@ async fn a_websocket_through_lb_and_web_receives_a_new_post_within_a_second() {
 
     // Both proxies carry the tunnel.
     for (node, admin) in [("lb1", base + 11), ("web1", base + 13)] {
-        let metrics = text(&format!("http://127.0.0.1:{admin}/metrics")).await;
+        let metrics = metrics_of(admin).await;
         assert!(
             metrics.contains(&format!("scaleup_tunnels_open{{node=\"{node}\"}} 1")),
             "{node}: {metrics}"
@@ -76,7 +71,7 @@ async fn a_websocket_through_lb_and_web_receives_a_new_post_within_a_second() {
     let log = state.path().join("web1-access.log");
     let start = Instant::now();
     loop {
-        let metrics = text(&format!("http://127.0.0.1:{}/metrics", base + 11)).await;
+        let metrics = metrics_of(base + 11).await;
         let lines = std::fs::read_to_string(&log).unwrap_or_default();
         let logged = lines
             .lines()

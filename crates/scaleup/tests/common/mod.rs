@@ -247,6 +247,23 @@ pub async fn page(client: &reqwest::Client, url: &str) -> String {
     client.get(url).send().await.unwrap().text().await.unwrap()
 }
 
+/// `GET url` on a connection of its own: the answer's text.
+pub async fn get_text(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+/// `/metrics` of the node whose admin listener is on 127.0.0.1:`admin`.
+pub async fn metrics_of(admin: u16) -> String {
+    get_text(&format!("http://127.0.0.1:{admin}/metrics")).await
+}
+
+/// The `cluster` part of `/status` of the load balancer whose admin listener is on
+/// 127.0.0.1:`admin`: its role, its peer, what its heartbeats carry and rejected.
+pub async fn cluster_of(admin: u16) -> serde_json::Value {
+    let status = get_text(&format!("http://127.0.0.1:{admin}/status")).await;
+    serde_json::from_str::<serde_json::Value>(&status).unwrap()["cluster"].clone()
+}
+
 /// `GET url` with `client`: the answer as JSON (a node's `/status`, an API answer).
 pub async fn json_of(client: &reqwest::Client, url: &str) -> serde_json::Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
