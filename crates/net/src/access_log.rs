@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Requests never wait on the disk: lines go through a bounded channel to a writer
-//! thread that batches them and flushes whenever the channel runs dry. When the disk
+//! thread that writes them in batches, at most [`BATCH_WAIT`] late. When the disk
 //! cannot keep up and the channel is full, a line is dropped and counted
 //! ([`AccessLog::dropped`], `scaleup_access_log_dropped_total`) rather than held in
 //! memory without end or made to slow the request down.
@@ -264,10 +264,17 @@ fn json_string(out: &mut String, value: Option<&str>) {
     out.push('"');
 }
 
+/// How long the writer lets lines gather after the first of a batch. Writing each line
+/// as it came meant a wakeup of this thread and a `write` per request: a tenth of the
+/// load balancer's CPU at 30k requests/s (perf, by thread). While the writer sleeps it
+/// waits on nothing, so senders wake nobody; a line reaches the file at most this late.
+pub const BATCH_WAIT: Duration = Duration::from_millis(5);
+
 fn write_lines(rx: mpsc::Receiver<String>, sink: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     while let Ok(line) = rx.recv() {
         let _ = out.write_all(line.as_bytes());
+        std::thread::sleep(BATCH_WAIT);
         while let Ok(more) = rx.try_recv() {
             let _ = out.write_all(more.as_bytes());
         }

@@ -232,9 +232,14 @@ async fn trace_finds_one_request_in_the_lb_web_and_app_logs() {
         assert_eq!(resp.status(), 401);
     }
     let throttled = throttled.expect("the 11th guess is throttled");
+    // The access logs are written in batches, apart from the nodes' own logs: wait for
+    // the app's own line and every hop's access line.
     let text = trace_when(&site_file, &throttled, |text| {
         text.lines()
             .any(|l| l.trim_start().starts_with("app1   app node") && l.contains("login throttled"))
+            && ["lb1", "web1", "app1"]
+                .iter()
+                .all(|node| text.lines().any(|l| l.trim_start().starts_with(node)))
     });
     eprintln!("scaleup trace {throttled}:\n{text}");
     for node in ["lb1", "web1", "app1"] {
