@@ -6,8 +6,8 @@
 //! to another server untouched: no clone of its headers kept on the side for a retry
 //! that rarely comes. The request line is sent as the client gave it (origin form),
 //! so no URI is built and parsed per request; the pool is a short list per server
-//! behind an uncontended lock, with no task spawned per request to put a connection
-//! back (the response body puts it back when it ends).
+//! behind a lock held for a push or a pop, with no task spawned per request to put a
+//! connection back (the response body puts it back when it ends).
 //!
 //! A kept-alive connection the server has just closed is found out when the request
 //! is offered to it: [`SendRequest::try_send_request`] hands back a request that was
@@ -207,11 +207,6 @@ impl Connections {
             sender,
             since: Instant::now(),
         });
-    }
-
-    /// How many idle connections are kept now (for `/status`).
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|i| i.len()).unwrap_or(0)
     }
 }
 

@@ -41,15 +41,19 @@ pub fn error_page(
     resp
 }
 
-fn escape(text: &str) -> String {
+/// `&`, `<`, `>` and both quotes as entities: safe in HTML and XML (SVG) text and
+/// in quoted attributes. For what a page shows that came from a request or a site
+/// file.
+pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
+            '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
             '"' => out.push_str("&quot;"),
-            _ => out.push(c),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
         }
     }
     out

@@ -162,13 +162,12 @@ pub async fn forward(
                 let (mut head, body) = resp.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 // The server counts the request in flight until its answer has been
-                // read to the end: `leastconn` weighs a long download, and `drain`
-                // waits for it.
-                let body = Answer {
-                    inner: body,
-                    in_flight: Some(in_flight),
-                };
-                return Response::from_parts(head, body.boxed_unsync());
+                // sent to the end (or the client went away): `leastconn` weighs a long
+                // download, and `drain` waits for it.
+                let body = crate::finish::on_finish(body.map_err(Into::into).boxed_unsync(), {
+                    move |_| drop(in_flight)
+                });
+                return Response::from_parts(head, body);
             }
             Ok(Exchange::NoConnection(e, request)) => {
                 unsent = Some(request);
@@ -278,37 +277,6 @@ fn open_tunnel(
         drop(hold);
     });
     Response::from_parts(head, crate::empty())
-}
-
-/// A server's answer on its way to the client, keeping the server counted in flight
-/// until the last byte (or until the client goes away and the body is dropped).
-struct Answer {
-    inner: PooledBody,
-    in_flight: Option<InFlight>,
-}
-
-impl http_body::Body for Answer {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
-            self.in_flight = None;
-        }
-        polled.map_err(Into::into)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// Requests that found this node short of resources: one line a second.

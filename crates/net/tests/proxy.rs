@@ -200,8 +200,9 @@ async fn source_hash_sticks_and_leastconn_avoids_the_busy_server() {
     }
 }
 
-#[tokio::test]
-async fn a_refused_server_is_retried_elsewhere_and_taken_out_at_once() {
+/// A round-robin pool whose first server refuses connections and whose second
+/// answers, behind a front; the front's URL.
+async fn dead_then_live() -> (Arc<Pool>, String) {
     let (live, _) = origin("live", Duration::ZERO).await;
     let pool = Arc::new(Pool::new(
         "web",
@@ -211,6 +212,12 @@ async fn a_refused_server_is_retried_elsewhere_and_taken_out_at_once() {
         timeouts(2000),
     ));
     let url = format!("http://{}/", front(pool.clone(), Limits::default()).await);
+    (pool, url)
+}
+
+#[tokio::test]
+async fn a_refused_server_is_retried_elsewhere_and_taken_out_at_once() {
+    let (pool, url) = dead_then_live().await;
     let client = reqwest::Client::new();
     for _ in 0..4 {
         let (status, body) = get(&client, &url).await;
@@ -220,7 +227,7 @@ async fn a_refused_server_is_retried_elsewhere_and_taken_out_at_once() {
     assert!(!pool.servers()[0].is_up(), "refused: down at once");
     assert!(pool.servers()[1].is_up());
 
-    // A POST with a body is not replayed; with every server down it gets a 503 page.
+    // With every server down, a POST gets a 503 page.
     pool.servers()[1].check_failed(1, "test", true);
     let resp = client.post(&url).body("data").send().await.unwrap();
     assert_eq!(resp.status(), 503);
@@ -235,15 +242,7 @@ async fn a_refused_server_is_retried_elsewhere_and_taken_out_at_once() {
 /// next one whatever its method, body included: as HAProxy's `redispatch`.
 #[tokio::test]
 async fn a_post_that_found_no_connection_goes_whole_to_the_next_server() {
-    let (live, _) = origin("live", Duration::ZERO).await;
-    let pool = Arc::new(Pool::new(
-        "web",
-        vec![("dead".into(), dead_addr()), ("live".into(), live)],
-        Algorithm::RoundRobin,
-        health(60_000),
-        timeouts(2000),
-    ));
-    let url = format!("http://{}/", front(pool.clone(), Limits::default()).await);
+    let (pool, url) = dead_then_live().await;
     let client = reqwest::Client::new();
     let resp = client.post(&url).body("data").send().await.unwrap();
     assert_eq!(resp.status(), 200);

@@ -230,23 +230,7 @@ fn write_site(base: u16, dir: &std::path::Path, mariadb: bool) -> PathBuf {
     if !mariadb {
         return write_default_site(base, dir);
     }
-    let text = site::default_site(base, &dir.to_string_lossy(), "test-secret");
-    let head = &text[..text
-        .find("[database]")
-        .expect("default site has [database]")];
-    let text = format!(
-        "{head}[database]\n\
-         kind = \"mysql\"\n\
-         primary = \"mysql://foobar@127.0.0.1:{p}/foobar\"\n\
-         replicas = [\"mysql://foobar@127.0.0.1:{r}/foobar\"]\n\
-         password_env = \"SCALEUP_TEST_DB_PASSWORD\"\n\
-         managed = true\n",
-        p = base + 23,
-        r = base + 24
-    );
-    let path = dir.join("site.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    write_mariadb_site(base, dir)
 }
 
 /// A running site (`scaleup up`), stopped when dropped.

@@ -27,21 +27,8 @@ const ROW_GAP: f64 = 54.0;
 const MARGIN: f64 = 16.0;
 const MIN_WIDTH: f64 = 760.0;
 
-/// `&`, `<`, `>` and quotes as entities: names come from the site file.
-pub(crate) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// Names come from the site file: escaped as every page of the site escapes.
+pub(crate) use net::pages::escape;
 
 /// A placed box: its centre's x, its top and its height.
 #[derive(Debug, Clone, Copy)]

@@ -141,6 +141,28 @@ pub fn write_plain_http_site(base: u16, dir: &Path) -> PathBuf {
     path
 }
 
+/// The default site on `base` with a managed MariaDB primary (`base+23`) and replica
+/// (`base+24`) instead of SQLite; the password comes from the environment.
+pub fn write_mariadb_site(base: u16, dir: &std::path::Path) -> std::path::PathBuf {
+    let text = site::default_site(base, &dir.to_string_lossy(), "test-secret");
+    let head = &text[..text
+        .find("[database]")
+        .expect("default site has [database]")];
+    let text = format!(
+        "{head}[database]\n\
+         kind = \"mysql\"\n\
+         primary = \"mysql://foobar@127.0.0.1:{p}/foobar\"\n\
+         replicas = [\"mysql://foobar@127.0.0.1:{r}/foobar\"]\n\
+         password_env = \"SCALEUP_TEST_DB_PASSWORD\"\n\
+         managed = true\n",
+        p = base + 23,
+        r = base + 24
+    );
+    let path = dir.join("site.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// The default site's floating HTTPS address on `base` (lb1 holds it at start), by the
 /// name its self-signed certificate carries.
 pub fn https_site(base: u16) -> String {
