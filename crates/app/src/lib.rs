@@ -83,6 +83,11 @@ pub struct AppConfig {
     pub access_log: Option<std::path::PathBuf>,
     /// How access-log lines are written.
     pub log_format: site::LogFormat,
+    /// Who may change the running node (`POST /upgrade` on its admin listener).
+    pub admin_token: net::admin::Token,
+    /// How long a stopping process lets open connections (WebSockets on `/live`
+    /// included) finish before it closes them.
+    pub drain_timeout: std::time::Duration,
 }
 
 impl AppConfig {
@@ -98,6 +103,8 @@ impl AppConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             access_log: None,
             log_format: site::LogFormat::Combined,
+            admin_token: Ok(None).into(),
+            drain_timeout: net::server::Limits::default().drain_timeout,
         }
     }
 }

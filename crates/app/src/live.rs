@@ -80,6 +80,29 @@ impl Feed {
         let _ = self.tx.send(json.into());
     }
 
+    /// Reads where the cursor is, if no poll has since someone started listening: a
+    /// new listener's feed starts at the posts it could not have seen, not at the next
+    /// poll (a post made elsewhere in between would be taken for an old one).
+    async fn prime(&self, db: &db::Db) {
+        if self.seen.lock().expect("feed lock").primed {
+            return;
+        }
+        match db.timeline(None, 1, None).await {
+            Ok(newest) => {
+                let top = newest.first().map_or(0, |p| p.id);
+                let mut seen = self.seen.lock().expect("feed lock");
+                if !seen.primed {
+                    seen.cursor = seen.cursor.max(top);
+                    seen.primed = true;
+                    let above = seen.cursor + 1;
+                    seen.pushed = seen.pushed.split_off(&above);
+                }
+            }
+            // The next poll primes it instead.
+            Err(e) => tracing::debug!(error = %e, "live feed: reading the newest post failed"),
+        }
+    }
+
     /// One poll of the database: the newest posts, those above the cursor pushed in
     /// id order. The first poll after a quiet spell only reads where the cursor is.
     async fn poll(&self, db: &db::Db) -> Result<(), db::DbError> {
@@ -130,6 +153,7 @@ pub(crate) async fn live(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let rx = state.feed.tx.subscribe();
+    state.feed.prime(&state.db).await;
     upgrade.on_upgrade(move |socket| listen(socket, rx, hold))
 }
 
@@ -263,5 +287,25 @@ mod tests {
         let last = db.create_post(user.id, "heard", 0).await.unwrap().value;
         feed.poll(&db).await.unwrap();
         assert_eq!(ids(&mut rx), [last.id]);
+    }
+
+    /// A listener that arrives between two polls is primed at once: a post made
+    /// elsewhere before the next poll is new to it, not taken for an old one.
+    #[tokio::test]
+    async fn a_post_made_elsewhere_right_after_a_listener_arrives_is_pushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db::Db::open(&db::Config::Sqlite {
+            path: dir.path().join("foobar.db"),
+        })
+        .await
+        .unwrap();
+        let user = db.create_user("carol", "x", 0).await.unwrap().value;
+        db.create_post(user.id, "old", 0).await.unwrap();
+        let feed = Feed::new();
+        let mut rx = feed.tx.subscribe();
+        feed.prime(&db).await;
+        let fresh = db.create_post(user.id, "fresh", 0).await.unwrap().value;
+        feed.poll(&db).await.unwrap();
+        assert_eq!(ids(&mut rx), [fresh.id]);
     }
 }

@@ -36,6 +36,8 @@ struct AppNode {
     log: AccessLog,
     /// The site's proxies: the client named in their forwarding headers is logged.
     trusted: Trusted,
+    /// Who may upgrade the node.
+    auth: net::admin::Auth,
 }
 
 impl Handler for AppNode {
@@ -102,6 +104,10 @@ impl std::fmt::Display for RequestIdField<'_> {
 }
 
 impl net::admin::Report for AppNode {
+    fn auth(&self) -> Option<&net::admin::Auth> {
+        Some(&self.auth)
+    }
+
     fn metrics(&self) -> String {
         let mut out = String::with_capacity(2048);
         self.metrics.render(&self.name, &mut out);
@@ -224,10 +230,12 @@ pub async fn serve(
             1,
             net::headers::Trusted::addresses(config.trusted_proxies.iter().copied()),
         ),
+        drain_timeout: config.drain_timeout,
         ..Limits::default()
     };
     let log = AccessLog::open(config.access_log.as_deref())?.with_format(config.log_format);
     let trusted = Trusted::addresses(config.trusted_proxies.iter().copied());
+    let auth = net::admin::Auth::new(name, config.admin_token.clone());
     let app = App::new(config).await?;
     let node = Arc::new(AppNode {
         name: name.to_string(),
@@ -238,6 +246,7 @@ pub async fn serve(
         ids: RequestIds::default(),
         log,
         trusted,
+        auth,
     });
     tracing::info!(
         node = name,

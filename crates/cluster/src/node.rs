@@ -95,6 +95,8 @@ pub struct Cluster {
     healthy: Arc<AtomicBool>,
     health_changed: Arc<Notify>,
     commands: mpsc::Sender<Command>,
+    /// Told when the member's thread has ended, its sockets closed.
+    ended: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 /// What the heartbeat link reports.
@@ -104,6 +106,9 @@ enum Command {
     Leave(oneshot::Sender<()>),
     /// Give the address up; answer when done.
     Release(oneshot::Sender<()>),
+    /// Stop the member: no more beats, the heartbeat sockets closed once the thread
+    /// ends (which `Cluster::stop` waits for).
+    Stop,
 }
 
 enum Link {
@@ -152,6 +157,7 @@ impl Cluster {
         let healthy = Arc::new(AtomicBool::new(true));
         let health_changed = Arc::new(Notify::new());
         let (commands, commands_rx) = mpsc::channel(2);
+        let (ended_tx, ended) = std::sync::mpsc::channel();
 
         let member = Member {
             config: config.clone(),
@@ -182,6 +188,9 @@ impl Cluster {
                     let tcp = TcpListener::from_std(std_tcp).expect("inside a runtime");
                     member.run(udp, tcp, commands_rx).await;
                 });
+                // With the runtime go the link tasks and every socket.
+                drop(runtime);
+                let _ = ended_tx.send(());
             })?;
         Ok(Cluster {
             config,
@@ -191,7 +200,19 @@ impl Cluster {
             healthy,
             health_changed,
             commands,
+            ended: Mutex::new(Some(ended)),
         })
+    }
+
+    /// Stops the member (after [`Cluster::leave`]): no more beats, and once this
+    /// returns its heartbeat sockets are closed, so a new process of this node (an
+    /// upgrade) can bind them and join the election afresh.
+    pub async fn stop(&self) {
+        let _ = self.commands.send(Command::Stop).await;
+        let ended = self.ended.lock().expect("poisoned").take();
+        if let Some(ended) = ended {
+            let _ = tokio::task::spawn_blocking(move || ended.recv()).await;
+        }
     }
 
     /// The site file this node runs now, after a reload: the next beats carry its
@@ -460,6 +481,7 @@ impl Member {
                         let _ = done.send(());
                         None
                     }
+                    Command::Stop => return,
                 },
             };
             if let Some(transition) = transition {

@@ -116,7 +116,7 @@ pub fn spawn(
     frontends: Arc<Frontends>,
     stop: Shutdown,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let cluster = frontends.lb.cluster.as_ref().expect("a member was started");
+    let cluster = frontends.lb.cluster.get().expect("a member was started");
     let mut role = cluster.role();
     let interval = membership.member.interval;
     let addresses: Vec<(SocketAddr, bool)> = membership
@@ -174,7 +174,7 @@ pub fn spawn(
             tokio::select! {
                 changed = role.changed() => if changed.is_err() { break },
                 _ = health.tick() => {
-                    if let Some(cluster) = &frontends.lb.cluster {
+                    if let Some(cluster) = frontends.lb.cluster.get() {
                         cluster.set_healthy(frontends.lb.live.load().pool.any_up());
                     }
                 }

@@ -124,7 +124,9 @@ impl Config {
 /// The running load balancer: its live settings and its counters.
 struct LoadBalancer {
     name: String,
-    cluster: Option<cluster::Cluster>,
+    /// The member of the cluster, once started (an upgraded node's starts only when
+    /// its previous process has left the election).
+    cluster: std::sync::OnceLock<cluster::Cluster>,
     /// What a reload replaces, loaded once per request.
     live: Arc<ArcSwap<Live>>,
     ids: RequestIds,
@@ -242,7 +244,7 @@ impl LoadBalancer {
         old.pool.retire();
         self.dashboard.set_topology(config.topology.clone());
         // The peer (and `status`) now see this node run the new file.
-        if let (Some(cluster), Some(membership)) = (&self.cluster, &config.cluster) {
+        if let (Some(cluster), Some(membership)) = (self.cluster.get(), &config.cluster) {
             cluster.set_config_hash(membership.member.config_hash);
         }
         Ok(())
@@ -342,7 +344,7 @@ impl net::admin::Report for LoadBalancer {
         let mut out = String::with_capacity(4096);
         self.metrics.render(&self.name, &mut out);
         self.live.load().pool.render_metrics(&self.name, &mut out);
-        if let Some(cluster) = &self.cluster {
+        if let Some(cluster) = self.cluster.get() {
             cluster.render_metrics(&self.name, &mut out);
         }
         out
@@ -353,7 +355,7 @@ impl net::admin::Report for LoadBalancer {
             "node": self.name,
             "role": "lb",
             "pid": std::process::id(),
-            "cluster": self.cluster.as_ref().map(cluster::Cluster::status),
+            "cluster": self.cluster.get().map(cluster::Cluster::status),
             "started": httpdate::fmt_http_date(self.started),
             "requests": self.metrics.requests_total(),
             "responses_by_class": self.metrics.by_class(),
@@ -397,7 +399,30 @@ pub async fn serve(
     admin: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    serve_reloadable(config, listener, tls_listener, admin, shutdown, None).await
+    serve_reloadable(
+        config,
+        listener,
+        tls_listener,
+        admin,
+        shutdown,
+        None,
+        Handover::default(),
+    )
+    .await
+}
+
+/// How this process of a load balancer shares the node's place in the cluster with
+/// another process of the same node, during `scaleup upgrade` (`net::handover`): the
+/// heartbeat sockets and the election are one process's at a time.
+#[derive(Default)]
+pub struct Handover {
+    /// Resolves once the node's previous process has left the election and closed
+    /// its heartbeat sockets; this process joins the cluster after it. `None`: at once.
+    pub predecessor_released:
+        Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    /// Told when this process, stopping, has left the election and closed its
+    /// heartbeat sockets (at once when the node is in no cluster).
+    pub released: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// [`serve`], taking `reloads` (`POST /reload` and whatever else fires their
@@ -412,6 +437,7 @@ pub async fn serve_reloadable(
     admin: TcpListener,
     shutdown: Shutdown,
     reloads: Option<net::reload::Reloads<Config>>,
+    handover: Handover,
 ) -> anyhow::Result<()> {
     let b = &config.balancer;
     let pool = Arc::new(
@@ -427,11 +453,6 @@ pub async fn serve_reloadable(
     // Listeners stop on `inner`, fired only after the cluster has handed over.
     let (inner_trigger, inner) = net::shutdown::channel();
     pool.spawn_health_checks(inner.clone());
-    let member = config
-        .cluster
-        .as_ref()
-        .map(|m| cluster::Cluster::start(m.member.clone()))
-        .transpose()?;
     let has_https = tls_listener.is_some()
         || config
             .cluster
@@ -447,7 +468,7 @@ pub async fn serve_reloadable(
     let lb = Arc::new(LoadBalancer {
         budget: budget(b),
         name: config.name.clone(),
-        cluster: member,
+        cluster: std::sync::OnceLock::new(),
         live: Arc::new(ArcSwap::from_pointee(Live::new(&config, pool, None)?)),
         ids: RequestIds::default(),
         metrics: Arc::new(Metrics::default()),
@@ -470,6 +491,7 @@ pub async fn serve_reloadable(
         budget: lb.budget.clone(),
         header_timeout: b.timeouts.client,
         keepalive_timeout: b.timeouts.keepalive,
+        drain_timeout: b.timeouts.drain,
         ..Limits::default()
     };
     tracing::info!(
@@ -497,14 +519,6 @@ pub async fn serve_reloadable(
         https,
         limits: limits.clone(),
     });
-    let floating_task = match &config.cluster {
-        Some(membership) => Some(floating::spawn(
-            membership,
-            frontends.clone(),
-            inner.clone(),
-        )?),
-        None => None,
-    };
     let admin_task = tokio::spawn(net::admin::serve_admin(admin, lb.clone(), inner.clone()));
     let tls_task = match tls_listener {
         None => None,
@@ -518,12 +532,35 @@ pub async fn serve_reloadable(
             frontends.spawn_https(tls_listener, inner.clone())
         }
     };
-    let main_task = frontends.spawn_http(listener, inner);
+    let main_task = frontends.spawn_http(listener, inner.clone());
+
+    // The cluster last: an upgraded node's new process serves its own listeners at
+    // once, and joins the election when the old one has left it.
+    let mut floating_task = None;
+    if let Some(membership) = &config.cluster {
+        if let Some(released) = handover.predecessor_released {
+            tokio::select! {
+                _ = released => {}
+                _ = shutdown.wait() => {}
+            }
+        }
+        if !shutdown.is_triggered() {
+            let member = cluster::Cluster::start(membership.member.clone())?;
+            let _ = lb.cluster.set(member);
+            floating_task = Some(floating::spawn(membership, frontends.clone(), inner)?);
+        }
+    }
 
     shutdown.wait().await;
-    if let Some(cluster) = &lb.cluster {
+    if let Some(cluster) = lb.cluster.get() {
         tracing::info!("handing the floating address to the peer");
         cluster.leave(floating::HANDOVER_WAIT).await;
+        // Out of the election now, not after the drain (relayed TLS connections can
+        // take long): a new process of this node may join at once.
+        cluster.stop().await;
+    }
+    if let Some(released) = handover.released {
+        let _ = released.send(());
     }
     inner_trigger.fire();
     if let Some(task) = floating_task {

@@ -13,7 +13,10 @@
 //! - `POST /servers/NAME/ready`: back in the pool, with the pool's slow start;
 //! - `POST /reload`: re-read the node's site file and apply what can change in place
 //!   ([`crate::reload`]); the answer is what changed, as JSON, or 422 and why nothing
-//!   did.
+//!   did;
+//! - `POST /upgrade`: start the node's successor from the binary now on disk, which
+//!   takes this process's sockets over ([`crate::handover`]); the answer (202) names
+//!   both processes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -224,7 +227,7 @@ impl<R: Report> Handler for Admin<R> {
                     out,
                 )
             }
-            "/reload" => post_only(),
+            "/reload" | "/upgrade" => post_only(),
             "/status" => typed(
                 StatusCode::OK,
                 "application/json",
@@ -265,6 +268,12 @@ impl<R: Report> Admin<R> {
             return refusal;
         }
         let path = req.uri().path();
+        if path == "/upgrade" {
+            return match crate::handover::start_successor() {
+                Ok(started) => json(StatusCode::ACCEPTED, &started),
+                Err(why) => text(StatusCode::CONFLICT, format!("{why}\n")),
+            };
+        }
         if path == "/reload" {
             return match self.0.reload() {
                 None => text(
@@ -285,8 +294,8 @@ impl<R: Report> Admin<R> {
         let Some((name, drain)) = action else {
             return text(
                 StatusCode::NOT_FOUND,
-                "no such admin write: try POST /servers/NAME/drain, /servers/NAME/ready or \
-                 /reload\n"
+                "no such admin write: try POST /servers/NAME/drain, /servers/NAME/ready, \
+                 /reload or /upgrade\n"
                     .into(),
             );
         };

@@ -73,6 +73,11 @@ impl Clock {
         s.in_flight += 1;
     }
 
+    /// Whether a request is being answered now.
+    pub fn busy(&self) -> bool {
+        self.state.lock().expect("clock lock").in_flight > 0
+    }
+
     /// The connection switched protocols (101): the clock stops for good.
     pub fn tunnel(&self) {
         self.state.lock().expect("clock lock").tunnel = true;

@@ -18,6 +18,7 @@
 //! - [`trace`]: W3C `traceparent`, checked and passed on;
 //! - [`admin`]: the `/healthz`, `/metrics`, `/status` listener of every node;
 //! - [`reload`]: how a running node is asked to re-read its site file.
+//! - [`handover`]: a node's listening sockets passed to its successor (`upgrade`).
 //!
 //! Nothing here knows a role's policy: the load balancer and the web server are
 //! both built from these parts.
@@ -31,6 +32,7 @@ pub mod budget;
 pub mod clock;
 pub mod failure;
 pub mod finish;
+pub mod handover;
 pub mod headers;
 pub mod keepalive;
 pub mod linger;

@@ -318,9 +318,11 @@ struct Conn<H> {
     shutdown: Shutdown,
 }
 
-/// How long a connection accepted just before shutdown may take to send its first
-/// request: it is served, not closed under the client.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// How long a connection between requests (or accepted just before shutdown) has,
+/// once the node drains, to send its next request: it is served, with `Connection:
+/// close`, not closed under a client that may be sending it (a busy client sends
+/// within milliseconds; an idle one is closed after this).
+const REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// The wait for a first request (and between requests) on a connection accepted
 /// while the node's budget was nearly spent: long enough for a real client on a slow
@@ -431,12 +433,12 @@ impl<H: Handler> Conn<H> {
         let info = ConnInfo { secure };
         let handler = self.handler.clone();
         let max_body = self.limits.max_body_bytes;
-        // Set on the first request: a graceful shutdown closes an idle connection at
-        // once, which for a connection whose request is still on the wire means a
-        // failed request.
-        let first = Arc::new(tokio::sync::Notify::new());
-        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (first_tx, started_tx) = (first.clone(), started.clone());
+        // Requests started and answers finished: the drain below closes a connection
+        // only once it has been quiet for a while (see `REQUEST_GRACE`).
+        let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let activity_tx = activity.clone();
+        let drain_clock = clock.clone();
+        let draining = self.shutdown.clone();
         let abandoned = Arc::new(Abandoned::default());
         let abandoned_tx = abandoned.clone();
         let service = service_fn(move |mut req: Request<Incoming>| {
@@ -445,9 +447,9 @@ impl<H: Handler> Conn<H> {
             let abandoned = abandoned_tx.clone();
             let linger = linger_tx.clone();
             let hold = hold.clone();
-            if !started_tx.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                first_tx.notify_one();
-            }
+            let activity = activity_tx.clone();
+            activity.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let draining = draining.clone();
             async move {
                 clock.request_started();
                 let mut pending = Pending {
@@ -458,10 +460,20 @@ impl<H: Handler> Conn<H> {
                 req.extensions_mut().insert(info);
                 req.extensions_mut().insert(hold);
                 let http1 = req.version() < Version::HTTP_2;
-                let resp = match too_large(&req, max_body) {
+                let mut resp = match too_large(&req, max_body) {
                     Some(refusal) => refusal,
                     None => handler.handle(req, peer).await,
                 };
+                // Draining: this answer is the connection's last, and says so (an
+                // HTTP/1 client can only learn it from the answer; a connection
+                // closed under it might take its next request with it).
+                if http1
+                    && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+                    && draining.is_triggered()
+                {
+                    resp.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
                 // A hop that answers before reading the body (413, a broken body)
                 // says `Connection: close`: the client may still be sending.
                 if http1 && resp.headers().get(CONNECTION).is_some_and(|v| v == "close") {
@@ -473,7 +485,10 @@ impl<H: Handler> Conn<H> {
                 }
                 pending.answered = true;
                 drop(pending);
-                let done = move |_| clock.response_done();
+                let done = move |_| {
+                    clock.response_done();
+                    activity.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                };
                 Ok::<_, Infallible>(resp.map(|body| crate::finish::on_finish(body, done)))
             }
         });
@@ -491,11 +506,22 @@ impl<H: Handler> Conn<H> {
                     );
                 }
                 _ = self.shutdown.wait() => {
-                    if !started.load(std::sync::atomic::Ordering::Relaxed) {
-                        tokio::select! {
-                            _ = conn.as_mut() => return,
-                            _ = first.notified() => {}
-                            _ = tokio::time::sleep(FIRST_REQUEST_GRACE) => {}
+                    // HTTP/1: the next answer says `Connection: close` (above) and
+                    // hyper closes after it; closing between requests instead could
+                    // meet a request already on the wire. A connection quiet for
+                    // `REQUEST_GRACE` is closed. HTTP/2 has GOAWAY, which tells the
+                    // client which streams were not taken, so it retries those.
+                    if !h2 {
+                        loop {
+                            let before = activity.load(std::sync::atomic::Ordering::Relaxed);
+                            tokio::select! {
+                                _ = conn.as_mut() => return,
+                                _ = tokio::time::sleep(REQUEST_GRACE) => {}
+                            }
+                            let quiet = activity.load(std::sync::atomic::Ordering::Relaxed) == before;
+                            if quiet && !drain_clock.busy() {
+                                break;
+                            }
                         }
                     }
                     conn.as_mut().graceful_shutdown();

@@ -743,6 +743,7 @@ mod tests {
             server: Duration::from_secs(1),
             keepalive: Duration::from_secs(1),
             tunnel: Duration::from_secs(1),
+            drain: Duration::from_secs(10),
         };
         Pool::new("test", servers, algorithm, health, timeouts).with_slow_start(slowstart)
     }

@@ -84,6 +84,7 @@ fn timeouts(server_ms: u64) -> Timeouts {
         server: Duration::from_millis(server_ms),
         keepalive: Duration::from_secs(5),
         tunnel: Duration::from_secs(60),
+        drain: Duration::from_secs(10),
     }
 }
 

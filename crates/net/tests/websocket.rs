@@ -147,6 +147,7 @@ async fn front(
             server: Duration::from_secs(5),
             keepalive: client,
             tunnel,
+            drain: Duration::from_secs(10),
         },
     ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -142,15 +142,25 @@ async fn send(
 /// has a request in flight to it (or `timeout`, which is an error naming what is left).
 pub fn drain(args: &SiteArgs, name: &str, timeout: Duration) -> anyhow::Result<()> {
     let (_, site) = crate::load_site(args, false)?;
-    let to = balancers(&site, name)?;
     let token = token(&site)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
-    runtime.block_on(async {
+        .build()?
+        .block_on(drain_server(&site, name, &token, timeout))
+}
+
+/// [`drain`] on a loaded site, with its token.
+pub async fn drain_server(
+    site: &Site,
+    name: &str,
+    token: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let to = balancers(site, name)?;
+    {
         let started = Instant::now();
         let mut missed = Vec::new();
-        let done = send(&to, name, "drain", &token, &mut missed).await?;
+        let done = send(&to, name, "drain", token, &mut missed).await?;
         anyhow::ensure!(
             !done.is_empty(),
             "{name} could not be drained anywhere: {}",
@@ -206,14 +216,22 @@ pub fn drain(args: &SiteArgs, name: &str, timeout: Duration) -> anyhow::Result<(
             started.elapsed().as_secs_f64()
         );
         Ok(())
-    })
+    }
 }
 
 /// `scaleup ready NODE`: back in every pool it is in, with the pools' slow start.
 pub fn ready(args: &SiteArgs, name: &str) -> anyhow::Result<()> {
     let (_, site) = crate::load_site(args, false)?;
-    let to = balancers(&site, name)?;
     let token = token(&site)?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(ready_server(&site, name, &token))
+}
+
+/// [`ready`] on a loaded site, with its token.
+pub async fn ready_server(site: &Site, name: &str, token: &str) -> anyhow::Result<()> {
+    let to = balancers(site, name)?;
     // The ramp is the balancing nodes' own: the balancer's for a web server, each
     // web server's for an application server (one figure when they agree).
     let mut ramps: Vec<Duration> = match site.node(name).map(|(r, _)| r) {
@@ -228,12 +246,9 @@ pub fn ready(args: &SiteArgs, name: &str) -> anyhow::Result<()> {
     ramps.sort();
     ramps.dedup();
     let slowstart = (ramps.len() == 1).then(|| ramps[0]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    {
         let mut missed = Vec::new();
-        let done = send(&to, name, "ready", &token, &mut missed).await?;
+        let done = send(&to, name, "ready", token, &mut missed).await?;
         let list: Vec<&str> = done.iter().map(|(n, _)| n.as_str()).collect();
         let ramp = match slowstart {
             Some(d) if d.is_zero() => "its whole share at once (slowstart = 0)".to_string(),
@@ -247,5 +262,5 @@ pub fn ready(args: &SiteArgs, name: &str) -> anyhow::Result<()> {
             missed.join("; ")
         );
         Ok(())
-    })
+    }
 }

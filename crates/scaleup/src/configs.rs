@@ -115,6 +115,14 @@ pub(crate) fn app(site: &Site, name: &str) -> anyhow::Result<app::AppConfig> {
             .unwrap_or(app::DEFAULT_MAX_BODY_BYTES),
         access_log: site.app(name).and_then(|a| a.access_log.clone()),
         log_format: site.log_format,
+        admin_token: site.admin_token().into(),
+        // The web tier's: a WebSocket through it is drained by each hop alike.
+        drain_timeout: site
+            .webs
+            .iter()
+            .map(|w| w.timeouts.drain)
+            .max()
+            .unwrap_or(net::server::Limits::default().drain_timeout),
     })
 }
 
@@ -434,6 +442,7 @@ fn timeouts(c: &mut Changes, what: &str, o: &site::Timeouts, n: &site::Timeouts)
     c.note(true, &format!("{what}.server"), &o.server, &n.server);
     c.note(true, &format!("{what}.tunnel"), &o.tunnel, &n.tunnel);
     c.note(false, &format!("{what}.client"), &o.client, &n.client);
+    c.note(false, &format!("{what}.drain"), &o.drain, &n.drain);
     c.note(
         false,
         &format!("{what}.keepalive"),

@@ -25,6 +25,7 @@ mod status;
 mod systemd;
 mod trace;
 mod up;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -72,6 +73,10 @@ enum Command {
         /// outlive their supervisor).
         #[arg(long, hide = true)]
         supervised: bool,
+        /// Take the listening sockets of the node's running process (which then
+        /// drains and exits) instead of binding them: what `scaleup upgrade` starts.
+        #[arg(long, hide = true)]
+        upgrade: bool,
     },
     /// Check a site file and point at each mistake.
     Check {
@@ -119,6 +124,29 @@ enum Command {
         nodes: Vec<String>,
         #[command(flatten)]
         site: SiteArgs,
+    },
+    /// Replace a node's process with the binary now on disk and the current site file,
+    /// without dropping a connection: the new process takes the listening sockets,
+    /// the old one finishes what it has in flight and exits.
+    Upgrade {
+        /// The node to upgrade (lb1, web1, app1...).
+        node: String,
+        #[command(flatten)]
+        site: SiteArgs,
+        /// How long the new process may take to serve, and the old one to exit.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Upgrade a tier one node at a time: drain, upgrade, wait until healthy, ready,
+    /// next (load balancers: the passive one first, no drain).
+    Roll {
+        /// The tier: web, app or lb.
+        tier: String,
+        #[command(flatten)]
+        site: SiteArgs,
+        /// How long each step may take.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Ask every node of a running site how it is doing.
     Status {
@@ -182,7 +210,18 @@ fn main() -> ExitCode {
             node,
             site,
             supervised,
-        } => run::run(&site, &node, supervised),
+            upgrade,
+        } => run::run(&site, &node, supervised, upgrade),
+        Command::Upgrade {
+            node,
+            site,
+            timeout,
+        } => upgrade::upgrade(&site, &node, timeout),
+        Command::Roll {
+            tier,
+            site,
+            timeout,
+        } => upgrade::roll(&site, &tier, timeout),
         Command::Check { site } => check(&site),
         Command::Explain { site, mermaid } => explain(&site, mermaid),
         Command::Status { site, json } => status::status(&site, json),

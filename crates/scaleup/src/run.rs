@@ -1,6 +1,8 @@
 //! `scaleup run NODE --site FILE`: one node of a site, as on its own server.
 
 use std::io::{IsTerminal, Read};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -10,10 +12,15 @@ use crate::configs;
 use crate::reload::SiteFile;
 
 /// Runs node `name` of the site file at `path` until SIGINT or SIGTERM (or, when
-/// `supervised`, until standard input closes), then stops it cleanly.
-pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
+/// `supervised`, until standard input closes), then stops it cleanly. With `upgrade`,
+/// takes the listening sockets of the node's running process instead of binding them,
+/// and that process stops once this one serves (`scaleup upgrade`, `net::handover`).
+pub fn run(path: &Path, name: &str, supervised: bool, upgrade: bool) -> anyhow::Result<()> {
     init_logging();
     raise_open_file_limit(name);
+    // Now, not at upgrade time: once a new build replaces the file, this path names
+    // the new binary, which is the point of an upgrade.
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
     let (site, config_hash) = load(path)?;
     let (role, node) = site.node(name).ok_or_else(|| {
         let names: Vec<&str> = site.nodes().map(|(_, n)| n.name.as_str()).collect();
@@ -30,6 +37,19 @@ pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
         path.display(),
         cluster::wire::hex(&config_hash)
     );
+    let handover_path = net::handover::socket_path(&site.state_dir, name);
+    let taken = match upgrade {
+        true => {
+            let taken = net::handover::take(&handover_path)?;
+            tracing::info!(
+                node = name,
+                "took the listening sockets of pid {}",
+                taken.predecessor
+            );
+            Some(taken)
+        }
+        false => None,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -45,13 +65,54 @@ pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
         if supervised {
             watch_stdin(trigger.clone());
         }
-        let listener = net::server::bind(node.bind)?;
-        let admin = net::server::bind(node.admin)?;
-        tokio::spawn(tell_systemd_when_serving(
+        let tls_listen = match role {
+            Role::Lb => site.lb(name).and_then(|l| l.tls_listen),
+            Role::Web => site.web(name).and_then(|w| w.tls_listen),
+            Role::App => None,
+        };
+        let mut sockets = Sockets { taken };
+        let listener = sockets.tcp("http", node.bind)?;
+        let admin = sockets.tcp("admin", node.admin)?;
+        let tls = tls_listen.map(|a| sockets.tcp("tls", a)).transpose()?;
+        let unix = sockets.unix(&handover_path)?;
+
+        // What the node hands its successor, and when.
+        let mut offered = vec![
+            ("http".to_string(), dup(&listener)?),
+            ("admin".to_string(), dup(&admin)?),
+            (net::handover::HANDOVER.to_string(), dup(&unix)?),
+        ];
+        if let Some(tls) = &tls {
+            offered.push(("tls".to_string(), dup(tls)?));
+        }
+        let (released_tx, released_rx) = tokio::sync::oneshot::channel();
+        let stopper = trigger.clone();
+        let offer = tokio::spawn(net::handover::offer(
+            unix,
+            net::handover::Offer {
+                sockets: offered,
+                stop: Box::new(move || stopper.fire()),
+                released: Box::pin(async move {
+                    let _ = released_rx.await;
+                }),
+            },
+        ));
+        net::handover::on_upgrade(successor_starter(exe, path, name, supervised));
+
+        // Serving is said once this process answers on its admin listener: to the
+        // predecessor (which then stops), to `scaleup up` (the pid file) and to systemd.
+        let (predecessor_tx, predecessor_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(announce_when_serving(
             admin.local_addr()?,
             shutdown.clone(),
+            sockets.taken.take(),
+            net::handover::pid_path(&site.state_dir, name),
+            predecessor_tx,
         ));
-        match role {
+        let predecessor_released = Box::pin(async move {
+            let _ = predecessor_rx.await;
+        });
+        let result = match role {
             Role::Lb => {
                 let config = configs::lb(&site, name, config_hash)?;
                 let reloads = net::reload::Reloads {
@@ -61,10 +122,23 @@ pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
                         configs::lb(s, n, h)
                     })),
                 };
-                let tls = bind_optional(site.lb(name).and_then(|l| l.tls_listen))?;
-                lb::serve_reloadable(config, listener, tls, admin, shutdown, Some(reloads)).await
+                let handover = lb::Handover {
+                    predecessor_released: upgrade.then_some(predecessor_released),
+                    released: Some(released_tx),
+                };
+                lb::serve_reloadable(
+                    config,
+                    listener,
+                    tls,
+                    admin,
+                    shutdown,
+                    Some(reloads),
+                    handover,
+                )
+                .await
             }
             Role::Web => {
+                let _ = released_tx.send(());
                 let config = configs::web(&site, name)?;
                 let reloads = net::reload::Reloads {
                     trigger: reload,
@@ -73,16 +147,118 @@ pub fn run(path: &Path, name: &str, supervised: bool) -> anyhow::Result<()> {
                         configs::web(s, n)
                     })),
                 };
-                let tls = bind_optional(site.web(name).and_then(|w| w.tls_listen))?;
                 web::serve_reloadable(config, listener, tls, admin, shutdown, Some(reloads)).await
             }
             Role::App => {
+                let _ = released_tx.send(());
                 app::serve(name, configs::app(&site, name)?, listener, admin, shutdown).await
             }
-        }
+        };
+        // The handover's connection (if a successor took over) closes with this
+        // process: its end tells the successor this one is gone.
+        offer.abort();
+        result
     })?;
     tracing::info!(node = name, "stopped");
     Ok(())
+}
+
+/// Where a node's listening sockets come from: bound here, or taken from the node's
+/// previous process (an upgrade).
+struct Sockets {
+    taken: Option<net::handover::Taken>,
+}
+
+impl Sockets {
+    /// The TCP listener `name` on `addr`: the predecessor's if it listened there (a
+    /// site file that moved the address gets a new socket; the old one closes with the
+    /// predecessor).
+    fn tcp(&mut self, name: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+        if let Some(taken) = &mut self.taken {
+            if let Some(listener) = taken.tcp(name)? {
+                if listener.local_addr()? == addr {
+                    return Ok(listener);
+                }
+                tracing::info!(
+                    "the {name} listener moves from {} to {addr}",
+                    listener.local_addr()?
+                );
+            }
+        }
+        Ok(net::server::bind(addr)?)
+    }
+
+    /// The Unix socket a successor of this process will connect to.
+    fn unix(&mut self, path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+        if let Some(fd) = self
+            .taken
+            .as_mut()
+            .and_then(|t| t.socket(net::handover::HANDOVER))
+        {
+            return Ok(std::os::unix::net::UnixListener::from(fd));
+        }
+        net::handover::listen(path).with_context(|| {
+            format!(
+                "cannot listen for an upgrade of this node on {}",
+                path.display()
+            )
+        })
+    }
+}
+
+/// A second descriptor of `socket`, for the handover: the socket stays one socket.
+fn dup(socket: &impl AsFd) -> std::io::Result<OwnedFd> {
+    socket.as_fd().try_clone_to_owned()
+}
+
+/// How `POST /upgrade` starts this node's successor: the binary now at `exe`, with the
+/// same site file and supervision, and `--upgrade`. It inherits standard input (the
+/// supervisor's lifeline), output and error (the same log), and the environment (the
+/// admin token). At most one at a time; one that exits before it serves is reported
+/// in the log, and a later upgrade may try again.
+fn successor_starter(
+    exe: PathBuf,
+    site: &Path,
+    name: &str,
+    supervised: bool,
+) -> impl Fn() -> Result<serde_json::Value, String> + Send + Sync + 'static {
+    let site = site.to_path_buf();
+    let name = name.to_string();
+    let starting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    move || {
+        use std::sync::atomic::Ordering::SeqCst;
+        if starting.swap(true, SeqCst) {
+            return Err(format!("{name} is being upgraded already"));
+        }
+        let mut command = std::process::Command::new(&exe);
+        command.arg("run").arg(&name).arg("--site").arg(&site);
+        if supervised {
+            command.arg("--supervised");
+        }
+        let mut child = match command.arg("--upgrade").spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                starting.store(false, SeqCst);
+                return Err(format!("cannot start {}: {e}", exe.display()));
+            }
+        };
+        let pid = child.id();
+        tracing::info!(node = %name, "upgrade: started pid {pid} from {}", exe.display());
+        let (again, node) = (starting.clone(), name.clone());
+        // Reaps it if it ends while this process lives (a failed upgrade).
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                tracing::warn!(node = %node, "upgrade: pid {pid} exited ({status})");
+            }
+            again.store(false, SeqCst);
+        });
+        Ok(serde_json::json!({
+            "node": name,
+            "predecessor": std::process::id(),
+            "successor": pid,
+            "binary": exe.display().to_string(),
+        }))
+    }
 }
 
 /// Reads and checks the site file, and hashes the very bytes it checked: the load
@@ -99,36 +275,67 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<(Site, cluster::wire::ConfigHa
     Ok((site, cluster::wire::config_hash(text.as_bytes())))
 }
 
-/// Tells systemd `READY=1` (when it runs this node, see [`crate::notify`]) once the
-/// node answers on its admin listener, which it starts with its other listeners after
-/// its setup (the app server opens its database first): so `systemctl start`
-/// returns when the node serves, not when the process exists. Any answer counts: a
-/// load balancer whose web servers are not up yet answers 503, and is serving.
-async fn tell_systemd_when_serving(admin: std::net::SocketAddr, shutdown: net::Shutdown) {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
-        return;
-    }
+/// Says this node serves once it answers on its admin listener itself (a probe may
+/// reach the predecessor, which shares the socket during an upgrade: the answer's pid
+/// tells them apart): writes the pid file `scaleup up` follows the node by, tells the
+/// predecessor (which stops, and answers `predecessor` once it released the cluster),
+/// and tells systemd `READY=1` (with `MAINPID`, the main process now being this one).
+/// The admin listener starts with the others after the role's setup (the app server
+/// opens its database first), so `systemctl start` returns when the node serves. Any
+/// answer counts: a load balancer whose web servers are not up yet answers, and serves.
+async fn announce_when_serving(
+    admin: SocketAddr,
+    shutdown: net::Shutdown,
+    taken: Option<net::handover::Taken>,
+    pid_file: PathBuf,
+    predecessor: tokio::sync::oneshot::Sender<()>,
+) {
     // A wildcard listener is asked on loopback.
     let probe = match admin.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => {
-            std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, admin.port()))
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, admin.port()))
         }
         ip if ip.is_unspecified() => {
-            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, admin.port()))
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, admin.port()))
         }
         _ => admin,
     };
     let timeout = std::time::Duration::from_secs(1);
+    let me = u64::from(std::process::id());
     loop {
         if shutdown.is_triggered() {
             return;
         }
-        if crate::probe::get(probe, "/healthz", timeout).await.is_ok() {
-            crate::notify::notify_logged(&format!("READY=1\nSTATUS=serving, admin on {admin}"));
-            return;
+        if let Ok((_, body)) = crate::probe::get(probe, "/status", timeout).await {
+            let answered: Option<u64> = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["pid"].as_u64());
+            if answered == Some(me) {
+                break;
+            }
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    if let Err(e) = std::fs::write(&pid_file, format!("{me}\n")) {
+        tracing::warn!("cannot write {}: {e}", pid_file.display());
+    }
+    // Before the predecessor stops: systemd must know the new main process first.
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        crate::notify::notify_logged(&format!(
+            "MAINPID={me}\nREADY=1\nSTATUS=serving, admin on {admin}"
+        ));
+    }
+    if let Some(taken) = taken {
+        let from = taken.predecessor;
+        match taken.serving() {
+            Ok(released) => {
+                released.wait().await;
+                tracing::info!("upgrade: pid {from} released the node to this process");
+            }
+            Err(e) => tracing::warn!("upgrade: telling pid {from} this process serves: {e}"),
+        }
+    }
+    let _ = predecessor.send(());
 }
 
 /// Lifts the soft open-file limit to the hard one before any socket is opened, and
@@ -148,13 +355,6 @@ fn raise_open_file_limit(name: &str) {
             net::budget::open_file_limit()
         ),
     }
-}
-
-/// Binds an optional listener (a node's HTTPS one).
-fn bind_optional(
-    addr: Option<std::net::SocketAddr>,
-) -> anyhow::Result<Option<tokio::net::TcpListener>> {
-    Ok(addr.map(net::server::bind).transpose()?)
 }
 
 fn init_logging() {

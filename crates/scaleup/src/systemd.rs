@@ -6,6 +6,8 @@
 //! - `Type=notify`: the node sends `READY=1` once its listeners answer
 //!   ([`crate::notify`]), so `systemctl start` and units ordered after it wait for a
 //!   node that serves, not for a process that exists;
+//! - `NotifyAccess=all`: after `scaleup upgrade` the node's new process, started by
+//!   the old one, says `MAINPID=` (and `READY=1`) before the old one exits;
 //! - `ExecReload` sends SIGHUP, the node's reload signal; `Restart=on-failure` brings
 //!   back a node that crashed, while a clean stop stays stopped;
 //! - `LimitNOFILE=1048576`: each proxied connection holds two descriptors and the node
@@ -338,7 +340,12 @@ pub fn render(site: &Site, name: &str, options: &Options) -> anyhow::Result<Unit
     let _ = writeln!(u, "[Service]");
     let _ = writeln!(u, "# READY=1 comes once the node's listeners answer.");
     let _ = writeln!(u, "Type=notify");
-    let _ = writeln!(u, "NotifyAccess=main");
+    let _ = writeln!(
+        u,
+        "# `scaleup upgrade` starts a new process that takes the node's sockets and says\n\
+         # MAINPID= (it is not the main process yet when it does)."
+    );
+    let _ = writeln!(u, "NotifyAccess=all");
     let _ = writeln!(
         u,
         "ExecStart={} run {} --site {}",
@@ -644,6 +651,7 @@ mod tests {
                 format!("/usr/local/bin/scaleup run {node} --site /etc/scaleup/site.toml")
             );
             assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
+            assert_eq!(one("NotifyAccess"), "all");
             assert_eq!(one("Restart"), "on-failure");
             assert_eq!(one("LimitNOFILE"), "1048576");
             assert_eq!(one("User"), "scaleup");

@@ -17,6 +17,12 @@
 //! its name, and appended to `STATE/logs/NODE.log`, where `scaleup trace` looks
 //! for a request's lines next to the access logs.
 //!
+//! A node upgraded with `scaleup upgrade` starts its own successor, which takes its
+//! sockets over; when the old process exits, the successor becomes this supervisor's
+//! child (it is the subreaper of every node it starts) and is followed from then on:
+//! restarted if it dies, stopped with the rest. The pid file the successor writes
+//! (`STATE/run/NODE.pid`) says which process it is.
+//!
 //! With `managed = true` in `[database]`, a local MariaDB primary and its replicas
 //! (`db::managed`) start before every node, with their data under the state directory,
 //! and stop after every node has stopped.
@@ -69,6 +75,10 @@ async fn supervise(path: &Path, site: &Site) -> anyhow::Result<()> {
     );
     // Before any node writes into it: it will hold the database, keys and logs.
     crate::private_dir(&site.state_dir, false)?;
+    // A node's successor (an upgrade) outlives the node's first process: it becomes
+    // this process's child then, not init's, so it can be followed and stopped.
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| anyhow::anyhow!("cannot become the nodes' subreaper: {e}"))?;
     // Made here, before any node starts, so nodes that end TLS share one certificate.
     if site.has_https() {
         net::tls::cert_files(site)?;
@@ -173,11 +183,8 @@ async fn run_nodes(
         let started = Instant::now();
         let mut running = spawn_node(launch, &node.name)?;
         let ready = tokio::select! {
-            ready = wait_ready(&node, running.child.id()) => ready,
-            status = running.child.wait() => Err(anyhow::anyhow!(
-                "it exited ({})",
-                status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
-            )),
+            ready = wait_ready(&node, Some(running.process.id())) => ready,
+            status = running.process.wait() => Err(anyhow::anyhow!("it exited ({status})")),
             _ = signals.recv() => Err(anyhow::anyhow!("interrupted")),
         };
         let (trigger, stop) = net::shutdown::channel();
@@ -303,11 +310,107 @@ async fn stop_all(tasks: Vec<(String, net::shutdown::Trigger, tokio::task::JoinH
 }
 
 /// A node's process, and the write end of its standard input: the node runs while
-/// this end is open. It is kept apart from the `Child` because `Child::wait` closes
-/// the child's stdin.
+/// this end is open (its successor after an upgrade inherits the other end). It is
+/// kept apart from the `Child` because `Child::wait` closes the child's stdin.
 struct Running {
-    child: Child,
+    process: Process,
     _lifeline: tokio::process::ChildStdin,
+}
+
+/// The process of a node: started here, or a successor adopted after an upgrade.
+enum Process {
+    Spawned {
+        child: Child,
+        pid: u32,
+    },
+    Adopted {
+        pid: u32,
+        /// Its exit status, from a blocking `waitpid` on a thread of its own (tokio's
+        /// process driver knows only the children it started).
+        exited: tokio::task::JoinHandle<Exit>,
+    },
+}
+
+/// How a node's process ended.
+struct Exit {
+    success: bool,
+    /// In words, for the terminal.
+    status: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.status)
+    }
+}
+
+impl Process {
+    fn id(&self) -> u32 {
+        match self {
+            Process::Spawned { pid, .. } => *pid,
+            Process::Adopted { pid, .. } => *pid,
+        }
+    }
+
+    /// Waits for the process to exit.
+    async fn wait(&mut self) -> Exit {
+        match self {
+            Process::Spawned { child, .. } => match child.wait().await {
+                Ok(status) => Exit {
+                    success: status.success(),
+                    status: status.to_string(),
+                },
+                Err(e) => Exit {
+                    success: false,
+                    status: e.to_string(),
+                },
+            },
+            Process::Adopted { exited, .. } => exited.await.unwrap_or_else(|e| Exit {
+                success: false,
+                status: e.to_string(),
+            }),
+        }
+    }
+
+    /// The successor of this node's process, now this supervisor's child: the pid in
+    /// the node's pid file, when it is another process than `self` and ours to wait for.
+    fn successor(&self, launch: &Launch, name: &str) -> Option<Process> {
+        let file = net::handover::pid_path(&launch.state_dir, name);
+        let pid: u32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+        if pid == self.id() || parent_of(pid)? != std::process::id() {
+            return None;
+        }
+        let exited = tokio::task::spawn_blocking(move || {
+            use nix::sys::wait::WaitStatus;
+            match nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None) {
+                Ok(WaitStatus::Exited(_, code)) => Exit {
+                    success: code == 0,
+                    status: format!("exit status: {code}"),
+                },
+                Ok(WaitStatus::Signaled(_, signal, _)) => Exit {
+                    success: false,
+                    status: format!("signal: {signal}"),
+                },
+                Ok(other) => Exit {
+                    success: false,
+                    status: format!("{other:?}"),
+                },
+                Err(e) => Exit {
+                    success: false,
+                    status: e.to_string(),
+                },
+            }
+        });
+        Some(Process::Adopted { pid, exited })
+    }
+}
+
+/// The parent pid of process `pid`, from `/proc` (`None` once it is gone).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's closing parenthesis: state, then the parent's pid.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split(' ').nth(1)?.parse().ok()
 }
 
 fn spawn_node(launch: &Launch, name: &str) -> anyhow::Result<Running> {
@@ -370,7 +473,10 @@ fn spawn_node(launch: &Launch, name: &str) -> anyhow::Result<Running> {
         });
     }
     Ok(Running {
-        child,
+        process: Process::Spawned {
+            pid: child.id().unwrap_or(0),
+            child,
+        },
         _lifeline: lifeline,
     })
 }
@@ -439,11 +545,21 @@ async fn keep_running(launch: Launch, node: Node, mut running: Running, stop: ne
     let mut backoff = Duration::from_millis(500);
     loop {
         tokio::select! {
-            status = running.child.wait() => {
+            status = running.process.wait() => {
                 if stop.is_triggered() {
                     return;
                 }
-                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                if let Some(next) = running.process.successor(&launch, &node.name) {
+                    println!(
+                        "scaleup: {} now runs as pid {} (upgraded; pid {} exited: {status})",
+                        node.name,
+                        next.id(),
+                        running.process.id()
+                    );
+                    running.process = next;
+                    backoff = Duration::from_millis(500);
+                    continue;
+                }
                 eprintln!("scaleup: {} exited ({status}); restarting in {:.1} s", node.name, backoff.as_secs_f64());
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -459,23 +575,23 @@ async fn keep_running(launch: Launch, node: Node, mut running: Running, stop: ne
                 }
             }
             _ = stop.wait() => {
-                terminate(&node.name, &mut running.child).await;
+                terminate(&node.name, &mut running.process).await;
                 return;
             }
         }
     }
 }
 
-async fn terminate(name: &str, child: &mut Child) {
-    let Some(pid) = child.id() else { return };
-    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-    match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
-        Ok(Ok(status)) if status.success() => println!("  stopped  {name}"),
-        Ok(Ok(status)) => println!("  stopped  {name} ({status})"),
-        Ok(Err(e)) => eprintln!("scaleup: waiting for {name}: {e}"),
+async fn terminate(name: &str, process: &mut Process) {
+    let pid = Pid::from_raw(process.id() as i32);
+    let _ = kill(pid, Signal::SIGTERM);
+    match tokio::time::timeout(STOP_TIMEOUT, process.wait()).await {
+        Ok(exit) if exit.success => println!("  stopped  {name}"),
+        Ok(status) => println!("  stopped  {name} ({status})"),
         Err(_) => {
             eprintln!("scaleup: {name} did not stop within {STOP_TIMEOUT:?}; killing it");
-            let _ = child.kill().await;
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = process.wait().await;
         }
     }
 }

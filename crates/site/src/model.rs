@@ -543,6 +543,9 @@ pub struct Timeouts {
     /// both sides are closed: HAProxy's `timeout tunnel`, long because a quiet chat or
     /// live feed is still wanted.
     pub tunnel: Duration,
+    /// How long a stopping process (SIGTERM, or the old process of an upgrade) lets
+    /// its open connections finish, WebSockets included, before it closes them.
+    pub drain: Duration,
 }
 
 /// Where the foobar data lives.

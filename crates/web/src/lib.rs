@@ -466,6 +466,7 @@ pub async fn serve_reloadable(
         budget: web.budget.clone(),
         header_timeout: config.timeouts.client,
         keepalive_timeout: config.timeouts.keepalive,
+        drain_timeout: config.timeouts.drain,
         // The handler refuses a body announced over the limit, with the limit of the
         // moment (a reload may change it).
         max_body_bytes: None,

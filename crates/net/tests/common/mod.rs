@@ -49,6 +49,7 @@ pub fn pool_of(addr: SocketAddr, interval: Duration) -> Arc<Pool> {
             server: Duration::from_secs(5),
             keepalive: Duration::from_secs(5),
             tunnel: Duration::from_secs(60),
+            drain: Duration::from_secs(10),
         },
     ))
 }

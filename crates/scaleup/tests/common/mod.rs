@@ -511,3 +511,83 @@ impl Drop for LiveSocket {
         }
     }
 }
+
+/// wrk, the HTTP load generator, run against one URL for a bounded time in the
+/// background (2 threads, a 5 s timeout per request). Installed by
+/// `scripts/install-test-deps`; a test that needs it fails without it.
+pub struct Wrk {
+    child: Child,
+    url: String,
+}
+
+/// What wrk counted.
+#[derive(Debug)]
+pub struct WrkReport {
+    /// Requests answered.
+    pub requests: u64,
+    /// Answers that were not 2xx or 3xx, and socket errors (connect, read, write,
+    /// timeout): requests a client saw fail.
+    pub failed: u64,
+    /// wrk's own words.
+    pub text: String,
+}
+
+impl Wrk {
+    pub fn start(url: &str, connections: u32, length: Duration) -> Wrk {
+        let child = Command::new("wrk")
+            .args(["-t2", "--timeout", "5s", "--latency"])
+            .arg(format!("-c{connections}"))
+            .arg(format!("-d{}s", length.as_secs().max(1)))
+            .arg(url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start wrk ({e}): run scripts/install-test-deps (Debian: apt-get install wrk)")
+            });
+        Wrk {
+            child,
+            url: url.to_string(),
+        }
+    }
+
+    /// Waits for wrk to end; what it counted.
+    pub fn finish(self) -> WrkReport {
+        let out = self.child.wait_with_output().unwrap();
+        let text = format!(
+            "wrk {}:\n{}{}",
+            self.url,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{text}");
+        assert!(out.status.success(), "wrk failed: {text}");
+        let number_after = |label: &str| -> u64 {
+            text.split(label)
+                .nth(1)
+                .and_then(|rest| {
+                    rest.trim_start()
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                })
+                .unwrap_or(0)
+        };
+        let requests = text
+            .lines()
+            .find(|l| l.contains(" requests in "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let failed = number_after("Non-2xx or 3xx responses:")
+            + number_after("Socket errors: connect")
+            + number_after(", read")
+            + number_after(", write")
+            + number_after(", timeout");
+        WrkReport {
+            requests,
+            failed,
+            text,
+        }
+    }
+}

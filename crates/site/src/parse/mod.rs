@@ -166,6 +166,7 @@ struct RawTimeouts {
     server: Option<Spanned<String>>,
     keepalive: Option<Spanned<String>>,
     tunnel: Option<Spanned<String>>,
+    drain: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -190,6 +190,7 @@ impl Checker<'_> {
                 raw.and_then(|t| t.tunnel.as_ref()),
                 Duration::from_secs(3600),
             ),
+            drain: self.duration(raw.and_then(|t| t.drain.as_ref()), Duration::from_secs(10)),
         }
     }
 
