@@ -82,7 +82,7 @@ pub struct AppConfig {
     /// request with the request id the tiers in front gave it.
     pub access_log: Option<std::path::PathBuf>,
     /// How access-log lines are written.
-    pub log_format: site::LogFormat,
+    pub log_format: net::access_log::LogFormat,
     /// Who may change the running node (`POST /upgrade` on its admin listener).
     pub admin_token: net::admin::Token,
     /// How long a stopping process lets open connections (WebSockets on `/live`
@@ -102,7 +102,7 @@ impl AppConfig {
             trusted_proxies: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             access_log: None,
-            log_format: site::LogFormat::Combined,
+            log_format: net::access_log::LogFormat::Combined,
             admin_token: Ok(None).into(),
             drain_timeout: net::server::Limits::default().drain_timeout,
         }

@@ -254,20 +254,13 @@ pub async fn serve(
         admin = %admin.local_addr()?,
         "application server serving"
     );
-    let admin_task = tokio::spawn(net::admin::serve_admin(
-        admin,
-        node.clone(),
-        shutdown.clone(),
-    ));
-    net::server::serve(
-        listener,
-        limits,
-        node.clone(),
-        node.metrics.clone(),
-        shutdown,
-    )
-    .await?;
-    admin_task.await??;
+    net::node::Node::new(node.clone(), node.metrics.clone(), limits, shutdown)
+        .serve(net::node::Listeners {
+            http: listener,
+            https: None,
+            admin,
+        })
+        .await?;
     // Closing the pool lets SQLite checkpoint its write-ahead log into the file.
     node.app.db().close().await;
     Ok(())

@@ -5,9 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster::{State, Takeover};
+use cluster::State;
 use net::Shutdown;
-use site::Floating;
 
 use crate::{Frontends, Task};
 
@@ -27,86 +26,6 @@ pub struct Membership {
     pub tls_floating: Option<SocketAddr>,
     /// Whether the floating listener is bound only while active (local mode).
     pub only_while_active: bool,
-}
-
-impl Membership {
-    /// The membership of load balancer `name`, if the site has a cluster.
-    ///
-    /// Its `member.config_hash` is that of an empty file: a [`site::Site`] no longer
-    /// has the bytes it was read from, so whoever read the file (`scaleup run`) sets
-    /// it with [`cluster::wire::config_hash`] of those bytes.
-    pub fn from_site(site: &site::Site, name: &str) -> anyhow::Result<Option<Membership>> {
-        let Some(c) = &site.cluster else {
-            return Ok(None);
-        };
-        let me = site
-            .lb(name)
-            .ok_or_else(|| anyhow::anyhow!("`{name}` is not a load balancer"))?;
-        let peer = site
-            .lbs
-            .iter()
-            .find(|l| l.node.name != name)
-            .ok_or_else(|| anyhow::anyhow!("the cluster needs a second load balancer"))?;
-        let heartbeat = |lb: &site::LbNode| {
-            lb.heartbeat.ok_or_else(|| {
-                anyhow::anyhow!("load balancer `{}` has no heartbeat address", lb.node.name)
-            })
-        };
-        let secret = match &c.secret {
-            Some(secret) => secret.resolve().map_err(anyhow::Error::msg)?,
-            None => Vec::new(),
-        };
-        let (takeover, floating, only_while_active) = match &c.floating {
-            Floating::Local { address, .. } => (Takeover::Local, Some(*address), true),
-            Floating::Linux {
-                interface,
-                address,
-                prefix,
-                port,
-            } => (
-                Takeover::Linux {
-                    interface: interface.clone(),
-                    address: *address,
-                    prefix: *prefix,
-                },
-                Some(SocketAddr::new(*address, *port)),
-                false,
-            ),
-            Floating::Hook {
-                on_active,
-                on_passive,
-                ..
-            } => (
-                Takeover::Hook {
-                    on_active: on_active.clone(),
-                    on_passive: on_passive.clone(),
-                },
-                None,
-                false,
-            ),
-        };
-        Ok(Some(Membership {
-            member: cluster::Config {
-                name: name.to_string(),
-                priority: me.priority,
-                heartbeat: heartbeat(me)?,
-                peer_name: peer.node.name.clone(),
-                peer_heartbeat: heartbeat(peer)?,
-                secret,
-                interval: c.interval,
-                dead_after: c.dead_after,
-                preempt: c.preempt,
-                takeover,
-                config_hash: cluster::wire::config_hash(b""),
-            },
-            floating,
-            tls_floating: match &c.floating {
-                Floating::Local { tls_address, .. } => *tls_address,
-                _ => None,
-            },
-            only_while_active,
-        }))
-    }
 }
 
 /// Starts serving the floating address as the election decides, and reporting the

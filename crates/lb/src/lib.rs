@@ -39,14 +39,15 @@ use net::{Body, Metrics, Shutdown};
 use tokio::net::TcpListener;
 
 pub use dashboard::{DbMember, Member, Topology};
+pub use floating::Membership;
 
 /// Everything a load balancer needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// This node's name, for logs and metrics.
     pub name: String,
-    /// The site's balancing settings.
-    pub balancer: site::Balancer,
+    /// How this load balancer balances.
+    pub balancer: Balancing,
     /// The web servers of the pool: name, address and weight.
     pub servers: Vec<Server>,
     /// The cluster this load balancer belongs to, if any.
@@ -56,69 +57,39 @@ pub struct Config {
     /// This node's HTTPS port, where the plain frontend redirects (if it does).
     pub tls_port: Option<u16>,
     /// The certificate, when this node ends TLS (`http` mode).
-    pub tls: Option<site::TlsFiles>,
+    pub tls: Option<net::tls::TlsFiles>,
     /// The token admin writes (drain, ready) must carry, or why there is none.
     pub admin_token: net::admin::Token,
     /// Where access-log lines go (`None`: standard output): one per HTTP request, as
     /// HAProxy logs, so `scaleup trace` finds a request here too.
     pub access_log: Option<std::path::PathBuf>,
     /// How access-log lines are written.
-    pub log_format: site::LogFormat,
+    pub log_format: net::access_log::LogFormat,
     /// The site's nodes, which the dashboard draws and asks for their state.
     pub topology: Topology,
 }
 
-impl Config {
-    /// The configuration of load balancer `name` of `site`.
-    pub fn from_site(site: &site::Site, name: &str) -> anyhow::Result<Config> {
-        anyhow::ensure!(
-            site.lb(name).is_some(),
-            "`{name}` is not a load balancer of this site"
-        );
-        let webs: Vec<&site::WebNode> = site
-            .balancer
-            .servers
-            .iter()
-            .filter_map(|s| site.web(s))
-            .collect();
-        let tls_listen = site.lb(name).and_then(|l| l.tls_listen);
-        let ends_tls = tls_listen.is_some() && site.balancer.tls_mode == site::TlsMode::Http;
-        Ok(Config {
-            name: name.to_string(),
-            balancer: site.balancer.clone(),
-            servers: webs
-                .iter()
-                .map(|w| Server {
-                    name: w.node.name.clone(),
-                    addr: w.node.listen,
-                    weight: w.weight,
-                })
-                .collect(),
-            servers_tls: webs.iter().map(|w| w.tls_listen).collect(),
-            // Clients of the floating address are sent to the floating HTTPS port.
-            tls_port: match &site.cluster {
-                Some(site::Cluster {
-                    floating:
-                        site::Floating::Local {
-                            tls_address: Some(tls),
-                            ..
-                        },
-                    ..
-                }) => Some(tls.port()),
-                _ => tls_listen.map(|a| a.port()),
-            },
-            tls: if ends_tls {
-                Some(net::tls::cert_files(site)?)
-            } else {
-                None
-            },
-            cluster: floating::Membership::from_site(site, name)?,
-            admin_token: site.admin_token().into(),
-            access_log: site.lb(name).and_then(|l| l.access_log.clone()),
-            log_format: site.log_format,
-            topology: Topology::from_site(site),
-        })
-    }
+/// How a load balancer balances (the site's `[balancer]`, in the pool's terms).
+#[derive(Debug, Clone)]
+pub struct Balancing {
+    /// How a server is picked for a new request.
+    pub algorithm: net::upstream::Algorithm,
+    /// How servers are checked.
+    pub health: net::upstream::HealthCheck,
+    /// Client and upstream timeouts, and the drain's.
+    pub timeouts: net::upstream::Timeouts,
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// Most of those from one client address (an IPv6 /64 counts as one).
+    pub max_connections_per_client: usize,
+    /// How many other servers an idempotent request that failed to connect is tried on.
+    pub retries: u32,
+    /// Whether plain HTTP is answered with 308 to the HTTPS frontend.
+    pub https_redirect: bool,
+    /// Proxies in front whose forwarding headers are kept.
+    pub trusted_proxies: Vec<net::headers::Block>,
+    /// How long a server made ready or back up takes to get its whole share.
+    pub slowstart: std::time::Duration,
 }
 
 /// The running load balancer: its live settings and its counters.
@@ -151,20 +122,20 @@ struct LoadBalancer {
 /// listeners; each client connection also holds a connection to a web server (2
 /// descriptors). A proxy in front carries many clients' connections from one
 /// address, so `trusted_proxies` are not capped per address.
-fn budget(b: &site::Balancer) -> Arc<net::budget::Budget> {
+fn budget(b: &Balancing) -> Arc<net::budget::Budget> {
     net::budget::Budget::for_process(
         b.max_connections,
-        b.max_connections_per_client as usize,
+        b.max_connections_per_client,
         2,
         Trusted::blocks(b.trusted_proxies.iter().copied()),
     )
 }
 
 /// [`budget`] applied by a reload to the budget in use.
-fn resize(budget: &net::budget::Budget, b: &site::Balancer) {
+fn resize(budget: &net::budget::Budget, b: &Balancing) {
     budget.resize(
         b.max_connections,
-        b.max_connections_per_client as usize,
+        b.max_connections_per_client,
         2,
         Trusted::blocks(b.trusted_proxies.iter().copied()),
     );
@@ -185,7 +156,7 @@ pub(crate) struct Live {
     /// One line per HTTP request (TLS relayed in `tcp` mode is not seen here).
     log: AccessLog,
     /// The file and format `log` writes, to reopen it only when they change.
-    log_to: (Option<std::path::PathBuf>, site::LogFormat),
+    log_to: (Option<std::path::PathBuf>, net::access_log::LogFormat),
 }
 
 impl Live {
@@ -483,10 +454,6 @@ pub async fn serve_reloadable(
             inner.clone(),
         )),
     });
-    let reload_task = reloads.map(|reloads| {
-        let lb = lb.clone();
-        tokio::spawn(net::reload::serve(reloads, move |config| lb.apply(config)))
-    });
     let limits = Limits {
         budget: lb.budget.clone(),
         header_timeout: b.timeouts.client,
@@ -519,20 +486,36 @@ pub async fn serve_reloadable(
         https,
         limits: limits.clone(),
     });
-    let admin_task = tokio::spawn(net::admin::serve_admin(admin, lb.clone(), inner.clone()));
     let tls_task = match tls_listener {
         None => None,
         Some(tls_listener) => {
             tracing::info!(
                 node = %config.name,
                 tls_listen = %tls_listener.local_addr()?,
-                mode = b.tls_mode.as_str(),
+                // `http`: TLS ends here; `tcp`: relayed to a web server.
+                mode = if config.tls.is_some() { "http" } else { "tcp" },
                 "load balancer serving HTTPS"
             );
             frontends.spawn_https(tls_listener, inner.clone())
         }
     };
-    let main_task = frontends.spawn_http(listener, inner.clone());
+    // The node's own listeners, admin and reloads; the HTTPS one may relay TLS, which
+    // is not HTTP, so it is served above.
+    let applier = lb.clone();
+    let node_task = tokio::spawn(
+        net::node::Node::new(
+            lb.clone(),
+            lb.metrics.clone(),
+            limits.clone(),
+            inner.clone(),
+        )
+        .reloads(reloads, move |config| applier.apply(config))
+        .serve(net::node::Listeners {
+            http: listener,
+            https: None,
+            admin,
+        }),
+    );
 
     // The cluster last: an upgraded node's new process serves its own listeners at
     // once, and joins the election when the old one has left it.
@@ -566,15 +549,9 @@ pub async fn serve_reloadable(
     if let Some(task) = floating_task {
         task.await?;
     }
-    main_task.await??;
+    node_task.await??;
     if let Some(task) = tls_task {
         task.await??;
-    }
-    admin_task.await??;
-    if let Some(task) = reload_task {
-        // Its triggers are gone with the listeners (the signal handler's with the
-        // process): stop it rather than wait.
-        task.abort();
     }
     Ok(())
 }

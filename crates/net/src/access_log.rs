@@ -31,13 +31,24 @@ use std::time::{Duration, Instant, SystemTime};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 
+/// How access-log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// nginx's `combined` line with `rid=`, `rt=` (and `trace=`) appended: what
+    /// people and `grep` read.
+    #[default]
+    Combined,
+    /// One JSON object per line: what log shippers read.
+    Json,
+}
+
 /// Where access-log lines go. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
     tx: mpsc::SyncSender<String>,
     dropped: Arc<AtomicU64>,
     /// How lines are written: nginx's combined format, or JSON.
-    format: site::LogFormat,
+    format: LogFormat,
 }
 
 /// Lines waiting for the writer at most: a few seconds of a busy node's traffic,
@@ -78,12 +89,12 @@ impl AccessLog {
         Ok(AccessLog {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
-            format: site::LogFormat::Combined,
+            format: LogFormat::Combined,
         })
     }
 
     /// The same log, its lines written in `format`.
-    pub fn with_format(mut self, format: site::LogFormat) -> AccessLog {
+    pub fn with_format(mut self, format: LogFormat) -> AccessLog {
         self.format = format;
         self
     }
@@ -144,8 +155,8 @@ impl Entry {
         let elapsed = self.started.elapsed();
         let request_id = request_id.and_then(|v| v.to_str().ok());
         let line = match self.log.format {
-            site::LogFormat::Combined => self.combined(status, bytes, request_id, elapsed),
-            site::LogFormat::Json => self.json(status, bytes, request_id, elapsed),
+            LogFormat::Combined => self.combined(status, bytes, request_id, elapsed),
+            LogFormat::Json => self.json(status, bytes, request_id, elapsed),
         };
         // The request succeeded either way: a full queue (the disk is slower than
         // the traffic) or a dead writer costs the line, counted, not the request.
@@ -385,7 +396,7 @@ mod tests {
         let path = dir.path().join("access.log");
         let log = AccessLog::open(Some(&path))
             .unwrap()
-            .with_format(site::LogFormat::Json);
+            .with_format(LogFormat::Json);
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::USER_AGENT,

@@ -38,7 +38,7 @@ const RESERVE: u64 = 256;
 
 /// The default cap on connections from one client address (the site file's
 /// `max_connections_per_client`).
-pub const DEFAULT_PER_CLIENT: usize = site::DEFAULT_MAX_CONNECTIONS_PER_CLIENT as usize;
+pub const DEFAULT_PER_CLIENT: usize = 256;
 
 /// The process's open-file limit (soft), or a conservative guess if it cannot be read.
 pub fn open_file_limit() -> u64 {

@@ -81,10 +81,41 @@ impl RequestIds {
     }
 }
 
+/// An address block: the first address and how many leading bits its members share
+/// (at most 32 for IPv4, 128 for IPv6); a single address is a block of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Block {
+    /// Whether `ip` is in this block. An IPv4 address seen as IPv4-mapped IPv6
+    /// (`::ffff:10.1.2.3`, what a dual-stack socket reports) counts as the IPv4
+    /// address, so one `10.0.0.0/8` entry works on either kind of listener.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr.to_canonical(), ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Addresses or blocks (`10.0.0.0/8`), for the peers whose forwarding headers a hop
 /// believes.
 #[derive(Debug, Clone, Default)]
-pub struct Trusted(Vec<site::Cidr>);
+pub struct Trusted(Vec<Block>);
 
 impl Trusted {
     /// Exactly these addresses.
@@ -94,14 +125,14 @@ impl Trusted {
                 .map(|ip| {
                     let addr = ip.to_canonical();
                     let prefix = if addr.is_ipv4() { 32 } else { 128 };
-                    site::Cidr { addr, prefix }
+                    Block { addr, prefix }
                 })
                 .collect(),
         )
     }
 
     /// These blocks (a load balancer's `trusted_proxies`).
-    pub fn blocks(blocks: impl IntoIterator<Item = site::Cidr>) -> Trusted {
+    pub fn blocks(blocks: impl IntoIterator<Item = Block>) -> Trusted {
         Trusted(blocks.into_iter().collect())
     }
 
@@ -370,9 +401,37 @@ mod tests {
         assert_eq!(h[&X_REQUEST_ID], id);
     }
 
+    fn block(addr: &str, prefix: u8) -> Block {
+        Block {
+            addr: addr.parse().unwrap(),
+            prefix,
+        }
+    }
+
+    #[test]
+    fn blocks_contain_their_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(block("10.0.0.0", 8).contains(ip("10.255.1.2")));
+        assert!(!block("10.0.0.0", 8).contains(ip("11.0.0.1")));
+        assert!(block("192.0.2.1", 32).contains(ip("192.0.2.1")));
+        assert!(!block("192.0.2.1", 32).contains(ip("192.0.2.2")));
+        assert!(block("0.0.0.0", 0).contains(ip("203.0.113.9")));
+        assert!(
+            !block("0.0.0.0", 0).contains(ip("::1")),
+            "v4 blocks hold no v6"
+        );
+        assert!(
+            block("10.0.0.0", 8).contains(ip("::ffff:10.1.2.3")),
+            "mapped v4"
+        );
+        assert!(block("2001:db8::", 32).contains(ip("2001:db8:1::5")));
+        assert!(!block("2001:db8::", 32).contains(ip("2001:db9::5")));
+        assert!(block("::", 0).contains(ip("fe80::1")));
+    }
+
     #[test]
     fn blocks_and_addresses_are_trusted() {
-        let t = Trusted::blocks(["10.0.0.0/8".parse().unwrap()]);
+        let t = Trusted::blocks([block("10.0.0.0", 8)]);
         assert!(t.contains("10.200.3.4".parse().unwrap()));
         assert!(t.contains("::ffff:10.1.1.1".parse().unwrap()));
         assert!(!t.contains("11.0.0.1".parse().unwrap()));

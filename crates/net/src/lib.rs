@@ -18,6 +18,7 @@
 //! - [`trace`]: W3C `traceparent`, checked and passed on;
 //! - [`admin`]: the `/healthz`, `/metrics`, `/status` listener of every node;
 //! - [`reload`]: how a running node is asked to re-read its site file.
+//! - [`node`]: what every role's process runs: listeners, admin, reloads, drain;
 //! - [`handover`]: a node's listening sockets passed to its successor (`upgrade`).
 //!
 //! Nothing here knows a role's policy: the load balancer and the web server are
@@ -37,6 +38,7 @@ pub mod headers;
 pub mod keepalive;
 pub mod linger;
 pub mod metrics;
+pub mod node;
 pub mod pages;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -13,36 +13,35 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-/// The certificate and key files a node serves: the site's own, or the self-signed
-/// pair in the state directory (made here if missing).
-pub fn cert_files(site: &site::Site) -> anyhow::Result<site::TlsFiles> {
-    match &site.tls.files {
-        Some(files) => Ok(files.clone()),
-        None => ensure_self_signed(site),
-    }
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
-/// Where the self-signed certificate of `site` lives: `STATE_DIR/tls/NAME.crt`
+/// Where the self-signed certificate of site `name` lives: `STATE_DIR/tls/NAME.crt`
 /// and `.key`.
-pub fn self_signed_files(site: &site::Site) -> site::TlsFiles {
-    let dir = site.state_dir.join("tls");
-    site::TlsFiles {
-        cert: dir.join(format!("{}.crt", site.name)),
-        key: dir.join(format!("{}.key", site.name)),
+pub fn self_signed_files(state_dir: &Path, name: &str) -> TlsFiles {
+    let dir = state_dir.join("tls");
+    TlsFiles {
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
     }
 }
 
-/// Makes the self-signed certificate (ECDSA P-256, for the site's name, `localhost`
-/// and `127.0.0.1`) unless it already exists, so every node and every run serves the
-/// same certificate and a browser told to trust it once keeps trusting it.
-pub fn ensure_self_signed(site: &site::Site) -> anyhow::Result<site::TlsFiles> {
-    let files = self_signed_files(site);
+/// Makes the self-signed certificate of site `name` (ECDSA P-256, for the name,
+/// `localhost` and `127.0.0.1`) in `state_dir` unless it already exists, so every node
+/// and every run serves the same certificate and a browser told to trust it once keeps
+/// trusting it.
+pub fn ensure_self_signed(state_dir: &Path, name: &str) -> anyhow::Result<TlsFiles> {
+    let files = self_signed_files(state_dir, name);
     if files.cert.exists() && files.key.exists() {
         return Ok(files);
     }
-    let names = vec![site.name.clone(), "localhost".into(), "127.0.0.1".into()];
+    let names = vec![name.to_string(), "localhost".into(), "127.0.0.1".into()];
     let rcgen::CertifiedKey { cert, key_pair } = rcgen::generate_simple_self_signed(names)
-        .with_context(|| format!("cannot make a certificate for {}", site.name))?;
+        .with_context(|| format!("cannot make a certificate for {name}"))?;
     let dir = files.cert.parent().with_context(|| {
         format!(
             "{} is not in a folder: set the site's state_dir",
@@ -76,7 +75,7 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
 
 /// The rustls server configuration for `files`: TLS 1.3 and 1.2, ALPN `h2` then
 /// `http/1.1`.
-pub fn server_config(files: &site::TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub fn server_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     Ok(live_server_config(files)?.0)
 }
 
@@ -94,7 +93,7 @@ impl ResolvesServerCert for LiveCert {
 impl LiveCert {
     /// Loads `files` and serves them from the next handshake on; on an error the
     /// certificate in use stays.
-    pub fn reload(&self, files: &site::TlsFiles) -> anyhow::Result<()> {
+    pub fn reload(&self, files: &TlsFiles) -> anyhow::Result<()> {
         self.0.store(Arc::new(certified_key(files)?));
         Ok(())
     }
@@ -102,7 +101,7 @@ impl LiveCert {
 
 /// [`server_config`], with the handle that replaces its certificate.
 pub fn live_server_config(
-    files: &site::TlsFiles,
+    files: &TlsFiles,
 ) -> anyhow::Result<(Arc<rustls::ServerConfig>, Arc<LiveCert>)> {
     let live = Arc::new(LiveCert(arc_swap::ArcSwap::from_pointee(certified_key(
         files,
@@ -117,7 +116,7 @@ pub fn live_server_config(
 }
 
 /// The certificate chain and key of `files`, checked to belong together.
-fn certified_key(files: &site::TlsFiles) -> anyhow::Result<CertifiedKey> {
+fn certified_key(files: &TlsFiles) -> anyhow::Result<CertifiedKey> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| {
@@ -156,15 +155,6 @@ fn certified_key(files: &site::TlsFiles) -> anyhow::Result<CertifiedKey> {
     Ok(certified)
 }
 
-/// Only for messages: where the certificate in use came from.
-pub fn describe(site: &site::Site) -> PathBuf {
-    site.tls
-        .files
-        .as_ref()
-        .map(|f| f.cert.clone())
-        .unwrap_or_else(|| self_signed_files(site).cert)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,11 +162,10 @@ mod tests {
     #[test]
     fn the_self_signed_certificate_is_made_once_and_loads() {
         let dir = tempfile::tempdir().unwrap();
-        let text = site::default_site(20000, &dir.path().to_string_lossy(), "test-secret");
-        let site = site::parse(&text, "t", dir.path()).unwrap();
-        let files = ensure_self_signed(&site).unwrap();
+        let files = ensure_self_signed(dir.path(), "www.foobar.com").unwrap();
+        assert_eq!(files.cert, dir.path().join("tls/www.foobar.com.crt"));
         let first = std::fs::read(&files.cert).unwrap();
-        ensure_self_signed(&site).unwrap();
+        ensure_self_signed(dir.path(), "www.foobar.com").unwrap();
         assert_eq!(std::fs::read(&files.cert).unwrap(), first, "made once");
         let config = server_config(&files).unwrap();
         assert_eq!(config.alpn_protocols[0], b"h2");
@@ -190,7 +179,7 @@ mod tests {
 
     #[test]
     fn a_missing_certificate_file_says_what_to_give() {
-        let files = site::TlsFiles {
+        let files = TlsFiles {
             cert: "/nonexistent/site.crt".into(),
             key: "/nonexistent/site.key".into(),
         };

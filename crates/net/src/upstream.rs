@@ -25,10 +25,66 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::Request;
 use hyper_util::rt::TokioIo;
-use site::{Algorithm, HealthCheck, Timeouts};
 
 use crate::keepalive::Connections;
 use crate::Shutdown;
+
+/// How a pool member is picked (one [`Select`] impl each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Each server in turn, by weight (nginx's smooth weighted round robin).
+    RoundRobin,
+    /// The fewest requests in flight per weight: best when requests vary in cost.
+    LeastConn,
+    /// A hash of the client address: the same client lands on the same server.
+    Source,
+}
+
+impl Algorithm {
+    /// Its name, as the site file and the stats page write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "roundrobin",
+            Algorithm::LeastConn => "leastconn",
+            Algorithm::Source => "source",
+        }
+    }
+}
+
+/// Active health checks, as HAProxy does them: `rise` good checks in a row bring a
+/// server in, `fall` bad ones take it out. A refused connection takes it out at once.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// The path requested with `GET`; any 2xx or 3xx is good.
+    pub path: String,
+    /// Time between checks of one server.
+    pub interval: Duration,
+    /// How long one check may take before it counts as bad.
+    pub timeout: Duration,
+    /// Good checks in a row before a down server is used again.
+    pub rise: u32,
+    /// Bad checks in a row before an up server is taken out.
+    pub fall: u32,
+}
+
+/// A proxying node's timeouts, named as HAProxy names them: the upstream ones are the
+/// pool's, the client ones its listeners'.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// Connecting to an upstream server.
+    pub connect: Duration,
+    /// A client sending its request head, and an idle keep-alive client.
+    pub client: Duration,
+    /// An upstream server sending its response head.
+    pub server: Duration,
+    /// A kept-alive client connection with no request started, before it is closed.
+    pub keepalive: Duration,
+    /// An upgraded connection (a WebSocket) with no byte either way, before both sides
+    /// are closed.
+    pub tunnel: Duration,
+    /// How long a stopping process lets its open connections finish.
+    pub drain: Duration,
+}
 
 /// A server to put in a pool: what the configuration says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]

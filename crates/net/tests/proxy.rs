@@ -12,8 +12,8 @@ use hyper::body::Incoming;
 use net::proxy::{forward, Policy};
 use net::server::{serve, Handler, Limits};
 use net::upstream::Pool;
+use net::upstream::{Algorithm, HealthCheck, Timeouts};
 use net::{Body, Metrics};
-use site::{Algorithm, HealthCheck, Timeouts};
 use tokio::net::TcpListener;
 
 /// An origin that answers with its name, after `delay`, and 500 on /healthz when sick.

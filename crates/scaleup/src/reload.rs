@@ -19,17 +19,17 @@ use crate::configs;
 /// The configurations whose certificate a reload reloads.
 pub(crate) trait Served {
     /// The certificate and key the node serves, if it ends TLS.
-    fn tls(&self) -> Option<&site::TlsFiles>;
+    fn tls(&self) -> Option<&net::tls::TlsFiles>;
 }
 
 impl Served for lb::Config {
-    fn tls(&self) -> Option<&site::TlsFiles> {
+    fn tls(&self) -> Option<&net::tls::TlsFiles> {
         self.tls.as_ref()
     }
 }
 
 impl Served for web::Config {
-    fn tls(&self) -> Option<&site::TlsFiles> {
+    fn tls(&self) -> Option<&net::tls::TlsFiles> {
         self.tls.as_ref()
     }
 }

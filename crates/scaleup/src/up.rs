@@ -81,7 +81,7 @@ async fn supervise(path: &Path, site: &Site) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot become the nodes' subreaper: {e}"))?;
     // Made here, before any node starts, so nodes that end TLS share one certificate.
     if site.has_https() {
-        net::tls::cert_files(site)?;
+        crate::configs::cert_files(site)?;
     }
     let mut signals = Signals::new()?;
     let token = admin_token(site)?;
@@ -258,7 +258,7 @@ async fn run_nodes(
         }
     }
     if site.has_https() && site.tls.files.is_none() {
-        let cert = net::tls::describe(site);
+        let cert = crate::configs::cert_path(site);
         println!(
             "The HTTPS certificate is self-signed ({cert}). To trust it:\n  \
              curl: --cacert {cert}\n  \

@@ -244,12 +244,15 @@ admin = "127.0.0.1:9014"
     wait_until("lb1 takes the floating IP", Duration::from_secs(30), || {
         hosts.holds_vip("lb1")
     });
-    let _lb2 = hosts.run("lb2", "lb2", &site);
+    // Served (lb1 has seen web1 up) before lb2 joins: a load balancer whose web
+    // servers are all down hands the address to a healthy peer, and web1 starts at the
+    // same time as lb1.
     wait_until(
         "the client reaches the site",
         Duration::from_secs(30),
         || hosts.client_get(),
     );
+    let _lb2 = hosts.run("lb2", "lb2", &site);
     std::thread::sleep(Duration::from_millis(500));
     assert!(!hosts.holds_vip("lb2"), "lb2 stays passive");
     assert!(

@@ -404,29 +404,6 @@ pub struct Cidr {
     pub prefix: u8,
 }
 
-impl Cidr {
-    /// Whether `ip` is in this block. An IPv4 address seen as IPv4-mapped IPv6
-    /// (`::ffff:10.1.2.3`, what a dual-stack socket reports) counts as the IPv4
-    /// address, so one `10.0.0.0/8` entry works on either kind of listener.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
 /// Why a text is not a [`Cidr`]; the site file turns it into a message with a hint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CidrError {
@@ -702,24 +679,7 @@ mod tests {
     }
 
     #[test]
-    fn cidr_blocks_contain_their_addresses() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(cidr("10.0.0.0/8").contains(ip("10.255.1.2")));
-        assert!(!cidr("10.0.0.0/8").contains(ip("11.0.0.1")));
-        assert!(cidr("192.0.2.1").contains(ip("192.0.2.1")));
-        assert!(!cidr("192.0.2.1").contains(ip("192.0.2.2")));
-        assert!(cidr("0.0.0.0/0").contains(ip("203.0.113.9")));
-        assert!(
-            !cidr("0.0.0.0/0").contains(ip("::1")),
-            "v4 blocks hold no v6"
-        );
-        assert!(
-            cidr("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")),
-            "mapped v4"
-        );
-        assert!(cidr("2001:db8::/32").contains(ip("2001:db8:1::5")));
-        assert!(!cidr("2001:db8::/32").contains(ip("2001:db9::5")));
-        assert!(cidr("::/0").contains(ip("fe80::1")));
+    fn cidr_blocks_parse_and_print() {
         assert_eq!(cidr("::1").prefix, 128);
         assert_eq!(cidr("10.0.0.0/8").to_string(), "10.0.0.0/8");
     }

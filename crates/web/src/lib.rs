@@ -48,17 +48,17 @@ pub struct Config {
     /// Where access-log lines go (`None`: standard output).
     pub access_log: Option<PathBuf>,
     /// How access-log lines are written.
-    pub log_format: site::LogFormat,
+    pub log_format: net::access_log::LogFormat,
     /// How the application servers are checked.
-    pub health: site::HealthCheck,
+    pub health: net::upstream::HealthCheck,
     /// Client and upstream timeouts.
-    pub timeouts: site::Timeouts,
+    pub timeouts: net::upstream::Timeouts,
     /// Most client connections at once.
     pub max_connections: usize,
     /// Most client connections from one address (the load balancers excepted).
     pub max_connections_per_client: usize,
     /// The certificate for the HTTPS listener (needed when one is given to [`serve`]).
-    pub tls: Option<site::TlsFiles>,
+    pub tls: Option<net::tls::TlsFiles>,
     /// `Strict-Transport-Security` for HTTPS responses.
     pub hsts: Option<String>,
     /// Who may send a PROXY protocol header on the HTTPS listener: the load balancers.
@@ -111,7 +111,7 @@ struct Live {
     pool: Arc<Pool>,
     log: AccessLog,
     /// The file and format `log` writes, to reopen it only when they change.
-    log_to: (Option<PathBuf>, site::LogFormat),
+    log_to: (Option<PathBuf>, net::access_log::LogFormat),
     /// Added to every response that lacks them.
     headers: Vec<(HeaderName, HeaderValue)>,
     hsts: Option<HeaderValue>,
@@ -193,7 +193,7 @@ impl WebServer {
         let old = self.live.load_full();
         let pool = Arc::new(old.pool.reconfigured(
             config.apps.clone(),
-            site::Algorithm::RoundRobin,
+            net::upstream::Algorithm::RoundRobin,
             config.health.clone(),
             config.timeouts.clone(),
             config.slowstart,
@@ -434,7 +434,7 @@ pub async fn serve_reloadable(
         Pool::new(
             "app",
             config.apps.clone(),
-            site::Algorithm::RoundRobin,
+            net::upstream::Algorithm::RoundRobin,
             config.health.clone(),
             config.timeouts.clone(),
         )
@@ -458,10 +458,6 @@ pub async fn serve_reloadable(
         reload: reloads.as_ref().map(|r| r.trigger.clone()),
         checks_stop: shutdown.clone(),
     });
-    let reload_task = reloads.map(|reloads| {
-        let web = web.clone();
-        tokio::spawn(net::reload::serve(reloads, move |config| web.apply(config)))
-    });
     let limits = Limits {
         budget: web.budget.clone(),
         header_timeout: config.timeouts.client,
@@ -479,38 +475,24 @@ pub async fn serve_reloadable(
         root = %config.root.display(),
         "web server serving"
     );
-    let admin_task = tokio::spawn(net::admin::serve_admin(
-        admin,
-        web.clone(),
-        shutdown.clone(),
-    ));
-    let tls_task = match (tls_listener, tls) {
+    let https = match (tls_listener, tls) {
         (Some(tls_listener), Some(acceptor)) => {
             tracing::info!(node = %config.name, tls_listen = %tls_listener.local_addr()?, "web server serving HTTPS");
             let transport = Transport {
                 tls: Some(acceptor),
                 proxy_from: config.proxy_from.clone(),
             };
-            Some(tokio::spawn(net::server::serve_with(
-                tls_listener,
-                transport,
-                limits.clone(),
-                web.clone(),
-                web.metrics.clone(),
-                shutdown.clone(),
-            )))
+            Some((tls_listener, transport))
         }
         _ => None,
     };
-    net::server::serve(listener, limits, web.clone(), web.metrics.clone(), shutdown).await?;
-    if let Some(task) = tls_task {
-        task.await??;
-    }
-    admin_task.await??;
-    if let Some(task) = reload_task {
-        // Its triggers are gone with the listeners (the signal handler's with the
-        // process): stop it rather than wait.
-        task.abort();
-    }
-    Ok(())
+    let applier = web.clone();
+    net::node::Node::new(web.clone(), web.metrics.clone(), limits, shutdown)
+        .reloads(reloads, move |config| applier.apply(config))
+        .serve(net::node::Listeners {
+            http: listener,
+            https,
+            admin,
+        })
+        .await
 }

@@ -393,19 +393,31 @@ async fn the_web_server_answers_like_nginx() {
     let listener = net::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let ours: SocketAddr = listener.local_addr().unwrap();
     let admin = net::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let site = site::default_site(20000, "/tmp", "test-secret");
-    let site = site::parse(&site, "default", Path::new("/tmp")).unwrap();
-    let web = &site.webs[0];
     let config = web::Config {
         name: "web1".into(),
         root: root.path().to_path_buf(),
         apps: vec![("app1".to_string(), SocketAddr::from(([127, 0, 0, 1], dead))).into()],
-        slowstart: web.slowstart,
+        slowstart: Duration::from_secs(10),
         admin_token: net::admin::Token::Off("not needed by this test".into()),
         access_log: Some(prefix.path().join("ours-access.log")),
-        log_format: site::LogFormat::Combined,
-        health: web.health.clone(),
-        timeouts: web.timeouts.clone(),
+        log_format: net::access_log::LogFormat::Combined,
+        // The app server is dead: it is checked, found down, and every request that
+        // reaches the proxy gets the 502 page nginx's `proxy_pass` also gives.
+        health: net::upstream::HealthCheck {
+            path: "/healthz".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 3,
+        },
+        timeouts: net::upstream::Timeouts {
+            connect: Duration::from_secs(2),
+            client: Duration::from_secs(30),
+            server: Duration::from_secs(60),
+            keepalive: Duration::from_secs(75),
+            tunnel: Duration::from_secs(3600),
+            drain: Duration::from_secs(10),
+        },
         max_connections: 100,
         max_connections_per_client: 100,
         tls: None,

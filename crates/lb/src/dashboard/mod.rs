@@ -94,51 +94,6 @@ pub struct DbMember {
 }
 
 impl Topology {
-    /// The nodes of `site`.
-    pub fn from_site(site: &site::Site) -> Topology {
-        let member = |node: &site::Node, to: Vec<String>| Member {
-            name: node.name.clone(),
-            listen: node.listen,
-            admin: node.admin,
-            to,
-        };
-        let database = match &site.database {
-            site::Database::Sqlite { path } => vec![DbMember {
-                name: "sqlite".into(),
-                role: "embedded".into(),
-                address: path.display().to_string(),
-            }],
-            site::Database::Mysql(m) => std::iter::once((&m.primary, "primary"))
-                .chain(m.replicas.iter().map(|r| (r, "replica")))
-                .map(|(s, role)| DbMember {
-                    name: s.name.clone(),
-                    role: role.into(),
-                    address: s.address(),
-                })
-                .collect(),
-        };
-        Topology {
-            site: site.name.clone(),
-            floating: site.cluster.as_ref().map(|c| c.floating.describe()),
-            lbs: site
-                .lbs
-                .iter()
-                .map(|l| member(&l.node, site.balancer.servers.clone()))
-                .collect(),
-            webs: site
-                .webs
-                .iter()
-                .map(|w| member(&w.node, w.apps.clone()))
-                .collect(),
-            apps: site
-                .apps
-                .iter()
-                .map(|a| member(&a.node, Vec::new()))
-                .collect(),
-            database,
-        }
-    }
-
     /// Every node with an admin listener, with its role.
     fn members(&self) -> impl Iterator<Item = (&'static str, &Member)> {
         self.lbs

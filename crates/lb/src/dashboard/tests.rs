@@ -2,10 +2,23 @@ use super::*;
 
 /// The default site's nodes, on ports from 20000, with a MariaDB tier.
 fn topology() -> Topology {
-    let text = site::default_site(20000, "/tmp/dashboard-test", "secret");
-    let site = site::parse(&text, "site.toml", std::path::Path::new("/tmp"))
-        .expect("the default site parses");
-    let mut t = Topology::from_site(&site);
+    let member = |name: &str, port: u16, to: &[&str]| Member {
+        name: name.into(),
+        listen: ([127, 0, 0, 1], port).into(),
+        admin: ([127, 0, 0, 1], port + 10).into(),
+        to: to.iter().map(|t| t.to_string()).collect(),
+    };
+    let mut t = Topology {
+        site: "www.foobar.com".into(),
+        floating: Some("127.0.0.1:20000".into()),
+        lbs: vec![
+            member("lb1", 20001, &["web1"]),
+            member("lb2", 20002, &["web1"]),
+        ],
+        webs: vec![member("web1", 20003, &["app1"])],
+        apps: vec![member("app1", 20004, &[])],
+        database: Vec::new(),
+    };
     t.database = ["primary", "replica1"]
         .iter()
         .map(|n| DbMember {

@@ -12,8 +12,8 @@ use net::headers::{forwarding, RequestIds, Trusted};
 use net::proxy::{forward, Policy};
 use net::server::{Handler, Limits, Transport};
 use net::upstream::Pool;
+use net::upstream::{Algorithm, HealthCheck, Timeouts};
 use net::{Body, Metrics};
-use site::{Algorithm, HealthCheck, Timeouts};
 
 /// A proxy hop in front of `pool` (a first hop: it trusts no forwarding header).
 pub struct Hop {
