@@ -1,6 +1,7 @@
 //! Running nodes under systemd: the unit `scaleup systemd` prints passes
 //! `systemd-analyze verify`, and a node told `$NOTIFY_SOCKET` sends `READY=1` once it
-//! answers (and `STOPPING=1` when it stops), as a `Type=notify` unit expects.
+//! answers (and `STOPPING=1` when it stops), as a `Type=notify` unit expects; after
+//! `scaleup upgrade`, the node's new process says `MAINPID=` with its own pid.
 
 mod common;
 
@@ -198,4 +199,67 @@ fn without_notify_socket_a_node_runs_and_sighup_does_not_stop_it() {
         200,
         Duration::from_secs(2),
     ));
+}
+
+/// On a server of its own under systemd, `scaleup upgrade` has the node start its
+/// successor, which says `MAINPID=` (its own pid) with `READY=1` once it serves,
+/// before the old process, now drained, exits.
+#[test]
+fn an_upgraded_node_tells_systemd_its_new_main_pid() {
+    let base = free_base(DEFAULT_SITE_PORTS);
+    let dir = tempfile::tempdir().unwrap();
+    let site = write_default_site(base, dir.path());
+    let path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    let mut cmd = scaleup();
+    cmd.args(["run", "web1", "--site"])
+        .arg(&site)
+        .env("NOTIFY_SOCKET", &path)
+        .env("SCALEUP_ADMIN_TOKEN", "upgrade-test-token");
+    let mut old = Proc::spawn("web1", cmd);
+    let ready = receive(&socket, Duration::from_secs(15));
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+
+    let out = scaleup()
+        .args(["upgrade", "web1", "--site"])
+        .arg(&site)
+        .env("SCALEUP_ADMIN_TOKEN", "upgrade-test-token")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let successor = receive(&socket, Duration::from_secs(15));
+    let new_pid: u32 = successor
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .unwrap_or_else(|| panic!("no MAINPID in {successor:?}"))
+        .parse()
+        .unwrap();
+    // Stopped by the test however it ends: no process of a systemd unit outlives it.
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+        }
+    }
+    let _successor = Kill(new_pid);
+    assert!(successor.lines().any(|l| l == "READY=1"), "{successor:?}");
+    assert_ne!(new_pid, old.child.id());
+    assert!(
+        said.contains(&format!("pid {} -> {new_pid}", old.child.id())),
+        "{said}"
+    );
+    // The old process has drained and exited (the command waited for it).
+    assert_eq!(old.wait_exit(Duration::from_secs(5)), Some(0));
+    answers_now(base + 3, base + 13);
+    let status = raw_exchange(
+        ([127, 0, 0, 1], base + 13).into(),
+        b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(status.contains(&format!("\"pid\": {new_pid},")), "{status}");
 }
