@@ -321,13 +321,7 @@ async fn a_websocket_through_lb_and_web_survives_a_reload() {
 
     // The open WebSocket still receives a new post within a second.
     let sent = Instant::now();
-    let resp = api
-        .post(format!("{site_url}/api/posts"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({ "body": "after the reload" }))
-        .send()
-        .await
-        .unwrap();
+    let resp = api_post(&api, &site_url, &token, "after the reload").await;
     assert_eq!(resp.status(), 201);
     let (_, message) = live
         .got

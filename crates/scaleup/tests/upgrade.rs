@@ -115,13 +115,7 @@ async fn every_role_is_upgraded_under_load_and_no_request_fails() {
         assert!(Instant::now() < deadline, "app1's new process never served");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let resp = http
-        .post(format!("{site_url}/api/posts"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({ "body": "made after the upgrade" }))
-        .send()
-        .await
-        .unwrap();
+    let resp = api_post(&http, &site_url, &token, "made after the upgrade").await;
     assert_eq!(resp.status(), 201);
     let (_, pushed) = live
         .got

@@ -45,13 +45,7 @@ async fn a_websocket_through_lb_and_web_receives_a_new_post_within_a_second() {
 
     let body = "live through the house <b>not markup</b>";
     let sent = Instant::now();
-    let resp = api
-        .post(format!("{site_url}/api/posts"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({ "body": body }))
-        .send()
-        .await
-        .unwrap();
+    let resp = api_post(&api, &site_url, &token, body).await;
     assert_eq!(resp.status(), 201);
     let created: serde_json::Value = resp.json().await.unwrap();
     let (at, message) = live

@@ -360,6 +360,23 @@ pub async fn api_token(client: &reqwest::Client, site_url: &str, username: &str)
     api_login(client, site_url, username).await
 }
 
+/// Posts `body` through `site_url` with the API token `token`; the answer (201 when
+/// the post was made).
+pub async fn api_post(
+    client: &reqwest::Client,
+    site_url: &str,
+    token: &str,
+    body: &str,
+) -> reqwest::Response {
+    client
+        .post(format!("{site_url}/api/posts"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "body": body }))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The default site on `base` in `dir` with a second web server, web2 (+9, admin +10,
 /// HTTPS +15, all unused by the default site), and the load balancers' pool set to
 /// `pool` (a TOML array: `["web1"]` leaves web2 running in no pool); plain HTTP kept
