@@ -249,8 +249,15 @@ pub struct Offer {
 /// its `serving` (as long as it takes to start; a successor that fails first changes
 /// nothing, and the next one may try), then stops this node, and tells the successor
 /// when it released. Returns the connection: keep it until the process exits, which
-/// the successor sees as its end.
-pub async fn offer(listener: UnixListener, offer: Offer) -> std::io::Result<UnixStream> {
+/// the successor sees as its end. When the node stops first (`shutdown`), it takes no
+/// successor any more: the socket file goes, so a new process of the node can start
+/// while this one drains.
+pub async fn offer(
+    listener: UnixListener,
+    offer: Offer,
+    shutdown: crate::Shutdown,
+) -> std::io::Result<Option<UnixStream>> {
+    let path = listener.local_addr()?.as_pathname().map(Path::to_path_buf);
     listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(listener)?;
     let Offer {
@@ -260,7 +267,15 @@ pub async fn offer(listener: UnixListener, offer: Offer) -> std::io::Result<Unix
     } = offer;
     let sockets = std::sync::Arc::new(sockets);
     let stream = loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = shutdown.wait() => {
+                if let Some(path) = path {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Ok(None);
+            }
+        };
         let stream = stream.into_std()?;
         stream.set_nonblocking(false)?;
         let sockets = sockets.clone();
@@ -300,12 +315,41 @@ pub async fn offer(listener: UnixListener, offer: Offer) -> std::io::Result<Unix
     if let Err(e) = writer.write_all(b"released\n") {
         tracing::warn!("telling the new process it may take over: {e}");
     }
-    Ok(stream)
+    Ok(Some(stream))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shutdown that is never asked for (its trigger kept for the test's life).
+    fn never_stopping() -> crate::Shutdown {
+        let (trigger, shutdown) = crate::shutdown::channel();
+        std::mem::forget(trigger);
+        shutdown
+    }
+
+    #[tokio::test]
+    async fn a_node_that_stops_takes_no_successor_and_frees_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_path(dir.path(), "lb1");
+        let unix = listen(&path).unwrap();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let offering = tokio::spawn(offer(
+            unix,
+            Offer {
+                sockets: Vec::new(),
+                stop: Box::new(|| {}),
+                released: Box::pin(async {}),
+            },
+            shutdown,
+        ));
+        trigger.fire();
+        assert!(offering.await.unwrap().unwrap().is_none());
+        assert!(!path.exists());
+        // A new process of the node can listen there at once.
+        listen(&path).unwrap();
+    }
 
     #[tokio::test]
     async fn a_successor_takes_the_sockets_and_both_accept_from_them() {
@@ -335,6 +379,7 @@ mod tests {
                     let _ = release_rx.await;
                 }),
             },
+            never_stopping(),
         ));
 
         let mut taken = tokio::task::spawn_blocking(move || take(&path))
@@ -362,7 +407,13 @@ mod tests {
             .await
             .expect("released")
             .unwrap();
-        drop(offering.await.unwrap().unwrap());
+        drop(
+            offering
+                .await
+                .unwrap()
+                .unwrap()
+                .expect("a successor took over"),
+        );
     }
 
     #[tokio::test]
@@ -380,6 +431,7 @@ mod tests {
                 stop: Box::new(move || flag.store(true, std::sync::atomic::Ordering::SeqCst)),
                 released: Box::pin(async {}),
             },
+            never_stopping(),
         ));
         // The first successor takes the sockets and dies without serving.
         let first_path = path.clone();
@@ -396,7 +448,13 @@ mod tests {
             .unwrap()
             .unwrap();
         second.serving().unwrap().wait().await;
-        drop(offering.await.unwrap().unwrap());
+        drop(
+            offering
+                .await
+                .unwrap()
+                .unwrap()
+                .expect("a successor took over"),
+        );
         assert!(stopped.load(std::sync::atomic::Ordering::SeqCst));
     }
 }

@@ -96,6 +96,7 @@ pub fn run(path: &Path, name: &str, supervised: bool, upgrade: bool) -> anyhow::
                     let _ = released_rx.await;
                 }),
             },
+            shutdown.clone(),
         ));
         net::handover::on_upgrade(successor_starter(exe, path, name, supervised));
 
@@ -157,6 +158,13 @@ pub fn run(path: &Path, name: &str, supervised: bool, upgrade: bool) -> anyhow::
         // The handover's connection (if a successor took over) closes with this
         // process: its end tells the successor this one is gone.
         offer.abort();
+        // A pid file still naming this process is stale now (a successor wrote its own).
+        let pid_file = net::handover::pid_path(&site.state_dir, name);
+        if std::fs::read_to_string(&pid_file)
+            .is_ok_and(|pid| pid.trim() == std::process::id().to_string())
+        {
+            let _ = std::fs::remove_file(&pid_file);
+        }
         result
     })?;
     tracing::info!(node = name, "stopped");

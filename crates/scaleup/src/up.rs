@@ -377,7 +377,7 @@ impl Process {
     fn successor(&self, launch: &Launch, name: &str) -> Option<Process> {
         let file = net::handover::pid_path(&launch.state_dir, name);
         let pid: u32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
-        if pid == self.id() || parent_of(pid)? != std::process::id() {
+        if pid == self.id() || parent_of(pid)? != std::process::id() || !runs_node(pid, name) {
             return None;
         }
         let exited = tokio::task::spawn_blocking(move || {
@@ -403,6 +403,16 @@ impl Process {
         });
         Some(Process::Adopted { pid, exited })
     }
+}
+
+/// Whether process `pid` is a `scaleup run NAME` (a pid file left by a process long
+/// gone may name a pid the system gave to another process since).
+fn runs_node(pid: u32, name: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        args.windows(2)
+            .any(|w| w[0] == b"run" && w[1] == name.as_bytes())
+    })
 }
 
 /// The parent pid of process `pid`, from `/proc` (`None` once it is gone).
