@@ -29,7 +29,6 @@
 mod error;
 pub mod managed;
 mod mysql;
-
 mod queries;
 pub mod spent;
 mod sqlite;
@@ -40,6 +39,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::DbError;
+/// Promotion, switchover, fencing and rejoin of MariaDB servers, for the decider.
+pub use mysql::failover;
 
 /// Which database to use and where it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -285,7 +286,7 @@ impl Db {
     }
 
     /// Sends writes to `server` from now on, for the caller that has just promoted it
-    /// (by a failover); without this call the monitor finds the new primary within a
+    /// ([`failover`]); without this call the monitor finds the new primary within a
     /// quarter of a second. Refused (and nothing changes) unless `server` is one of the
     /// configured servers, answers, is writable and replicates from nobody.
     pub async fn use_primary(&self, server: &str) -> Result<(), DbError> {

@@ -22,6 +22,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::{Connection, Row};
 use tokio::process::{Child, Command};
 
+use crate::failover::{self, Node, OnNoReplicaAck, Topology};
 use crate::{DbError, Server};
 
 /// How long a server may take to accept connections after it is started. First starts
@@ -132,7 +133,37 @@ impl Managed {
             replica.launch(&programs).await?;
             replica.set_up_replica(&spec.primary).await?;
         }
+        managed
+            .set_on_no_replica_ack(OnNoReplicaAck::default())
+            .await?;
         Ok(managed)
+    }
+
+    /// Switches semi-synchronous replication on for the primary with `policy` (what a
+    /// write does when no replica acknowledges it), and has every replica acknowledge.
+    /// Also how the site file's `on_no_replica_ack` is applied after [`Managed::start`].
+    pub async fn set_on_no_replica_ack(&self, policy: OnNoReplicaAck) -> Result<(), DbError> {
+        failover::enable_semi_sync(&self.primary.node(), true, policy).await?;
+        for replica in &self.replicas {
+            // Restarts the replica's IO thread, so it registers as acknowledging.
+            failover::enable_semi_sync(&replica.node(), false, policy).await?;
+        }
+        Ok(())
+    }
+
+    /// Every server as the failover functions reach it: as `root` over its Unix socket,
+    /// replicating with the managed replication account.
+    pub fn topology(&self, policy: OnNoReplicaAck, catch_up_timeout: Duration) -> Topology {
+        Topology {
+            nodes: std::iter::once(&self.primary)
+                .chain(&self.replicas)
+                .map(Instance::node)
+                .collect(),
+            replication_user: REPLICATION_USER.into(),
+            replication_password: self.primary.server.password.clone(),
+            on_no_replica_ack: policy,
+            catch_up_timeout,
+        }
     }
 
     /// The primary, for tests that stop or kill it.
@@ -301,9 +332,17 @@ impl Instance {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
+        // The binary log is what replicas read; GTIDs name its transactions. Replicas
+        // keep one too, with what they apply (`log_slave_updates`), so any of them can be
+        // promoted and serve the others from where they are.
+        cmd.arg("--log-bin=binlog")
+            .arg("--binlog-format=ROW")
+            .arg("--log-slave-updates=ON")
+            // Every server acknowledges what it receives when it replicates
+            // (semi-synchronous replication); the primary's side is switched on by
+            // `Managed::start` once its replicas run (see `failover::enable_semi_sync`).
+            .arg("--rpl-semi-sync-slave-enabled=ON");
         if self.is_primary {
-            // The binary log is what replicas read; GTIDs name its transactions.
-            cmd.arg("--log-bin=binlog").arg("--binlog-format=ROW");
             // Durable commits: the redo log (the default) and the binary log are both
             // flushed before a commit returns, so a write the browser saw acknowledged
             // is in what replicas read even after a power cut. Concurrent commits share
@@ -562,6 +601,17 @@ impl Instance {
     /// The server's name, address and the application's account on it.
     pub fn server(&self) -> &Server {
         &self.server
+    }
+
+    /// This server for [`failover`]: reached as `root` over its Unix socket, and by the
+    /// others at its address.
+    pub fn node(&self) -> Node {
+        Node {
+            name: self.server.name.clone(),
+            host: self.server.host.clone(),
+            port: self.server.port,
+            admin: self.admin_options(),
+        }
     }
 }
 

@@ -244,14 +244,16 @@ impl<C, T, F> ReadQuery<C, T> for F where
 {
 }
 
-/// A write to run once, on the server that takes writes.
+/// A write, run on the server that takes writes. `Fn` like a read: a write the server
+/// refused because it had just been made read-only (a switchover) changed nothing, and
+/// is run again on the new primary.
 pub(crate) trait WriteQuery<C, T>:
-    for<'c> FnOnce(&'c mut C) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send
+    for<'c> Fn(&'c mut C) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send + Sync
 {
 }
 
 impl<C, T, F> WriteQuery<C, T> for F where
-    F: for<'c> FnOnce(&'c mut C) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send
+    F: for<'c> Fn(&'c mut C) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send + Sync
 {
 }
 
@@ -376,6 +378,7 @@ impl<E: Engine> Store for E {
     ) -> BoxFuture<'a, Result<Written<User>, DbError>> {
         let (username, password_hash) = (username.to_owned(), password_hash.to_owned());
         Box::pin(self.write("creating a user", move |c: &mut E::Conn| {
+            let (username, password_hash) = (username.clone(), password_hash.clone());
             Box::pin(async move {
                 let id = c
                     .execute(
@@ -443,6 +446,7 @@ impl<E: Engine> Store for E {
     ) -> BoxFuture<'a, Result<Written<()>, DbError>> {
         let token_hash = token_hash.to_owned();
         Box::pin(self.write("creating a session", move |c: &mut E::Conn| {
+            let token_hash = token_hash.clone();
             Box::pin(async move {
                 let mut tx = c.begin().await?;
                 // Expired sessions go as new ones come, so the table does not grow
@@ -497,6 +501,7 @@ impl<E: Engine> Store for E {
     ) -> BoxFuture<'a, Result<Written<()>, DbError>> {
         let token_hash = token_hash.to_owned();
         Box::pin(self.write("deleting a session", move |c: &mut E::Conn| {
+            let token_hash = token_hash.clone();
             Box::pin(async move {
                 c.execute(Stmt::new("DELETE FROM sessions WHERE token_hash = ?").blob(&token_hash))
                     .await?;
@@ -513,6 +518,7 @@ impl<E: Engine> Store for E {
     ) -> BoxFuture<'a, Result<Written<Post>, DbError>> {
         let body = body.to_owned();
         Box::pin(self.write("creating a post", move |c: &mut E::Conn| {
+            let body = body.clone();
             Box::pin(async move {
                 let mut tx = c.begin().await?;
                 let id = tx

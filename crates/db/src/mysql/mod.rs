@@ -46,6 +46,7 @@ use crate::{DbError, MysqlConfig, Position, PositionRepr, Server, ServerStats, W
 /// replicas receive it through replication).
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
 
+pub mod failover;
 mod monitor;
 mod routing;
 

@@ -128,7 +128,8 @@ impl Shared {
 
     /// A connection for a write: to the primary, checked writable on that very
     /// connection. A read-only primary is being replaced (switchover) or was fenced: the
-    /// write waits up to [`WRITE_PAUSE`] for the monitor to find the new primary.
+    /// write waits until `deadline` (at most [`WRITE_PAUSE`]) for the monitor to find the new
+    /// primary.
     ///
     /// The check costs one round trip per write, next to the write's own commit (an fsync,
     /// and a replica's acknowledgement under semi-synchronous replication). It is what
@@ -138,9 +139,9 @@ impl Shared {
     async fn writable_conn(
         &self,
         doing: &'static str,
+        deadline: tokio::time::Instant,
     ) -> Result<(&Member, sqlx::pool::PoolConnection<sqlx::MySql>), DbError> {
         let mut generation = self.generation.subscribe();
-        let deadline = tokio::time::Instant::now() + WRITE_PAUSE;
         loop {
             let primary = self.primary();
             let mut conn = self.primary_conn(primary, doing).await?;
@@ -174,14 +175,22 @@ impl Shared {
         doing: &'static str,
         query: impl WriteQuery<MySqlConnection, T>,
     ) -> Result<Written<T>, DbError> {
-        let (primary, mut conn) = self.writable_conn(doing).await?;
-        let value = query(&mut conn).await.map_err(|e| {
-            if crate::is_unique_violation(&e) {
-                DbError::Conflict { what: "username" }
-            } else {
-                primary_failed(primary, doing, e)
+        let deadline = tokio::time::Instant::now() + WRITE_PAUSE;
+        let (primary, mut conn, value) = loop {
+            let (primary, mut conn) = self.writable_conn(doing, deadline).await?;
+            match query(&mut conn).await {
+                Ok(value) => break (primary, conn, value),
+                // Made read-only between the check and the write (a switchover began):
+                // nothing was written, so it is run again on the new primary.
+                Err(e) if is_read_only(&e) && tokio::time::Instant::now() < deadline => {
+                    primary.writable.store(false, Relaxed);
+                }
+                Err(e) if crate::is_unique_violation(&e) => {
+                    return Err(DbError::Conflict { what: "username" })
+                }
+                Err(e) => return Err(primary_failed(primary, doing, e)),
             }
-        })?;
+        };
         primary.writes.fetch_add(1, Relaxed);
         // The write is committed; failing to learn its GTID must not turn it into an error.
         let gtid: Result<Option<String>, sqlx::Error> =
