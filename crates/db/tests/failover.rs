@@ -262,8 +262,31 @@ async fn kill_9_of_the_primary_then_promotion_keeps_every_acknowledged_write() {
     let writing = writer(db.clone(), user.id, stop.clone());
     tokio::time::sleep(Duration::from_millis(700)).await;
 
+    // While the primary lives, both replicas receive from it: the partition guard a
+    // decider checks before promoting.
+    let topology = s.topology();
+    let old = topology.nodes.iter().find(|n| n.name == "primary").unwrap();
+    let states = failover::survey(&topology).await;
+    assert_eq!(
+        failover::receiving_from(&states, old),
+        vec!["replica1", "replica2"]
+    );
+
     s.managed.primary().kill().await;
     let killed = Instant::now();
+    // Dead, it feeds nobody (the replicas' IO threads are reconnecting).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let states = failover::survey(&topology).await;
+        if failover::receiving_from(&states, old).is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas still receive: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let promotion = failover::promote(&s.topology(), "primary").await.unwrap();
     assert_eq!(promotion.previous, "primary");
     assert!(promotion.left_out.is_empty(), "{:?}", promotion.left_out);
@@ -421,6 +444,12 @@ async fn an_old_primary_with_an_errant_transaction_is_kept_out() {
     db.create_post(user.id, "on the new primary", 3)
         .await
         .unwrap();
+
+    // Writes cannot be sent to a server that is no primary.
+    let refused = db.use_primary("primary").await.unwrap_err().to_string();
+    assert!(refused.contains("cannot take writes"), "{refused}");
+    db.use_primary("replica1").await.unwrap();
+    assert_eq!(db.primary().as_deref(), Some("replica1"));
 
     // The old primary returns and takes a write nobody else has.
     s.managed.primary().restart().await.unwrap();

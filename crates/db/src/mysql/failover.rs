@@ -246,13 +246,16 @@ impl fmt::Display for GtidList {
 #[derive(Clone, Debug)]
 pub struct NodeState {
     pub name: String,
-    /// `None` when it could not be reached; then the fields below are defaults.
+    /// Why it could not be reached, if it could not; the fields below are then defaults.
     pub problem: Option<String>,
     pub read_only: bool,
     /// `host:port` of the server it replicates from, if it has replication configured.
     pub replicates_from: Option<String>,
     /// Both replication threads run.
     pub replicating: bool,
+    /// Its IO thread is connected to the server it replicates from
+    /// (`Slave_IO_Running: Yes`): that server is alive as far as this one can tell.
+    pub receiving: bool,
     /// `@@gtid_current_pos`: everything it has, written here or replicated.
     pub current_pos: GtidList,
 }
@@ -262,6 +265,18 @@ impl NodeState {
     pub fn is_primary(&self) -> bool {
         self.problem.is_none() && !self.read_only && self.replicates_from.is_none()
     }
+}
+
+/// The replicas that still receive from `primary` (their IO thread is connected to it).
+/// A decider that cannot reach the primary must not promote while this is not empty: the
+/// primary is alive, and only the decider is cut off from it (a partition).
+pub fn receiving_from<'s>(states: &'s [NodeState], primary: &Node) -> Vec<&'s str> {
+    let address = primary.address();
+    states
+        .iter()
+        .filter(|s| s.receiving && s.replicates_from.as_deref() == Some(address.as_str()))
+        .map(|s| s.name.as_str())
+        .collect()
 }
 
 /// Every server's role and position, for the decider and `status`. Unreachable servers
@@ -291,6 +306,7 @@ pub async fn survey(topology: &Topology) -> Vec<NodeState> {
                 problem: None,
                 read_only: read_only != 0,
                 replicates_from: status.as_ref().map(|s| s.master.clone()),
+                receiving: status.as_ref().is_some_and(|s| s.io_running),
                 replicating: status.is_some_and(|s| s.io_running && s.sql_running),
                 current_pos: GtidList::parse(&current).unwrap_or_default(),
             },
@@ -300,6 +316,7 @@ pub async fn survey(topology: &Topology) -> Vec<NodeState> {
                 read_only: false,
                 replicates_from: None,
                 replicating: false,
+                receiving: false,
                 current_pos: GtidList::default(),
             },
         }
@@ -403,8 +420,17 @@ pub async fn promote(topology: &Topology, failed: &str) -> Result<Promotion, DbE
     }
     let mut left_out = Vec::new();
     let mut ready = Vec::new();
-    for node in topology.nodes.iter().filter(|n| n.name != failed) {
-        match drain_relay_log(topology, node).await {
+    // All at once: the slowest replica's relay log, not their sum, bounds the wait.
+    let drained = futures_util::future::join_all(
+        topology
+            .nodes
+            .iter()
+            .filter(|n| n.name != failed)
+            .map(|node| async move { (node, drain_relay_log(topology, node).await) }),
+    )
+    .await;
+    for (node, result) in drained {
+        match result {
             Ok((conn, pos)) => ready.push((node, conn, pos)),
             Err(e) => {
                 tracing::warn!(server = %node.name, error = %e, "replica left out of the promotion");
