@@ -6,8 +6,12 @@
 //! `mariadb-install-db`, the application's database and user, the replication user, each
 //! replica's `CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos`) and reuses what exists, so
 //! data survives a restart. It returns once every replica's IO and SQL threads run and it
-//! has applied everything the primary had. [`Managed::stop`] shuts the servers down
-//! cleanly; dropping a [`Managed`] kills them, so a failing test never leaves one behind.
+//! has applied everything the primary had, with semi-synchronous replication on (the
+//! primary's commits wait for a replica's acknowledgement, falling back after a second;
+//! [`Managed::set_on_no_replica_ack`] changes that). Every server keeps a binary log of
+//! what it applies, so [`crate::failover`] can promote any replica ([`Managed::topology`]
+//! describes them for it). [`Managed::stop`] shuts the servers down cleanly; dropping a
+//! [`Managed`] kills them, so a failing test never leaves one behind.
 //!
 //! Administration goes through each server's Unix socket as `root`, which
 //! `mariadb-install-db --auth-root-authentication-method=normal` leaves without a password
