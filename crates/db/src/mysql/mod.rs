@@ -300,57 +300,63 @@ impl Mysql {
             .iter()
             .map(|s| member(s, pool_options().connect_lazy_with(options(s))))
             .collect();
-        let primary = find_primary(&servers, &members).await?;
-        let primary_pool = &members[primary].pool;
-        let version: String = sqlx::query_scalar("SELECT VERSION()")
-            .fetch_one(primary_pool)
-            .await
-            .map_err(|e| setup_error(servers[primary], &e))?;
-        let flavor = if version.contains("MariaDB") {
-            Flavor::MariaDb
-        } else {
-            Flavor::MySql
+        // Every server at once; the configured primary may take as long as a query may
+        // wait for it, a replica as long as a health check.
+        let probes: Vec<Result<Probe, sqlx::Error>> =
+            futures_util::future::join_all(members.iter().enumerate().map(|(i, m)| {
+                let limit = if i == 0 {
+                    ACQUIRE_TIMEOUT
+                } else {
+                    CHECK_TIMEOUT
+                };
+                probe(m, limit, i == 0)
+            }))
+            .await;
+        let primary = find_primary(&servers, &probes)?;
+        let Ok(Probe {
+            version, flavor, ..
+        }) = &probes[primary]
+        else {
+            unreachable!("the primary answered its probe");
         };
+        let (version, flavor) = (version.clone(), *flavor);
         MIGRATOR
-            .run(primary_pool)
+            .run(&members[primary].pool)
             .await
             .map_err(|e| DbError::Other {
                 doing: "applying migrations on the primary",
                 cause: format!("{}: {e}", servers[primary].address()),
             })?;
 
-        for (i, (server, member)) in servers.iter().zip(&members).enumerate() {
+        for (i, (server, probe)) in servers.iter().zip(&probes).enumerate() {
             if i == primary {
                 continue;
             }
-            match tokio::time::timeout(CHECK_TIMEOUT, member.pool.acquire()).await {
-                Ok(Ok(mut conn)) => match replica_status(flavor, &mut conn).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        return Err(DbError::Setup {
-                            server: server.name.clone(),
-                            address: server.address(),
-                            problem: "is not a replica: it has no replication configured".into(),
-                            fix: format!(
-                                "make it replicate from the primary {} (CHANGE MASTER TO \
-                                 MASTER_HOST=..., MASTER_USE_GTID=slave_pos; START SLAVE), \
-                                 or remove it from `replicas`",
-                                servers[primary].address()
-                            ),
-                        })
-                    }
-                    Err(e) => return Err(setup_error(server, &e)),
-                },
-                Ok(Err(e @ sqlx::Error::Database(_))) => return Err(setup_error(server, &e)),
-                Ok(Err(e)) => {
+            match probe {
+                Ok(Probe {
+                    role: Role {
+                        replicating: true, ..
+                    },
+                    ..
+                }) => {}
+                Ok(Probe { .. }) => {
+                    return Err(DbError::Setup {
+                        server: server.name.clone(),
+                        address: server.address(),
+                        problem: "is not a replica: it has no replication configured".into(),
+                        fix: format!(
+                            "make it replicate from the primary {} (CHANGE MASTER TO \
+                             MASTER_HOST=..., MASTER_USE_GTID=slave_pos; START SLAVE), \
+                             or remove it from `replicas`",
+                            servers[primary].address()
+                        ),
+                    })
+                }
+                Err(e @ sqlx::Error::Database(_)) => return Err(setup_error(server, e)),
+                Err(e) => {
                     tracing::warn!(server = %server.name, address = %server.address(), error = %e,
                         "replica does not answer; reads skip it until it does");
-                    member.mark_down(e.to_string());
-                }
-                Err(_) => {
-                    tracing::warn!(server = %server.name, address = %server.address(),
-                        "replica does not answer; reads skip it until it does");
-                    member.mark_down(format!("no answer within {CHECK_TIMEOUT:?}"));
+                    members[i].mark_down(e.to_string());
                 }
             }
         }
@@ -403,22 +409,19 @@ impl Mysql {
             });
         };
         let member = &s.members[index];
-        let role = tokio::time::timeout(CHECK_TIMEOUT, async {
-            let mut conn = member.pool.acquire().await?;
-            role_of(s.flavor, &mut conn).await
-        })
-        .await;
-        let problem = match role {
-            Ok(Ok(Role {
+        let problem = match probe(member, CHECK_TIMEOUT, false).await.map(|p| p.role) {
+            Ok(Role {
                 writable: true,
                 replicating: false,
-            })) => None,
-            Ok(Ok(Role {
+            }) => None,
+            Ok(Role {
                 writable: false, ..
-            })) => Some("is read-only".to_owned()),
-            Ok(Ok(Role { .. })) => Some("replicates from another server".to_owned()),
-            Ok(Err(e)) => Some(format!("does not answer ({e})")),
-            Err(_) => Some(format!("does not answer within {CHECK_TIMEOUT:?}")),
+            }) => Some("is read-only".to_owned()),
+            Ok(Role { .. }) => Some("replicates from another server".to_owned()),
+            Err(sqlx::Error::PoolTimedOut) => {
+                Some(format!("does not answer within {CHECK_TIMEOUT:?}"))
+            }
+            Err(e) => Some(format!("does not answer ({e})")),
         };
         if let Some(problem) = problem {
             return Err(DbError::Setup {
@@ -446,61 +449,54 @@ impl Mysql {
 /// still names the old one) the one other server that is. With none, or more than one
 /// (two writable servers: one of them must be fenced first), the configured primary's
 /// problem is reported and nothing is written anywhere.
-async fn find_primary(servers: &[&Server], members: &[Member]) -> Result<usize, DbError> {
-    let roles = futures_util::future::join_all(members.iter().map(|m| async move {
-        match tokio::time::timeout(ACQUIRE_TIMEOUT, m.pool.acquire()).await {
-            // The flavor is not known yet; MySQL 8 still answers `SHOW SLAVE STATUS`, and
-            // only whether it answers a row matters here.
-            Ok(Ok(mut conn)) => role_of(Flavor::MariaDb, &mut conn).await,
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(sqlx::Error::PoolTimedOut),
-        }
-    }))
-    .await;
-    let writable: Vec<usize> = roles
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| {
-            matches!(
-                r,
-                Ok(Role {
+fn find_primary(
+    servers: &[&Server],
+    probes: &[Result<Probe, sqlx::Error>],
+) -> Result<usize, DbError> {
+    let is_primary = |p: &Result<Probe, sqlx::Error>| {
+        matches!(
+            p,
+            Ok(Probe {
+                role: Role {
                     writable: true,
                     replicating: false
-                })
-            )
-        })
-        .map(|(i, _)| i)
-        .collect();
+                },
+                ..
+            })
+        )
+    };
     let configured = servers[0];
-    match (&roles[0], writable.as_slice()) {
+    if is_primary(&probes[0]) {
         // Any other writable server that replicates from nobody is then reported by the
         // replica checks in `open` as "not a replica".
-        (
-            Ok(Role {
-                writable: true,
-                replicating: false,
-            }),
-            _,
-        ) => Ok(0),
-        (_, [moved]) => {
+        return Ok(0);
+    }
+    let writable: Vec<usize> = (1..probes.len())
+        .filter(|&i| is_primary(&probes[i]))
+        .collect();
+    match writable.as_slice() {
+        [moved] => {
             tracing::warn!(configured = %configured.name, primary = %servers[*moved].name,
                 "the configured primary is not the primary now (after a failover); \
                  writes go to the server that is; update the site file");
             Ok(*moved)
         }
-        (_, []) => Err(match &roles[0] {
+        [] => Err(match &probes[0] {
             Err(e) => setup_error(configured, e),
-            Ok(Role {
-                writable: false, ..
+            Ok(Probe {
+                role: Role {
+                    writable: false, ..
+                },
+                ..
             }) => DbError::Setup {
                 server: configured.name.clone(),
                 address: configured.address(),
                 problem: "is read-only, and no other server is a writable primary".into(),
                 fix: "make it writable (SET GLOBAL read_only=0) if it is the primary, or \
-                      promote a replica (scaleup db switchover)"
+                      promote a replica (db::failover)"
                     .into(),
             },
-            Ok(Role { .. }) => DbError::Setup {
+            Ok(Probe { .. }) => DbError::Setup {
                 server: configured.name.clone(),
                 address: configured.address(),
                 problem: "replicates from another server, and no server is a writable primary"
@@ -508,7 +504,7 @@ async fn find_primary(servers: &[&Server], members: &[Member]) -> Result<usize, 
                 fix: "promote a replica, or name the real primary in the site file".into(),
             },
         }),
-        (_, _) => Err(two_primaries(servers, &writable)),
+        _ => Err(two_primaries(servers, &writable)),
     }
 }
 
@@ -537,17 +533,48 @@ struct Role {
     replicating: bool,
 }
 
-/// Reads [`Role`] on one connection. `@@read_only` and the replica status mean the same
-/// on MySQL; only the status statement's name differs ([`Flavor::replica_status`]).
-async fn role_of(flavor: Flavor, conn: &mut MySqlConnection) -> Result<Role, sqlx::Error> {
-    let read_only: i64 = sqlx::query_scalar("SELECT CAST(@@GLOBAL.read_only AS SIGNED)")
-        .fetch_one(&mut *conn)
-        .await?;
-    let replicating = replica_status(flavor, conn).await?.is_some();
-    Ok(Role {
-        writable: read_only == 0,
-        replicating,
+/// What a server said at start: its version (hence its [`Flavor`]) and its [`Role`].
+struct Probe {
+    version: String,
+    flavor: Flavor,
+    role: Role,
+}
+
+/// Asks one server, within `limit`, what it is. For the configured primary
+/// (`may_lack_status`), a refused replica status (a user without `REPLICATION CLIENT`,
+/// enough for a site with no replicas) counts as "replicates from nobody".
+async fn probe(
+    member: &Member,
+    limit: Duration,
+    may_lack_status: bool,
+) -> Result<Probe, sqlx::Error> {
+    let answer = tokio::time::timeout(limit, async {
+        let mut conn = member.pool.acquire().await?;
+        let (version, read_only): (String, i64) =
+            sqlx::query_as("SELECT VERSION(), CAST(@@GLOBAL.read_only AS SIGNED)")
+                .fetch_one(&mut *conn)
+                .await?;
+        let flavor = if version.contains("MariaDB") {
+            Flavor::MariaDb
+        } else {
+            Flavor::MySql
+        };
+        let replicating = match replica_status(flavor, &mut conn).await {
+            Ok(status) => status.is_some(),
+            Err(sqlx::Error::Database(_)) if may_lack_status => false,
+            Err(e) => return Err(e),
+        };
+        Ok(Probe {
+            version,
+            flavor,
+            role: Role {
+                writable: read_only == 0,
+                replicating,
+            },
+        })
     })
+    .await;
+    answer.unwrap_or(Err(sqlx::Error::PoolTimedOut))
 }
 
 impl Engine for Mysql {

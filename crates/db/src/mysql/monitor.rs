@@ -39,9 +39,15 @@ type Answer = Result<(bool, Option<ReplicaStatus>), String>;
 /// (a promotion happened). Two or more such servers are two primaries: the role stays
 /// where it is and an error is logged, because guessing could split the data.
 pub(super) async fn check_all(shared: &Shared) {
-    let answers: Vec<Answer> =
-        futures_util::future::join_all(shared.members.iter().map(|m| ask(shared.flavor, m))).await;
     let primary = shared.primary.load(Relaxed);
+    let answers: Vec<Answer> = futures_util::future::join_all(
+        shared
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ask(shared.flavor, m, i == primary)),
+    )
+    .await;
     for (i, (member, answer)) in shared.members.iter().zip(&answers).enumerate() {
         match answer {
             Err(problem) => member.mark_down(problem.clone()),
@@ -79,14 +85,19 @@ pub(super) async fn check_all(shared: &Shared) {
     }
 }
 
-/// Asks one server whether it is writable and what its replica status is.
-async fn ask(flavor: Flavor, member: &Member) -> Answer {
+/// Asks one server whether it is writable and what its replica status is. The primary
+/// may refuse its replica status (a user without `REPLICATION CLIENT`, enough for a site
+/// with no replicas): it then counts as replicating from nobody, not as down.
+async fn ask(flavor: Flavor, member: &Member, is_primary: bool) -> Answer {
     let answer = tokio::time::timeout(CHECK_TIMEOUT, async {
         let mut conn = member.pool.acquire().await?;
         let read_only: i64 = sqlx::query_scalar("SELECT CAST(@@GLOBAL.read_only AS SIGNED)")
             .fetch_one(&mut *conn)
             .await?;
-        let status = replica_status(flavor, &mut conn).await?;
+        let status = match replica_status(flavor, &mut conn).await {
+            Err(sqlx::Error::Database(_)) if is_primary => None,
+            other => other?,
+        };
         Ok::<_, sqlx::Error>((read_only == 0, status))
     })
     .await;
