@@ -131,11 +131,12 @@ impl Managed {
         };
         managed.primary.init(&programs).await?;
         managed.primary.launch(&programs).await?;
+        managed.primary.refuse_if_demoted().await?;
         managed.primary.set_up_primary().await?;
         for replica in &mut managed.replicas {
-            replica.init(&programs).await?;
+            let fresh = replica.init(&programs).await?;
             replica.launch(&programs).await?;
-            replica.set_up_replica(&spec.primary).await?;
+            replica.set_up_replica(&spec.primary, fresh).await?;
         }
         managed
             .set_on_no_replica_ack(OnNoReplicaAck::default())
@@ -258,10 +259,11 @@ impl Instance {
     }
 
     /// Creates the data directory with `mariadb-install-db` unless it exists already.
-    async fn init(&self, programs: &Programs) -> Result<(), DbError> {
+    /// True when it was created now (a first start).
+    async fn init(&self, programs: &Programs) -> Result<bool, DbError> {
         let data = self.data_dir();
         if data.join("mysql").is_dir() {
-            return Ok(());
+            return Ok(false);
         }
         std::fs::create_dir_all(&data)
             .and_then(|()| std::fs::create_dir_all(self.tmp_dir()))
@@ -308,7 +310,7 @@ impl Instance {
                 format!("see {}", log.display()),
             ));
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Starts `mariadbd` on this instance's data and waits until it accepts connections.
@@ -435,6 +437,42 @@ impl Instance {
         Ok(())
     }
 
+    /// A failover may have made the configured primary a replica of another server:
+    /// setting it up as the primary would write to a replica (errant transactions) and
+    /// point the new primary back at it. Refused, with what to change.
+    async fn refuse_if_demoted(&self) -> Result<(), DbError> {
+        let mut conn = self.admin().await?;
+        let status = sqlx::query("SHOW SLAVE STATUS")
+            .fetch_optional(&mut conn)
+            .await
+            .map_err(|e| {
+                self.setup_error(
+                    format!("reading the replica status failed ({e})"),
+                    format!("see {}", self.error_log().display()),
+                )
+            })?;
+        let Some(row) = status else {
+            return Ok(());
+        };
+        let host: String = row
+            .try_get::<Option<Vec<u8>>, _>("Master_Host")
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let port: u32 = row.try_get("Master_Port").unwrap_or_default();
+        Err(self.setup_error(
+            format!(
+                "is configured as the primary but replicates from {host}:{port} (a failover \
+                 made it a replica)"
+            ),
+            format!(
+                "name the server at {host}:{port} as `primary` in the site file and this one \
+                 among the `replicas`"
+            ),
+        ))
+    }
+
     /// The application's database and user, and the replication user. Idempotent, so it
     /// runs on every start (and changes the passwords when the site file changed them).
     async fn set_up_primary(&self) -> Result<(), DbError> {
@@ -468,8 +506,11 @@ impl Instance {
     }
 
     /// Points a new replica at the primary (GTID replication), then waits until its
-    /// threads run and it has applied everything the primary has.
-    async fn set_up_replica(&self, primary: &Server) -> Result<(), DbError> {
+    /// threads run and it has applied everything the primary has. A replica made before
+    /// (`fresh` false) that replicates from nobody was promoted by a failover: pointing it
+    /// at the configured primary would make the new primary a replica of the old one, so
+    /// that is refused.
+    async fn set_up_replica(&self, primary: &Server, fresh: bool) -> Result<(), DbError> {
         let mut conn = self.admin().await?;
         let fail = |what: &str, e: sqlx::Error| {
             self.setup_error(
@@ -482,6 +523,15 @@ impl Instance {
             .await
             .map_err(|e| fail("reading the replica status", e))?
             .is_some();
+        if !configured && !fresh {
+            return Err(self.setup_error(
+                "replicates from nobody: a failover made it the primary",
+                format!(
+                    "name it as `primary` in the site file, and {} among the `replicas`",
+                    primary.address()
+                ),
+            ));
+        }
         if !configured {
             let sql = format!(
                 "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER='{REPLICATION_USER}', \

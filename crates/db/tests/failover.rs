@@ -423,7 +423,29 @@ async fn the_returning_old_primary_is_fenced_and_rejoins_as_a_replica() {
     })
     .await;
     db.close().await;
-    s.managed.stop().await;
+    drop((old, new_primary, app_conn));
+
+    // Started again from a site file that still names the old primary, the managed
+    // servers refuse rather than set a replica up as the primary.
+    let spec = Spec {
+        dir: s._dir.path().to_path_buf(),
+        primary: s.config.primary.clone(),
+        replicas: s.config.replicas.clone(),
+    };
+    let Site { managed, _dir, .. } = s;
+    managed.stop().await;
+    let err = Managed::start(&spec)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    let new_address = spec.replicas[0].address();
+    assert!(
+        err.contains(&format!("replicates from {new_address}")) && err.contains("failover"),
+        "{err}"
+    );
+    assert!(err.contains("as `primary` in the site file"), "{err}");
+    drop(_dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
