@@ -381,6 +381,17 @@ async fn the_returning_old_primary_is_fenced_and_rejoins_as_a_replica() {
     }
     assert_eq!(db.primary().as_deref(), Some("replica1"));
     assert_eq!(stat(&db.stats(), "primary").writes, old_writes);
+    // Status says what it is, and reads stay off it.
+    eventually(5, "the returned old primary is reported", || {
+        let stats = db.stats();
+        let old = stat(&stats, "primary");
+        !old.usable
+            && old
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.contains("writable and replicating from nobody"))
+    })
+    .await;
 
     failover::rejoin(&s.topology(), "primary", "replica1")
         .await

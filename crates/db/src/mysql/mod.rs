@@ -204,6 +204,9 @@ struct Shared {
     generation: watch::Sender<u64>,
     /// Round-robin cursor over the replicas.
     next: AtomicUsize,
+    /// The monitor has logged that two servers could be the primary, and will not again
+    /// until that ends.
+    split_seen: AtomicBool,
     max_lag: Duration,
     wait_timeout: Duration,
 }
@@ -367,6 +370,7 @@ impl Mysql {
             primary: AtomicUsize::new(primary),
             generation: watch::Sender::new(0),
             next: AtomicUsize::new(0),
+            split_seen: AtomicBool::new(false),
             max_lag: config.max_replica_lag,
             wait_timeout: config.read_your_writes_timeout,
         });

@@ -57,7 +57,7 @@ pub(super) async fn check_all(shared: &Shared) {
                 if i == primary {
                     check_primary(member, *writable, status.is_some());
                 } else {
-                    check_replica(shared, member, status.as_ref());
+                    check_replica(shared, member, *writable, status.as_ref());
                 }
             }
         }
@@ -76,13 +76,21 @@ pub(super) async fn check_all(shared: &Shared) {
                 shared.members[*one].mark_up();
                 shared.set_primary(*one);
             }
-            many => tracing::error!(
-                servers = ?many.iter().map(|&i| &shared.members[i].name).collect::<Vec<_>>(),
-                "more than one database server is writable and replicates from nobody; \
-                 writes stay off them until all but one are fenced (SET GLOBAL read_only=1)"
-            ),
+            many => {
+                // Said once, not every round, while it lasts.
+                if !shared.split_seen.swap(true, Relaxed) {
+                    tracing::error!(
+                        servers = ?many.iter().map(|&i| &shared.members[i].name).collect::<Vec<_>>(),
+                        "more than one database server is writable and replicates from \
+                         nobody; writes stay off them until all but one are fenced \
+                         (SET GLOBAL read_only=1)"
+                    );
+                }
+                return;
+            }
         }
     }
+    shared.split_seen.store(false, Relaxed);
 }
 
 /// Asks one server whether it is writable and what its replica status is. The primary
@@ -119,11 +127,23 @@ fn check_primary(primary: &Member, writable: bool, replicating: bool) {
     };
 }
 
-fn check_replica(shared: &Shared, replica: &Member, status: Option<&ReplicaStatus>) {
+fn check_replica(
+    shared: &Shared,
+    replica: &Member,
+    writable: bool,
+    status: Option<&ReplicaStatus>,
+) {
     let now = Instant::now();
     let Some(status) = status else {
-        return replica
-            .mark_down("not replicating: no replication configured (CHANGE MASTER TO ...)".into());
+        return replica.mark_down(if writable {
+            // An old primary that came back on its own, most likely: it must not take
+            // writes from anyone else either.
+            "writable and replicating from nobody, beside the primary: fence it and let it \
+             rejoin (db::failover::rejoin)"
+                .into()
+        } else {
+            "not replicating: no replication configured (CHANGE MASTER TO ...)".into()
+        });
     };
     let mut health = replica.health.lock().expect("health lock");
     match (status.sql_running, status.behind) {
