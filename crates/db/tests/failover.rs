@@ -351,6 +351,75 @@ async fn kill_9_of_the_primary_then_promotion_keeps_every_acknowledged_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_promotion_that_would_lose_what_a_stuck_replica_received() {
+    if !mariadb_available() {
+        return;
+    }
+    let mut s = site(2).await;
+    let db = Db::open(&Config::Mysql(s.config.clone())).await.unwrap();
+    let user = db.create_user("frank", "hash", 1).await.unwrap().value;
+    let (mut primary, mut replica2) = (s.admin("primary").await, s.admin("replica2").await);
+    caught_up(&mut replica2, &mut primary).await;
+    drop(primary);
+    // replica1 receives (and acknowledges) but does not apply; replica2 gets nothing.
+    let mut replica1 = s.admin("replica1").await;
+    sqlx::raw_sql("STOP SLAVE SQL_THREAD")
+        .execute(&mut replica1)
+        .await
+        .unwrap();
+    sqlx::raw_sql("STOP SLAVE")
+        .execute(&mut replica2)
+        .await
+        .unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..3 {
+        acknowledged.push(
+            db.create_post(user.id, "only replica1 has it", i)
+                .await
+                .unwrap()
+                .value
+                .id,
+        );
+    }
+    s.managed.primary().kill().await;
+
+    let topology = Topology {
+        catch_up_timeout: Duration::from_secs(1),
+        ..s.topology()
+    };
+    let err = failover::promote(&topology, "primary")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("replica1") && err.contains("would lose them"),
+        "{err}"
+    );
+    assert!(err.contains("START SLAVE SQL_THREAD"), "{err}");
+    // Nothing was promoted.
+    assert_eq!(
+        global(&mut replica2, "SELECT CAST(@@GLOBAL.read_only AS SIGNED)").await,
+        "1"
+    );
+
+    // Once replica1 applies again, it is the one promoted, with every acknowledged post.
+    sqlx::raw_sql("START SLAVE SQL_THREAD")
+        .execute(&mut replica1)
+        .await
+        .unwrap();
+    let promotion = failover::promote(&s.topology(), "primary").await.unwrap();
+    assert_eq!(promotion.primary, "replica1");
+    let ids = post_ids(&mut replica1).await;
+    for id in &acknowledged {
+        assert!(ids.contains(id), "acknowledged post {id} was lost");
+    }
+    caught_up(&mut replica2, &mut replica1).await;
+    assert_eq!(post_ids(&mut replica2).await, ids);
+    db.close().await;
+    s.managed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_returning_old_primary_is_fenced_and_rejoins_as_a_replica() {
     if !mariadb_available() {
         return;

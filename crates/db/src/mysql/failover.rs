@@ -42,6 +42,10 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// acknowledging replica before making it writable.
 const ACK_CLIENT_WAIT: Duration = Duration::from_secs(2);
 
+/// How many times a promotion re-reads what a replica received while waiting for it to
+/// apply that: a fenced old primary may still send the commits it had in flight.
+const DRAIN_ROUNDS: usize = 3;
+
 /// How long a rejoined server may take to run its replication threads.
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -400,9 +404,8 @@ async fn semi_sync_primary(
 /// Promotes the most advanced reachable replica after the primary `failed` is gone.
 ///
 /// 1. `failed` is fenced if it still answers (best effort: it is presumed dead);
-/// 2. every reachable replica stops receiving (`STOP SLAVE IO_THREAD`) and applies its
-///    relay log up to what it received (`MASTER_GTID_WAIT` on its `Gtid_IO_Pos`, at most
-///    `catch_up_timeout`);
+/// 2. every reachable replica applies its relay log up to what it received
+///    (`MASTER_GTID_WAIT` on its `Gtid_IO_Pos`, at most `catch_up_timeout`);
 /// 3. the replica whose position covers the others' is chosen (with several GTID domains
 ///    and no such replica, the largest total);
 /// 4. it stops replicating for good (`RESET SLAVE ALL`), commits durably and waits for a
@@ -410,8 +413,12 @@ async fn semi_sync_primary(
 ///    (`MASTER_USE_GTID=slave_pos`), and only then is it made writable.
 ///
 /// A replica that cannot be reached, or does not apply its relay log in time, is left
-/// out (and listed in [`Promotion::left_out`]); with none left, nothing is changed but the
-/// stopped IO threads, and the error says so.
+/// out (and listed in [`Promotion::left_out`]); with none left, nothing is changed, and
+/// the error says so. If a replica left out for not applying in
+/// time has *received* more than the chosen one, the promotion is refused: what it holds
+/// may include acknowledged writes, which the new primary would lose. A replica that
+/// cannot be reached at all may hold such writes too, and nobody can tell: the decider
+/// should rather wait for it while it may come back.
 pub async fn promote(topology: &Topology, failed: &str) -> Result<Promotion, DbError> {
     let started = Instant::now();
     let old = topology.node(failed)?;
@@ -429,12 +436,16 @@ pub async fn promote(topology: &Topology, failed: &str) -> Result<Promotion, DbE
             .map(|node| async move { (node, drain_relay_log(topology, node).await) }),
     )
     .await;
+    let mut received_more = Vec::new();
     for (node, result) in drained {
         match result {
             Ok((conn, pos)) => ready.push((node, conn, pos)),
-            Err(e) => {
+            Err((e, received)) => {
                 tracing::warn!(server = %node.name, error = %e, "replica left out of the promotion");
                 left_out.push((node.name.clone(), e.to_string()));
+                if let Some(received) = received {
+                    received_more.push((node, received));
+                }
             }
         }
     }
@@ -452,7 +463,19 @@ pub async fn promote(topology: &Topology, failed: &str) -> Result<Promotion, DbE
             ),
         ));
     };
-    let (chosen, mut conn, _) = ready.swap_remove(best);
+    let (chosen, mut conn, pos) = ready.swap_remove(best);
+    if let Some((node, received)) = received_more.iter().find(|(_, r)| !pos.covers(r)) {
+        return Err(node.error(
+            format!(
+                "received transactions (up to {received}) that no replica ready to be \
+                 promoted has ({} is at {pos}); promoting now would lose them, and some may \
+                 have been acknowledged",
+                chosen.name
+            ),
+            "let it apply its relay log (SHOW SLAVE STATUS: Last_SQL_Error; START SLAVE \
+             SQL_THREAD), then promote again",
+        ));
+    }
     let others: Vec<(&Node, MySqlConnection)> = ready.into_iter().map(|(n, c, _)| (n, c)).collect();
     finish_promotion(topology, chosen, &mut conn, others, old, left_out, started).await
 }
@@ -644,34 +667,55 @@ pub async fn rejoin(topology: &Topology, returning: &str, primary: &str) -> Resu
     Ok(())
 }
 
-/// Stops a replica's IO thread and waits until it has applied everything it received.
-/// Returns the connection and its position then.
+/// Waits until a replica has applied everything it received (its `Gtid_IO_Pos`), and
+/// returns the connection and its position then; on failure, what it received, when
+/// that is known.
+///
+/// Its IO thread is left alone: the old primary is dead or fenced, so little or nothing
+/// more arrives, and the received position is read again after each wait until it holds
+/// still. Stopping the IO thread would be worse than useless: MariaDB, replicating by
+/// GTID, discards the relay log when a SQL thread starts while the IO thread is stopped,
+/// so a replica whose SQL thread an operator must restart would lose what it received
+/// (observed on 10.11), and with it writes only it had acknowledged.
 async fn drain_relay_log(
     topology: &Topology,
     node: &Node,
-) -> Result<(MySqlConnection, GtidList), DbError> {
-    let mut conn = node.connect().await?;
-    let Some(status) = slave_status(node, &mut conn).await? else {
-        return Err(node.error(
+) -> Result<(MySqlConnection, GtidList), (DbError, Option<GtidList>)> {
+    let unknown = |e: DbError| (e, None);
+    let mut conn = node.connect().await.map_err(unknown)?;
+    let Some(status) = slave_status(node, &mut conn).await.map_err(unknown)? else {
+        return Err(unknown(node.error(
             "is no replica (it has no replication configured)",
             "only a replica can be promoted",
-        ));
+        )));
     };
-    exec(node, &mut conn, "STOP SLAVE IO_THREAD").await?;
-    // What the IO thread received (read after it stopped, so it is final).
-    let received = slave_status(node, &mut conn)
-        .await?
-        .map_or(status.io_pos, |s| s.io_pos);
-    if !received.is_empty() {
-        gtid_wait(topology, node, &mut conn, &received).await?;
+    let mut received = status.io_pos;
+    // Bounded: each round waits at most `catch_up_timeout`, and a fenced primary sends
+    // no more than the commits it had in flight.
+    for _ in 0..DRAIN_ROUNDS {
+        if !received.is_empty() {
+            if let Err(e) = gtid_wait(topology, node, &mut conn, &received).await {
+                return Err((e, GtidList::parse(&received).ok()));
+            }
+        }
+        let now = slave_status(node, &mut conn)
+            .await
+            .map_err(unknown)?
+            .map(|s| s.io_pos)
+            .unwrap_or_default();
+        if now == received {
+            break;
+        }
+        received = now;
     }
     let pos: String = timed(
         node,
         "reading its position",
         sqlx::query_scalar("SELECT CAST(@@GLOBAL.gtid_slave_pos AS CHAR)").fetch_one(&mut conn),
     )
-    .await?;
-    let pos = GtidList::parse(&pos).map_err(|e| node.error(e, "report this as a bug"))?;
+    .await
+    .map_err(unknown)?;
+    let pos = GtidList::parse(&pos).map_err(|e| unknown(node.error(e, "report this as a bug")))?;
     Ok((conn, pos))
 }
 
