@@ -190,6 +190,27 @@ impl Managed {
     }
 }
 
+/// The [`Topology`] of the managed servers a [`Spec`] describes, for a process that did
+/// not start them (a decider on this machine: the sockets are found from the spec's
+/// directory, as [`Managed::start`] placed them). The servers must be running.
+pub fn topology(spec: &Spec, policy: OnNoReplicaAck, catch_up_timeout: Duration) -> Topology {
+    Topology {
+        nodes: std::iter::once(Instance::new(spec, &spec.primary, 1, true))
+            .chain(
+                spec.replicas
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| Instance::new(spec, r, i as u32 + 2, false)),
+            )
+            .map(|instance| instance.node())
+            .collect(),
+        replication_user: REPLICATION_USER.into(),
+        replication_password: spec.primary.password.clone(),
+        on_no_replica_ack: policy,
+        catch_up_timeout,
+    }
+}
+
 impl Instance {
     fn new(spec: &Spec, server: &Server, server_id: u32, is_primary: bool) -> Instance {
         let dir = spec.dir.join(&server.name);

@@ -97,6 +97,16 @@ impl Site {
             .topology(OnNoReplicaAck::Fallback, Duration::from_secs(10))
     }
 
+    /// The same, as a process that did not start the servers finds them.
+    fn spec_topology(&self) -> Topology {
+        let spec = Spec {
+            dir: self._dir.path().to_path_buf(),
+            primary: self.config.primary.clone(),
+            replicas: self.config.replicas.clone(),
+        };
+        db::managed::topology(&spec, OnNoReplicaAck::Fallback, Duration::from_secs(10))
+    }
+
     async fn admin(&mut self, name: &str) -> MySqlConnection {
         let instance = if name == "primary" {
             self.managed.primary()
@@ -175,6 +185,22 @@ fn writer(db: Db, user_id: i64, stop: Arc<AtomicBool>) -> tokio::task::JoinHandl
             }
         }
         (acknowledged, failed)
+    })
+}
+
+/// Reads the timeline until told to stop (or for at most 20 s, 100,000 reads); returns
+/// how many succeeded and the errors of those that failed.
+fn reader(db: Db, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u32, Vec<String>)> {
+    tokio::spawn(async move {
+        let (mut reads, mut failed) = (0u32, Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && reads < 100_000 {
+            match db.timeline(None, 10, None).await {
+                Ok(_) => reads += 1,
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        (reads, failed)
     })
 }
 
@@ -258,8 +284,17 @@ async fn kill_9_of_the_primary_then_promotion_keeps_every_acknowledged_write() {
     let mut s = site(2).await;
     let db = Db::open(&Config::Mysql(s.config.clone())).await.unwrap();
     let user = db.create_user("bob", "hash", 1).await.unwrap().value;
+    let (mut primary, mut replica1, mut replica2) = (
+        s.admin("primary").await,
+        s.admin("replica1").await,
+        s.admin("replica2").await,
+    );
+    caught_up(&mut replica1, &mut primary).await;
+    caught_up(&mut replica2, &mut primary).await;
+    drop((primary, replica1, replica2));
     let stop = Arc::new(AtomicBool::new(false));
     let writing = writer(db.clone(), user.id, stop.clone());
+    let reading = reader(db.clone(), stop.clone());
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     // While the primary lives, both replicas receive from it: the partition guard a
@@ -287,7 +322,9 @@ async fn kill_9_of_the_primary_then_promotion_keeps_every_acknowledged_write() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let promotion = failover::promote(&s.topology(), "primary").await.unwrap();
+    let promotion = failover::promote(&s.spec_topology(), "primary")
+        .await
+        .unwrap();
     assert_eq!(promotion.previous, "primary");
     assert!(promotion.left_out.is_empty(), "{:?}", promotion.left_out);
     assert_eq!(promotion.followers.len(), 1, "{promotion:?}");
@@ -301,9 +338,13 @@ async fn kill_9_of_the_primary_then_promotion_keeps_every_acknowledged_write() {
         .await
         .unwrap();
     let gap = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let (mut acknowledged, _failed) = writing.await.unwrap();
     acknowledged.push(written.value.id);
+    let (reads, failed_reads) = reading.await.unwrap();
+    assert!(failed_reads.is_empty(), "reads failed: {failed_reads:?}");
+    assert!(reads > 50, "{reads} reads");
     assert!(acknowledged.len() > 5, "the writer wrote: {acknowledged:?}");
     eprintln!(
         "promotion took {:?}; writes back {gap:?} after the kill",
@@ -602,20 +643,7 @@ async fn switchover_fails_no_read_and_loses_no_write() {
     drop((primary, replica));
     let stop = Arc::new(AtomicBool::new(false));
     let writing = writer(db.clone(), user.id, stop.clone());
-    let reading = tokio::spawn({
-        let (db, stop) = (db.clone(), stop.clone());
-        async move {
-            let (mut reads, mut failed) = (0u32, Vec::new());
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && reads < 100_000 {
-                match db.timeline(None, 10, None).await {
-                    Ok(_) => reads += 1,
-                    Err(e) => failed.push(e.to_string()),
-                }
-            }
-            (reads, failed)
-        }
-    });
+    let reading = reader(db.clone(), stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let promotion = failover::switchover(&s.topology(), None).await.unwrap();
