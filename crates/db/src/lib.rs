@@ -112,6 +112,10 @@ pub struct ServerStats {
     pub healthy: bool,
     /// Reads may be sent here now: healthy and, for a replica, not too far behind.
     pub usable: bool,
+    /// It takes writes (`read_only` is off), as last seen: true of the primary unless it
+    /// was demoted or fenced; true of another server only when something is wrong (an
+    /// old primary back on its own).
+    pub writable: bool,
     /// How far behind the primary a replica is (an upper bound while its SQL thread is
     /// stopped); `None` for the primary or when unknown.
     pub lag: Option<Duration>,

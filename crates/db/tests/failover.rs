@@ -386,7 +386,10 @@ async fn kill_9_of_the_primary_then_promotion_keeps_every_acknowledged_write() {
         .await,
         "0"
     );
-    assert_eq!(stat(&db.stats(), &promotion.primary).role, "primary");
+    let stats = db.stats();
+    assert_eq!(stat(&stats, &promotion.primary).role, "primary");
+    assert!(stat(&stats, &promotion.primary).writable);
+    assert!(!stat(&stats, &promotion.followers[0]).writable);
     db.close().await;
     s.managed.stop().await;
 }

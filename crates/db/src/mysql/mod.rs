@@ -144,12 +144,9 @@ struct Member {
     pool: MySqlPool,
     /// Set by the monitor (and by a failed query, which is quicker to notice).
     up: AtomicBool,
-    /// `@@read_only` is 0 there, as the monitor or the last write's check saw it. Only a
-    /// writable server may become (or stay) the primary.
+    /// `@@read_only` is 0 there, as the monitor or the last write's check saw it; for
+    /// `/status` (the write path asks the server itself).
     writable: AtomicBool,
-    /// It replicates from another server (it has a replica status), as the monitor saw:
-    /// such a server is never taken for the primary.
-    replicating: AtomicBool,
     health: Mutex<Health>,
     reads: AtomicU64,
     writes: AtomicU64,
@@ -436,7 +433,6 @@ impl Mysql {
             });
         }
         member.writable.store(true, Relaxed);
-        member.replicating.store(false, Relaxed);
         member.mark_up();
         s.set_primary(index);
         Ok(())
@@ -656,6 +652,7 @@ impl Engine for Mysql {
                     role: if is_primary { "primary" } else { "replica" },
                     healthy,
                     usable: healthy && (is_primary || s.lag_ok(health.lag)),
+                    writable: healthy && m.writable.load(Relaxed),
                     lag: if is_primary { None } else { health.lag },
                     reads: m.reads.load(Relaxed),
                     writes: m.writes.load(Relaxed),
@@ -674,7 +671,6 @@ fn member(server: &Server, pool: MySqlPool) -> Member {
         pool,
         up: AtomicBool::new(true),
         writable: AtomicBool::new(false),
-        replicating: AtomicBool::new(false),
         health: Mutex::new(Health::default()),
         reads: AtomicU64::new(0),
         writes: AtomicU64::new(0),

@@ -53,7 +53,6 @@ pub(super) async fn check_all(shared: &Shared) {
             Err(problem) => member.mark_down(problem.clone()),
             Ok((writable, status)) => {
                 member.writable.store(*writable, Relaxed);
-                member.replicating.store(status.is_some(), Relaxed);
                 if i == primary {
                     check_primary(member, *writable, status.is_some());
                 } else {
