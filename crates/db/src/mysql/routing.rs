@@ -143,6 +143,9 @@ impl Shared {
     ) -> Result<(&Member, sqlx::pool::PoolConnection<sqlx::MySql>), DbError> {
         let mut generation = self.generation.subscribe();
         loop {
+            // Seen before the primary is read, so a change made after this is waited
+            // for below, not missed.
+            generation.borrow_and_update();
             let primary = self.primary();
             let mut conn = self.primary_conn(primary, doing).await?;
             let read_only: i64 = sqlx::query_scalar("SELECT CAST(@@GLOBAL.read_only AS SIGNED)")
@@ -155,7 +158,6 @@ impl Shared {
             primary.writable.store(false, Relaxed);
             drop(conn);
             // Wait for the monitor to move the role; the generation changes when it does.
-            generation.mark_unchanged();
             let moved = tokio::time::timeout_at(deadline, generation.changed()).await;
             if !matches!(moved, Ok(Ok(()))) {
                 return Err(DbError::Unavailable {
