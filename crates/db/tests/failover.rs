@@ -506,9 +506,28 @@ async fn the_returning_old_primary_is_fenced_and_rejoins_as_a_replica() {
     })
     .await;
 
+    // An application server starting now, from the site file that still names the old
+    // primary, refuses to pick one of two writable servers.
+    let err = Db::open(&Config::Mysql(s.config.clone()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("more than one server is writable") && err.contains("fence"),
+        "{err}"
+    );
+
     failover::rejoin(&s.topology(), "primary", "replica1")
         .await
         .unwrap();
+    // Once the old primary is a replica, it finds the new primary by itself.
+    let late = Db::open(&Config::Mysql(s.config.clone())).await.unwrap();
+    assert_eq!(late.primary().as_deref(), Some("replica1"));
+    late.create_post(user.id, "from a late app server", 5)
+        .await
+        .unwrap();
+    assert_eq!(stat(&late.stats(), "replica1").writes, 1);
+    late.close().await;
     let mut old = s.admin("primary").await;
     assert_eq!(
         global(&mut old, "SELECT CAST(@@GLOBAL.read_only AS SIGNED)").await,

@@ -466,14 +466,24 @@ fn find_primary(
         )
     };
     let configured = servers[0];
-    if is_primary(&probes[0]) {
-        // Any other writable server that replicates from nobody is then reported by the
-        // replica checks in `open` as "not a replica".
-        return Ok(0);
-    }
     let writable: Vec<usize> = (1..probes.len())
         .filter(|&i| is_primary(&probes[i]))
         .collect();
+    if is_primary(&probes[0]) {
+        // Another server that is a primary too: an old primary back on its own, or the
+        // site file names the old one after a failover. Decided before the migrations
+        // run, so neither is written to. (The same server listed twice is reported by
+        // the replica checks in `open` as "not a replica".)
+        let others: Vec<usize> = writable
+            .iter()
+            .copied()
+            .filter(|&i| servers[i].address() != configured.address())
+            .collect();
+        if !others.is_empty() {
+            return Err(two_primaries(servers, &[&[0], &others[..]].concat()));
+        }
+        return Ok(0);
+    }
     match writable.as_slice() {
         [moved] => {
             tracing::warn!(configured = %configured.name, primary = %servers[*moved].name,
