@@ -166,25 +166,41 @@ async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// Writes posts until told to stop (or for at most 20 s), with at most 2,000 attempts;
-/// returns the ids of the acknowledged ones and how many failed.
-fn writer(db: Db, user_id: i64, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(Vec<i64>, u32)> {
+/// What a [`writer`] saw.
+struct Writes {
+    /// The ids of the acknowledged posts.
+    acknowledged: Vec<i64>,
+    failed: u32,
+    /// The longest a write took (a pause while the primary changes).
+    slowest: Duration,
+}
+
+/// Writes posts until told to stop (or for at most 20 s), with at most 2,000 attempts.
+fn writer(db: Db, user_id: i64, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Writes> {
     tokio::spawn(async move {
-        let (mut acknowledged, mut failed) = (Vec::new(), 0);
+        let mut writes = Writes {
+            acknowledged: Vec::new(),
+            failed: 0,
+            slowest: Duration::ZERO,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         for i in 0..2_000 {
             if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
                 break;
             }
+            let started = Instant::now();
             match db.create_post(user_id, &format!("post {i}"), i).await {
-                Ok(post) => acknowledged.push(post.value.id),
+                Ok(post) => {
+                    writes.acknowledged.push(post.value.id);
+                    writes.slowest = writes.slowest.max(started.elapsed());
+                }
                 Err(_) => {
-                    failed += 1;
+                    writes.failed += 1;
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }
-        (acknowledged, failed)
+        writes
     })
 }
 
@@ -340,7 +356,7 @@ async fn kill_9_of_the_primary_then_promotion_keeps_every_acknowledged_write() {
     let gap = killed.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
-    let (mut acknowledged, _failed) = writing.await.unwrap();
+    let mut acknowledged = writing.await.unwrap().acknowledged;
     acknowledged.push(written.value.id);
     let (reads, failed_reads) = reading.await.unwrap();
     assert!(failed_reads.is_empty(), "reads failed: {failed_reads:?}");
@@ -680,17 +696,26 @@ async fn switchover_fails_no_read_and_loses_no_write() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
-    let (acknowledged, failed_writes) = writing.await.unwrap();
+    let Writes {
+        acknowledged,
+        failed: failed_writes,
+        slowest,
+    } = writing.await.unwrap();
     let (reads, failed_reads) = reading.await.unwrap();
     eprintln!(
-        "switchover took {:?}; {reads} reads, {} writes",
+        "switchover took {:?}; {reads} reads, {} writes, the slowest {slowest:?}",
         promotion.took,
         acknowledged.len()
     );
     assert!(failed_reads.is_empty(), "reads failed: {failed_reads:?}");
     assert!(reads > 50, "{reads} reads");
-    // Writes pause while the old primary is read-only, and none fails.
+    // Writes pause while the old primary is read-only (the target: under a
+    // second), and none fails.
     assert_eq!(failed_writes, 0);
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a write paused {slowest:?}"
+    );
     assert!(stat(&db.stats(), "replica1").writes > 0);
 
     let mut new_primary = s.admin("replica1").await;
