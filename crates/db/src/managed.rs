@@ -646,7 +646,7 @@ impl Instance {
         self.launch(&programs).await
     }
 
-    /// Shuts the server down cleanly (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]).
+    /// Shuts the server down cleanly (SIGTERM, then SIGKILL after `STOP_TIMEOUT`, 30 s).
     pub async fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
