@@ -368,7 +368,12 @@ impl Instance {
             // Every server acknowledges what it receives when it replicates
             // (semi-synchronous replication); the primary's side is switched on by
             // `Managed::start` once its replicas run (see `failover::enable_semi_sync`).
-            .arg("--rpl-semi-sync-slave-enabled=ON");
+            .arg("--rpl-semi-sync-slave-enabled=ON")
+            // A replica notices a primary that went silent (its host down, no reset
+            // sent) within 4 s instead of MariaDB's 60: the primary's heartbeat comes
+            // every 2 s (half of this, set at CHANGE MASTER). Until it notices, it counts
+            // as receiving, and `failover::promote` refuses.
+            .arg("--slave-net-timeout=4");
         if self.is_primary {
             // Durable commits: the redo log (the default) and the binary log are both
             // flushed before a commit returns, so a write the browser saw acknowledged

@@ -204,6 +204,24 @@ fn writer(db: Db, user_id: i64, stop: Arc<AtomicBool>) -> tokio::task::JoinHandl
     })
 }
 
+/// Waits (at most 10 s) until no replica receives from the primary any more: what a
+/// promotion waits for after the primary died.
+async fn until_dead(topology: &Topology) {
+    let old = topology.nodes.iter().find(|n| n.name == "primary").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let states = failover::survey(topology).await;
+        if failover::receiving_from(&states, old).is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas still receive: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Reads the timeline until told to stop (or for at most 20 s, 100,000 reads); returns
 /// how many succeeded and the errors of those that failed.
 fn reader(db: Db, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u32, Vec<String>)> {
@@ -323,21 +341,23 @@ async fn kill_9_of_the_primary_then_promotion_keeps_every_acknowledged_write() {
         vec!["replica1", "replica2"]
     );
 
+    // Promoting a replica of a live primary would make two primaries: refused, and
+    // nothing changes.
+    let refused = failover::promote(&topology, "primary")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("still sends its writes to replica1, replica2")
+            && refused.contains("switchover"),
+        "{refused}"
+    );
+    assert_eq!(db.primary().as_deref(), Some("primary"));
+
     s.managed.primary().kill().await;
     let killed = Instant::now();
     // Dead, it feeds nobody (the replicas' IO threads are reconnecting).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let states = failover::survey(&topology).await;
-        if failover::receiving_from(&states, old).is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas still receive: {states:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_dead(&topology).await;
     let promotion = failover::promote(&s.spec_topology(), "primary")
         .await
         .unwrap();
@@ -442,6 +462,7 @@ async fn no_promotion_that_would_lose_what_a_stuck_replica_received() {
         );
     }
     s.managed.primary().kill().await;
+    until_dead(&s.topology()).await;
 
     let topology = Topology {
         catch_up_timeout: Duration::from_secs(1),
@@ -489,6 +510,7 @@ async fn the_returning_old_primary_is_fenced_and_rejoins_as_a_replica() {
     let user = db.create_user("carol", "hash", 1).await.unwrap().value;
     db.create_post(user.id, "before", 2).await.unwrap();
     s.managed.primary().kill().await;
+    until_dead(&s.topology()).await;
     failover::promote(&s.topology(), "primary").await.unwrap();
     eventually(5, "the Db follows the promotion", || {
         db.primary().as_deref() == Some("replica1")
@@ -617,6 +639,7 @@ async fn an_old_primary_with_an_errant_transaction_is_kept_out() {
     let user = db.create_user("dave", "hash", 1).await.unwrap().value;
     db.create_post(user.id, "replicated", 2).await.unwrap();
     s.managed.primary().kill().await;
+    until_dead(&s.topology()).await;
     failover::promote(&s.topology(), "primary").await.unwrap();
     eventually(5, "the Db follows the promotion", || {
         db.primary().as_deref() == Some("replica1")

@@ -403,6 +403,8 @@ async fn semi_sync_primary(
 
 /// Promotes the most advanced reachable replica after the primary `failed` is gone.
 ///
+/// 0. refused while any replica still receives from `failed` ([`receiving_from`]): it is
+///    alive, and promoting would make two primaries;
 /// 1. `failed` is fenced if it still answers (best effort: it is presumed dead);
 /// 2. every reachable replica applies its relay log up to what it received
 ///    (`MASTER_GTID_WAIT` on its `Gtid_IO_Pos`, at most `catch_up_timeout`);
@@ -422,6 +424,21 @@ async fn semi_sync_primary(
 pub async fn promote(topology: &Topology, failed: &str) -> Result<Promotion, DbError> {
     let started = Instant::now();
     let old = topology.node(failed)?;
+    let feeding = receiving_from(&survey(topology).await, old)
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    if !feeding.is_empty() {
+        return Err(old.error(
+            format!(
+                "still sends its writes to {}: it is alive, and only the caller is cut off \
+                 from it (a partition), or it died a moment ago",
+                feeding.join(", ")
+            ),
+            "promote only once no replica receives from it (replicas notice a dead primary \
+             within slave_net_timeout); to move a live primary, use a switchover",
+        ));
+    }
     if let Ok(Ok(())) = tokio::time::timeout(CONNECT_TIMEOUT, fence(old)).await {
         tracing::warn!(server = %old.name, "the failed primary still answered; it is fenced");
     }
