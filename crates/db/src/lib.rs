@@ -289,6 +289,12 @@ impl Db {
         self.mysql.as_ref().map(|m| m.primary_name())
     }
 
+    /// How many times the primary role moved since [`Db::open`] (a promotion or switchover
+    /// this handle followed), for `/metrics`. Always 0 for SQLite.
+    pub fn primary_changes(&self) -> u64 {
+        self.mysql.as_ref().map_or(0, |m| m.primary_changes())
+    }
+
     /// Sends writes to `server` from now on, for the caller that has just promoted it
     /// ([`failover`]); without this call the monitor finds the new primary within a
     /// quarter of a second. Refused (and nothing changes) unless `server` is one of the

@@ -353,6 +353,7 @@ async fn kill_9_of_the_primary_then_promotion_keeps_every_acknowledged_write() {
         "{refused}"
     );
     assert_eq!(db.primary().as_deref(), Some("primary"));
+    assert_eq!(db.primary_changes(), 0);
 
     s.managed.primary().kill().await;
     let killed = Instant::now();
@@ -422,6 +423,7 @@ async fn kill_9_of_the_primary_then_promotion_keeps_every_acknowledged_write() {
         .await,
         "0"
     );
+    assert_eq!(db.primary_changes(), 1);
     let stats = db.stats();
     assert_eq!(stat(&stats, &promotion.primary).role, "primary");
     assert!(stat(&stats, &promotion.primary).writable);

@@ -442,6 +442,11 @@ impl Mysql {
     pub(crate) fn primary_name(&self) -> String {
         self.shared.primary().name.clone()
     }
+
+    /// How many times the primary role moved.
+    pub(crate) fn primary_changes(&self) -> u64 {
+        *self.shared.generation.borrow()
+    }
 }
 
 /// Which configured server is the primary at start: the configured primary when it is
