@@ -14,8 +14,10 @@
 //! - [`Position`] round-trips through a short string so the application can keep it in a
 //!   cookie, which keeps app servers stateless.
 //!
-//! Layout: this file holds the public types and dispatches to a backend module
-//! (`sqlite.rs`, `mysql/`); `error.rs` holds [`DbError`], whose variants tell callers
+//! Layout: this file holds the public types and [`Db`], which hands every call to its
+//! engine; `queries.rs` holds every query, written once, and the `Engine`
+//! trait each engine implements: `sqlite.rs`, and `mysql/` (pools, the replica monitor,
+//! the read/write routing, failover); `error.rs` holds [`DbError`], whose variants tell callers
 //! what they can do about a failure (pick another name, retry later, fix the setup, or
 //! report a bug); `managed.rs` starts a local MariaDB primary and replicas for `scaleup up`
 //! and the tests; `spent.rs` counts and times one request's calls (for `Server-Timing`).
@@ -27,6 +29,7 @@
 mod error;
 pub mod managed;
 mod mysql;
+mod queries;
 pub mod spent;
 mod sqlite;
 
@@ -36,6 +39,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::DbError;
+/// Promotion, switchover, fencing and rejoin of MariaDB servers, for the decider.
+pub use mysql::failover;
 
 /// Which database to use and where it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +112,10 @@ pub struct ServerStats {
     pub healthy: bool,
     /// Reads may be sent here now: healthy and, for a replica, not too far behind.
     pub usable: bool,
+    /// It takes writes (`read_only` is off), as last seen: true of the primary unless it
+    /// was demoted or fenced; true of another server only when something is wrong (an
+    /// old primary back on its own).
+    pub writable: bool,
     /// How far behind the primary a replica is (an upper bound while its SQL thread is
     /// stopped); `None` for the primary or when unknown.
     pub lag: Option<Duration>,
@@ -125,24 +134,20 @@ pub struct ServerStats {
 /// request handler can hold its own copy.
 #[derive(Clone)]
 pub struct Db {
-    /// Shared so clones reuse one pool instead of opening connections of their own.
-    backend: Arc<Backend>,
-}
-
-/// The engines a [`Db`] can drive. Each variant owns its pools and knows how to honour a
-/// [`Position`] on reads.
-enum Backend {
-    Sqlite(sqlite::Sqlite),
-    Mysql(mysql::Mysql),
+    /// The engine with its pools; shared so clones reuse one pool instead of opening
+    /// connections of their own. Every query is written once, in `queries.rs`, for
+    /// whichever engine this is.
+    store: Arc<dyn queries::Store>,
+    /// The same engine when it is MySQL/MariaDB, for what only a replicated database has
+    /// (which server is the primary).
+    mysql: Option<Arc<mysql::Mysql>>,
 }
 
 impl fmt::Debug for Db {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let engine = match &*self.backend {
-            Backend::Sqlite(_) => "sqlite",
-            Backend::Mysql(_) => "mysql",
-        };
-        f.debug_struct("Db").field("engine", &engine).finish()
+        f.debug_struct("Db")
+            .field("engine", &self.store.engine())
+            .finish()
     }
 }
 
@@ -263,43 +268,65 @@ impl Db {
     /// Opens (creating when missing) the database and brings its schema up to date.
     /// Safe to call on every start: migrations already applied are skipped.
     pub async fn open(config: &Config) -> Result<Db, DbError> {
-        let backend = match config {
-            Config::Sqlite { path } => Backend::Sqlite(sqlite::Sqlite::open(path).await?),
-            Config::Mysql(config) => Backend::Mysql(mysql::Mysql::open(config).await?),
-        };
-        Ok(Db {
-            backend: Arc::new(backend),
+        Ok(match config {
+            Config::Sqlite { path } => Db {
+                store: Arc::new(sqlite::Sqlite::open(path).await?),
+                mysql: None,
+            },
+            Config::Mysql(config) => {
+                let mysql = Arc::new(mysql::Mysql::open(config).await?);
+                Db {
+                    store: mysql.clone(),
+                    mysql: Some(mysql),
+                }
+            }
         })
     }
 
-    /// Closes the connections, waiting for queries in flight; later calls fail with
-    /// [`DbError::Unavailable`]. Call it at shutdown so SQLite checkpoints its write-ahead
-    /// log and the file is complete on its own.
-    pub async fn close(&self) {
-        match &*self.backend {
-            Backend::Sqlite(db) => db.close().await,
-            Backend::Mysql(db) => db.close().await,
+    /// The name of the server that takes writes now (`primary`, `replica1`, ...): the
+    /// configured primary until a failover moves the role. `None` for SQLite.
+    pub fn primary(&self) -> Option<String> {
+        self.mysql.as_ref().map(|m| m.primary_name())
+    }
+
+    /// How many times the primary role moved since [`Db::open`] (a promotion or switchover
+    /// this handle followed), for `/metrics`. Always 0 for SQLite.
+    pub fn primary_changes(&self) -> u64 {
+        self.mysql.as_ref().map_or(0, |m| m.primary_changes())
+    }
+
+    /// Sends writes to `server` from now on, for the caller that has just promoted it
+    /// ([`failover`]); without this call the monitor finds the new primary within a
+    /// quarter of a second. Refused (and nothing changes) unless `server` is one of the
+    /// configured servers, answers, is writable and replicates from nobody.
+    pub async fn use_primary(&self, server: &str) -> Result<(), DbError> {
+        match &self.mysql {
+            Some(mysql) => mysql.use_primary(server).await,
+            None => Err(DbError::Setup {
+                server: server.to_owned(),
+                address: String::new(),
+                problem: "an embedded SQLite database has no servers to choose from".into(),
+                fix: "use `kind = \"mysql\"` for a primary with replicas".into(),
+            }),
         }
+    }
+
+    /// Closes the connections, waiting for queries in flight, and stops the replica
+    /// monitor; later calls fail with [`DbError::Unavailable`]. Call it at shutdown so
+    /// SQLite checkpoints its write-ahead log and the file is complete on its own.
+    pub async fn close(&self) {
+        self.store.close().await
     }
 
     /// Per-server health and traffic of a replicated database, for `/status` and
     /// `/metrics`. Empty for SQLite, which is no server but a file inside this process.
     pub fn stats(&self) -> Vec<ServerStats> {
-        match &*self.backend {
-            Backend::Sqlite(_) => Vec::new(),
-            Backend::Mysql(db) => db.stats(),
-        }
+        self.store.stats()
     }
 
     /// Checks the database answers a trivial query; used by health checks.
     pub async fn ping(&self) -> Result<(), DbError> {
-        spent::timed(async {
-            match &*self.backend {
-                Backend::Sqlite(db) => db.ping().await,
-                Backend::Mysql(db) => db.ping().await,
-            }
-        })
-        .await
+        spent::timed(self.store.ping()).await
     }
 
     /// Registers a user. Fails with [`DbError::Conflict`] when the username is taken.
@@ -309,13 +336,7 @@ impl Db {
         password_hash: &str,
         now: i64,
     ) -> Result<Written<User>, DbError> {
-        spent::timed(async {
-            match &*self.backend {
-                Backend::Sqlite(db) => db.create_user(username, password_hash, now).await,
-                Backend::Mysql(db) => db.create_user(username, password_hash, now).await,
-            }
-        })
-        .await
+        spent::timed(self.store.create_user(username, password_hash, now)).await
     }
 
     /// Looks a user up by exact username.
@@ -324,13 +345,7 @@ impl Db {
         username: &str,
         after: Option<&Position>,
     ) -> Result<Option<User>, DbError> {
-        spent::timed(async {
-            match &*self.backend {
-                Backend::Sqlite(db) => db.user_by_name(username, after).await,
-                Backend::Mysql(db) => db.user_by_name(username, after).await,
-            }
-        })
-        .await
+        spent::timed(self.store.user_by_name(username, after)).await
     }
 
     /// Looks a user up by id.
@@ -339,13 +354,7 @@ impl Db {
         id: i64,
         after: Option<&Position>,
     ) -> Result<Option<User>, DbError> {
-        spent::timed(async {
-            match &*self.backend {
-                Backend::Sqlite(db) => db.user_by_id(id, after).await,
-                Backend::Mysql(db) => db.user_by_id(id, after).await,
-            }
-        })
-        .await
+        spent::timed(self.store.user_by_id(id, after)).await
     }
 
     /// Stores a login session under the hash of its token. Also removes sessions that have
@@ -357,18 +366,10 @@ impl Db {
         now: i64,
         expires_at: i64,
     ) -> Result<Written<()>, DbError> {
-        spent::timed(async {
-            match &*self.backend {
-                Backend::Sqlite(db) => {
-                    db.create_session(token_hash, user_id, now, expires_at)
-                        .await
-                }
-                Backend::Mysql(db) => {
-                    db.create_session(token_hash, user_id, now, expires_at)
-                        .await
-                }
-            }
-        })
+        spent::timed(
+            self.store
+                .create_session(token_hash, user_id, now, expires_at),
+        )
         .await
     }
 
@@ -380,25 +381,13 @@ impl Db {
         now: i64,
         after: Option<&Position>,
     ) -> Result<Option<User>, DbError> {
-        spent::timed(async {
-            match &*self.backend {
-                Backend::Sqlite(db) => db.session_user(token_hash, now, after).await,
-                Backend::Mysql(db) => db.session_user(token_hash, now, after).await,
-            }
-        })
-        .await
+        spent::timed(self.store.session_user(token_hash, now, after)).await
     }
 
     /// Ends a session. Deleting a session that does not exist is not an error: logging out
     /// twice should simply succeed.
     pub async fn delete_session(&self, token_hash: &[u8]) -> Result<Written<()>, DbError> {
-        spent::timed(async {
-            match &*self.backend {
-                Backend::Sqlite(db) => db.delete_session(token_hash).await,
-                Backend::Mysql(db) => db.delete_session(token_hash).await,
-            }
-        })
-        .await
+        spent::timed(self.store.delete_session(token_hash)).await
     }
 
     /// Publishes a post and returns it with its author's name.
@@ -408,13 +397,7 @@ impl Db {
         body: &str,
         now: i64,
     ) -> Result<Written<Post>, DbError> {
-        spent::timed(async {
-            match &*self.backend {
-                Backend::Sqlite(db) => db.create_post(user_id, body, now).await,
-                Backend::Mysql(db) => db.create_post(user_id, body, now).await,
-            }
-        })
-        .await
+        spent::timed(self.store.create_post(user_id, body, now)).await
     }
 
     /// Everyone's posts, newest first: at most `limit` posts with an id below `before_id`
@@ -425,13 +408,7 @@ impl Db {
         limit: u32,
         after: Option<&Position>,
     ) -> Result<Vec<Post>, DbError> {
-        spent::timed(async {
-            match &*self.backend {
-                Backend::Sqlite(db) => db.timeline(before_id, limit, after).await,
-                Backend::Mysql(db) => db.timeline(before_id, limit, after).await,
-            }
-        })
-        .await
+        spent::timed(self.store.timeline(before_id, limit, after)).await
     }
 
     /// One user's posts, newest first, paged like [`Db::timeline`].
@@ -442,24 +419,12 @@ impl Db {
         limit: u32,
         after: Option<&Position>,
     ) -> Result<Vec<Post>, DbError> {
-        spent::timed(async {
-            match &*self.backend {
-                Backend::Sqlite(db) => db.user_posts(user_id, before_id, limit, after).await,
-                Backend::Mysql(db) => db.user_posts(user_id, before_id, limit, after).await,
-            }
-        })
-        .await
+        spent::timed(self.store.user_posts(user_id, before_id, limit, after)).await
     }
 
     /// How many users and posts exist, for status pages.
     pub async fn counts(&self, after: Option<&Position>) -> Result<Counts, DbError> {
-        spent::timed(async {
-            match &*self.backend {
-                Backend::Sqlite(db) => db.counts(after).await,
-                Backend::Mysql(db) => db.counts(after).await,
-            }
-        })
-        .await
+        spent::timed(self.store.counts(after)).await
     }
 }
 

@@ -6,8 +6,12 @@
 //! `mariadb-install-db`, the application's database and user, the replication user, each
 //! replica's `CHANGE MASTER TO ... MASTER_USE_GTID=slave_pos`) and reuses what exists, so
 //! data survives a restart. It returns once every replica's IO and SQL threads run and it
-//! has applied everything the primary had. [`Managed::stop`] shuts the servers down
-//! cleanly; dropping a [`Managed`] kills them, so a failing test never leaves one behind.
+//! has applied everything the primary had, with semi-synchronous replication on (the
+//! primary's commits wait for a replica's acknowledgement, falling back after a second;
+//! [`Managed::set_on_no_replica_ack`] changes that). Every server keeps a binary log of
+//! what it applies, so [`crate::failover`] can promote any replica ([`Managed::topology`]
+//! describes them for it). [`Managed::stop`] shuts the servers down cleanly; dropping a
+//! [`Managed`] kills them, so a failing test never leaves one behind.
 //!
 //! Administration goes through each server's Unix socket as `root`, which
 //! `mariadb-install-db --auth-root-authentication-method=normal` leaves without a password
@@ -22,6 +26,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::{Connection, Row};
 use tokio::process::{Child, Command};
 
+use crate::failover::{self, Node, OnNoReplicaAck, Topology};
 use crate::{DbError, Server};
 
 /// How long a server may take to accept connections after it is started. First starts
@@ -126,13 +131,44 @@ impl Managed {
         };
         managed.primary.init(&programs).await?;
         managed.primary.launch(&programs).await?;
+        managed.primary.refuse_if_demoted().await?;
         managed.primary.set_up_primary().await?;
         for replica in &mut managed.replicas {
-            replica.init(&programs).await?;
+            let fresh = replica.init(&programs).await?;
             replica.launch(&programs).await?;
-            replica.set_up_replica(&spec.primary).await?;
+            replica.set_up_replica(&spec.primary, fresh).await?;
         }
+        managed
+            .set_on_no_replica_ack(OnNoReplicaAck::default())
+            .await?;
         Ok(managed)
+    }
+
+    /// Switches semi-synchronous replication on for the primary with `policy` (what a
+    /// write does when no replica acknowledges it), and has every replica acknowledge.
+    /// Also how the site file's `on_no_replica_ack` is applied after [`Managed::start`].
+    pub async fn set_on_no_replica_ack(&self, policy: OnNoReplicaAck) -> Result<(), DbError> {
+        failover::enable_semi_sync(&self.primary.node(), true, policy).await?;
+        for replica in &self.replicas {
+            // Restarts the replica's IO thread, so it registers as acknowledging.
+            failover::enable_semi_sync(&replica.node(), false, policy).await?;
+        }
+        Ok(())
+    }
+
+    /// Every server as the failover functions reach it: as `root` over its Unix socket,
+    /// replicating with the managed replication account.
+    pub fn topology(&self, policy: OnNoReplicaAck, catch_up_timeout: Duration) -> Topology {
+        Topology {
+            nodes: std::iter::once(&self.primary)
+                .chain(&self.replicas)
+                .map(Instance::node)
+                .collect(),
+            replication_user: REPLICATION_USER.into(),
+            replication_password: self.primary.server.password.clone(),
+            on_no_replica_ack: policy,
+            catch_up_timeout,
+        }
     }
 
     /// The primary, for tests that stop or kill it.
@@ -151,6 +187,27 @@ impl Managed {
             replica.stop().await;
         }
         self.primary.stop().await;
+    }
+}
+
+/// The [`Topology`] of the managed servers a [`Spec`] describes, for a process that did
+/// not start them (a decider on this machine: the sockets are found from the spec's
+/// directory, as [`Managed::start`] placed them). The servers must be running.
+pub fn topology(spec: &Spec, policy: OnNoReplicaAck, catch_up_timeout: Duration) -> Topology {
+    Topology {
+        nodes: std::iter::once(Instance::new(spec, &spec.primary, 1, true))
+            .chain(
+                spec.replicas
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| Instance::new(spec, r, i as u32 + 2, false)),
+            )
+            .map(|instance| instance.node())
+            .collect(),
+        replication_user: REPLICATION_USER.into(),
+        replication_password: spec.primary.password.clone(),
+        on_no_replica_ack: policy,
+        catch_up_timeout,
     }
 }
 
@@ -223,10 +280,11 @@ impl Instance {
     }
 
     /// Creates the data directory with `mariadb-install-db` unless it exists already.
-    async fn init(&self, programs: &Programs) -> Result<(), DbError> {
+    /// True when it was created now (a first start).
+    async fn init(&self, programs: &Programs) -> Result<bool, DbError> {
         let data = self.data_dir();
         if data.join("mysql").is_dir() {
-            return Ok(());
+            return Ok(false);
         }
         std::fs::create_dir_all(&data)
             .and_then(|()| std::fs::create_dir_all(self.tmp_dir()))
@@ -273,7 +331,7 @@ impl Instance {
                 format!("see {}", log.display()),
             ));
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Starts `mariadbd` on this instance's data and waits until it accepts connections.
@@ -301,9 +359,22 @@ impl Instance {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
+        // The binary log is what replicas read; GTIDs name its transactions. Replicas
+        // keep one too, with what they apply (`log_slave_updates`), so any of them can be
+        // promoted and serve the others from where they are.
+        cmd.arg("--log-bin=binlog")
+            .arg("--binlog-format=ROW")
+            .arg("--log-slave-updates=ON")
+            // Every server acknowledges what it receives when it replicates
+            // (semi-synchronous replication); the primary's side is switched on by
+            // `Managed::start` once its replicas run (see `failover::enable_semi_sync`).
+            .arg("--rpl-semi-sync-slave-enabled=ON")
+            // A replica notices a primary that went silent (its host down, no reset
+            // sent) within 4 s instead of MariaDB's 60: the primary's heartbeat comes
+            // every 2 s (half of this, set at CHANGE MASTER). Until it notices, it counts
+            // as receiving, and `failover::promote` refuses.
+            .arg("--slave-net-timeout=4");
         if self.is_primary {
-            // The binary log is what replicas read; GTIDs name its transactions.
-            cmd.arg("--log-bin=binlog").arg("--binlog-format=ROW");
             // Durable commits: the redo log (the default) and the binary log are both
             // flushed before a commit returns, so a write the browser saw acknowledged
             // is in what replicas read even after a power cut. Concurrent commits share
@@ -392,6 +463,42 @@ impl Instance {
         Ok(())
     }
 
+    /// A failover may have made the configured primary a replica of another server:
+    /// setting it up as the primary would write to a replica (errant transactions) and
+    /// point the new primary back at it. Refused, with what to change.
+    async fn refuse_if_demoted(&self) -> Result<(), DbError> {
+        let mut conn = self.admin().await?;
+        let status = sqlx::query("SHOW SLAVE STATUS")
+            .fetch_optional(&mut conn)
+            .await
+            .map_err(|e| {
+                self.setup_error(
+                    format!("reading the replica status failed ({e})"),
+                    format!("see {}", self.error_log().display()),
+                )
+            })?;
+        let Some(row) = status else {
+            return Ok(());
+        };
+        let host: String = row
+            .try_get::<Option<Vec<u8>>, _>("Master_Host")
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let port: u32 = row.try_get("Master_Port").unwrap_or_default();
+        Err(self.setup_error(
+            format!(
+                "is configured as the primary but replicates from {host}:{port} (a failover \
+                 made it a replica)"
+            ),
+            format!(
+                "name the server at {host}:{port} as `primary` in the site file and this one \
+                 among the `replicas`"
+            ),
+        ))
+    }
+
     /// The application's database and user, and the replication user. Idempotent, so it
     /// runs on every start (and changes the passwords when the site file changed them).
     async fn set_up_primary(&self) -> Result<(), DbError> {
@@ -425,8 +532,11 @@ impl Instance {
     }
 
     /// Points a new replica at the primary (GTID replication), then waits until its
-    /// threads run and it has applied everything the primary has.
-    async fn set_up_replica(&self, primary: &Server) -> Result<(), DbError> {
+    /// threads run and it has applied everything the primary has. A replica made before
+    /// (`fresh` false) that replicates from nobody was promoted by a failover: pointing it
+    /// at the configured primary would make the new primary a replica of the old one, so
+    /// that is refused.
+    async fn set_up_replica(&self, primary: &Server, fresh: bool) -> Result<(), DbError> {
         let mut conn = self.admin().await?;
         let fail = |what: &str, e: sqlx::Error| {
             self.setup_error(
@@ -439,6 +549,15 @@ impl Instance {
             .await
             .map_err(|e| fail("reading the replica status", e))?
             .is_some();
+        if !configured && !fresh {
+            return Err(self.setup_error(
+                "replicates from nobody: a failover made it the primary",
+                format!(
+                    "name it as `primary` in the site file, and {} among the `replicas`",
+                    primary.address()
+                ),
+            ));
+        }
         if !configured {
             let sql = format!(
                 "CHANGE MASTER TO MASTER_HOST={}, MASTER_PORT={}, MASTER_USER='{REPLICATION_USER}', \
@@ -532,7 +651,7 @@ impl Instance {
         self.launch(&programs).await
     }
 
-    /// Shuts the server down cleanly (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]).
+    /// Shuts the server down cleanly (SIGTERM, then SIGKILL after `STOP_TIMEOUT`, 30 s).
     pub async fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
@@ -562,6 +681,17 @@ impl Instance {
     /// The server's name, address and the application's account on it.
     pub fn server(&self) -> &Server {
         &self.server
+    }
+
+    /// This server for [`failover`]: reached as `root` over its Unix socket, and by the
+    /// others at its address.
+    pub fn node(&self) -> Node {
+        Node {
+            name: self.server.name.clone(),
+            host: self.server.host.clone(),
+            port: self.server.port,
+            admin: self.admin_options(),
+        }
     }
 }
 

@@ -553,6 +553,21 @@ pub struct Mysql {
     /// `scaleup up` starts (and stops) a local MariaDB primary and replicas on these
     /// addresses, with their data under the state directory.
     pub managed: bool,
+    /// What a write does when no replica acknowledges it under semi-synchronous
+    /// replication (`on_no_replica_ack`).
+    pub on_no_replica_ack: ReplicaAck,
+}
+
+/// `on_no_replica_ack`: the price of durability when every replica is down or behind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReplicaAck {
+    /// `"wait"`: a write is acknowledged only once a replica has it, so a failover never
+    /// loses one; with no replica up the site takes no writes.
+    Wait,
+    /// `"fallback"` (the default): after a second without an acknowledgement the primary
+    /// goes on alone; writes made then are lost if it dies before a replica has them.
+    #[default]
+    Fallback,
 }
 
 /// One MySQL/MariaDB server, from a `mysql://user:password@host:port/database` URL.

@@ -120,6 +120,7 @@ const KEYS: &[&str] = &[
     "max_replica_lag",
     "read_your_writes_timeout",
     "managed",
+    "on_no_replica_ack",
     "state_dir",
     "root",
     "max_body_bytes",

@@ -1,8 +1,10 @@
-//! The replicated MySQL/MariaDB backend: one pool for the primary, one per replica, and
-//! the routing between them.
+//! The replicated MySQL/MariaDB engine: one pool per server, which of them is the
+//! primary now, and the routing between them.
 //!
 //! - Writes go to the primary. After each write the same connection reads back the GTID
-//!   the write got, which becomes the write's [`Position`].
+//!   the write got, which becomes the write's [`Position`]. A write first checks, on its
+//!   own connection, that the server is writable (`@@read_only` is 0): a demoted or fenced
+//!   server never takes a write.
 //! - Reads go to the next usable replica (round robin). A replica is usable while the
 //!   monitor (a background task, every [`MONITOR_INTERVAL`]) finds it answering,
 //!   replicating, and no more than `max_replica_lag` behind. With no usable replica, reads
@@ -14,37 +16,41 @@
 //! - The primary down: writes fail fast with [`DbError::Unavailable`] (the application
 //!   answers 503), and reads use any replica that answers, however far behind, because
 //!   there is nothing fresher. The pools reconnect on their own when a server returns.
+//! - Which server is the primary is state, not configuration: the pools are kept per
+//!   server, and the monitor moves the primary role to the one writable server that
+//!   replicates from nobody when the current primary is down or read-only (after a
+//!   failover or switchover, `failover.rs`); a caller that knows may move it at once
+//!   ([`crate::Db::use_primary`]).
 //!
 //! MariaDB and MySQL differ in the SQL for GTIDs and replica status; [`Flavor`] holds those
 //! differences, and every place that depends on it says so.
 //!
-//! Layout: this file holds the pools and the routing; `monitor.rs` the background checks
-//! that decide which servers are usable; `sql.rs` the statements whose shape matters to
-//! the optimizer.
+//! Layout: this file holds the servers, their pools and the engine; `routing.rs` where
+//! each read and write goes; `monitor.rs` the background checks that decide which servers
+//! are usable and which is the primary; `failover.rs` promotion, switchover, fencing and
+//! rejoin, run by whoever decides (not by the application).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
 use sqlx::migrate::Migrator;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
-use sqlx::FromRow;
 use sqlx::{Connection, Row};
+use tokio::sync::watch;
 
-use crate::{
-    Counts, DbError, MysqlConfig, Position, PositionRepr, Post, Server, ServerStats, User, Written,
-};
+use crate::queries::{Engine, ReadQuery, WriteQuery};
+use crate::{DbError, MysqlConfig, Position, PositionRepr, Server, ServerStats, Written};
 
 /// The schema in MariaDB's dialect, embedded at compile time; run on the primary only (the
 /// replicas receive it through replication).
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
 
+pub mod failover;
 mod monitor;
-mod sql;
+mod routing;
 
 use monitor::{check_all, monitor, replica_status};
-use sql::{newest_first, page_of_posts, POST_COLUMNS, USER_COLUMNS};
 
 /// How often the monitor checks every server. Short, so that a replica that falls behind
 /// or a primary that returns is noticed within a fraction of a second.
@@ -54,7 +60,9 @@ const MONITOR_INTERVAL: Duration = Duration::from_millis(250);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a query waits for a pooled connection (which includes connecting). Past it the
-/// server counts as unavailable, so a request answers 503 instead of hanging.
+/// server counts as unavailable, so a request answers 503 instead of hanging. Every pool
+/// has it, because any server may become the primary; reads on a replica wait less
+/// ([`REPLICA_ACQUIRE_TIMEOUT`]).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a read waits for a replica's connection before it goes to the primary
@@ -128,14 +136,17 @@ struct ReplicaStatusSql {
     sql_error: &'static str,
 }
 
-/// One server with its pool, what the monitor last saw, and its counters.
+/// One server with its pool, what the monitor last saw, and its counters. Whether it is
+/// the primary is not here but in [`Shared::primary`], because that changes.
 struct Member {
     name: String,
     address: String,
-    is_primary: bool,
     pool: MySqlPool,
     /// Set by the monitor (and by a failed query, which is quicker to notice).
     up: AtomicBool,
+    /// `@@read_only` is 0 there, as the monitor or the last write's check saw it; for
+    /// `/status` (the write path asks the server itself).
+    writable: AtomicBool,
     health: Mutex<Health>,
     reads: AtomicU64,
     writes: AtomicU64,
@@ -181,23 +192,29 @@ impl Member {
 /// The state the routing and the monitor share.
 struct Shared {
     flavor: Flavor,
-    primary: Member,
-    replicas: Vec<Member>,
+    /// Every server, the configured primary first, then the replicas in order.
+    members: Vec<Member>,
+    /// Index in `members` of the server that takes writes now.
+    primary: AtomicUsize,
+    /// Counts changes of primary, and tells writes waiting for a new primary (during a
+    /// switchover) that there is one.
+    generation: watch::Sender<u64>,
     /// Round-robin cursor over the replicas.
     next: AtomicUsize,
+    /// The monitor has logged that two servers could be the primary, and will not again
+    /// until that ends.
+    split_seen: AtomicBool,
     max_lag: Duration,
     wait_timeout: Duration,
 }
 
 pub(crate) struct Mysql {
     shared: Arc<Shared>,
-    monitor: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Mysql {
-    fn drop(&mut self) {
-        self.monitor.abort();
-    }
+    /// Stops the monitor: set by [`Mysql::close`], and dropped (which also stops it) with
+    /// the engine, so the task never outlives the handle that owns it.
+    stop: watch::Sender<bool>,
+    /// The monitor task, awaited by `close` so no check runs after it returns.
+    monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 fn options(server: &Server) -> MySqlConnectOptions {
@@ -270,128 +287,338 @@ fn setup_error(server: &Server, err: &sqlx::Error) -> DbError {
 }
 
 impl Mysql {
-    /// Connects to the primary (which must answer: the migrations run there), applies the
-    /// migrations, checks each replica, and starts the monitor. A replica that is down at
-    /// start is only a warning (it is skipped until it answers); one that refuses our user
-    /// or is not a replica at all is a setup mistake, reported with what to do.
+    /// Connects to every server, finds the primary (the configured one, unless a failover
+    /// moved the role: see [`find_primary`]), applies the migrations there, checks each
+    /// replica, and starts the monitor. A replica that is down at start is only a warning
+    /// (it is skipped until it answers); one that refuses our user or is not a replica at
+    /// all is a setup mistake, reported with what to do.
     pub(crate) async fn open(config: &MysqlConfig) -> Result<Mysql, DbError> {
-        let primary_pool = pool_options()
-            .connect_with(options(&config.primary))
-            .await
-            .map_err(|e| setup_error(&config.primary, &e))?;
-        let version: String = sqlx::query_scalar("SELECT VERSION()")
-            .fetch_one(&primary_pool)
-            .await
-            .map_err(|e| setup_error(&config.primary, &e))?;
-        let flavor = if version.contains("MariaDB") {
-            Flavor::MariaDb
-        } else {
-            Flavor::MySql
+        let servers: Vec<&Server> = std::iter::once(&config.primary)
+            .chain(&config.replicas)
+            .collect();
+        let members: Vec<Member> = servers
+            .iter()
+            .map(|s| member(s, pool_options().connect_lazy_with(options(s))))
+            .collect();
+        // Every server at once; the configured primary may take as long as a query may
+        // wait for it, a replica as long as a health check.
+        let probes: Vec<Result<Probe, sqlx::Error>> =
+            futures_util::future::join_all(members.iter().enumerate().map(|(i, m)| {
+                let limit = if i == 0 {
+                    ACQUIRE_TIMEOUT
+                } else {
+                    CHECK_TIMEOUT
+                };
+                probe(m, limit, i == 0)
+            }))
+            .await;
+        let primary = find_primary(&servers, &probes)?;
+        let Ok(Probe {
+            version, flavor, ..
+        }) = &probes[primary]
+        else {
+            unreachable!("the primary answered its probe");
         };
+        let (version, flavor) = (version.clone(), *flavor);
         MIGRATOR
-            .run(&primary_pool)
+            .run(&members[primary].pool)
             .await
             .map_err(|e| DbError::Other {
                 doing: "applying migrations on the primary",
-                cause: format!("{}: {e}", config.primary.address()),
+                cause: format!("{}: {e}", servers[primary].address()),
             })?;
 
-        let mut replicas = Vec::with_capacity(config.replicas.len());
-        for server in &config.replicas {
-            let pool = pool_options()
-                .acquire_timeout(REPLICA_ACQUIRE_TIMEOUT)
-                .connect_lazy_with(options(server));
-            let member = member(server, false, pool);
-            match tokio::time::timeout(CHECK_TIMEOUT, member.pool.acquire()).await {
-                Ok(Ok(mut conn)) => match replica_status(flavor, &mut conn).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        return Err(DbError::Setup {
-                            server: server.name.clone(),
-                            address: server.address(),
-                            problem: "is not a replica: it has no replication configured".into(),
-                            fix: format!(
-                                "make it replicate from the primary {} (CHANGE MASTER TO \
-                                 MASTER_HOST=..., MASTER_USE_GTID=slave_pos; START SLAVE), \
-                                 or remove it from `replicas`",
-                                config.primary.address()
-                            ),
-                        })
-                    }
-                    Err(e) => return Err(setup_error(server, &e)),
-                },
-                Ok(Err(e @ sqlx::Error::Database(_))) => return Err(setup_error(server, &e)),
-                Ok(Err(e)) => {
+        for (i, (server, probe)) in servers.iter().zip(&probes).enumerate() {
+            if i == primary {
+                continue;
+            }
+            match probe {
+                Ok(Probe {
+                    role: Role {
+                        replicating: true, ..
+                    },
+                    ..
+                }) => {}
+                Ok(Probe { .. }) => {
+                    return Err(DbError::Setup {
+                        server: server.name.clone(),
+                        address: server.address(),
+                        problem: "is not a replica: it has no replication configured".into(),
+                        fix: format!(
+                            "make it replicate from the primary {} (CHANGE MASTER TO \
+                             MASTER_HOST=..., MASTER_USE_GTID=slave_pos; START SLAVE), \
+                             or remove it from `replicas`",
+                            servers[primary].address()
+                        ),
+                    })
+                }
+                Err(e @ sqlx::Error::Database(_)) => return Err(setup_error(server, e)),
+                Err(e) => {
                     tracing::warn!(server = %server.name, address = %server.address(), error = %e,
                         "replica does not answer; reads skip it until it does");
-                    member.mark_down(e.to_string());
-                }
-                Err(_) => {
-                    tracing::warn!(server = %server.name, address = %server.address(),
-                        "replica does not answer; reads skip it until it does");
-                    member.mark_down(format!("no answer within {CHECK_TIMEOUT:?}"));
+                    members[i].mark_down(e.to_string());
                 }
             }
-            replicas.push(member);
         }
 
         let shared = Arc::new(Shared {
             flavor,
-            primary: member(&config.primary, true, primary_pool),
-            replicas,
+            members,
+            primary: AtomicUsize::new(primary),
+            generation: watch::Sender::new(0),
             next: AtomicUsize::new(0),
+            split_seen: AtomicBool::new(false),
             max_lag: config.max_replica_lag,
             wait_timeout: config.read_your_writes_timeout,
         });
         // The first round runs before `open` returns, so routing starts with real lags.
         check_all(&shared).await;
-        let monitor = tokio::spawn(monitor(shared.clone()));
+        let (stop, stopped) = watch::channel(false);
+        let monitor = tokio::spawn(monitor(shared.clone(), stopped));
         tracing::info!(
-            primary = %config.primary.address(),
+            primary = %servers[primary].address(),
             replicas = config.replicas.len(),
             %version,
             "mysql database ready"
         );
-        Ok(Mysql { shared, monitor })
+        Ok(Mysql {
+            shared,
+            stop,
+            monitor: Mutex::new(Some(monitor)),
+        })
     }
 
-    pub(crate) async fn close(&self) {
-        self.monitor.abort();
-        self.shared.primary.pool.close().await;
-        for replica in &self.shared.replicas {
-            replica.pool.close().await;
-        }
-    }
-
-    pub(crate) fn stats(&self) -> Vec<ServerStats> {
+    /// Makes `name` the primary at once, for a caller that has just promoted it (the
+    /// monitor would find it within [`MONITOR_INTERVAL`]). Refused unless the server
+    /// answers, is writable and replicates from nobody, so a mistaken call cannot send
+    /// writes to a replica or to a fenced server.
+    pub(crate) async fn use_primary(&self, name: &str) -> Result<(), DbError> {
         let s = &self.shared;
-        std::iter::once(&s.primary)
-            .chain(&s.replicas)
-            .map(|m| {
-                let health = m.health.lock().expect("health lock");
-                let healthy = m.is_up();
-                ServerStats {
-                    name: m.name.clone(),
-                    address: m.address.clone(),
-                    role: if m.is_primary { "primary" } else { "replica" },
-                    healthy,
-                    usable: healthy && (m.is_primary || s.lag_ok(health.lag)),
-                    lag: health.lag,
-                    reads: m.reads.load(Relaxed),
-                    writes: m.writes.load(Relaxed),
-                    fallbacks: m.fallbacks.load(Relaxed),
-                    problem: health.problem.clone(),
-                }
+        let Some(index) = s.members.iter().position(|m| m.name == name) else {
+            return Err(DbError::Setup {
+                server: name.to_owned(),
+                address: String::new(),
+                problem: "is not one of the configured database servers".into(),
+                fix: format!(
+                    "name one of: {}",
+                    s.members
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        };
+        let member = &s.members[index];
+        let problem = match probe(member, CHECK_TIMEOUT, false).await.map(|p| p.role) {
+            Ok(Role {
+                writable: true,
+                replicating: false,
+            }) => None,
+            Ok(Role {
+                writable: false, ..
+            }) => Some("is read-only".to_owned()),
+            Ok(Role { .. }) => Some("replicates from another server".to_owned()),
+            Err(sqlx::Error::PoolTimedOut) => {
+                Some(format!("does not answer within {CHECK_TIMEOUT:?}"))
+            }
+            Err(e) => Some(format!("does not answer ({e})")),
+        };
+        if let Some(problem) = problem {
+            return Err(DbError::Setup {
+                server: member.name.clone(),
+                address: member.address.clone(),
+                problem: format!("cannot take writes: it {problem}"),
+                fix: "promote it first (db::mysql::failover), then name it again".into(),
+            });
+        }
+        member.writable.store(true, Relaxed);
+        member.mark_up();
+        s.set_primary(index);
+        Ok(())
+    }
+
+    /// The name of the server that takes writes now.
+    pub(crate) fn primary_name(&self) -> String {
+        self.shared.primary().name.clone()
+    }
+
+    /// How many times the primary role moved.
+    pub(crate) fn primary_changes(&self) -> u64 {
+        *self.shared.generation.borrow()
+    }
+}
+
+/// Which configured server is the primary at start: the configured primary when it is
+/// writable and replicates from nobody; else (a failover moved the role and the site file
+/// still names the old one) the one other server that is. With none, or more than one
+/// (two writable servers: one of them must be fenced first), the configured primary's
+/// problem is reported and nothing is written anywhere.
+fn find_primary(
+    servers: &[&Server],
+    probes: &[Result<Probe, sqlx::Error>],
+) -> Result<usize, DbError> {
+    let is_primary = |p: &Result<Probe, sqlx::Error>| {
+        matches!(
+            p,
+            Ok(Probe {
+                role: Role {
+                    writable: true,
+                    replicating: false
+                },
+                ..
             })
-            .collect()
+        )
+    };
+    let configured = servers[0];
+    let writable: Vec<usize> = (1..probes.len())
+        .filter(|&i| is_primary(&probes[i]))
+        .collect();
+    if is_primary(&probes[0]) {
+        // Another server that is a primary too: an old primary back on its own, or the
+        // site file names the old one after a failover. Decided before the migrations
+        // run, so neither is written to. (The same server listed twice is reported by
+        // the replica checks in `open` as "not a replica".)
+        let others: Vec<usize> = writable
+            .iter()
+            .copied()
+            .filter(|&i| servers[i].address() != configured.address())
+            .collect();
+        if !others.is_empty() {
+            return Err(two_primaries(servers, &[&[0], &others[..]].concat()));
+        }
+        return Ok(0);
+    }
+    match writable.as_slice() {
+        [moved] => {
+            tracing::warn!(configured = %configured.name, primary = %servers[*moved].name,
+                "the configured primary is not the primary now (after a failover); \
+                 writes go to the server that is; update the site file");
+            Ok(*moved)
+        }
+        [] => Err(match &probes[0] {
+            Err(e) => setup_error(configured, e),
+            Ok(Probe {
+                role: Role {
+                    writable: false, ..
+                },
+                ..
+            }) => DbError::Setup {
+                server: configured.name.clone(),
+                address: configured.address(),
+                problem: "is read-only, and no other server is a writable primary".into(),
+                fix: "make it writable (SET GLOBAL read_only=0) if it is the primary, or \
+                      promote a replica (db::failover)"
+                    .into(),
+            },
+            Ok(Probe { .. }) => DbError::Setup {
+                server: configured.name.clone(),
+                address: configured.address(),
+                problem: "replicates from another server, and no server is a writable primary"
+                    .into(),
+                fix: "promote a replica, or name the real primary in the site file".into(),
+            },
+        }),
+        _ => Err(two_primaries(servers, &writable)),
+    }
+}
+
+fn two_primaries(servers: &[&Server], writable: &[usize]) -> DbError {
+    let names: Vec<String> = writable
+        .iter()
+        .map(|&i| format!("{} ({})", servers[i].name, servers[i].address()))
+        .collect();
+    DbError::Setup {
+        server: servers[writable[0]].name.clone(),
+        address: servers[writable[0]].address(),
+        problem: format!(
+            "more than one server is writable and replicates from nobody: {}",
+            names.join(", ")
+        ),
+        fix: "fence all but the real primary (SET GLOBAL read_only=1) and let it rejoin \
+              (db::mysql::failover::rejoin); writing to two primaries would split the data"
+            .into(),
+    }
+}
+
+/// Whether a server takes writes and whether it replicates, as one answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Role {
+    writable: bool,
+    replicating: bool,
+}
+
+/// What a server said at start: its version (hence its [`Flavor`]) and its [`Role`].
+struct Probe {
+    version: String,
+    flavor: Flavor,
+    role: Role,
+}
+
+/// Asks one server, within `limit`, what it is. For the configured primary
+/// (`may_lack_status`), a refused replica status (a user without `REPLICATION CLIENT`,
+/// enough for a site with no replicas) counts as "replicates from nobody".
+async fn probe(
+    member: &Member,
+    limit: Duration,
+    may_lack_status: bool,
+) -> Result<Probe, sqlx::Error> {
+    let answer = tokio::time::timeout(limit, async {
+        let mut conn = member.pool.acquire().await?;
+        let (version, read_only): (String, i64) =
+            sqlx::query_as("SELECT VERSION(), CAST(@@GLOBAL.read_only AS SIGNED)")
+                .fetch_one(&mut *conn)
+                .await?;
+        let flavor = if version.contains("MariaDB") {
+            Flavor::MariaDb
+        } else {
+            Flavor::MySql
+        };
+        let replicating = match replica_status(flavor, &mut conn).await {
+            Ok(status) => status.is_some(),
+            Err(sqlx::Error::Database(_)) if may_lack_status => false,
+            Err(e) => return Err(e),
+        };
+        Ok(Probe {
+            version,
+            flavor,
+            role: Role {
+                writable: read_only == 0,
+                replicating,
+            },
+        })
+    })
+    .await;
+    answer.unwrap_or(Err(sqlx::Error::PoolTimedOut))
+}
+
+impl Engine for Mysql {
+    type Conn = MySqlConnection;
+    const NAME: &'static str = "mysql";
+
+    async fn read<T: Send>(
+        &self,
+        after: Option<&Position>,
+        doing: &'static str,
+        query: impl ReadQuery<MySqlConnection, T>,
+    ) -> Result<T, DbError> {
+        self.shared.read(after, doing, &query).await
+    }
+
+    async fn write<T: Send>(
+        &self,
+        doing: &'static str,
+        query: impl WriteQuery<MySqlConnection, T>,
+    ) -> Result<Written<T>, DbError> {
+        self.shared.write(doing, query).await
     }
 
     /// The primary when it is up, else any replica that answers: the application server
     /// is healthy while it can serve reads.
-    pub(crate) async fn ping(&self) -> Result<(), DbError> {
+    async fn ping(&self) -> Result<(), DbError> {
         let s = &self.shared;
         let mut last = None;
-        for m in std::iter::once(&s.primary).chain(&s.replicas) {
+        for m in s.by_role() {
             if !m.is_up() {
                 continue;
             }
@@ -409,247 +636,56 @@ impl Mysql {
         })
     }
 
-    pub(crate) async fn create_user(
-        &self,
-        username: &str,
-        password_hash: &str,
-        now: i64,
-    ) -> Result<Written<User>, DbError> {
-        let (username, password_hash) = (username.to_owned(), password_hash.to_owned());
-        self.shared
-            .write("creating a user", move |c| {
-                Box::pin(async move {
-                    let done = sqlx::query(
-                        "INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?)",
-                    )
-                    .bind(&username)
-                    .bind(&password_hash)
-                    .bind(now)
-                    .execute(&mut *c)
-                    .await?;
-                    Ok(User {
-                        id: done.last_insert_id() as i64,
-                        username,
-                        password_hash,
-                        created_at: now,
-                    })
-                })
-            })
-            .await
+    /// Stops the monitor (and waits for its round in progress, each check being bounded
+    /// by [`CHECK_TIMEOUT`]), then closes every pool.
+    async fn close(&self) {
+        self.stop.send_replace(true);
+        let task = self.monitor.lock().expect("monitor lock").take();
+        if let Some(task) = task {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "the database monitor ended badly");
+            }
+        }
+        for member in &self.shared.members {
+            member.pool.close().await;
+        }
     }
 
-    pub(crate) async fn user_by_name(
-        &self,
-        username: &str,
-        after: Option<&Position>,
-    ) -> Result<Option<User>, DbError> {
-        let username = username.to_owned();
-        self.shared
-            .read(after, "looking up a user by name", move |c| {
-                let username = username.clone();
-                Box::pin(async move {
-                    let row = sqlx::query(&format!("{USER_COLUMNS} WHERE username = ?"))
-                        .bind(username)
-                        .fetch_optional(c)
-                        .await?;
-                    row.as_ref().map(User::from_row).transpose()
-                })
+    fn stats(&self) -> Vec<ServerStats> {
+        let s = &self.shared;
+        let primary = s.primary.load(Relaxed);
+        s.members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let is_primary = i == primary;
+                let health = m.health.lock().expect("health lock");
+                let healthy = m.is_up();
+                ServerStats {
+                    name: m.name.clone(),
+                    address: m.address.clone(),
+                    role: if is_primary { "primary" } else { "replica" },
+                    healthy,
+                    usable: healthy && (is_primary || s.lag_ok(health.lag)),
+                    writable: healthy && m.writable.load(Relaxed),
+                    lag: if is_primary { None } else { health.lag },
+                    reads: m.reads.load(Relaxed),
+                    writes: m.writes.load(Relaxed),
+                    fallbacks: m.fallbacks.load(Relaxed),
+                    problem: health.problem.clone(),
+                }
             })
-            .await
-    }
-
-    pub(crate) async fn user_by_id(
-        &self,
-        id: i64,
-        after: Option<&Position>,
-    ) -> Result<Option<User>, DbError> {
-        self.shared
-            .read(after, "looking up a user by id", move |c| {
-                Box::pin(async move {
-                    let row = sqlx::query(&format!("{USER_COLUMNS} WHERE id = ?"))
-                        .bind(id)
-                        .fetch_optional(c)
-                        .await?;
-                    row.as_ref().map(User::from_row).transpose()
-                })
-            })
-            .await
-    }
-
-    pub(crate) async fn create_session(
-        &self,
-        token_hash: &[u8],
-        user_id: i64,
-        now: i64,
-        expires_at: i64,
-    ) -> Result<Written<()>, DbError> {
-        let token_hash = token_hash.to_owned();
-        self.shared
-            .write("creating a session", move |c| {
-                Box::pin(async move {
-                    let mut tx = c.begin().await?;
-                    sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query(
-                        "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) \
-                         VALUES (?, ?, ?, ?)",
-                    )
-                    .bind(&token_hash)
-                    .bind(user_id)
-                    .bind(now)
-                    .bind(expires_at)
-                    .execute(&mut *tx)
-                    .await?;
-                    tx.commit().await
-                })
-            })
-            .await
-    }
-
-    pub(crate) async fn session_user(
-        &self,
-        token_hash: &[u8],
-        now: i64,
-        after: Option<&Position>,
-    ) -> Result<Option<User>, DbError> {
-        let token_hash = token_hash.to_owned();
-        self.shared
-            .read(after, "looking up a session", move |c| {
-                let token_hash = token_hash.clone();
-                Box::pin(async move {
-                    let row = sqlx::query(
-                        "SELECT u.id, u.username, u.password_hash, u.created_at \
-                         FROM sessions s JOIN users u ON u.id = s.user_id \
-                         WHERE s.token_hash = ? AND s.expires_at > ?",
-                    )
-                    .bind(token_hash)
-                    .bind(now)
-                    .fetch_optional(c)
-                    .await?;
-                    row.as_ref().map(User::from_row).transpose()
-                })
-            })
-            .await
-    }
-
-    pub(crate) async fn delete_session(&self, token_hash: &[u8]) -> Result<Written<()>, DbError> {
-        let token_hash = token_hash.to_owned();
-        self.shared
-            .write("deleting a session", move |c| {
-                Box::pin(async move {
-                    sqlx::query("DELETE FROM sessions WHERE token_hash = ?")
-                        .bind(token_hash)
-                        .execute(c)
-                        .await?;
-                    Ok(())
-                })
-            })
-            .await
-    }
-
-    pub(crate) async fn create_post(
-        &self,
-        user_id: i64,
-        body: &str,
-        now: i64,
-    ) -> Result<Written<Post>, DbError> {
-        let body = body.to_owned();
-        self.shared
-            .write("creating a post", move |c| {
-                Box::pin(async move {
-                    let mut tx = c.begin().await?;
-                    let id = sqlx::query(
-                        "INSERT INTO posts (user_id, body, created_at) VALUES (?, ?, ?)",
-                    )
-                    .bind(user_id)
-                    .bind(&body)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .last_insert_id() as i64;
-                    let row = sqlx::query(&format!("{POST_COLUMNS} WHERE p.id = ?"))
-                        .bind(id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let post = Post::from_row(&row)?;
-                    tx.commit().await?;
-                    Ok(post)
-                })
-            })
-            .await
-    }
-
-    pub(crate) async fn timeline(
-        &self,
-        before_id: Option<i64>,
-        limit: u32,
-        after: Option<&Position>,
-    ) -> Result<Vec<Post>, DbError> {
-        self.shared
-            .read(after, "loading the timeline", move |c| {
-                Box::pin(async move {
-                    let rows = sqlx::query(&page_of_posts("WHERE id < ?"))
-                        // A plain range (no `? IS NULL OR`), so the primary key serves it.
-                        .bind(before_id.unwrap_or(i64::MAX))
-                        .bind(i64::from(limit))
-                        .fetch_all(c)
-                        .await?;
-                    newest_first(&rows)
-                })
-            })
-            .await
-    }
-
-    pub(crate) async fn user_posts(
-        &self,
-        user_id: i64,
-        before_id: Option<i64>,
-        limit: u32,
-        after: Option<&Position>,
-    ) -> Result<Vec<Post>, DbError> {
-        self.shared
-            .read(after, "loading a user's posts", move |c| {
-                Box::pin(async move {
-                    let rows = sqlx::query(&page_of_posts("WHERE user_id = ? AND id < ?"))
-                        .bind(user_id)
-                        .bind(before_id.unwrap_or(i64::MAX))
-                        .bind(i64::from(limit))
-                        .fetch_all(c)
-                        .await?;
-                    newest_first(&rows)
-                })
-            })
-            .await
-    }
-
-    pub(crate) async fn counts(&self, after: Option<&Position>) -> Result<Counts, DbError> {
-        self.shared
-            .read(after, "counting rows", move |c| {
-                Box::pin(async move {
-                    let row = sqlx::query(
-                        "SELECT (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM posts)",
-                    )
-                    .fetch_one(c)
-                    .await?;
-                    Ok(Counts {
-                        users: row.try_get(0)?,
-                        posts: row.try_get(1)?,
-                    })
-                })
-            })
-            .await
+            .collect()
     }
 }
 
-fn member(server: &Server, is_primary: bool, pool: MySqlPool) -> Member {
+fn member(server: &Server, pool: MySqlPool) -> Member {
     Member {
         name: server.name.clone(),
         address: server.address(),
-        is_primary,
         pool,
         up: AtomicBool::new(true),
+        writable: AtomicBool::new(false),
         health: Mutex::new(Health::default()),
         reads: AtomicU64::new(0),
         writes: AtomicU64::new(0),
@@ -657,182 +693,37 @@ fn member(server: &Server, is_primary: bool, pool: MySqlPool) -> Member {
     }
 }
 
-/// A query run on one connection; called again on another server when the first fails.
-type Query<'q, T> = dyn for<'c> Fn(&'c mut MySqlConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>
-    + Send
-    + Sync
-    + 'q;
-
 impl Shared {
     fn lag_ok(&self, lag: Option<Duration>) -> bool {
         lag.is_some_and(|lag| lag <= self.max_lag)
     }
 
-    /// The next replica reads may use: up and not too far behind; or, while the primary is
-    /// down, any replica that is up (stale data beats no data).
-    fn pick_replica(&self, primary_up: bool) -> Option<&Member> {
-        let n = self.replicas.len();
-        let start = self.next.fetch_add(1, Relaxed);
-        (0..n)
-            .map(|i| &self.replicas[(start + i) % n])
-            .find(|r| r.is_up() && (!primary_up || self.lag_ok(r.lag())))
+    /// The server that takes writes now.
+    fn primary(&self) -> &Member {
+        &self.members[self.primary.load(Relaxed)]
     }
 
-    async fn read<T, F>(
-        &self,
-        after: Option<&Position>,
-        doing: &'static str,
-        query: F,
-    ) -> Result<T, DbError>
-    where
-        F: for<'c> Fn(&'c mut MySqlConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>
-            + Send
-            + Sync,
-    {
-        let query: &Query<'_, T> = &query;
-        let primary_up = self.primary.is_up();
-        let wait_for = match after.map(|p| &p.0) {
-            Some(PositionRepr::Gtid(gtid)) => Some(gtid.as_str()),
-            // The write's GTID is unknown: only the primary surely has it.
-            Some(PositionRepr::Primary) if primary_up => {
-                return self.read_primary(doing, query).await
-            }
-            _ => None,
-        };
-        if let Some(replica) = self.pick_replica(primary_up) {
-            match replica.pool.acquire().await {
-                Ok(mut conn) => {
-                    let caught_up = match wait_for {
-                        None => true,
-                        Some(gtid) => self.wait(&mut conn, gtid).await,
-                    };
-                    // With the primary down the replica is the freshest copy there is.
-                    if caught_up || !primary_up {
-                        match query(&mut conn).await {
-                            Ok(value) => {
-                                replica.reads.fetch_add(1, Relaxed);
-                                return Ok(value);
-                            }
-                            Err(e) if is_unavailable(&e) => replica.mark_down(e.to_string()),
-                            Err(e) => return Err(classify(doing)(e)),
-                        }
-                    } else {
-                        replica.fallbacks.fetch_add(1, Relaxed);
-                    }
-                }
-                Err(e) => replica.mark_down(e.to_string()),
-            }
+    /// The primary first, then the others: the order health checks try servers in.
+    fn by_role(&self) -> impl Iterator<Item = &Member> {
+        let primary = self.primary.load(Relaxed);
+        std::iter::once(&self.members[primary]).chain(
+            self.members
+                .iter()
+                .enumerate()
+                .filter(move |(i, _)| *i != primary)
+                .map(|(_, m)| m),
+        )
+    }
+
+    /// Moves the primary role to `members[index]` and wakes writes waiting for one.
+    fn set_primary(&self, index: usize) {
+        let old = self.primary.swap(index, Relaxed);
+        if old != index {
+            self.generation.send_modify(|g| *g += 1);
+            let generation = *self.generation.borrow();
+            tracing::warn!(from = %self.members[old].name, to = %self.members[index].name,
+                generation, "database primary changed; writes go to the new primary");
         }
-        self.read_primary(doing, query).await
-    }
-
-    async fn read_primary<T>(
-        &self,
-        doing: &'static str,
-        query: &Query<'_, T>,
-    ) -> Result<T, DbError> {
-        let mut conn = self.primary_conn(doing).await?;
-        let value = query(&mut conn)
-            .await
-            .map_err(|e| self.primary_failed(doing, e))?;
-        self.primary.reads.fetch_add(1, Relaxed);
-        Ok(value)
-    }
-
-    /// Asks a replica to wait until it has applied `gtid`, at most `wait_timeout`. False
-    /// when it has not (or cannot say): the caller goes to the primary.
-    async fn wait(&self, conn: &mut MySqlConnection, gtid: &str) -> bool {
-        let answer: Result<i64, sqlx::Error> = sqlx::query_scalar(self.flavor.wait_sql())
-            .bind(gtid)
-            .bind(self.wait_timeout.as_secs_f64())
-            .fetch_one(conn)
-            .await;
-        match answer {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => {
-                tracing::warn!(error = %e, gtid, "waiting for a GTID on a replica failed");
-                false
-            }
-        }
-    }
-
-    /// A connection to the primary, or at once [`DbError::Unavailable`] when the monitor
-    /// has seen it down (so requests do not each wait for a connect timeout).
-    async fn primary_conn(
-        &self,
-        doing: &'static str,
-    ) -> Result<sqlx::pool::PoolConnection<sqlx::MySql>, DbError> {
-        if !self.primary.is_up() {
-            let problem = self
-                .primary
-                .health
-                .lock()
-                .expect("health lock")
-                .problem
-                .clone();
-            return Err(DbError::Unavailable {
-                doing,
-                cause: format!(
-                    "the primary {} is down: {}",
-                    self.primary.address,
-                    problem.unwrap_or_default()
-                ),
-            });
-        }
-        self.primary
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| self.primary_failed(doing, e))
-    }
-
-    fn primary_failed(&self, doing: &'static str, e: sqlx::Error) -> DbError {
-        if is_unavailable(&e) {
-            self.primary.mark_down(e.to_string());
-        }
-        let err = classify(doing)(e);
-        match err {
-            DbError::Unavailable { doing, cause } => DbError::Unavailable {
-                doing,
-                cause: format!("the primary {}: {cause}", self.primary.address),
-            },
-            other => other,
-        }
-    }
-
-    async fn write<T, F>(&self, doing: &'static str, query: F) -> Result<Written<T>, DbError>
-    where
-        F: for<'c> FnOnce(&'c mut MySqlConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
-    {
-        let mut conn = self.primary_conn(doing).await?;
-        let value = query(&mut conn).await.map_err(|e| {
-            if crate::is_unique_violation(&e) {
-                DbError::Conflict { what: "username" }
-            } else {
-                self.primary_failed(doing, e)
-            }
-        })?;
-        self.primary.writes.fetch_add(1, Relaxed);
-        // The write is committed; failing to learn its GTID must not turn it into an error.
-        let gtid: Result<Option<String>, sqlx::Error> =
-            sqlx::query_scalar(self.flavor.last_gtid_sql())
-                .fetch_one(&mut *conn)
-                .await;
-        let position = match gtid {
-            Ok(Some(gtid)) if !gtid.trim().is_empty() => {
-                PositionRepr::Gtid(gtid.split_whitespace().collect::<String>())
-            }
-            other => {
-                tracing::warn!(result = ?other.map_err(|e| e.to_string()),
-                    "no GTID after a write (is log_bin on for the primary?); this visitor reads from the primary");
-                PositionRepr::Primary
-            }
-        };
-        Ok(Written {
-            value,
-            position: Position(position),
-        })
     }
 }
 
@@ -843,6 +734,13 @@ impl Shared {
 const UNAVAILABLE_CODES: [u16; 12] = [
     1040, 1041, 1053, 1205, 1213, 1290, 1836, 1927, 2002, 2003, 2006, 2013,
 ];
+
+/// Whether the server refused a write because it is read-only (1290, 1836).
+fn is_read_only(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(e) if e
+        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .is_some_and(|e| matches!(e.number(), 1290 | 1836)))
+}
 
 fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {

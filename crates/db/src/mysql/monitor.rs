@@ -1,5 +1,6 @@
 //! The monitor: checks every server every [`MONITOR_INTERVAL`], marks it up or down,
-//! and records how far each replica is behind.
+//! records how far each replica is behind and whether each server is writable, and moves
+//! the primary role after a promotion.
 
 use super::*;
 
@@ -12,53 +13,136 @@ pub(super) struct ReplicaStatus {
     pub(super) error: String,
 }
 
-/// Checks every server forever, every [`MONITOR_INTERVAL`].
-pub(super) async fn monitor(shared: Arc<Shared>) {
+/// Checks every server every [`MONITOR_INTERVAL`] until `stop` says so (or its sender,
+/// owned by the engine, is gone).
+pub(super) async fn monitor(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
-        tokio::time::sleep(MONITOR_INTERVAL).await;
-        check_all(&shared).await;
+        let round = async {
+            tokio::time::sleep(MONITOR_INTERVAL).await;
+            check_all(&shared).await;
+        };
+        tokio::select! {
+            () = round => {}
+            // Each check is bounded by CHECK_TIMEOUT, but a round need not finish: its
+            // queries are cancelled with it and hold nothing.
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
     }
 }
 
+/// What one server answered this round: whether it is writable, and its replica status
+/// (`None`: it replicates from nobody).
+type Answer = Result<(bool, Option<ReplicaStatus>), String>;
+
+/// One round: every server checked at once, then the primary role moved if the current
+/// primary is gone or read-only and exactly one other server is a writable non-replica
+/// (a promotion happened). Two or more such servers are two primaries: the role stays
+/// where it is and an error is logged, because guessing could split the data.
 pub(super) async fn check_all(shared: &Shared) {
-    let primary = async {
-        let ok = tokio::time::timeout(CHECK_TIMEOUT, async {
-            let mut conn = shared.primary.pool.acquire().await?;
-            conn.ping().await
-        })
-        .await;
-        match ok {
-            Ok(Ok(())) => {
-                shared.primary.mark_up();
-                shared.primary.health.lock().expect("health lock").problem = None;
+    let primary = shared.primary.load(Relaxed);
+    let answers: Vec<Answer> = futures_util::future::join_all(
+        shared
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ask(shared.flavor, m, i == primary)),
+    )
+    .await;
+    for (i, (member, answer)) in shared.members.iter().zip(&answers).enumerate() {
+        match answer {
+            Err(problem) => member.mark_down(problem.clone()),
+            Ok((writable, status)) => {
+                member.writable.store(*writable, Relaxed);
+                if i == primary {
+                    check_primary(member, *writable, status.is_some());
+                } else {
+                    check_replica(shared, member, *writable, status.as_ref());
+                }
             }
-            Ok(Err(e)) => shared.primary.mark_down(e.to_string()),
-            Err(_) => shared
-                .primary
-                .mark_down(format!("no answer within {CHECK_TIMEOUT:?}")),
         }
-    };
-    let replicas =
-        futures_util::future::join_all(shared.replicas.iter().map(|r| check_replica(shared, r)));
-    tokio::join!(primary, replicas);
+    }
+    let current_ok = matches!(answers[primary], Ok((true, None)));
+    if !current_ok {
+        let candidates: Vec<usize> = answers
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| *i != primary && matches!(a, Ok((true, None))))
+            .map(|(i, _)| i)
+            .collect();
+        match candidates.as_slice() {
+            [] => {}
+            [one] => {
+                shared.members[*one].mark_up();
+                shared.set_primary(*one);
+            }
+            many => {
+                // Said once, not every round, while it lasts.
+                if !shared.split_seen.swap(true, Relaxed) {
+                    tracing::error!(
+                        servers = ?many.iter().map(|&i| &shared.members[i].name).collect::<Vec<_>>(),
+                        "more than one database server is writable and replicates from \
+                         nobody; writes stay off them until all but one are fenced \
+                         (SET GLOBAL read_only=1)"
+                    );
+                }
+                return;
+            }
+        }
+    }
+    shared.split_seen.store(false, Relaxed);
 }
 
-async fn check_replica(shared: &Shared, replica: &Member) {
-    let status = tokio::time::timeout(CHECK_TIMEOUT, async {
-        let mut conn = replica.pool.acquire().await?;
-        replica_status(shared.flavor, &mut conn).await
+/// Asks one server whether it is writable and what its replica status is. The primary
+/// may refuse its replica status (a user without `REPLICATION CLIENT`, enough for a site
+/// with no replicas): it then counts as replicating from nobody, not as down.
+async fn ask(flavor: Flavor, member: &Member, is_primary: bool) -> Answer {
+    let answer = tokio::time::timeout(CHECK_TIMEOUT, async {
+        let mut conn = member.pool.acquire().await?;
+        let read_only: i64 = sqlx::query_scalar("SELECT CAST(@@GLOBAL.read_only AS SIGNED)")
+            .fetch_one(&mut *conn)
+            .await?;
+        let status = match replica_status(flavor, &mut conn).await {
+            Err(sqlx::Error::Database(_)) if is_primary => None,
+            other => other?,
+        };
+        Ok::<_, sqlx::Error>((read_only == 0, status))
     })
     .await;
+    match answer {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+    }
+}
+
+fn check_primary(primary: &Member, writable: bool, replicating: bool) {
+    primary.mark_up();
+    primary.health.lock().expect("health lock").problem = if !writable {
+        Some("read-only: demoted or fenced; writes wait for a new primary".into())
+    } else if replicating {
+        Some("replicates from another server: it is no primary".into())
+    } else {
+        None
+    };
+}
+
+fn check_replica(
+    shared: &Shared,
+    replica: &Member,
+    writable: bool,
+    status: Option<&ReplicaStatus>,
+) {
     let now = Instant::now();
-    let status = match status {
-        Ok(Ok(Some(status))) => status,
-        Ok(Ok(None)) => {
-            return replica.mark_down(
-                "not replicating: no replication configured (CHANGE MASTER TO ...)".into(),
-            )
-        }
-        Ok(Err(e)) => return replica.mark_down(e.to_string()),
-        Err(_) => return replica.mark_down(format!("no answer within {CHECK_TIMEOUT:?}")),
+    let Some(status) = status else {
+        return replica.mark_down(if writable {
+            // An old primary that came back on its own, most likely: it must not take
+            // writes from anyone else either.
+            "writable and replicating from nobody, beside the primary: fence it and let it \
+             rejoin (db::failover::rejoin)"
+                .into()
+        } else {
+            "not replicating: no replication configured (CHANGE MASTER TO ...)".into()
+        });
     };
     let mut health = replica.health.lock().expect("health lock");
     match (status.sql_running, status.behind) {

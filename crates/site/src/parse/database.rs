@@ -53,6 +53,7 @@ impl Checker<'_> {
                         DEFAULT_READ_YOUR_WRITES_TIMEOUT,
                     ),
                     managed,
+                    on_no_replica_ack: self.replica_ack(d.on_no_replica_ack.as_ref()),
                 })
             }
             "sqlite" => {
@@ -67,6 +68,9 @@ impl Checker<'_> {
                         .as_ref()
                         .map(|v| ("read_your_writes_timeout", v.span())),
                     d.managed.as_ref().map(|v| ("managed", v.span())),
+                    d.on_no_replica_ack
+                        .as_ref()
+                        .map(|v| ("on_no_replica_ack", v.span())),
                 ];
                 for (key, span) in mysql_only.into_iter().flatten() {
                     self.mistake(
@@ -94,6 +98,25 @@ impl Checker<'_> {
                 Database::Sqlite {
                     path: state_dir.join("foobar.db"),
                 }
+            }
+        }
+    }
+
+    /// `on_no_replica_ack = "wait" | "fallback"`.
+    fn replica_ack(&mut self, value: Option<&Spanned<String>>) -> ReplicaAck {
+        match value.map(|v| v.get_ref().as_str()) {
+            None | Some("fallback") => ReplicaAck::Fallback,
+            Some("wait") => ReplicaAck::Wait,
+            Some(other) => {
+                let span = value.map_or(0..0, |v| v.span());
+                self.mistake(
+                    span,
+                    format!("unknown `on_no_replica_ack` value `{other}`"),
+                    "write \"wait\" (a write waits until a replica has it: none is lost, but \
+                     with no replica up nothing is written) or \"fallback\" (after a second \
+                     the primary goes on alone)",
+                );
+                ReplicaAck::Fallback
             }
         }
     }

@@ -249,7 +249,57 @@ fn mysql_database_with_replicas_and_defaults() {
     assert_eq!(m.max_replica_lag, Duration::from_secs(1));
     assert_eq!(m.read_your_writes_timeout, Duration::from_millis(200));
     assert!(!m.managed);
+    assert_eq!(m.on_no_replica_ack, ReplicaAck::Fallback, "the default");
     assert!(!format!("{m:?}").contains("p@ss"), "Debug hides passwords");
+}
+
+#[test]
+fn on_no_replica_ack_is_wait_or_fallback_and_mysql_only() {
+    let mysql = |value: &str| {
+        with_database(&format!(
+            "[database]\nkind = \"mysql\"\n\
+             primary = \"mysql://foo:pw@127.0.0.1:3316/foobar\"\n\
+             on_no_replica_ack = \"{value}\"\n"
+        ))
+    };
+    for (value, want) in [
+        ("wait", ReplicaAck::Wait),
+        ("fallback", ReplicaAck::Fallback),
+    ] {
+        let site = parse(&mysql(value), "test.toml", Path::new("/tmp")).unwrap();
+        let Database::Mysql(m) = site.database else {
+            panic!("not mysql")
+        };
+        assert_eq!(m.on_no_replica_ack, want, "{value}");
+    }
+    let text = mysql("sometimes");
+    let found = mistakes(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let line = text
+        .lines()
+        .position(|l| l.contains("on_no_replica_ack"))
+        .unwrap()
+        + 1;
+    assert_eq!(found[0].line, line);
+    assert!(found[0].column > 1, "{found:?}");
+    assert!(found[0]
+        .message
+        .contains("unknown `on_no_replica_ack` value `sometimes`"));
+    let hint = found[0].hint.as_deref().unwrap_or_default();
+    assert!(
+        hint.contains("\"wait\"") && hint.contains("\"fallback\""),
+        "{hint}"
+    );
+
+    let found = mistakes(&with_database(
+        "[database]\nkind = \"sqlite\"\non_no_replica_ack = \"wait\"\n",
+    ));
+    assert!(
+        found[0]
+            .message
+            .contains("`on_no_replica_ack` is for `kind = \"mysql\"`"),
+        "{found:?}"
+    );
 }
 
 #[test]
