@@ -29,11 +29,13 @@ pub struct Membership {
 }
 
 /// Starts serving the floating address as the election decides, and reporting the
-/// backends' health to it; ends after `stop`.
+/// backends' health to it; ends after `stop`. `active` (if given) follows whether this
+/// node holds the address.
 pub fn spawn(
     membership: &Membership,
     frontends: Arc<Frontends>,
     stop: Shutdown,
+    active: Option<tokio::sync::watch::Sender<bool>>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let cluster = frontends.lb.cluster.get().expect("a member was started");
     let mut role = cluster.role();
@@ -59,8 +61,11 @@ pub fn spawn(
             .collect();
         let mut health = tokio::time::interval(interval);
         loop {
+            let state = *role.borrow_and_update();
+            if let Some(active) = &active {
+                active.send_replace(state == State::Active);
+            }
             if only_while_active {
-                let state = *role.borrow_and_update();
                 match state {
                     State::Active if serving.is_empty() => {
                         for (addr, tls) in &addresses {
@@ -99,6 +104,9 @@ pub fn spawn(
                 }
                 _ = stop.wait() => break,
             }
+        }
+        if let Some(active) = &active {
+            active.send_replace(false);
         }
         if only_while_active && *role.borrow() == State::Leaving {
             for s in &serving {

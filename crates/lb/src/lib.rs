@@ -98,6 +98,8 @@ struct LoadBalancer {
     /// The member of the cluster, once started (an upgraded node's starts only when
     /// its previous process has left the election).
     cluster: std::sync::OnceLock<cluster::Cluster>,
+    /// Run beside it by the binary, shown on its admin listener.
+    beside: Option<Arc<dyn Beside>>,
     /// What a reload replaces, loaded once per request.
     live: Arc<ArcSwap<Live>>,
     ids: RequestIds,
@@ -318,11 +320,14 @@ impl net::admin::Report for LoadBalancer {
         if let Some(cluster) = self.cluster.get() {
             cluster.render_metrics(&self.name, &mut out);
         }
+        if let Some(beside) = &self.beside {
+            beside.render_metrics(&self.name, &mut out);
+        }
         out
     }
 
     async fn status(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut status = serde_json::json!({
             "node": self.name,
             "role": "lb",
             "pid": std::process::id(),
@@ -333,7 +338,11 @@ impl net::admin::Report for LoadBalancer {
             "connections_open": self.metrics.connections_open(),
             "backend": self.live.load().pool.status(),
             "recent_errors": self.metrics.recent_errors(),
-        })
+        });
+        if let Some(beside) = &self.beside {
+            status[beside.name()] = beside.status();
+        }
+        status
     }
 
     async fn healthy(&self) -> bool {
@@ -377,16 +386,18 @@ pub async fn serve(
         admin,
         shutdown,
         None,
-        Handover::default(),
+        Hooks::default(),
     )
     .await
 }
 
-/// How this process of a load balancer shares the node's place in the cluster with
-/// another process of the same node, during `scaleup upgrade` (`net::handover`): the
-/// heartbeat sockets and the election are one process's at a time.
+/// What the binary hooks into a load balancer beside its configuration: how this
+/// process shares the node's place in the cluster with another process of the node
+/// during `scaleup upgrade` (`net::handover`: the heartbeat sockets and the election are
+/// one process's at a time), who watches whether it holds the floating address, and
+/// what else it shows on its admin listener (the database failover decider).
 #[derive(Default)]
-pub struct Handover {
+pub struct Hooks {
     /// Resolves once the node's previous process has left the election and closed
     /// its heartbeat sockets; this process joins the cluster after it. `None`: at once.
     pub predecessor_released:
@@ -394,6 +405,22 @@ pub struct Handover {
     /// Told when this process, stopping, has left the election and closed its
     /// heartbeat sockets (at once when the node is in no cluster).
     pub released: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Set while this node holds the floating address (active), cleared when it
+    /// stops holding it or starts leaving.
+    pub active: Option<tokio::sync::watch::Sender<bool>>,
+    /// Run beside the load balancer, shown in its `/status` and `/metrics`.
+    pub beside: Option<Arc<dyn Beside>>,
+}
+
+/// Something the binary runs beside a load balancer (the database failover decider),
+/// which knows nothing of it but shows it on its admin listener.
+pub trait Beside: Send + Sync + 'static {
+    /// Its key in `/status`.
+    fn name(&self) -> &'static str;
+    /// Its state, for `/status`.
+    fn status(&self) -> serde_json::Value;
+    /// Its metrics, in Prometheus text, for `/metrics`.
+    fn render_metrics(&self, node: &str, out: &mut String);
 }
 
 /// [`serve`], taking `reloads` (`POST /reload` and whatever else fires their
@@ -408,7 +435,7 @@ pub async fn serve_reloadable(
     admin: TcpListener,
     shutdown: Shutdown,
     reloads: Option<net::reload::Reloads<Config>>,
-    handover: Handover,
+    hooks: Hooks,
 ) -> anyhow::Result<()> {
     let b = &config.balancer;
     let pool = Arc::new(
@@ -440,6 +467,7 @@ pub async fn serve_reloadable(
         budget: budget(b),
         name: config.name.clone(),
         cluster: std::sync::OnceLock::new(),
+        beside: hooks.beside.clone(),
         live: Arc::new(ArcSwap::from_pointee(Live::new(&config, pool, None)?)),
         ids: RequestIds::default(),
         metrics: Arc::new(Metrics::default()),
@@ -521,7 +549,7 @@ pub async fn serve_reloadable(
     // once, and joins the election when the old one has left it.
     let mut floating_task = None;
     if let Some(membership) = &config.cluster {
-        if let Some(released) = handover.predecessor_released {
+        if let Some(released) = hooks.predecessor_released {
             tokio::select! {
                 _ = released => {}
                 _ = shutdown.wait() => {}
@@ -530,7 +558,12 @@ pub async fn serve_reloadable(
         if !shutdown.is_triggered() {
             let member = cluster::Cluster::start(membership.member.clone())?;
             let _ = lb.cluster.set(member);
-            floating_task = Some(floating::spawn(membership, frontends.clone(), inner)?);
+            floating_task = Some(floating::spawn(
+                membership,
+                frontends.clone(),
+                inner,
+                hooks.active.clone(),
+            )?);
         }
     }
 
@@ -542,7 +575,7 @@ pub async fn serve_reloadable(
         // take long): a new process of this node may join at once.
         cluster.stop().await;
     }
-    if let Some(released) = handover.released {
+    if let Some(released) = hooks.released {
         let _ = released.send(());
     }
     inner_trigger.fire();

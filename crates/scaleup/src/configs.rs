@@ -166,6 +166,33 @@ pub(crate) fn db(site: &Site) -> anyhow::Result<db::Config> {
     })
 }
 
+/// The managed MariaDB servers of `site` (`managed = true`), where `scaleup up` keeps
+/// them: `STATE/mariadb/NAME`. `None` for any other database.
+pub(crate) fn managed_spec(site: &Site) -> anyhow::Result<Option<db::managed::Spec>> {
+    let Database::Mysql(m) = &site.database else {
+        return Ok(None);
+    };
+    if !m.managed {
+        return Ok(None);
+    }
+    let db::Config::Mysql(config) = db(site)? else {
+        unreachable!("a mysql [database] gives a mysql config");
+    };
+    Ok(Some(db::managed::Spec {
+        dir: site.state_dir.join("mariadb"),
+        primary: config.primary,
+        replicas: config.replicas,
+    }))
+}
+
+/// The site's `on_no_replica_ack` in the database's terms.
+pub(crate) fn replica_ack(ack: site::ReplicaAck) -> db::failover::OnNoReplicaAck {
+    match ack {
+        site::ReplicaAck::Wait => db::failover::OnNoReplicaAck::Wait,
+        site::ReplicaAck::Fallback => db::failover::OnNoReplicaAck::Fallback,
+    }
+}
+
 /// One server's connection settings. The password comes from the environment variable
 /// `password_env` names when it is set (so the site file holds no secret), else from the URL.
 fn db_server(m: &site::Mysql, server: &site::DbServer) -> anyhow::Result<db::Server> {

@@ -6,7 +6,9 @@
 //!   whether it is right, how it is shaped and how it is doing;
 //! - `scaleup drain` and `ready` take a server out of its pools and put it back,
 //!   through the balancing nodes' admin listeners, with the site's admin token;
-//! - `scaleup reload` makes running nodes re-read their site file;
+//! - `scaleup reload` makes running nodes re-read their site file; `upgrade` and
+//!   `roll` give them new processes without dropping a request;
+//! - `scaleup db switchover` moves the MariaDB primary on purpose;
 //! - `scaleup trace ID` gathers one request's lines from every node's logs;
 //! - `scaleup prometheus` prints a Prometheus configuration that scrapes every node.
 //!
@@ -15,6 +17,8 @@
 
 mod admin;
 mod configs;
+mod database;
+mod decider;
 mod drill;
 mod notify;
 mod probe;
@@ -148,6 +152,11 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// The database tier: `scaleup db switchover [REPLICA]`.
+    Db {
+        #[command(subcommand)]
+        what: DbCommand,
+    },
     /// Ask every node of a running site how it is doing.
     Status {
         #[command(flatten)]
@@ -181,6 +190,19 @@ enum Command {
         /// The account the node runs as (create it with `useradd --system`).
         #[arg(long, default_value = systemd::DEFAULT_USER, value_name = "USER")]
         user: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Move the MariaDB primary on purpose: the old one goes read-only, REPLICA (or the
+    /// most advanced replica) catches up and takes the writes; nothing is lost and
+    /// writes pause for a moment.
+    Switchover {
+        /// The replica to promote (replica1...); the most advanced one if not given.
+        replica: Option<String>,
+        #[command(flatten)]
+        site: SiteArgs,
     },
 }
 
@@ -223,6 +245,9 @@ fn main() -> ExitCode {
             timeout,
         } => upgrade::roll(&site, &tier, timeout),
         Command::Check { site } => check(&site),
+        Command::Db {
+            what: DbCommand::Switchover { replica, site },
+        } => database::switchover(&site, replica.as_deref()),
         Command::Explain { site, mermaid } => explain(&site, mermaid),
         Command::Status { site, json } => status::status(&site, json),
         Command::Drain {

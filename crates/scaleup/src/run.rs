@@ -123,20 +123,15 @@ pub fn run(path: &Path, name: &str, supervised: bool, upgrade: bool) -> anyhow::
                         configs::lb(s, n, h)
                     })),
                 };
-                let handover = lb::Handover {
+                let (active, watching) = tokio::sync::watch::channel(false);
+                let hooks = lb::Hooks {
                     predecessor_released: upgrade.then_some(predecessor_released),
                     released: Some(released_tx),
+                    active: Some(active),
+                    beside: database_failover(&site, watching, &shutdown)?,
                 };
-                lb::serve_reloadable(
-                    config,
-                    listener,
-                    tls,
-                    admin,
-                    shutdown,
-                    Some(reloads),
-                    handover,
-                )
-                .await
+                lb::serve_reloadable(config, listener, tls, admin, shutdown, Some(reloads), hooks)
+                    .await
             }
             Role::Web => {
                 let _ = released_tx.send(());
@@ -169,6 +164,38 @@ pub fn run(path: &Path, name: &str, supervised: bool, upgrade: bool) -> anyhow::
     })?;
     tracing::info!(node = name, "stopped");
     Ok(())
+}
+
+/// The database failover decider a load balancer runs beside it (`crate::decider`),
+/// when it can reach the database servers as an administrator: the managed ones.
+fn database_failover(
+    site: &site::Site,
+    active: tokio::sync::watch::Receiver<bool>,
+    shutdown: &net::Shutdown,
+) -> anyhow::Result<Option<std::sync::Arc<dyn lb::Beside>>> {
+    let site::Database::Mysql(mysql) = &site.database else {
+        return Ok(None);
+    };
+    if !mysql.auto_failover {
+        tracing::info!("database failover is manual (`failover = \"manual\"` in [database])");
+        return Ok(None);
+    }
+    let Some(spec) = configs::managed_spec(site)? else {
+        tracing::info!(
+            "database failover is manual for a site's own MariaDB servers (`scaleup db \
+             switchover` on a machine that administers them); the managed ones fail over \
+             by themselves"
+        );
+        return Ok(None);
+    };
+    let topology = db::managed::topology(
+        &spec,
+        configs::replica_ack(mysql.on_no_replica_ack),
+        crate::decider::CATCH_UP,
+    );
+    let decider = crate::decider::Decider::new(topology, &spec.primary.name);
+    decider.spawn(active, shutdown.clone())?;
+    Ok(Some(decider))
 }
 
 /// Where a node's listening sockets come from: bound here, or taken from the node's

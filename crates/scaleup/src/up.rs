@@ -139,24 +139,22 @@ async fn start_managed_database(site: &Site) -> anyhow::Result<Option<db::manage
     if !m.managed {
         return Ok(None);
     }
-    let db::Config::Mysql(config) = crate::configs::db(site)? else {
-        unreachable!("a mysql [database] gives a mysql config");
-    };
+    let spec = crate::configs::managed_spec(site)?.expect("a managed [database]");
     let started = Instant::now();
     println!(
         "  starting MariaDB primary on {} and {} replica(s) (data in {})",
-        config.primary.address(),
-        config.replicas.len(),
-        site.state_dir.join("mariadb").display()
+        spec.primary.address(),
+        spec.replicas.len(),
+        spec.dir.display()
     );
-    let spec = db::managed::Spec {
-        dir: site.state_dir.join("mariadb"),
-        primary: config.primary,
-        replicas: config.replicas,
-    };
     let managed = db::managed::Managed::start(&spec)
         .await
         .map_err(|e| anyhow::anyhow!("the managed database did not start: {e}"))?;
+    // The site's durability choice for a write no replica acknowledges.
+    managed
+        .set_on_no_replica_ack(crate::configs::replica_ack(m.on_no_replica_ack))
+        .await
+        .map_err(|e| anyhow::anyhow!("the managed database did not take on_no_replica_ack: {e}"))?;
     println!(
         "  ready    MariaDB (replication running) in {:.1} s",
         started.elapsed().as_secs_f64()

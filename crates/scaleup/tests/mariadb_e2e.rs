@@ -1,7 +1,7 @@
 //! The database tier end to end: `scaleup up` on a site with `managed = true` starts a
 //! MariaDB primary and replica, the application reads from the replica and writes to the
-//! primary, a dead primary turns writes into a clear 503 while reads go on, and the data
-//! survives a restart of `scaleup up`. Needs `mariadbd` (see `common::mariadb_available`).
+//! primary, a dead primary (with `failover = "manual"`) turns writes into a clear 503
+//! while reads go on, and the data survives a restart of `scaleup up`. Needs `mariadbd` (see `common::mariadb_available`).
 
 mod common;
 
@@ -41,6 +41,9 @@ async fn managed_mariadb_reads_from_the_replica_survives_a_dead_primary_and_a_re
     let base = free_base(DEFAULT_SITE_PORTS + 2);
     let state = tempfile::tempdir().unwrap();
     let site = write_mariadb_site(base, state.path());
+    // What a dead primary does without automatic failover (`db_failover.rs` has it on).
+    let text = std::fs::read_to_string(&site).unwrap();
+    std::fs::write(&site, format!("{text}failover = \"manual\"\n")).unwrap();
     let mut up1 = up(&site);
 
     // The site's floating HTTPS address (cookies are `Secure`), and app1's admin

@@ -556,6 +556,10 @@ pub struct Mysql {
     /// What a write does when no replica acknowledges it under semi-synchronous
     /// replication (`on_no_replica_ack`).
     pub on_no_replica_ack: ReplicaAck,
+    /// Whether the active load balancer promotes a replica by itself when the primary
+    /// is gone (`failover = "auto"`, the default), or a person does (`"manual"`:
+    /// `scaleup db switchover`). Only the managed servers can fail over by themselves.
+    pub auto_failover: bool,
 }
 
 /// `on_no_replica_ack`: the price of durability when every replica is down or behind.

@@ -54,6 +54,7 @@ impl Checker<'_> {
                     ),
                     managed,
                     on_no_replica_ack: self.replica_ack(d.on_no_replica_ack.as_ref()),
+                    auto_failover: self.failover(d.failover.as_ref()),
                 })
             }
             "sqlite" => {
@@ -71,6 +72,7 @@ impl Checker<'_> {
                     d.on_no_replica_ack
                         .as_ref()
                         .map(|v| ("on_no_replica_ack", v.span())),
+                    d.failover.as_ref().map(|v| ("failover", v.span())),
                 ];
                 for (key, span) in mysql_only.into_iter().flatten() {
                     self.mistake(
@@ -117,6 +119,25 @@ impl Checker<'_> {
                      the primary goes on alone)",
                 );
                 ReplicaAck::Fallback
+            }
+        }
+    }
+
+    /// `failover = "auto" | "manual"`: whether a replica is promoted by itself.
+    fn failover(&mut self, value: Option<&Spanned<String>>) -> bool {
+        match value.map(|v| v.get_ref().as_str()) {
+            None | Some("auto") => true,
+            Some("manual") => false,
+            Some(other) => {
+                let span = value.map_or(0..0, |v| v.span());
+                self.mistake(
+                    span,
+                    format!("unknown `failover` value `{other}`"),
+                    "write \"auto\" (the active load balancer promotes the most advanced \
+                     replica when the primary is gone) or \"manual\" (a person runs `scaleup \
+                     db switchover`)",
+                );
+                true
             }
         }
     }

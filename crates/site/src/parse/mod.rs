@@ -181,6 +181,7 @@ struct RawDatabase {
     read_your_writes_timeout: Option<Spanned<String>>,
     managed: Option<Spanned<bool>>,
     on_no_replica_ack: Option<Spanned<String>>,
+    failover: Option<Spanned<String>>,
 }
 
 /// `max_replica_lag` when the site file does not say: about what a person notices.

@@ -250,7 +250,47 @@ fn mysql_database_with_replicas_and_defaults() {
     assert_eq!(m.read_your_writes_timeout, Duration::from_millis(200));
     assert!(!m.managed);
     assert_eq!(m.on_no_replica_ack, ReplicaAck::Fallback, "the default");
+    assert!(m.auto_failover, "the default");
     assert!(!format!("{m:?}").contains("p@ss"), "Debug hides passwords");
+}
+
+#[test]
+fn failover_is_auto_or_manual_and_mysql_only() {
+    let mysql = |value: &str| {
+        with_database(&format!(
+            "[database]\nkind = \"mysql\"\n\
+             primary = \"mysql://foo:pw@127.0.0.1:3316/foobar\"\n\
+             failover = \"{value}\"\n"
+        ))
+    };
+    for (value, want) in [("auto", true), ("manual", false)] {
+        let site = parse(&mysql(value), "test.toml", Path::new("/tmp")).unwrap();
+        let Database::Mysql(m) = site.database else {
+            panic!("not mysql")
+        };
+        assert_eq!(m.auto_failover, want, "{value}");
+    }
+    let text = mysql("sometimes");
+    let found = mistakes(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let line = text.lines().position(|l| l.contains("failover")).unwrap() + 1;
+    assert_eq!(
+        (found[0].line, found[0].column > 1),
+        (line, true),
+        "{found:?}"
+    );
+    assert!(found[0]
+        .message
+        .contains("unknown `failover` value `sometimes`"));
+    let found = mistakes(&with_database(
+        "[database]\nkind = \"sqlite\"\nfailover = \"manual\"\n",
+    ));
+    assert!(
+        found[0]
+            .message
+            .contains("`failover` is for `kind = \"mysql\"`"),
+        "{found:?}"
+    );
 }
 
 #[test]
