@@ -13,7 +13,9 @@
 //! (`db::failover::receiving_from`), and `promote` itself refuses in that case too.
 //! After a failover the decider waits [`COOL_DOWN`] before another one (flapping between
 //! two servers is worse than a pause); a person can always move the primary with
-//! `scaleup db switchover`.
+//! `scaleup db switchover`. An old primary that comes back (writable beside the primary)
+//! is fenced at once and rejoins as a replica (`db::failover::rejoin`), unless it holds
+//! transactions the primary lacks: then it stays out, read-only, and `status` says why.
 //!
 //! It needs administrator access to every database server: the managed servers of
 //! `scaleup up` (over their Unix sockets, on this machine). For a site's own servers it
@@ -56,6 +58,8 @@ struct State {
     last: Option<Failover>,
     /// Why the last check did not promote, if it found no primary.
     waiting: Option<String>,
+    /// Old primaries fenced and rejoined as replicas, oldest first.
+    rejoined: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -144,6 +148,13 @@ impl Decider {
     /// One look: the primary seen, or one more strike, and a promotion once the
     /// primary is gone for sure.
     async fn check(&self, states: &[NodeState], active: &tokio::sync::watch::Receiver<bool>) {
+        let returned = self.returned(states);
+        if !returned.is_empty() {
+            if *active.borrow() {
+                self.rejoin(returned).await;
+            }
+            return;
+        }
         let Some(failed) = self.gone(states) else {
             return;
         };
@@ -173,6 +184,46 @@ impl Decider {
             return;
         }
         self.promote(failed).await;
+    }
+
+    /// Servers beside the current primary that are writable and replicate from nobody:
+    /// an old primary come back, taking writes again if nobody stops it.
+    fn returned(&self, states: &[NodeState]) -> Vec<String> {
+        let state = self.state.lock().expect("decider lock");
+        let primaries: Vec<&NodeState> = states.iter().filter(|s| s.is_primary()).collect();
+        if primaries.len() < 2 || !primaries.iter().any(|s| s.name == state.primary) {
+            return Vec::new();
+        }
+        primaries
+            .iter()
+            .filter(|s| s.name != state.primary)
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// Fences each returned server and has it rejoin as a replica of the primary; one
+    /// holding transactions the primary lacks stays out (read-only, not replicating).
+    async fn rejoin(&self, returned: Vec<String>) {
+        let primary = self.state.lock().expect("decider lock").primary.clone();
+        for name in returned {
+            tracing::warn!(
+                "database failover: {name} is back and writable beside the primary \
+                 {primary}: fencing it, and rejoining it as a replica"
+            );
+            let outcome = db::failover::rejoin(&self.topology, &name, &primary).await;
+            let mut state = self.state.lock().expect("decider lock");
+            match outcome {
+                Ok(()) => {
+                    tracing::info!("database failover: {name} rejoined as a replica of {primary}");
+                    state.rejoined.push(name);
+                    state.waiting = None;
+                }
+                Err(e) => {
+                    tracing::error!("database failover: {name} kept out: {e}");
+                    state.waiting = Some(format!("{name} kept out: {e}"));
+                }
+            }
+        }
     }
 
     /// The primary that is gone for sure, if it is: none answered for [`STRIKES`]
@@ -288,6 +339,7 @@ impl lb::Beside for Decider {
             "primary": state.primary,
             "failovers": self.failovers.load(Relaxed),
             "waiting": state.waiting,
+            "rejoined": state.rejoined,
             "last": state.last.as_ref().map(|f| serde_json::json!({
                 "at": httpdate::fmt_http_date(f.at),
                 "from": f.from,

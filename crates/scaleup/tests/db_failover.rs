@@ -3,8 +3,9 @@
 //! address, and `kill -9` of the primary. The active load balancer promotes the replica,
 //! the application servers follow it, writes succeed again within seconds, no read
 //! fails, every acknowledged post is there afterwards, and `status`/`/metrics` say what
-//! happened. Then `scaleup db switchover` moves the primary back to... the only other
-//! server left is the dead one, so it is refused, with why. Needs `mariadbd`.
+//! happened. The old primary, started again, is fenced at once and rejoins as a replica
+//! of the new one; a planned switchover moves the primary back with no failed read.
+//! Needs `mariadbd`.
 
 mod common;
 
@@ -132,6 +133,8 @@ async fn kill_9_of_the_primary_promotes_the_replica_and_loses_no_acknowledged_po
         .trim()
         .parse()
         .unwrap();
+    // How it was started, to start it again later (as a returning old primary).
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let killed = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
 
@@ -208,14 +211,88 @@ async fn kill_9_of_the_primary_promotes_the_replica_and_loses_no_acknowledged_po
     assert_eq!(status["database_failover"]["deciding"], false, "{status}");
     assert_eq!(status["database_failover"]["failovers"], 0, "{status}");
 
-    // A switchover needs a replica to take over: the only other server is dead.
-    let out = scaleup()
-        .args(["db", "switchover", "--site"])
-        .arg(&site)
-        .env("SCALEUP_TEST_DB_PASSWORD", "test-pw")
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{said}");
-    assert!(said.contains("no switchover"), "{said}");
+    // The old primary comes back, writable as it was started: the decider fences it at
+    // once and it rejoins as a replica of replica1; writes still go to replica1.
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let mut again = std::process::Command::new(&args[0]);
+    again.args(&args[1..]);
+    let _returned = Proc::spawn("old-primary", again);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = json_of(&client, &format!("{lb1_admin}/status")).await;
+        let failover = &status["database_failover"];
+        if failover["rejoined"] == serde_json::json!(["primary"]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the returning primary did not rejoin within 30 s: {failover}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resp = api_post(&client, &site_url, &token, "after the old primary rejoined").await;
+    assert_eq!(resp.status(), 201);
+    let app_status = json_of(&client, &format!("http://127.0.0.1:{}/status", base + 14)).await;
+    let servers = app_status["database"]["servers"].as_array().unwrap();
+    let roles: Vec<(&str, &str)> = servers
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        roles,
+        [("primary", "replica"), ("replica1", "primary")],
+        "{app_status}"
+    );
+
+    // A planned switchover back to the old primary, now a replica: reads go on (none
+    // fails), and writes work after it.
+    let reads = {
+        let (client, site_url) = (client.clone(), site_url.clone());
+        tokio::spawn(async move {
+            let mut failed = Vec::new();
+            for _ in 0..300 {
+                match client.get(format!("{site_url}/api/timeline")).send().await {
+                    Ok(resp) if resp.status() == 200 => {}
+                    Ok(resp) => failed.push(resp.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            failed
+        })
+    };
+    let switched = {
+        let site = site.clone();
+        tokio::task::spawn_blocking(move || {
+            scaleup()
+                .args(["db", "switchover", "primary", "--site"])
+                .arg(&site)
+                .env("SCALEUP_TEST_DB_PASSWORD", "test-pw")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let said = String::from_utf8_lossy(&switched.stdout);
+    assert!(
+        switched.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&switched.stderr)
+    );
+    assert!(
+        said.contains("primary is the primary now (was replica1)"),
+        "{said}"
+    );
+    let failed = reads.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "reads failed during the switchover: {failed:?}"
+    );
+    let resp = api_post(&client, &site_url, &token, "after the switchover").await;
+    assert_eq!(resp.status(), 201);
 }
