@@ -22,7 +22,7 @@ fn up(site: &std::path::Path) -> Proc {
         .arg(site)
         .env("SCALEUP_TEST_DB_PASSWORD", "test-pw")
         .env_remove("SCALEUP_ADMIN_TOKEN");
-    let up = Proc::spawn("up", cmd);
+    let up = Proc::spawn_graceful("up", cmd);
     up.wait_for_line("is up", Duration::from_secs(120));
     up
 }

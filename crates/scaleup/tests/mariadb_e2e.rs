@@ -16,7 +16,7 @@ fn up(site: &std::path::Path) -> Proc {
         .arg("--site")
         .arg(site)
         .env("SCALEUP_TEST_DB_PASSWORD", "test-pw");
-    let up = Proc::spawn("up", cmd);
+    let up = Proc::spawn_graceful("up", cmd);
     up.wait_for_line("is up", Duration::from_secs(120));
     up
 }

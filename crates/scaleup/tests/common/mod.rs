@@ -49,6 +49,9 @@ pub struct Proc {
     pub name: String,
     /// Lines the process printed on stdout and stderr.
     pub lines: mpsc::Receiver<String>,
+    /// Stopped with SIGINT (then SIGKILL after 60 s) when dropped, not killed at once:
+    /// `scaleup up` with managed MariaDB servers stops them only when it stops cleanly.
+    graceful: bool,
 }
 
 impl Proc {
@@ -77,7 +80,16 @@ impl Proc {
             child,
             name: name.to_string(),
             lines: rx,
+            graceful: false,
         }
+    }
+
+    /// [`Proc::spawn`], stopped cleanly when dropped (a `scaleup up` that runs
+    /// managed MariaDB servers, which a SIGKILL would leave behind).
+    pub fn spawn_graceful(name: &str, cmd: Command) -> Proc {
+        let mut proc = Proc::spawn(name, cmd);
+        proc.graceful = true;
+        proc
     }
 
     /// Waits for a printed line containing `needle`.
@@ -113,6 +125,16 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            if self.graceful {
+                self.signal(Signal::SIGINT);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = self.child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
             self.signal(Signal::SIGKILL);
             let _ = self.child.wait();
         }
