@@ -126,6 +126,14 @@
       ? 'as ' + db.reported_by + ' sees it: ' + (db.healthy ? 'healthy' : 'NOT healthy' + (db.error ? ' (' + db.error + ')' : '')) +
         (db.users !== undefined && db.users !== null ? ' · ' + db.users + ' users, ' + db.posts + ' posts' : '')
       : 'no application server answers: the database is not seen');
+    const f = db.failover;
+    text('db-failover', f
+      ? 'automatic failover, decided by ' + f.decided_by + ' · primary ' + f.primary + ' · ' +
+        f.failovers + ' failover(s)' +
+        (f.last ? ' · last: ' + f.last.from + ' → ' + f.last.to + ', ' + f.last.at + ', in ' + f.last.took_ms + ' ms' : '') +
+        (f.rejoined && f.rejoined.length ? ' · rejoined: ' + f.rejoined.join(', ') : '') +
+        (f.waiting ? ' · ' + f.waiting : '')
+      : 'no load balancer decides a database failover (manual, or SQLite)');
     for (const d of db.servers) {
       setClass('n-db-' + d.name, 'node db ' + d.state);
       let line = d.state;

@@ -666,6 +666,24 @@ fn round2(x: f64) -> f64 {
 }
 
 /// The database as the first application server that answers reports it.
+/// The automatic database failover as the deciding load balancer tells it (its
+/// `database_failover` in `/status`), or `null` when no load balancer decides.
+fn failover_view(topology: &Topology, probes: &BTreeMap<String, Probe>) -> Value {
+    topology
+        .lbs
+        .iter()
+        .find_map(|lb| {
+            let status = probes.get(&lb.name)?.status.as_ref()?;
+            let failover = &status["database_failover"];
+            (failover["deciding"] == true).then(|| {
+                let mut view = failover.clone();
+                view["decided_by"] = json!(lb.name);
+                view
+            })
+        })
+        .unwrap_or(Value::Null)
+}
+
 fn database_view(topology: &Topology, probes: &BTreeMap<String, Probe>) -> Value {
     let reporter = topology.apps.iter().find_map(|a| {
         let status = probes.get(&a.name)?.status.as_ref()?;
@@ -696,7 +714,8 @@ fn database_view(topology: &Topology, probes: &BTreeMap<String, Probe>) -> Value
                 None => json!({ "name": d.name, "role": d.role, "state": "unknown" }),
                 Some(s) => json!({
                     "name": d.name,
-                    "role": d.role,
+                    // As the application sees it now: a failover moves the roles.
+                    "role": s["role"].as_str().unwrap_or(&d.role),
                     "state": match (s["healthy"].as_bool(), s["usable"].as_bool()) {
                         (Some(true), Some(false)) => "lagging",
                         (Some(true), _) => "up",
@@ -713,6 +732,7 @@ fn database_view(topology: &Topology, probes: &BTreeMap<String, Probe>) -> Value
         .collect();
     json!({
         "reported_by": by,
+        "failover": failover_view(topology, probes),
         "healthy": db["healthy"],
         "users": db["users"],
         "posts": db["posts"],
@@ -771,7 +791,7 @@ fn page(me: &str, topology: &Topology) -> String {
 <section class="panels">
 <div class="panel"><h2>Load balancers</h2><p id="active">floating address: waiting for news</p><table id="lbs"><thead><tr><th>node</th><th>role</th><th>its peer</th></tr></thead><tbody></tbody></table><h3>Recent events</h3><ul id="events"><li>none seen yet</li></ul></div>
 <div class="panel"><h2>Nodes</h2><table id="nodes"><thead><tr><th>node</th><th>state</th><th>req/s</th><th>5xx</th><th>p50</th><th>p99</th><th>conns</th><th>health checks</th></tr></thead><tbody></tbody></table></div>
-<div class="panel"><h2>Database</h2><p id="db-summary">waiting for news</p><table id="db"><thead><tr><th>server</th><th>role</th><th>state</th><th>lag</th><th>reads</th><th>writes</th><th>read-your-writes fallbacks</th></tr></thead><tbody></tbody></table></div>
+<div class="panel"><h2>Database</h2><p id="db-summary">waiting for news</p><p id="db-failover"></p><table id="db"><thead><tr><th>server</th><th>role</th><th>state</th><th>lag</th><th>reads</th><th>writes</th><th>read-your-writes fallbacks</th></tr></thead><tbody></tbody></table></div>
 <div class="panel"><h2>Last server errors</h2><p class="note">The newest 5xx answers of the load balancers and web servers, with their request ids (<code>scaleup trace ID</code> follows one).</p><ul id="errors"><li>none</li></ul></div>
 </section>
 </main>

@@ -250,6 +250,7 @@ fn the_snapshot_tells_rates_states_the_cluster_and_the_database() {
 
     let db = &second["database"];
     assert_eq!(db["reported_by"], "app1");
+    assert_eq!(db["failover"], Value::Null, "no load balancer decides");
     assert_eq!(db["servers"][0]["state"], "up");
     assert_eq!(db["servers"][1]["state"], "lagging");
     assert_eq!(db["servers"][1]["lag_seconds"], 7.5);
@@ -464,4 +465,28 @@ fn a_reload_that_adds_a_node_redraws_the_page() {
         "down",
         "asked, and not answering"
     );
+}
+
+/// After a failover the picture shows the roles the application sees, and who decided.
+#[test]
+fn the_database_panel_shows_the_roles_now_and_the_failover() {
+    let t = topology();
+    let mut probes = probes(100, &[], "active");
+    let app = probes.get_mut("app1").unwrap().status.as_mut().unwrap();
+    app["database"]["servers"][0]["role"] = json!("replica");
+    app["database"]["servers"][1]["role"] = json!("primary");
+    let lb1 = probes.get_mut("lb1").unwrap().status.as_mut().unwrap();
+    lb1["database_failover"] = json!({
+        "deciding": true, "primary": "replica1", "failovers": 1, "waiting": null,
+        "rejoined": ["primary"],
+        "last": {"at": "Fri, 27 Nov 2026 18:00:03 GMT", "from": "primary", "to": "replica1", "took_ms": 5, "left_out": []},
+    });
+    let lb2 = probes.get_mut("lb2").unwrap().status.as_mut().unwrap();
+    lb2["database_failover"] = json!({"deciding": false, "primary": "primary", "failovers": 0});
+    let snapshot = Memory::default().snapshot(&t, "lb2", &probes, Instant::now());
+    let db = &snapshot["database"];
+    assert_eq!(db["servers"][0]["role"], "replica");
+    assert_eq!(db["servers"][1]["role"], "primary");
+    assert_eq!(db["failover"]["decided_by"], "lb1");
+    assert_eq!(db["failover"]["last"]["to"], "replica1");
 }
