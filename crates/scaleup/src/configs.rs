@@ -185,6 +185,54 @@ pub(crate) fn managed_spec(site: &Site) -> anyhow::Result<Option<db::managed::Sp
     }))
 }
 
+/// The database servers as the failover administers them: the managed ones over their
+/// Unix sockets, a site's own over TCP with its failover accounts (passwords from the
+/// environment). `None` when neither is possible (SQLite, or own servers without
+/// accounts): failover is then a person's job.
+pub(crate) fn failover_topology(site: &Site) -> anyhow::Result<Option<db::failover::Topology>> {
+    let Database::Mysql(m) = &site.database else {
+        return Ok(None);
+    };
+    let policy = replica_ack(m.on_no_replica_ack);
+    if let Some(spec) = managed_spec(site)? {
+        return Ok(Some(db::managed::topology(&spec, policy, CATCH_UP)));
+    }
+    let Some(accounts) = &m.accounts else {
+        return Ok(None);
+    };
+    let secret = |var: &str| {
+        std::env::var(var).map_err(|_| {
+            anyhow::anyhow!(
+                "the site file's [database] takes a failover password from the environment \
+                 variable {var}, which is not set: export {var}=... before starting"
+            )
+        })
+    };
+    let admin_password = secret(&accounts.admin_password_env)?;
+    let nodes = std::iter::once(&m.primary)
+        .chain(&m.replicas)
+        .map(|s| {
+            db::failover::Node::tcp(
+                &s.name,
+                &s.host,
+                s.port,
+                &accounts.admin_user,
+                &admin_password,
+            )
+        })
+        .collect();
+    Ok(Some(db::failover::Topology {
+        nodes,
+        replication_user: accounts.replication_user.clone(),
+        replication_password: secret(&accounts.replication_password_env)?,
+        on_no_replica_ack: policy,
+        catch_up_timeout: CATCH_UP,
+    }))
+}
+
+/// How long a promotion lets a replica apply what it received.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The site's `on_no_replica_ack` in the database's terms.
 pub(crate) fn replica_ack(ack: site::ReplicaAck) -> db::failover::OnNoReplicaAck {
     match ack {

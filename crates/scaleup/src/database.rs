@@ -4,8 +4,8 @@
 //! others and the old primary follow it. Writes pause for a moment (the application
 //! servers wait for the new primary rather than fail); reads go on.
 //!
-//! It needs administrator access to every server: the managed ones of `scaleup up`,
-//! on this machine. The automatic failover's cool-down does not apply: a person asked.
+//! It needs administrator access to every server: the managed ones of `scaleup up` (on
+//! this machine), or a site's own with the failover accounts in `[database]`. The automatic failover's cool-down does not apply: a person asked.
 
 use site::Site;
 
@@ -43,22 +43,17 @@ pub fn switchover(args: &SiteArgs, target: Option<&str>) -> anyhow::Result<()> {
 
 /// The database servers as an administrator reaches them.
 fn topology(site: &Site) -> anyhow::Result<db::failover::Topology> {
-    let site::Database::Mysql(mysql) = &site.database else {
+    if matches!(site.database, site::Database::Sqlite { .. }) {
         anyhow::bail!(
             "the site's database is SQLite, one file on the application server: there is \
              no primary to move"
         );
-    };
-    let Some(spec) = crate::configs::managed_spec(site)? else {
-        anyhow::bail!(
-            "the site's MariaDB servers are its own (`managed = false`): run the switchover \
-             with MariaDB's tools (or MaxScale) where they are administered; scaleup \
-             administers the managed servers of `scaleup up` only"
-        );
-    };
-    Ok(db::managed::topology(
-        &spec,
-        crate::configs::replica_ack(mysql.on_no_replica_ack),
-        crate::decider::CATCH_UP,
-    ))
+    }
+    crate::configs::failover_topology(site)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "scaleup has no account to administer the site's own MariaDB servers: add \
+             `admin_user`, `admin_password_env`, `replication_user` and \
+             `replication_password_env` to [database], or use MariaDB's tools"
+        )
+    })
 }

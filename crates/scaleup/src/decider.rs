@@ -18,8 +18,8 @@
 //! transactions the primary lacks: then it stays out, read-only, and `status` says why.
 //!
 //! It needs administrator access to every database server: the managed servers of
-//! `scaleup up` (over their Unix sockets, on this machine). For a site's own servers it
-//! logs, once, that failover is manual.
+//! `scaleup up` (over their Unix sockets, on this machine), or a site's own with the
+//! failover accounts of `[database]`. Without either, failover is manual, as it says.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -33,8 +33,6 @@ const CHECK: Duration = Duration::from_millis(500);
 pub const STRIKES: u32 = 3;
 /// The wait after a failover before the next one may happen by itself.
 pub const COOL_DOWN: Duration = Duration::from_secs(300);
-/// How long a promotion lets a replica apply what it received.
-pub const CATCH_UP: Duration = Duration::from_secs(10);
 
 /// The decider of one load balancer, and what it saw and did.
 pub struct Decider {

@@ -180,20 +180,14 @@ fn database_failover(
         tracing::info!("database failover is manual (`failover = \"manual\"` in [database])");
         return Ok(None);
     }
-    let Some(spec) = configs::managed_spec(site)? else {
+    let Some(topology) = configs::failover_topology(site)? else {
         tracing::info!(
-            "database failover is manual for a site's own MariaDB servers (`scaleup db \
-             switchover` on a machine that administers them); the managed ones fail over \
-             by themselves"
+            "database failover is manual: the load balancers have no account to administer \
+             the site's own MariaDB servers (`admin_user`... in [database])"
         );
         return Ok(None);
     };
-    let topology = db::managed::topology(
-        &spec,
-        configs::replica_ack(mysql.on_no_replica_ack),
-        crate::decider::CATCH_UP,
-    );
-    let decider = crate::decider::Decider::new(topology, &spec.primary.name);
+    let decider = crate::decider::Decider::new(topology, &mysql.primary.name);
     decider.spawn(active, shutdown.clone())?;
     Ok(Some(decider))
 }

@@ -558,8 +558,26 @@ pub struct Mysql {
     pub on_no_replica_ack: ReplicaAck,
     /// Whether the active load balancer promotes a replica by itself when the primary
     /// is gone (`failover = "auto"`, the default), or a person does (`"manual"`:
-    /// `scaleup db switchover`). Only the managed servers can fail over by themselves.
+    /// `scaleup db switchover`). The managed servers are administered over their Unix
+    /// sockets; a site's own servers with [`Mysql::accounts`].
     pub auto_failover: bool,
+    /// How the load balancers (and `scaleup db switchover`) administer a site's own
+    /// servers: without it, only the managed ones fail over.
+    pub accounts: Option<Box<FailoverAccounts>>,
+}
+
+/// The accounts that move the primary of a site's own MariaDB servers, their passwords
+/// read from the environment when a node starts (the site file holds no secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverAccounts {
+    /// Fences, promotes and re-points servers (`SUPER`, or `READ_ONLY ADMIN`,
+    /// `REPLICATION SLAVE ADMIN`, `BINLOG ADMIN` and `REPLICATION CLIENT`), from the
+    /// load balancers' addresses.
+    pub admin_user: String,
+    pub admin_password_env: String,
+    /// What replicas log in as to read the primary's binary log (`REPLICATION SLAVE`).
+    pub replication_user: String,
+    pub replication_password_env: String,
 }
 
 /// `on_no_replica_ack`: the price of durability when every replica is down or behind.

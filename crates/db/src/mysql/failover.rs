@@ -95,6 +95,21 @@ pub struct Node {
 }
 
 impl Node {
+    /// A server administered over TCP as `user` (a site's own servers; the managed ones
+    /// come from `managed::topology`).
+    pub fn tcp(name: &str, host: &str, port: u16, user: &str, password: &str) -> Node {
+        Node {
+            name: name.to_owned(),
+            host: host.to_owned(),
+            port,
+            admin: MySqlConnectOptions::new()
+                .host(host)
+                .port(port)
+                .username(user)
+                .password(password),
+        }
+    }
+
     fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }

@@ -55,6 +55,7 @@ impl Checker<'_> {
                     managed,
                     on_no_replica_ack: self.replica_ack(d.on_no_replica_ack.as_ref()),
                     auto_failover: self.failover(d.failover.as_ref()),
+                    accounts: self.accounts(d, managed),
                 })
             }
             "sqlite" => {
@@ -73,6 +74,16 @@ impl Checker<'_> {
                         .as_ref()
                         .map(|v| ("on_no_replica_ack", v.span())),
                     d.failover.as_ref().map(|v| ("failover", v.span())),
+                    d.admin_user.as_ref().map(|v| ("admin_user", v.span())),
+                    d.admin_password_env
+                        .as_ref()
+                        .map(|v| ("admin_password_env", v.span())),
+                    d.replication_user
+                        .as_ref()
+                        .map(|v| ("replication_user", v.span())),
+                    d.replication_password_env
+                        .as_ref()
+                        .map(|v| ("replication_password_env", v.span())),
                 ];
                 for (key, span) in mysql_only.into_iter().flatten() {
                     self.mistake(
@@ -121,6 +132,57 @@ impl Checker<'_> {
                 ReplicaAck::Fallback
             }
         }
+    }
+
+    /// `admin_user`, `admin_password_env`, `replication_user` and
+    /// `replication_password_env`: all four, or none.
+    fn accounts(&mut self, d: &RawDatabase, managed: bool) -> Option<Box<FailoverAccounts>> {
+        let keys = [
+            ("admin_user", &d.admin_user),
+            ("admin_password_env", &d.admin_password_env),
+            ("replication_user", &d.replication_user),
+            ("replication_password_env", &d.replication_password_env),
+        ];
+        let given: Vec<(&str, &Spanned<String>)> = keys
+            .iter()
+            .filter_map(|(key, value)| value.as_ref().map(|v| (*key, v)))
+            .collect();
+        let (_, first) = *given.first()?;
+        if managed {
+            self.mistake(
+                first.span(),
+                "the failover accounts are for a site's own servers",
+                "remove them: `scaleup up` administers its managed servers over their Unix \
+                 sockets",
+            );
+            return None;
+        }
+        if given.len() < keys.len() {
+            let missing: Vec<&str> = keys
+                .iter()
+                .filter(|(_, value)| value.is_none())
+                .map(|(key, _)| *key)
+                .collect();
+            self.mistake(
+                first.span(),
+                format!(
+                    "the failover accounts need all four keys; missing: {}",
+                    missing.join(", ")
+                ),
+                "give `admin_user`, `admin_password_env`, `replication_user` and \
+                 `replication_password_env` (the passwords come from those variables)",
+            );
+            return None;
+        }
+        let value = |v: &Option<Spanned<String>>| {
+            v.as_ref().map(|v| v.get_ref().clone()).unwrap_or_default()
+        };
+        Some(Box::new(FailoverAccounts {
+            admin_user: value(&d.admin_user),
+            admin_password_env: value(&d.admin_password_env),
+            replication_user: value(&d.replication_user),
+            replication_password_env: value(&d.replication_password_env),
+        }))
     }
 
     /// `failover = "auto" | "manual"`: whether a replica is promoted by itself.

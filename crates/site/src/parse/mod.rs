@@ -182,6 +182,10 @@ struct RawDatabase {
     managed: Option<Spanned<bool>>,
     on_no_replica_ack: Option<Spanned<String>>,
     failover: Option<Spanned<String>>,
+    admin_user: Option<Spanned<String>>,
+    admin_password_env: Option<Spanned<String>>,
+    replication_user: Option<Spanned<String>>,
+    replication_password_env: Option<Spanned<String>>,
 }
 
 /// `max_replica_lag` when the site file does not say: about what a person notices.

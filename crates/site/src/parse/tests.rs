@@ -255,6 +255,46 @@ fn mysql_database_with_replicas_and_defaults() {
 }
 
 #[test]
+fn failover_accounts_come_all_four_for_own_servers_only() {
+    let mysql = |extra: &str| {
+        with_database(&format!(
+            "[database]\nkind = \"mysql\"\n\
+             primary = \"mysql://foo:pw@10.0.0.5:3306/foobar\"\n{extra}"
+        ))
+    };
+    let all = "admin_user = \"scaleup_admin\"\nadmin_password_env = \"ADMIN_PW\"\n\
+               replication_user = \"repl\"\nreplication_password_env = \"REPL_PW\"\n";
+    let site = parse(&mysql(all), "test.toml", Path::new("/tmp")).unwrap();
+    let Database::Mysql(m) = site.database else {
+        panic!("not mysql")
+    };
+    let accounts = m.accounts.expect("the accounts");
+    assert_eq!(
+        (
+            accounts.admin_user.as_str(),
+            accounts.replication_password_env.as_str()
+        ),
+        ("scaleup_admin", "REPL_PW")
+    );
+    let text = mysql("admin_user = \"scaleup_admin\"\n");
+    let found = mistakes(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0]
+            .message
+            .contains("missing: admin_password_env, replication_user"),
+        "{found:?}"
+    );
+    assert_eq!(
+        found[0].line,
+        text.lines()
+            .position(|l| l.starts_with("admin_user"))
+            .unwrap()
+            + 1
+    );
+}
+
+#[test]
 fn failover_is_auto_or_manual_and_mysql_only() {
     let mysql = |value: &str| {
         with_database(&format!(
