@@ -269,10 +269,13 @@ fn the_seeds_deployment_survives_lb1_and_the_primary_host() {
     let _app = hosts.run("app1", "app1", &site);
     let _web = hosts.run("web1", "web1", &site);
     let lb1 = hosts.run("lb1", "lb1", &site);
+    // Through every tier to the database: lb1 has seen web1 up (a load balancer whose
+    // web servers are all down hands the address to a healthy peer), and the
+    // application server has opened its database.
     wait_until(
-        "the client reaches the site",
+        "the site answers from the database",
         Duration::from_secs(60),
-        || hosts.client_get(),
+        || hosts.client_http(&[&format!("http://{VIP}/api/timeline")]).0 == 200,
     );
     let _lb2 = hosts.run("lb2", "lb2", &site);
     std::thread::sleep(Duration::from_millis(500));
