@@ -205,6 +205,21 @@ fn post(hosts: &Hosts, token: &str, text: &str) -> Result<i64, u16> {
     }
 }
 
+/// Whether load balancer `lb` (admin port `admin` on its host's loopback) has its web
+/// server up in its pool.
+fn up_in_pool(hosts: &Hosts, lb: &str, admin: u16) -> bool {
+    let out = hosts
+        .command(lb, "curl")
+        .args(["-s", "-m", "2"])
+        .arg(format!("http://127.0.0.1:{admin}/status"))
+        .output()
+        .unwrap();
+    let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return false;
+    };
+    status["backend"]["servers"][0]["state"] == "up"
+}
+
 #[test]
 fn the_seeds_deployment_survives_lb1_and_the_primary_host() {
     if !can_run() || !mariadb_available() {
@@ -275,8 +290,21 @@ fn the_seeds_deployment_survives_lb1_and_the_primary_host() {
     wait_until(
         "the site answers from the database",
         Duration::from_secs(60),
-        || hosts.client_http(&[&format!("http://{VIP}/api/timeline")]).0 == 200,
+        || {
+            hosts
+                .client_http(&[&format!("http://{VIP}/api/timeline")])
+                .0
+                == 200
+        },
     );
+    // Up in lb1's pool for longer than a health check takes to mark it down (web1 may
+    // have refused lb1's first check while it started).
+    wait_until("lb1 sees web1 up for 2 s", Duration::from_secs(30), || {
+        up_in_pool(&hosts, "lb1", 9011) && {
+            std::thread::sleep(Duration::from_secs(2));
+            up_in_pool(&hosts, "lb1", 9011)
+        }
+    });
     let _lb2 = hosts.run("lb2", "lb2", &site);
     std::thread::sleep(Duration::from_millis(500));
     assert!(hosts.holds_vip("lb1") && !hosts.holds_vip("lb2"));
