@@ -2,8 +2,9 @@
 //! namespaces made by this test, one bridge): a client, lb1 and lb2 (linux cluster mode,
 //! a floating IP), web1, app1, and a MariaDB primary and replica on two more hosts,
 //! every node started with `scaleup run` on its host. The client signs up and posts
-//! through the floating IP; lb1 is killed (lb2 takes the IP); then the primary's host
-//! loses its cable. lb2, now active, promotes the replica with the site's failover
+//! through the floating IP; lb1 is killed (lb2 takes the IP); a partition between lb2
+//! and the primary alone promotes nothing (the replica still receives from it); then the
+//! primary's host loses its cable. lb2, now active, promotes the replica with the site's failover
 //! accounts; the site keeps serving, writes come back, and nothing acknowledged is lost.
 //!
 //! Needs root, iproute2, curl and MariaDB (installed by scripts/install-test-deps);
@@ -205,19 +206,21 @@ fn post(hosts: &Hosts, token: &str, text: &str) -> Result<i64, u16> {
     }
 }
 
-/// Whether load balancer `lb` (admin port `admin` on its host's loopback) has its web
-/// server up in its pool.
-fn up_in_pool(hosts: &Hosts, lb: &str, admin: u16) -> bool {
+/// `/status` of the node whose admin listener is on port `admin` of `host`'s loopback
+/// (`null` when it does not answer).
+fn admin_status(hosts: &Hosts, host: &str, admin: u16) -> serde_json::Value {
     let out = hosts
-        .command(lb, "curl")
+        .command(host, "curl")
         .args(["-s", "-m", "2"])
         .arg(format!("http://127.0.0.1:{admin}/status"))
         .output()
         .unwrap();
-    let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-        return false;
-    };
-    status["backend"]["servers"][0]["state"] == "up"
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// Whether load balancer `lb` (admin port `admin`) has its web server up in its pool.
+fn up_in_pool(hosts: &Hosts, lb: &str, admin: u16) -> bool {
+    admin_status(hosts, lb, admin)["backend"]["servers"][0]["state"] == "up"
 }
 
 #[test]
@@ -322,6 +325,39 @@ fn the_seeds_deployment_survives_lb1_and_the_primary_host() {
         hosts.client_get()
     });
     acknowledged.push(post(&hosts, &token, "through lb2").expect("a post through lb2"));
+
+    // A partition between lb2 and the primary only (a blackhole route on lb2): lb2 cannot
+    // reach db1, but db2 still receives from it, so db1 is alive: no promotion, and the
+    // site goes on writing to db1.
+    let blackhole = format!("{NET}.21/32");
+    ip(&[
+        "-n",
+        &hosts.ns("lb2"),
+        "route",
+        "add",
+        "blackhole",
+        &blackhole,
+    ]);
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(sql(&db1.socket, "SELECT @@GLOBAL.read_only").trim(), "0");
+    assert_eq!(sql(&db2.socket, "SELECT @@GLOBAL.read_only").trim(), "1");
+    let held = admin_status(&hosts, "lb2", 9012);
+    let waiting = held["database_failover"]["waiting"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        waiting.contains("still receive from it"),
+        "lb2 waits for the right reason: {held}"
+    );
+    acknowledged.push(post(&hosts, &token, "during the partition").expect("a post during it"));
+    ip(&[
+        "-n",
+        &hosts.ns("lb2"),
+        "route",
+        "del",
+        "blackhole",
+        &blackhole,
+    ]);
 
     // The primary's host loses its cable: lb2 (active) promotes db2 once db2 no longer
     // receives from db1 (its slave_net_timeout), and writes come back.
