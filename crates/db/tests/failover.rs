@@ -7,59 +7,18 @@
 //! installs). Under `CI=true` a missing server fails the test; elsewhere it is skipped
 //! with a loud message.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::*;
 use db::failover::{self, OnNoReplicaAck, Topology};
 use db::managed::{Managed, Spec};
-use db::{Config, Db, MysqlConfig, Server, ServerStats};
+use db::{Config, Db, MysqlConfig, ServerStats};
 use sqlx::mysql::MySqlConnection;
 use sqlx::{Connection, Row};
-
-/// `true` when MariaDB is installed; panics under CI when it is not.
-fn mariadb_available() -> bool {
-    let found = [
-        "/usr/sbin/mariadbd",
-        "/usr/bin/mariadbd",
-        "/usr/local/sbin/mariadbd",
-    ]
-    .iter()
-    .any(|p| std::path::Path::new(p).exists())
-        || std::process::Command::new("mariadbd")
-            .arg("--version")
-            .output()
-            .is_ok();
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mariadbd is not installed, and CI must run the MariaDB tests: run scripts/install-test-deps"
-        );
-        eprintln!(
-            "\n*** SKIPPING MariaDB test: mariadbd is not installed (apt-get install mariadb-server) ***\n"
-        );
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn server(name: &str, port: u16) -> Server {
-    Server {
-        name: name.into(),
-        host: "127.0.0.1".into(),
-        port,
-        user: "foobar".into(),
-        password: "s3cret'pw".into(),
-        database: "foobar".into(),
-    }
-}
 
 /// Running servers in a temporary directory. Field order matters: the servers are killed
 /// (dropped) before the directory is removed.
@@ -206,6 +165,18 @@ fn writer(db: Db, user_id: i64, stop: Arc<AtomicBool>) -> tokio::task::JoinHandl
 
 /// Waits (at most 10 s) until no replica receives from the primary any more: what a
 /// promotion waits for after the primary died.
+/// Kills the primary, promotes replica1 once the replicas noticed, and waits until `db`
+/// writes to it.
+async fn kill_and_promote(s: &mut Site, db: &Db) {
+    s.managed.primary().kill().await;
+    until_dead(&s.topology()).await;
+    failover::promote(&s.topology(), "primary").await.unwrap();
+    eventually(5, "the Db follows the promotion", || {
+        db.primary().as_deref() == Some("replica1")
+    })
+    .await;
+}
+
 async fn until_dead(topology: &Topology) {
     let old = topology.nodes.iter().find(|n| n.name == "primary").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -511,13 +482,7 @@ async fn the_returning_old_primary_is_fenced_and_rejoins_as_a_replica() {
     let db = Db::open(&Config::Mysql(s.config.clone())).await.unwrap();
     let user = db.create_user("carol", "hash", 1).await.unwrap().value;
     db.create_post(user.id, "before", 2).await.unwrap();
-    s.managed.primary().kill().await;
-    until_dead(&s.topology()).await;
-    failover::promote(&s.topology(), "primary").await.unwrap();
-    eventually(5, "the Db follows the promotion", || {
-        db.primary().as_deref() == Some("replica1")
-    })
-    .await;
+    kill_and_promote(&mut s, &db).await;
     db.create_post(user.id, "on the new primary", 3)
         .await
         .unwrap();
@@ -640,13 +605,7 @@ async fn an_old_primary_with_an_errant_transaction_is_kept_out() {
     let db = Db::open(&Config::Mysql(s.config.clone())).await.unwrap();
     let user = db.create_user("dave", "hash", 1).await.unwrap().value;
     db.create_post(user.id, "replicated", 2).await.unwrap();
-    s.managed.primary().kill().await;
-    until_dead(&s.topology()).await;
-    failover::promote(&s.topology(), "primary").await.unwrap();
-    eventually(5, "the Db follows the promotion", || {
-        db.primary().as_deref() == Some("replica1")
-    })
-    .await;
+    kill_and_promote(&mut s, &db).await;
     db.create_post(user.id, "on the new primary", 3)
         .await
         .unwrap();

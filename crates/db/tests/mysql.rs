@@ -5,55 +5,14 @@
 //! installs). Under `CI=true` a missing server fails the test; elsewhere it is skipped
 //! with a loud message.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::*;
 use db::managed::{Managed, Spec};
 use db::{Config, Db, DbError, MysqlConfig, Server, ServerStats};
 use sqlx::Connection;
-
-/// `true` when MariaDB is installed; panics under CI when it is not.
-fn mariadb_available() -> bool {
-    let found = [
-        "/usr/sbin/mariadbd",
-        "/usr/bin/mariadbd",
-        "/usr/local/sbin/mariadbd",
-    ]
-    .iter()
-    .any(|p| std::path::Path::new(p).exists())
-        || std::process::Command::new("mariadbd")
-            .arg("--version")
-            .output()
-            .is_ok();
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mariadbd is not installed, and CI must run the MariaDB tests: run scripts/install-test-deps"
-        );
-        eprintln!(
-            "\n*** SKIPPING MariaDB test: mariadbd is not installed (apt-get install mariadb-server) ***\n"
-        );
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn server(name: &str, port: u16) -> Server {
-    Server {
-        name: name.into(),
-        host: "127.0.0.1".into(),
-        port,
-        user: "foobar".into(),
-        password: "s3cret'pw".into(),
-        database: "foobar".into(),
-    }
-}
 
 /// A running primary + replica in a temporary directory. Field order matters: the servers
 /// are killed (dropped) before the directory is removed.

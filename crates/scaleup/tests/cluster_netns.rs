@@ -22,50 +22,18 @@ fn floating_ip_moves_with_gratuitous_arp_and_a_healed_partition_keeps_one_owner(
     let hosts = Hosts::new(&[("client", 10), ("lb1", 11), ("lb2", 12), ("web", 13)]);
     let state = tempfile::tempdir().unwrap();
     let site = state.path().join("site.toml");
-    std::fs::write(
-        &site,
-        format!(
-            r#"
-[site]
-name = "www.foobar.com"
-state_dir = "{dir}"
-
-[cluster]
-mode = "linux"
-interface = "eth0"
-address = "{VIP}/24:80"
-secret_env = "SCALEUP_TEST_SECRET"
-interval = "100ms"
-preempt = true
-
-[[lb]]
-name = "lb1"
-listen = "{NET}.11:8080"
-admin = "127.0.0.1:9011"
-heartbeat = "{NET}.11:7000"
-priority = 150
-
-[[lb]]
-name = "lb2"
-listen = "{NET}.12:8080"
-admin = "127.0.0.1:9012"
-heartbeat = "{NET}.12:7000"
-priority = 100
-
+    let rest = r#"
 [[web]]
 name = "web1"
-listen = "{NET}.13:80"
+listen = "10.201.0.13:80"
 admin = "127.0.0.1:9013"
 
 [[app]]
 name = "app1"
 listen = "127.0.0.1:8004"
 admin = "127.0.0.1:9014"
-"#,
-            dir = state.path().display()
-        ),
-    )
-    .unwrap();
+"#;
+    std::fs::write(&site, cluster_site(state.path(), true) + rest).unwrap();
     std::env::set_var("SCALEUP_TEST_SECRET", "a shared secret");
 
     let _app = hosts.run("web", "app1", &site);

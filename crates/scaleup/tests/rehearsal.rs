@@ -118,33 +118,9 @@ fn start_database(hosts: &Hosts, dir: &Path, host: &str, byte: u8, id: u32) -> D
 
 /// The whole site's file: every node on its own host.
 fn site_file(dir: &Path) -> String {
-    format!(
-        r#"
-[site]
-name = "www.foobar.com"
-state_dir = "{state}"
-
-[cluster]
-mode = "linux"
-interface = "eth0"
-address = "{VIP}/24:80"
-secret_env = "SCALEUP_TEST_SECRET"
-interval = "100ms"
-
-[[lb]]
-name = "lb1"
-listen = "{NET}.11:8080"
-admin = "127.0.0.1:9011"
-heartbeat = "{NET}.11:7000"
-priority = 150
-
-[[lb]]
-name = "lb2"
-listen = "{NET}.12:8080"
-admin = "127.0.0.1:9012"
-heartbeat = "{NET}.12:7000"
-priority = 100
-
+    cluster_site(dir, false)
+        + &format!(
+            r#"
 [[web]]
 name = "web1"
 listen = "{NET}.13:80"
@@ -165,9 +141,8 @@ admin_user = "scaleup_admin"
 admin_password_env = "SCALEUP_TEST_DB_ADMIN_PASSWORD"
 replication_user = "repl"
 replication_password_env = "SCALEUP_TEST_DB_REPLICATION_PASSWORD"
-"#,
-        state = dir.display()
-    )
+"#
+        )
 }
 
 /// Signs `name` up through the floating IP; the API token.

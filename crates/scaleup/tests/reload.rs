@@ -15,24 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// `scaleup reload ARGS --site FILE` with the token `up` left in the state directory;
-/// whether it succeeded, and what it printed.
+/// `scaleup reload ARGS --site FILE`: whether it succeeded, and what it printed.
 fn reload_command(site: &Path, args: &[&str]) -> (bool, String) {
-    let out = scaleup()
-        .arg("reload")
-        .args(args)
-        .arg("--site")
-        .arg(site)
-        .env_remove("SCALEUP_ADMIN_TOKEN")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("[reload] {text}");
-    (out.status.success(), text)
+    admin_command(site, &[&["reload"], args].concat())
 }
 
 /// Requests through the floating address for `length` (2000 at most, one at a time on

@@ -11,25 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// `scaleup upgrade|roll ARGS --site FILE` (the token `up` left in the state
-/// directory); whether it succeeded, and what it printed.
-fn command(site: &Path, args: &[&str]) -> (bool, String) {
-    let out = scaleup()
-        .args(args)
-        .arg("--site")
-        .arg(site)
-        .env_remove("SCALEUP_ADMIN_TOKEN")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("[{}] {text}", args.join(" "));
-    (out.status.success(), text)
-}
-
 /// The pid that answers `/status` on admin port `port`.
 async fn pid_on(port: u16) -> u64 {
     let status: serde_json::Value =
@@ -93,7 +74,7 @@ async fn every_role_is_upgraded_under_load_and_no_request_fails() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (ok, out) = command(&site, &["upgrade", "web1"]);
+    let (ok, out) = admin_command(&site, &["upgrade", "web1"]);
     assert!(ok && out.contains("web1: upgraded: pid"), "{out}");
     assert!(download.wait().unwrap().success(), "the download failed");
     assert_eq!(
@@ -108,7 +89,7 @@ async fn every_role_is_upgraded_under_load_and_no_request_fails() {
     assert_eq!(live.status, 101);
     let upgrading = {
         let site = site.clone();
-        std::thread::spawn(move || command(&site, &["upgrade", "app1"]))
+        std::thread::spawn(move || admin_command(&site, &["upgrade", "app1"]))
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while pid_on(app1).await == before[3] {
@@ -129,7 +110,7 @@ async fn every_role_is_upgraded_under_load_and_no_request_fails() {
 
     // The active load balancer, then the other.
     for lb in ["lb1", "lb2"] {
-        let (ok, out) = command(&site, &["upgrade", lb]);
+        let (ok, out) = admin_command(&site, &["upgrade", lb]);
         assert!(ok && out.contains(&format!("{lb}: upgraded: pid")), "{out}");
     }
 
@@ -174,7 +155,7 @@ async fn roll_web_upgrades_one_web_server_at_a_time_and_no_request_fails() {
         Duration::from_secs(10),
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (ok, out) = command(&site, &["roll", "web"]);
+    let (ok, out) = admin_command(&site, &["roll", "web"]);
     assert!(ok, "{out}");
     for web in ["web1", "web2"] {
         assert!(out.contains(&format!("{web}: drained")), "{out}");

@@ -631,3 +631,23 @@ impl Wrk {
         }
     }
 }
+
+/// `scaleup ARGS --site FILE` (an admin command: `reload`, `upgrade`, `roll`...) with
+/// the token `up` left in the state directory; whether it succeeded, and what it
+/// printed.
+pub fn admin_command(site: &Path, args: &[&str]) -> (bool, String) {
+    let out = scaleup()
+        .args(args)
+        .arg("--site")
+        .arg(site)
+        .env_remove("SCALEUP_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("[{}] {text}", args.join(" "));
+    (out.status.success(), text)
+}

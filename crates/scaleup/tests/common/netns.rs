@@ -202,3 +202,39 @@ pub fn can_run() -> bool {
     eprintln!("SKIPPED outside CI: {why}");
     false
 }
+
+/// The `[site]`, `[cluster]` (linux mode, the floating IP on eth0) and the two
+/// `[[lb]]` sections of a site on these hosts: lb1 at `NET.11`, lb2 at `NET.12`, each
+/// with its admin listener on its own loopback (9011, 9012); the rest is the caller's.
+pub fn cluster_site(state_dir: &Path, preempt: bool) -> String {
+    format!(
+        r#"
+[site]
+name = "www.foobar.com"
+state_dir = "{dir}"
+
+[cluster]
+mode = "linux"
+interface = "eth0"
+address = "{VIP}/24:80"
+secret_env = "SCALEUP_TEST_SECRET"
+interval = "100ms"
+preempt = {preempt}
+
+[[lb]]
+name = "lb1"
+listen = "{NET}.11:8080"
+admin = "127.0.0.1:9011"
+heartbeat = "{NET}.11:7000"
+priority = 150
+
+[[lb]]
+name = "lb2"
+listen = "{NET}.12:8080"
+admin = "127.0.0.1:9012"
+heartbeat = "{NET}.12:7000"
+priority = 100
+"#,
+        dir = state_dir.display()
+    )
+}
