@@ -71,6 +71,7 @@ pub fn status(args: &SiteArgs, json: bool) -> anyhow::Result<()> {
         "NODE", "ROLE", "LISTEN", "STATE", "REQUESTS", "5XX"
     );
     let mut down = 0;
+    let mut failover = None;
     for (role, node, health, status) in &reports {
         let state = match health {
             Ok((200, _)) => "up",
@@ -90,6 +91,9 @@ pub fn status(args: &SiteArgs, json: bool) -> anyhow::Result<()> {
         let errors = doc
             .as_ref()
             .map_or("-".into(), |d| d["responses_by_class"][4].to_string());
+        if failover.is_none() {
+            failover = doc.as_ref().and_then(|d| failover_line(&node.name, d));
+        }
         let details = doc.as_ref().map(details).unwrap_or_else(|| match status {
             Err(e) => e.to_string(),
             Ok(_) => String::new(),
@@ -103,6 +107,9 @@ pub fn status(args: &SiteArgs, json: bool) -> anyhow::Result<()> {
             requests,
             errors
         );
+    }
+    if let Some(line) = failover {
+        println!("{line}");
     }
     for warning in &warnings {
         println!("warning: {warning}");
@@ -140,6 +147,33 @@ fn details(doc: &serde_json::Value) -> String {
         return format!("database: {db}");
     }
     String::new()
+}
+
+/// What the load balancer `name` says of the automatic database failover, when it is
+/// the one deciding (it holds the floating address).
+fn failover_line(name: &str, doc: &serde_json::Value) -> Option<String> {
+    let f = doc.get("database_failover")?;
+    if f["deciding"] != true {
+        return None;
+    }
+    let mut line = format!(
+        "database failover: decided by {name}; primary {}; {} failover(s)",
+        f["primary"].as_str().unwrap_or("?"),
+        f["failovers"]
+    );
+    if let Some(last) = f.get("last").filter(|l| !l.is_null()) {
+        line += &format!(
+            " (last: {} -> {}, {}, in {} ms)",
+            last["from"].as_str().unwrap_or("?"),
+            last["to"].as_str().unwrap_or("?"),
+            last["at"].as_str().unwrap_or("?"),
+            last["took_ms"]
+        );
+    }
+    if let Some(waiting) = f["waiting"].as_str() {
+        line += &format!("; waiting: {waiting}");
+    }
+    Some(line)
 }
 
 /// Whether the load balancers run the same site file, by the hash each puts in its
@@ -204,6 +238,21 @@ mod tests {
         Some(
             json!({"cluster": {"config_hash": own, "peer": {"name": peer, "config_hash": peer_hash}}}),
         )
+    }
+
+    #[test]
+    fn the_deciding_load_balancer_tells_the_failover() {
+        let passive = serde_json::json!({"database_failover": {"deciding": false}});
+        assert_eq!(failover_line("lb2", &passive), None);
+        let active = serde_json::json!({"database_failover": {
+            "deciding": true, "primary": "replica1", "failovers": 1, "waiting": null,
+            "last": {"from": "primary", "to": "replica1", "at": "Fri, 27 Nov 2026 21:00:00 GMT", "took_ms": 5},
+        }});
+        assert_eq!(
+            failover_line("lb1", &active).unwrap(),
+            "database failover: decided by lb1; primary replica1; 1 failover(s) (last: \
+             primary -> replica1, Fri, 27 Nov 2026 21:00:00 GMT, in 5 ms)"
+        );
     }
 
     #[test]

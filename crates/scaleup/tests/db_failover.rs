@@ -206,6 +206,16 @@ async fn kill_9_of_the_primary_promotes_the_replica_and_loses_no_acknowledged_po
         metrics.contains("scaleup_db_failovers_total{node=\"lb1\"} 1"),
         "{metrics}"
     );
+    let out = scaleup()
+        .args(["status", "--site"])
+        .arg(&site)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("database failover: decided by lb1; primary replica1; 1 failover(s) (last: primary -> replica1"),
+        "{said}"
+    );
     // The passive one watched and did nothing.
     let status = json_of(&client, &format!("http://127.0.0.1:{}/status", base + 12)).await;
     assert_eq!(status["database_failover"]["deciding"], false, "{status}");
@@ -230,7 +240,15 @@ async fn kill_9_of_the_primary_promotes_the_replica_and_loses_no_acknowledged_po
         }
         assert!(
             Instant::now() < deadline,
-            "the returning primary did not rejoin within 30 s: {failover}"
+            "the returning primary did not rejoin within 30 s: {failover}; its error log \
+             ends: {}",
+            std::fs::read_to_string(state.path().join("mariadb/primary/error.log"))
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
