@@ -58,6 +58,9 @@ struct State {
     waiting: Option<String>,
     /// Old primaries fenced and rejoined as replicas, oldest first.
     rejoined: Vec<String>,
+    /// Old primaries fenced and kept out (they hold transactions the primary lacks), with
+    /// why: a person must look at them, so this stays until this process ends.
+    kept_out: Vec<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -218,7 +221,7 @@ impl Decider {
                 }
                 Err(e) => {
                     tracing::error!("database failover: {name} kept out: {e}");
-                    state.waiting = Some(format!("{name} kept out: {e}"));
+                    state.kept_out.push((name, e.to_string()));
                 }
             }
         }
@@ -338,6 +341,9 @@ impl lb::Beside for Decider {
             "failovers": self.failovers.load(Relaxed),
             "waiting": state.waiting,
             "rejoined": state.rejoined,
+            "kept_out": state.kept_out.iter().map(|(name, why)| {
+                serde_json::json!({ "server": name, "why": why })
+            }).collect::<Vec<_>>(),
             "last": state.last.as_ref().map(|f| serde_json::json!({
                 "at": httpdate::fmt_http_date(f.at),
                 "from": f.from,

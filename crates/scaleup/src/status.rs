@@ -173,6 +173,13 @@ fn failover_line(name: &str, doc: &serde_json::Value) -> Option<String> {
     if let Some(waiting) = f["waiting"].as_str() {
         line += &format!("; waiting: {waiting}");
     }
+    for kept in f["kept_out"].as_array().into_iter().flatten() {
+        line += &format!(
+            "; KEPT OUT: {}: {}",
+            kept["server"].as_str().unwrap_or("?"),
+            kept["why"].as_str().unwrap_or("?")
+        );
+    }
     Some(line)
 }
 

@@ -132,6 +132,7 @@
         f.failovers + ' failover(s)' +
         (f.last ? ' · last: ' + f.last.from + ' → ' + f.last.to + ', ' + f.last.at + ', in ' + f.last.took_ms + ' ms' : '') +
         (f.rejoined && f.rejoined.length ? ' · rejoined: ' + f.rejoined.join(', ') : '') +
+        (f.kept_out && f.kept_out.length ? ' · KEPT OUT: ' + f.kept_out.map((k) => k.server + ' (' + k.why + ')').join('; ') : '') +
         (f.waiting ? ' · ' + f.waiting : '')
       : 'no load balancer decides a database failover (manual, or SQLite)');
     for (const d of db.servers) {
