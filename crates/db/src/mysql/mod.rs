@@ -47,6 +47,7 @@ use crate::{DbError, MysqlConfig, Position, PositionRepr, Server, ServerStats, W
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/mysql");
 
 pub mod failover;
+mod gtid;
 mod monitor;
 mod routing;
 
