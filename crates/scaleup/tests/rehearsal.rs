@@ -164,6 +164,10 @@ fn post(hosts: &Hosts, token: &str, text: &str) -> Result<i64, u16> {
     let body = format!(r#"{{"body":"{text}"}}"#);
     let url = format!("http://{VIP}/api/posts");
     let (status, said) = hosts.client_http(&[
+        // A write stuck on a silent primary is given up after 3 s (curl takes the
+        // last `--max-time`), so the time writes come back is measured, not curl's.
+        "--max-time",
+        "3",
         "-H",
         "content-type: application/json",
         "-H",

@@ -32,8 +32,13 @@ pub use super::gtid::{Gtid, GtidList};
 use crate::DbError;
 
 /// How long connecting to a server for administration may take before it counts as
-/// unreachable. Short: a decider must not stall on a dead host.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// unreachable. Short: a decider must not stall on a dead host, and every look at one
+/// (three before a promotion, two more inside it) waits this long. A live server on a
+/// LAN answers within milliseconds; one too slow to is not promoted away from while a
+/// replica still receives from it (the partition guard), so a short wait is safe. 1 s
+/// against 2 s cut the rehearsal's failover after a pulled cable from about 13.7 s to
+/// about 10.5 s.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a statement of this module may take (a `MASTER_GTID_WAIT` has its own bound).
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
