@@ -177,7 +177,7 @@ async fn endless_continuation_frames_end_the_connection() {
             .unwrap();
         stream.write_all(&frame(4, 0, 0, &[])).unwrap(); // SETTINGS
                                                          // HEADERS without END_HEADERS: `:method GET` (static index 2), then a literal
-                                                         // header repeated in CONTINUATION frames, 16 MiB at most.
+                                                         // header repeated in CONTINUATION frames, 32 MiB at most.
         let literal = {
             let mut l = vec![0x40, 5];
             l.extend_from_slice(b"x-pad");
@@ -189,7 +189,7 @@ async fn endless_continuation_frames_end_the_connection() {
         };
         stream.write_all(&frame(1, 0, 1, &[0x82])).unwrap();
         let mut sent = 0usize;
-        while sent < 16 << 20 {
+        while sent < 32 << 20 {
             let mut block = Vec::new();
             for _ in 0..32 {
                 block.extend_from_slice(&literal);
@@ -203,8 +203,13 @@ async fn endless_continuation_frames_end_the_connection() {
     })
     .await
     .unwrap();
+    // The server closes the connection once the header block passes its limit; what
+    // the client managed to send before the reset is what was in flight in the socket
+    // buffers then, which depends on the machine's load (up to 4.3 MB seen under a
+    // full test run with 32 KiB of headers allowed). A server that kept reading would
+    // take all 32 MiB.
     assert!(
-        sent < 4 << 20,
+        sent < 16 << 20,
         "the server kept reading CONTINUATION frames ({sent} bytes)"
     );
     // And it still serves others.
