@@ -167,7 +167,8 @@ pub fn run(path: &Path, name: &str, supervised: bool, upgrade: bool) -> anyhow::
 }
 
 /// The database failover decider a load balancer runs beside it (`crate::decider`),
-/// when it can reach the database servers as an administrator: the managed ones.
+/// when it can reach the database servers as an administrator: the managed ones, or a
+/// site's own with the failover accounts of `[database]`.
 fn database_failover(
     site: &site::Site,
     active: tokio::sync::watch::Receiver<bool>,
