@@ -480,12 +480,7 @@ impl Instance {
         let Some(row) = status else {
             return Ok(());
         };
-        let host: String = row
-            .try_get::<Option<Vec<u8>>, _>("Master_Host")
-            .ok()
-            .flatten()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
+        let host = crate::mysql::status_text(&row, "Master_Host");
         let port: u32 = row.try_get("Master_Port").unwrap_or_default();
         Err(self.setup_error(
             format!(
@@ -583,13 +578,7 @@ impl Instance {
                 .fetch_one(&mut conn)
                 .await
                 .map_err(|e| fail("reading the replica status", e))?;
-            let text = |col: &str| {
-                row.try_get::<Option<Vec<u8>>, _>(col)
-                    .ok()
-                    .flatten()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default()
-            };
+            let text = |col: &str| crate::mysql::status_text(&row, col);
             let (io, sql) = (text("Slave_IO_Running"), text("Slave_SQL_Running"));
             if io == "Yes" && sql == "Yes" {
                 break;

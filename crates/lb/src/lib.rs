@@ -157,8 +157,6 @@ pub(crate) struct Live {
     pub targets: Vec<Option<SocketAddr>>,
     /// One line per HTTP request (TLS relayed in `tcp` mode is not seen here).
     log: AccessLog,
-    /// The file and format `log` writes, to reopen it only when they change.
-    log_to: (Option<std::path::PathBuf>, net::access_log::LogFormat),
 }
 
 impl Live {
@@ -171,10 +169,10 @@ impl Live {
     /// where `config` says (else to the file it names, opened here).
     fn new(config: &Config, pool: Arc<Pool>, log: Option<&Live>) -> std::io::Result<Live> {
         let b = &config.balancer;
-        let log_to = (config.access_log.clone(), config.log_format);
+        let (path, format) = (config.access_log.as_deref(), config.log_format);
         let log = match log {
-            Some(live) if live.log_to == log_to => live.log.clone(),
-            _ => AccessLog::open(config.access_log.as_deref())?.with_format(config.log_format),
+            Some(live) => live.log.reopened(path, format)?,
+            None => AccessLog::open(path)?.with_format(format),
         };
         Ok(Live {
             pool,
@@ -188,7 +186,6 @@ impl Live {
             trusted: Trusted::blocks(b.trusted_proxies.iter().copied()),
             targets: config.servers_tls.clone(),
             log,
-            log_to,
         })
     }
 }

@@ -23,7 +23,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
@@ -49,6 +49,8 @@ pub struct AccessLog {
     dropped: Arc<AtomicU64>,
     /// How lines are written: nginx's combined format, or JSON.
     format: LogFormat,
+    /// The file it appends to (`None`: standard output).
+    path: Option<PathBuf>,
 }
 
 /// Lines waiting for the writer at most: a few seconds of a busy node's traffic,
@@ -78,7 +80,10 @@ impl AccessLog {
             }
             None => Box::new(std::io::stdout()),
         };
-        Self::with_queue(sink, QUEUE)
+        Ok(AccessLog {
+            path: path.map(Path::to_path_buf),
+            ..Self::with_queue(sink, QUEUE)?
+        })
     }
 
     fn with_queue(sink: Box<dyn Write + Send>, queue: usize) -> std::io::Result<AccessLog> {
@@ -90,6 +95,7 @@ impl AccessLog {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
             format: LogFormat::Combined,
+            path: None,
         })
     }
 
@@ -97,6 +103,15 @@ impl AccessLog {
     pub fn with_format(mut self, format: LogFormat) -> AccessLog {
         self.format = format;
         self
+    }
+
+    /// The log a reload asks for: this one when it already writes to `path` in
+    /// `format` (its file and writer thread go on), else a new one opened there.
+    pub fn reopened(&self, path: Option<&Path>, format: LogFormat) -> std::io::Result<AccessLog> {
+        if self.path.as_deref() == path && self.format == format {
+            return Ok(self.clone());
+        }
+        Ok(AccessLog::open(path)?.with_format(format))
     }
 
     /// Lines dropped because the writer could not keep up.

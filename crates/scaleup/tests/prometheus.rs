@@ -13,30 +13,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Prometheus's program, when installed. Under `CI=true` a missing one fails the test
-/// (CI must run it); elsewhere the test is skipped, loudly.
+/// Prometheus's program, when installed (see `common::needs`).
 fn prometheus_binary() -> Option<PathBuf> {
-    let found = ["/usr/bin/prometheus", "/usr/sbin/prometheus"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .or_else(|| {
-            Command::new("prometheus")
-                .arg("--version")
-                .output()
-                .ok()
-                .map(|_| PathBuf::from("prometheus"))
-        });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "prometheus is not installed, and CI must run the Prometheus test: run scripts/install-test-deps"
-        );
-        eprintln!(
-            "\n*** SKIPPING Prometheus test: prometheus is not installed (apt-get install prometheus) ***\n"
-        );
-    }
-    found
+    let found = program("prometheus");
+    needs(found.is_some(), "prometheus", "prometheus").then_some(found?)
 }
 
 /// PromQL's words that are not metric names: operators, modifiers and the

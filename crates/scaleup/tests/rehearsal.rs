@@ -30,12 +30,9 @@ struct Database {
     socket: PathBuf,
 }
 
+/// `name`'s path, for a command run inside a host (`ip netns exec` needs one).
 fn program(name: &str) -> String {
-    ["/usr/sbin", "/usr/bin"]
-        .iter()
-        .map(|dir| format!("{dir}/{name}"))
-        .find(|p| Path::new(p).exists())
-        .unwrap_or_else(|| name.to_string())
+    common::program(name).map_or_else(|| name.to_string(), |p| p.display().to_string())
 }
 
 /// Statements run as root over the server's socket (reachable from this namespace: a

@@ -13,23 +13,13 @@ use std::time::Duration;
 use common::*;
 use nix::sys::signal::Signal;
 
-/// `true` when `systemd-analyze` is installed. Under `CI=true` a missing one fails the
-/// test; elsewhere the test is skipped, loudly.
+/// `true` when `systemd-analyze` is installed (see `common::needs`).
 fn systemd_analyze_available() -> bool {
-    let found = Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "systemd-analyze is not installed, and CI must verify the units: run scripts/install-test-deps"
-        );
-        eprintln!(
-            "\n*** SKIPPING: systemd-analyze is not installed (apt-get install systemd) ***\n"
-        );
-    }
-    found
+    needs(
+        program("systemd-analyze").is_some(),
+        "systemd-analyze",
+        "systemd",
+    )
 }
 
 /// The example site as installed on servers: a linux-mode cluster on port 80, the web

@@ -110,8 +110,6 @@ struct Live {
     /// The application servers; a reload's new pool keeps the state of those that stay.
     pool: Arc<Pool>,
     log: AccessLog,
-    /// The file and format `log` writes, to reopen it only when they change.
-    log_to: (Option<PathBuf>, net::access_log::LogFormat),
     /// Added to every response that lacks them.
     headers: Vec<(HeaderName, HeaderValue)>,
     hsts: Option<HeaderValue>,
@@ -161,17 +159,16 @@ impl Live {
             _ => StaticFiles::new(&config.root)
                 .map_err(|e| anyhow::anyhow!("document root {}: {e}", config.root.display()))?,
         };
-        let log_to = (config.access_log.clone(), config.log_format);
+        let (path, format) = (config.access_log.as_deref(), config.log_format);
         let log = match old {
-            Some(old) if old.log_to == log_to => old.log.clone(),
-            _ => AccessLog::open(config.access_log.as_deref())?.with_format(config.log_format),
+            Some(old) => old.log.reopened(path, format)?,
+            None => AccessLog::open(path)?.with_format(format),
         };
         Ok(Live {
             files,
             root: config.root.clone(),
             pool,
             log,
-            log_to,
             headers,
             hsts,
             cache,

@@ -864,13 +864,7 @@ async fn slave_status(
     let Some(row) = row else {
         return Ok(None);
     };
-    let text = |col: &str| {
-        row.try_get::<Option<Vec<u8>>, _>(col)
-            .ok()
-            .flatten()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    };
+    let text = |col: &str| super::status_text(&row, col);
     let port: u32 = row.try_get("Master_Port").unwrap_or_default();
     Ok(Some(SlaveStatus {
         master: format!("{}:{port}", text("Master_Host")),

@@ -218,6 +218,16 @@ pub(crate) struct Mysql {
     monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// A text column of `SHOW SLAVE STATUS`, which MariaDB sends as bytes; empty when the
+/// column is missing or NULL.
+pub(crate) fn status_text(row: &sqlx::mysql::MySqlRow, column: &str) -> String {
+    row.try_get::<Option<Vec<u8>>, _>(column)
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
 fn options(server: &Server) -> MySqlConnectOptions {
     MySqlConnectOptions::new()
         .host(&server.host)

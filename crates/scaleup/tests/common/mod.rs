@@ -327,27 +327,39 @@ pub fn start_up(base: u16, state: &Path) -> Proc {
     up
 }
 
-/// `true` when MariaDB's server is installed. Under `CI=true` a missing server fails the
-/// test (CI must run the database-tier tests); elsewhere the test is skipped, loudly.
-pub fn mariadb_available() -> bool {
-    let found = [
-        "/usr/sbin/mariadbd",
-        "/usr/bin/mariadbd",
-        "/usr/local/sbin/mariadbd",
-    ]
-    .iter()
-    .any(|p| Path::new(p).exists())
-        || Command::new("mariadbd").arg("--version").output().is_ok();
+/// Where `name` is installed: Debian puts server programs in /usr/sbin, which a
+/// non-root `PATH` often lacks, so those folders are looked in first.
+pub fn program(name: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.exists())
+        .or_else(|| {
+            Command::new(name)
+                .arg("--version")
+                .output()
+                .ok()
+                .map(|_| PathBuf::from(name))
+        })
+}
+
+/// What a test needs beyond Rust: `true` when `found`. Under `CI=true` a missing one
+/// fails the test (CI must run it; `scripts/install-test-deps` installs it); elsewhere
+/// the test is skipped, loudly.
+pub fn needs(found: bool, what: &str, package: &str) -> bool {
     if !found {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
-            "mariadbd is not installed, and CI must run the MariaDB tests: run scripts/install-test-deps"
+            "{what} is not installed, and CI must run this test: run scripts/install-test-deps"
         );
-        eprintln!(
-            "\n*** SKIPPING MariaDB test: mariadbd is not installed (apt-get install mariadb-server) ***\n"
-        );
+        eprintln!("\n*** SKIPPING: {what} is not installed (apt-get install {package}) ***\n");
     }
     found
+}
+
+/// `true` when MariaDB's server is installed (see [`needs`]).
+pub fn mariadb_available() -> bool {
+    needs(program("mariadbd").is_some(), "mariadbd", "mariadb-server")
 }
 
 /// The password the tests give the accounts they make: long enough for the app's rule.
