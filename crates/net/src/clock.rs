@@ -14,6 +14,14 @@
 //!
 //! HTTP/2 connections (ALPN `h2`, or the cleartext preface) get only the idle rule:
 //! a 408 in HTTP/1 bytes would mean nothing inside HTTP/2 framing.
+//!
+//! The clock also says when a plain HTTP/1 connection may be *parked*: hyper keeps
+//! 16 KiB of buffers per connection for as long as the connection lives, idle or
+//! not, so 10,000 idle clients would cost 160 MB. Once a connection has been idle
+//! for a moment (its last answer out, no byte of a new head), [`Watched`] stops
+//! handing bytes to hyper and raises [`Clock::park_wanted`]; the connection's task
+//! then closes hyper's side (the socket stays open) and waits for the client's next
+//! bytes with nothing but the socket, as HAProxy and nginx do (see `server`).
 
 use std::future::Future;
 use std::io;
@@ -22,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -33,6 +42,9 @@ pub struct Clock {
     state: Mutex<State>,
     head: Duration,
     idle: Duration,
+    /// How long an idle HTTP/1 connection keeps hyper's buffers before it is parked;
+    /// `None`: never parked (TLS, HTTP/2).
+    park_after: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -48,12 +60,26 @@ struct State {
     /// The connection was upgraded (a WebSocket): its bytes are no longer HTTP, and
     /// the tunnel's own idle timeout applies instead of this clock.
     tunnel: bool,
+    /// A request in progress carries a body: hyper may still hold some of it
+    /// unread, so the connection is not parked after its answer.
+    bodied: bool,
+    /// When the idle connection may be parked (meaningful while `in_flight == 0`).
+    park_at: Option<Instant>,
+    /// Parking was asked: reads give hyper nothing until the connection's task has
+    /// taken the socket back.
+    parking: bool,
 }
 
 impl Clock {
     /// A clock for a new connection: its first head must come within `head`; a
-    /// kept-alive connection may then idle `idle` between requests.
-    pub fn new(head: Duration, idle: Duration, h2: bool) -> Arc<Clock> {
+    /// kept-alive connection may then idle `idle` between requests, and is parked
+    /// after `park_after` of it (`None`: never).
+    pub fn new(
+        head: Duration,
+        idle: Duration,
+        h2: bool,
+        park_after: Option<Duration>,
+    ) -> Arc<Clock> {
         Arc::new(Clock {
             state: Mutex::new(State {
                 in_flight: 0,
@@ -61,16 +87,22 @@ impl Clock {
                 head_started: false,
                 h2,
                 tunnel: false,
+                bodied: false,
+                park_at: None,
+                parking: false,
             }),
             head,
             idle,
+            park_after,
         })
     }
 
-    /// A request head was parsed: the clock stops while it is answered.
-    pub fn request_started(&self) {
+    /// A request head was parsed (`bodied`: a body follows it): the clock stops
+    /// while it is answered.
+    pub fn request_started(&self, bodied: bool) {
         let mut s = self.state.lock().expect("clock lock");
         s.in_flight += 1;
+        s.bodied |= bodied;
     }
 
     /// Whether a request is being answered now.
@@ -89,9 +121,43 @@ impl Clock {
         let mut s = self.state.lock().expect("clock lock");
         s.in_flight = s.in_flight.saturating_sub(1);
         if s.in_flight == 0 {
+            let now = Instant::now();
             s.head_started = false;
-            s.deadline = Instant::now() + self.idle;
+            s.deadline = now + self.idle;
+            s.park_at = match self.park_after {
+                Some(after) if !s.bodied && !s.h2 => Some(now + after),
+                _ => None,
+            };
+            s.bodied = false;
         }
+    }
+
+    /// Whether the connection's HTTP side should be closed now to park the socket:
+    /// [`Watched`] asked for it, and no request has started since.
+    pub fn park_wanted(&self) -> bool {
+        let s = self.state.lock().expect("clock lock");
+        s.parking && s.in_flight == 0 && !s.head_started
+    }
+
+    /// The connection's task took the socket back (or gave parking up): reads go to
+    /// hyper again, and the next answer may park it again.
+    pub fn unparked(&self) {
+        let mut s = self.state.lock().expect("clock lock");
+        s.parking = false;
+        s.park_at = None;
+    }
+}
+
+/// A byte stream that can say when bytes are waiting, without reading them: what a
+/// parked connection waits on, holding no buffer.
+pub trait ReadReady {
+    /// `Ready` when a read would not block (bytes, the end of the stream, an error).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
     }
 }
 
@@ -104,6 +170,10 @@ pub struct Watched<T> {
     answering: Option<usize>,
     /// Whether the first bytes were looked at (for the HTTP/2 preface).
     sniffed: bool,
+    /// Bytes read from the socket that are to be read again first: what hyper had
+    /// read but not used when its side of a parked connection closed, or the first
+    /// bytes looked at for the HTTP/2 preface.
+    replay: Bytes,
 }
 
 impl<T> Watched<T> {
@@ -115,6 +185,61 @@ impl<T> Watched<T> {
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
             answering: None,
             sniffed: false,
+            replay: Bytes::new(),
+        }
+    }
+
+    /// Puts `bytes` back in front of what is still to be read.
+    pub fn replay(&mut self, bytes: Bytes) {
+        self.replay = if self.replay.is_empty() {
+            bytes
+        } else {
+            [bytes, std::mem::take(&mut self.replay)].concat().into()
+        };
+    }
+}
+
+impl<T: ReadReady> Watched<T> {
+    /// Waits, holding no buffer, until the client's next bytes (`Ok(true)`), or until
+    /// the idle (or first head) timeout passes with none (`Ok(false)`).
+    pub async fn next_bytes(&mut self) -> io::Result<bool> {
+        std::future::poll_fn(|cx| {
+            if !self.replay.is_empty() {
+                return Poll::Ready(Ok(true));
+            }
+            let deadline = self.clock.state.lock().expect("clock lock").deadline;
+            if self.sleep.deadline() != deadline {
+                self.sleep.as_mut().reset(deadline);
+            }
+            if self.sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(false));
+            }
+            self.inner.poll_read_ready(cx).map_ok(|()| true)
+        })
+        .await
+    }
+}
+
+impl<T> Watched<T> {
+    /// Sets the timer to the moment the idle connection is to be parked or closed,
+    /// or its head to be answered with 408, so that the task wakes then even if
+    /// nothing else happens on the connection.
+    fn arm(&mut self, cx: &mut Context<'_>) {
+        let wake_at = {
+            let s = self.clock.state.lock().expect("clock lock");
+            if s.in_flight > 0 || s.tunnel || s.parking {
+                return;
+            }
+            match s.park_at {
+                Some(at) if !s.head_started => at.min(s.deadline),
+                _ => s.deadline,
+            }
+        };
+        if self.sleep.deadline() != wake_at {
+            self.sleep.as_mut().reset(wake_at);
+            if self.sleep.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
         }
     }
 }
@@ -151,19 +276,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Watched<T> {
         if this.answering.is_some() {
             return this.poll_answer(cx);
         }
-        let (waiting, deadline, head_started, h2) = {
+        let (waiting, deadline, head_started, h2, park_at) = {
             let s = this.clock.state.lock().expect("clock lock");
             if s.tunnel {
                 drop(s);
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
-            (s.in_flight == 0, s.deadline, s.head_started, s.h2)
+            if s.parking {
+                // hyper gets nothing more: it is about to be closed, idle.
+                return Poll::Pending;
+            }
+            let park_at = s.park_at.filter(|_| !s.head_started);
+            (s.in_flight == 0, s.deadline, s.head_started, s.h2, park_at)
         };
         if waiting {
-            if this.sleep.deadline() != deadline {
-                this.sleep.as_mut().reset(deadline);
+            let wake_at = park_at.map_or(deadline, |at| at.min(deadline));
+            if this.sleep.deadline() != wake_at {
+                this.sleep.as_mut().reset(wake_at);
             }
-            if this.sleep.as_mut().poll(cx).is_ready() {
+            if this.sleep.as_mut().poll(cx).is_ready() && Instant::now() >= deadline {
                 if head_started && !h2 {
                     this.answering = Some(0);
                     return this.poll_answer(cx);
@@ -173,7 +304,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Watched<T> {
             }
         }
         let before = buf.filled().len();
-        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(n));
+            if this.replay.is_empty() {
+                // An empty view still holds the whole buffer it was cut from.
+                this.replay = Bytes::new();
+            }
+        } else if Pin::new(&mut this.inner).poll_read(cx, buf)?.is_pending() {
+            if waiting && park_at.is_some_and(|at| Instant::now() >= at) {
+                // Idle long enough, and nothing more came: hand the socket back.
+                this.clock.state.lock().expect("clock lock").parking = true;
+                cx.waker().wake_by_ref();
+            }
+            return Poll::Pending;
+        }
         let got = &buf.filled()[before..];
         if !got.is_empty() {
             let mut s = this.clock.state.lock().expect("clock lock");
@@ -200,10 +345,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // hyper flushes after an answer's last bytes, and may not read again before
+        // the client's next bytes: this is where the idle clock's timer is set.
+        self.arm(cx);
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.clock.state.lock().expect("clock lock").parking {
+            // hyper closing its side of a parked connection: the socket stays open.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 

@@ -71,6 +71,18 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Lent<IO> {
     }
 }
 
+impl<IO: crate::clock::ReadReady> crate::clock::ReadReady for Lent<IO> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &self.io {
+            Some(io) => io.poll_read_ready(cx),
+            None => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "socket returned",
+            ))),
+        }
+    }
+}
+
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Lent<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,

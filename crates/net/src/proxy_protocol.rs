@@ -164,6 +164,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
     }
 }
 
+impl<S: crate::clock::ReadReady> crate::clock::ReadReady for Replay<S> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            return Poll::Ready(Ok(()));
+        }
+        self.inner.poll_read_ready(cx)
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,

@@ -6,7 +6,6 @@
 //! Malformed request lines and oversize heads are answered by hyper's parser itself
 //! (400, 431, 414) before a handler ever runs, so no role can forget them.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,18 +14,16 @@ use std::time::Duration;
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
+mod connection;
+
+use connection::{Conn, Protocols};
+
 use crate::budget::{Budget, LogEvery, Slot};
-use crate::clock::{Clock, Watched};
-use crate::linger::Lent;
-use crate::proxy_protocol::Replay;
-use crate::tunnel::Hold;
 use crate::{Body, Metrics, Shutdown};
 
 /// What a request carries about its connection, in its extensions.
@@ -154,17 +151,22 @@ pub async fn serve<H: Handler>(
 /// from exhausting the server with protocol tricks: a cap on concurrent streams, on
 /// the header block (an endless CONTINUATION sequence ends at this size), and on
 /// streams reset before they were served (the "rapid reset" attack).
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+fn protocols(limits: &Limits) -> Protocols {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         // Our own clock answers a slow head with 408 (hyper would just close).
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
-    builder
-        .http2()
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    // The same HTTP/1 settings, for TLS connections.
+    auto.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    auto.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(128)
         .max_header_list_size(limits.max_header_bytes.max(8192) as u32)
@@ -172,7 +174,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_local_error_reset_streams(Some(256))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    builder
+    Protocols { auto, http1 }
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on `listener`, opened as `transport` says, with
@@ -186,14 +188,14 @@ pub async fn serve_with<H: Handler>(
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let tracker = TaskTracker::new();
-    let builder = Arc::new(http_builder(&limits));
+    let protocols = Arc::new(protocols(&limits));
     let transport = Arc::new(transport);
     let mut acceptor = Acceptor::new(listener, limits.budget.clone(), shutdown.clone());
     let limits = Arc::new(limits);
     while let Some((stream, peer, slot)) = acceptor.next().await {
         let conn = Conn {
             handler: handler.clone(),
-            builder: builder.clone(),
+            protocols: protocols.clone(),
             limits: limits.clone(),
             shutdown: shutdown.clone(),
         };
@@ -307,275 +309,6 @@ fn refuse(stream: TcpStream, peer: SocketAddr, budget: &Budget) {
              per-client cap ({} refused in all)",
             budget.refused()
         );
-    }
-}
-
-/// What one connection's task needs.
-struct Conn<H> {
-    handler: Arc<H>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    limits: Arc<Limits>,
-    shutdown: Shutdown,
-}
-
-/// How long a connection between requests (or accepted just before shutdown) has,
-/// once the node drains, to send its next request: it is served, with `Connection:
-/// close`, not closed under a client that may be sending it (a busy client sends
-/// within milliseconds; an idle one is closed after this).
-const REQUEST_GRACE: Duration = Duration::from_secs(1);
-
-/// The wait for a first request (and between requests) on a connection accepted
-/// while the node's budget was nearly spent: long enough for a real client on a slow
-/// network, short enough that idle sockets cannot keep the last places.
-const PRESSED_WAIT: Duration = Duration::from_secs(3);
-
-impl<H: Handler> Conn<H> {
-    /// Serves the connection on a task of `tracker`.
-    fn spawn(
-        self,
-        tracker: &TaskTracker,
-        stream: TcpStream,
-        peer: SocketAddr,
-        transport: &Arc<Transport>,
-        metrics: &Arc<Metrics>,
-        slot: Slot,
-    ) {
-        let _ = stream.set_nodelay(true);
-        let transport = transport.clone();
-        let metrics = metrics.clone();
-        metrics.connection_opened();
-        tracker.spawn(async move {
-            let pressed = slot.pressed();
-            // A WebSocket tunnel outlives the connection's HTTP: it holds the
-            // connection (its budget place, the drain's wait) until it ends.
-            let (hold, held) = crate::tunnel::Hold::new(metrics.clone());
-            self.open(stream, peer, &transport, pressed, hold).await;
-            held.released().await;
-            metrics.connection_closed();
-            drop(slot);
-        });
-    }
-
-    /// The PROXY header and the TLS handshake (both within the head timeout), then
-    /// HTTP. `pressed`: the node's budget is nearly spent, so the client gets
-    /// [`PRESSED_WAIT`] at most for its first request.
-    async fn open(
-        self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        transport: &Transport,
-        pressed: bool,
-        hold: Hold,
-    ) {
-        let head = if pressed {
-            self.limits.header_timeout.min(PRESSED_WAIT)
-        } else {
-            self.limits.header_timeout
-        };
-        let (peer, stream) = if transport.proxy_from.is_empty() {
-            (peer, Replay::new(Vec::new(), stream))
-        } else {
-            let accepted = tokio::time::timeout(
-                head,
-                crate::proxy_protocol::accept(stream, peer, &transport.proxy_from),
-            )
-            .await;
-            match accepted {
-                Ok(Ok(opened)) => opened,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "connection refused: {e}");
-                    return;
-                }
-                Err(_) => return,
-            }
-        };
-        // Each kind of connection's HTTP future is boxed on its own: inline, the task
-        // of every connection, plain or not and idle or not, was as large as the
-        // largest (TLS) one. Measured on the load balancer, 5,000 idle kept-alive
-        // clients: 30.2 KiB each before, 24.6 KiB after.
-        let Some(tls) = &transport.tls else {
-            return Box::pin(self.http(stream, peer, false, false, head, hold)).await;
-        };
-        match tokio::time::timeout(head, tls.accept(stream)).await {
-            Ok(Ok(stream)) => {
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                Box::pin(self.http(stream, peer, true, h2, head, hold)).await
-            }
-            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake not finished within {head:?}"),
-        }
-    }
-
-    /// Serves HTTP on `io`; `hold` goes into every request, for a tunnel to keep.
-    async fn http<IO>(
-        self,
-        io: IO,
-        peer: SocketAddr,
-        secure: bool,
-        h2: bool,
-        head: Duration,
-        hold: Hold,
-    ) where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let idle = if head < self.limits.header_timeout {
-            self.limits.keepalive_timeout.min(head)
-        } else {
-            self.limits.keepalive_timeout
-        };
-        let clock = Clock::new(head, idle, h2);
-        // Lent to hyper, so that a connection closed with a request body still coming
-        // can linger (see `linger`).
-        let (io, returned) = Lent::new(io);
-        let io = TokioIo::new(Watched::new(io, clock.clone()));
-        let linger = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let linger_tx = linger.clone();
-        let info = ConnInfo { secure };
-        let handler = self.handler.clone();
-        let max_body = self.limits.max_body_bytes;
-        // Requests started and answers finished: the drain below closes a connection
-        // only once it has been quiet for a while (see `REQUEST_GRACE`).
-        let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let activity_tx = activity.clone();
-        let drain_clock = clock.clone();
-        let draining = self.shutdown.clone();
-        let abandoned = Arc::new(Abandoned::default());
-        let abandoned_tx = abandoned.clone();
-        let service = service_fn(move |mut req: Request<Incoming>| {
-            let handler = handler.clone();
-            let clock = clock.clone();
-            let abandoned = abandoned_tx.clone();
-            let linger = linger_tx.clone();
-            let hold = hold.clone();
-            let activity = activity_tx.clone();
-            activity.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let draining = draining.clone();
-            async move {
-                clock.request_started();
-                let mut pending = Pending {
-                    clock: clock.clone(),
-                    abandoned,
-                    answered: false,
-                };
-                req.extensions_mut().insert(info);
-                req.extensions_mut().insert(hold);
-                let http1 = req.version() < Version::HTTP_2;
-                let mut resp = match too_large(&req, max_body) {
-                    Some(refusal) => refusal,
-                    None => handler.handle(req, peer).await,
-                };
-                // Draining: this answer is the connection's last, and says so (an
-                // HTTP/1 client can only learn it from the answer; a connection
-                // closed under it might take its next request with it).
-                if http1
-                    && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-                    && draining.is_triggered()
-                {
-                    resp.headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                // A hop that answers before reading the body (413, a broken body)
-                // says `Connection: close`: the client may still be sending.
-                if http1 && resp.headers().get(CONNECTION).is_some_and(|v| v == "close") {
-                    linger.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                // Once the 101 is out the bytes are the tunnel's, not HTTP heads.
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    clock.tunnel();
-                }
-                pending.answered = true;
-                drop(pending);
-                let done = move |_| {
-                    clock.response_done();
-                    activity.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                };
-                Ok::<_, Infallible>(resp.map(|body| crate::finish::on_finish(body, done)))
-            }
-        });
-        {
-            // With upgrades: hyper hands the socket to a WebSocket after its 101.
-            let conn = self.builder.serve_connection_with_upgrades(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = abandoned.too_many.notified() => {
-                    tracing::warn!(
-                        %peer,
-                        "closing a connection whose client cancelled most of its requests \
-                         before they were answered (an HTTP/2 rapid-reset attack?)"
-                    );
-                }
-                _ = self.shutdown.wait() => {
-                    // HTTP/1: the next answer says `Connection: close` (above) and
-                    // hyper closes after it; closing between requests instead could
-                    // meet a request already on the wire. A connection quiet for
-                    // `REQUEST_GRACE` is closed. HTTP/2 has GOAWAY, which tells the
-                    // client which streams were not taken, so it retries those.
-                    if !h2 {
-                        loop {
-                            let before = activity.load(std::sync::atomic::Ordering::Relaxed);
-                            tokio::select! {
-                                _ = conn.as_mut() => return,
-                                _ = tokio::time::sleep(REQUEST_GRACE) => {}
-                            }
-                            let quiet = activity.load(std::sync::atomic::Ordering::Relaxed) == before;
-                            if quiet && !drain_clock.busy() {
-                                break;
-                            }
-                        }
-                    }
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        }
-        // hyper has dropped the socket and with it given it back.
-        if linger.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok(Ok(io)) = tokio::time::timeout(Duration::from_millis(100), returned).await {
-                crate::linger::close(io).await;
-            }
-        }
-    }
-}
-
-/// Requests of one connection whose handler was dropped before it answered: an
-/// HTTP/2 client can reset streams as fast as it opens them, and each reset stream
-/// still costs the start of a handler while no longer counting against the
-/// concurrent-stream limit (CVE-2023-44487, in its slow form that hyper's own
-/// reset-before-accept limit does not see).
-#[derive(Default)]
-struct Abandoned {
-    answered: std::sync::atomic::AtomicU64,
-    cancelled: std::sync::atomic::AtomicU64,
-    /// Woken when the connection should be closed.
-    too_many: tokio::sync::Notify,
-}
-
-/// Cancelled requests a connection may have before its ratio counts: browsers cancel
-/// a few streams when a user navigates away, never hundreds.
-const CANCELLED_ALLOWANCE: u64 = 100;
-
-/// Accounts for one request until its handler answers; dropped unanswered, it keeps
-/// the connection's clock right and counts the cancellation.
-struct Pending {
-    clock: Arc<Clock>,
-    abandoned: Arc<Abandoned>,
-    answered: bool,
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.answered {
-            self.abandoned.answered.fetch_add(1, Relaxed);
-            return;
-        }
-        // The response will never be sent, so the clock must not wait for it.
-        self.clock.response_done();
-        let cancelled = self.abandoned.cancelled.fetch_add(1, Relaxed) + 1;
-        if cancelled > CANCELLED_ALLOWANCE && cancelled > self.abandoned.answered.load(Relaxed) {
-            self.abandoned.too_many.notify_one();
-        }
     }
 }
 

@@ -1,0 +1,509 @@
+//! One accepted connection, from its first byte to its close: the PROXY header and
+//! TLS, then HTTP through hyper, with the head clock, the drain and lingering close.
+//!
+//! A plain HTTP/1 connection is served in rounds. hyper holds a read and a write
+//! buffer (8 KiB each) for as long as its connection lives, so a connection that
+//! goes idle between requests is *parked*: once it has been quiet for
+//! [`PARK_AFTER`] (see [`crate::clock`]), hyper's side is closed while the socket
+//! stays open, and the task waits for the client's next bytes holding only the
+//! socket and its clock; those bytes start a new round on a new hyper connection.
+//! Only bytes hyper had read and not used (a pipelined request, at most) cross from
+//! one round to the next, through [`Watched::replay`]. TLS connections are not
+//! parked (rustls keeps its own buffers, and may hold a whole record already read),
+//! nor HTTP/2 ones (their idle state is hyper's to keep).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::CONNECTION;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::{service_fn, Service};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
+
+use super::{too_large, Handler, Limits, Transport};
+use crate::budget::Slot;
+use crate::clock::{Clock, Watched};
+use crate::linger::Lent;
+use crate::proxy_protocol::Replay;
+use crate::tunnel::Hold;
+use crate::{Body, Metrics, Shutdown};
+
+/// hyper's settings for the connections of one listener.
+pub(super) struct Protocols {
+    /// HTTP/1.1 or HTTP/2, by the client's first bytes: TLS connections, and a
+    /// plain one that opens with the HTTP/2 preface.
+    pub auto: auto::Builder<TokioExecutor>,
+    /// The rounds of a plain HTTP/1 connection.
+    pub http1: http1::Builder,
+}
+
+/// How long an idle plain HTTP/1 connection keeps hyper's buffers before it is
+/// parked. Long enough that a busy keep-alive client (its next request comes within
+/// a round trip) never pays for a new round; short enough that idle clients cost a
+/// socket, not 16 KiB each.
+const PARK_AFTER: Duration = Duration::from_millis(20);
+
+/// How long a connection between requests (or accepted just before shutdown) has,
+/// once the node drains, to send its next request: it is served, with `Connection:
+/// close`, not closed under a client that may be sending it (a busy client sends
+/// within milliseconds; an idle one is closed after this).
+const REQUEST_GRACE: Duration = Duration::from_secs(1);
+
+/// The wait for a first request (and between requests) on a connection accepted
+/// while the node's budget was nearly spent: long enough for a real client on a slow
+/// network, short enough that idle sockets cannot keep the last places.
+const PRESSED_WAIT: Duration = Duration::from_secs(3);
+
+/// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What one connection's task needs.
+pub(super) struct Conn<H> {
+    pub handler: Arc<H>,
+    pub protocols: Arc<Protocols>,
+    pub limits: Arc<Limits>,
+    pub shutdown: Shutdown,
+}
+
+/// What a connection's requests tell its task.
+#[derive(Default)]
+struct Shared {
+    /// An answer said `Connection: close` before the request body was read: the
+    /// socket lingers when it closes (see `linger`).
+    linger: AtomicBool,
+    /// Requests started and answers finished: the drain closes a connection only
+    /// once it has been quiet for a while (see [`REQUEST_GRACE`]).
+    activity: AtomicU64,
+    abandoned: Abandoned,
+}
+
+/// How a round of HTTP on a connection ended.
+enum Round {
+    /// The connection is done: closed by either side, upgraded, or failed.
+    Over,
+    /// hyper's side was closed on an idle connection; the socket can be taken back.
+    Parked,
+}
+
+impl<H: Handler> Conn<H> {
+    /// Serves the connection on a task of `tracker`.
+    pub fn spawn(
+        self,
+        tracker: &TaskTracker,
+        stream: TcpStream,
+        peer: SocketAddr,
+        transport: &Arc<Transport>,
+        metrics: &Arc<Metrics>,
+        slot: Slot,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let transport = transport.clone();
+        let metrics = metrics.clone();
+        metrics.connection_opened();
+        tracker.spawn(async move {
+            let pressed = slot.pressed();
+            // A WebSocket tunnel outlives the connection's HTTP: it holds the
+            // connection (its budget place, the drain's wait) until it ends.
+            let (hold, held) = Hold::new(metrics.clone());
+            self.open(stream, peer, &transport, pressed, hold).await;
+            held.released().await;
+            metrics.connection_closed();
+            drop(slot);
+        });
+    }
+
+    /// The PROXY header and the TLS handshake (both within the head timeout), then
+    /// HTTP. `pressed`: the node's budget is nearly spent, so the client gets
+    /// [`PRESSED_WAIT`] at most for its first request.
+    async fn open(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        transport: &Transport,
+        pressed: bool,
+        hold: Hold,
+    ) {
+        let head = if pressed {
+            self.limits.header_timeout.min(PRESSED_WAIT)
+        } else {
+            self.limits.header_timeout
+        };
+        let (peer, stream) = if transport.proxy_from.is_empty() {
+            (peer, Replay::new(Vec::new(), stream))
+        } else {
+            let accepted = Box::pin(tokio::time::timeout(
+                head,
+                crate::proxy_protocol::accept(stream, peer, &transport.proxy_from),
+            ))
+            .await;
+            match accepted {
+                Ok(Ok(opened)) => opened,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "connection refused: {e}");
+                    return;
+                }
+                Err(_) => return,
+            }
+        };
+        // Each kind of connection's future is boxed on its own: inline, the task of
+        // every connection, plain or not and idle or not, would be as large as the
+        // largest (TLS, with rustls's state and HTTP/2's) one.
+        match &transport.tls {
+            None => Box::pin(self.plain(stream, peer, head, hold)).await,
+            Some(tls) => Box::pin(self.tls(tls, stream, peer, head, hold)).await,
+        }
+    }
+
+    /// The TLS handshake (within the head timeout), then HTTP/1.1 or HTTP/2 by ALPN.
+    async fn tls(
+        self,
+        tls: &tokio_rustls::TlsAcceptor,
+        stream: Replay<TcpStream>,
+        peer: SocketAddr,
+        head: Duration,
+        hold: Hold,
+    ) {
+        let handshake = Box::pin(tokio::time::timeout(head, tls.accept(stream)));
+        match handshake.await {
+            Ok(Ok(stream)) => {
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let clock = Clock::new(head, self.idle(head), h2, None);
+                let (io, returned) = Lent::new(stream);
+                let io = Watched::new(io, clock.clone());
+                let shared = Arc::new(Shared::default());
+                let service = self.service(&clock, &shared, hold, peer, true);
+                Box::pin(self.auto(io, service, &clock, &shared, peer, h2)).await;
+                linger(&shared, returned, None).await;
+            }
+            Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake not finished within {head:?}"),
+        }
+    }
+
+    /// Serves HTTP/1.1 or HTTP/2 (by ALPN or the preface) on `io`, not parked.
+    async fn auto<IO, S>(
+        &self,
+        io: IO,
+        service: S,
+        clock: &Clock,
+        shared: &Shared,
+        peer: SocketAddr,
+        h2: bool,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let conn = self
+            .protocols
+            .auto
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        // Boxed: HTTP/2's state is large, and only this kind of connection needs it.
+        let mut conn = Box::pin(conn);
+        let graceful = |c: Pin<&mut _>| auto::UpgradeableConnection::graceful_shutdown(c);
+        self.run(conn.as_mut(), graceful, clock, shared, peer, h2)
+            .await;
+    }
+
+    /// The keep-alive timeout, shortened like the head timeout when the node's budget
+    /// is nearly spent.
+    fn idle(&self, head: Duration) -> Duration {
+        if head < self.limits.header_timeout {
+            self.limits.keepalive_timeout.min(head)
+        } else {
+            self.limits.keepalive_timeout
+        }
+    }
+
+    /// Serves a plain connection: HTTP/2 if it opens with the preface, else HTTP/1 in
+    /// rounds, parked between them when idle.
+    async fn plain(self, stream: Replay<TcpStream>, peer: SocketAddr, head: Duration, hold: Hold) {
+        let clock = Clock::new(head, self.idle(head), false, Some(PARK_AFTER));
+        let (io, returned) = Lent::new(stream);
+        let mut io = Watched::new(io, clock.clone());
+        let shared = Arc::new(Shared::default());
+        let Some(first) = first_bytes(&mut io).await else {
+            return;
+        };
+        let h2 = first.starts_with(H2_PREFACE);
+        io.replay(first);
+        let mut service = self.service(&clock, &shared, hold, peer, false);
+        if h2 {
+            Box::pin(self.auto(io, service, &clock, &shared, peer, true)).await;
+            return linger(&shared, returned, None).await;
+        }
+        let parked = loop {
+            let conn = self
+                .protocols
+                .http1
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            let mut conn = Box::pin(conn);
+            let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
+            // The round's future boxed too: a parked connection keeps only the wait.
+            let round = Box::pin(self.run(conn.as_mut(), graceful, &clock, &shared, peer, false));
+            let parts = match round.await {
+                Round::Over => break None,
+                Round::Parked => match Pin::into_inner(conn).into_parts() {
+                    Some(parts) => parts,
+                    None => break None,
+                },
+            };
+            clock.unparked();
+            io = parts.io.into_inner();
+            service = parts.service;
+            if !parts.read_buf.is_empty() {
+                // A copy: hyper's bytes are a view of its whole read buffer.
+                io.replay(Bytes::copy_from_slice(&parts.read_buf));
+            }
+            // Parked: nothing but the socket and its clock until the client's next
+            // bytes, the idle timeout, or the drain.
+            let next = tokio::select! {
+                next = io.next_bytes() => matches!(next, Ok(true)),
+                _ = self.shutdown.wait() => {
+                    matches!(tokio::time::timeout(REQUEST_GRACE, io.next_bytes()).await, Ok(Ok(true)))
+                }
+            };
+            if !next {
+                break Some(io);
+            }
+        };
+        Box::pin(linger(&shared, returned, parked)).await;
+    }
+
+    /// The service hyper calls for each request of the connection.
+    fn service(
+        &self,
+        clock: &Arc<Clock>,
+        shared: &Arc<Shared>,
+        hold: Hold,
+        peer: SocketAddr,
+        secure: bool,
+    ) -> impl Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+           + Send
+           + 'static {
+        let handler = self.handler.clone();
+        let clock = clock.clone();
+        let shared = shared.clone();
+        let draining = self.shutdown.clone();
+        let max_body = self.limits.max_body_bytes;
+        let info = crate::server::ConnInfo { secure };
+        service_fn(move |mut req: Request<Incoming>| {
+            let handler = handler.clone();
+            let clock = clock.clone();
+            let shared = shared.clone();
+            let hold = hold.clone();
+            let draining = draining.clone();
+            shared.activity.fetch_add(1, Relaxed);
+            async move {
+                clock.request_started(!req.body().is_end_stream());
+                let mut pending = Pending {
+                    clock: clock.clone(),
+                    shared: shared.clone(),
+                    answered: false,
+                };
+                req.extensions_mut().insert(info);
+                req.extensions_mut().insert(hold);
+                let http1 = req.version() < Version::HTTP_2;
+                let mut resp = match too_large(&req, max_body) {
+                    Some(refusal) => refusal,
+                    None => handler.handle(req, peer).await,
+                };
+                // Draining: this answer is the connection's last, and says so (an
+                // HTTP/1 client can only learn it from the answer; a connection
+                // closed under it might take its next request with it).
+                if http1
+                    && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+                    && draining.is_triggered()
+                {
+                    resp.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                // A hop that answers before reading the body (413, a broken body)
+                // says `Connection: close`: the client may still be sending.
+                if http1 && resp.headers().get(CONNECTION).is_some_and(|v| v == "close") {
+                    shared.linger.store(true, Relaxed);
+                }
+                // Once the 101 is out the bytes are the tunnel's, not HTTP heads.
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    clock.tunnel();
+                }
+                pending.answered = true;
+                drop(pending);
+                let done = move |_| {
+                    clock.response_done();
+                    shared.activity.fetch_add(1, Relaxed);
+                };
+                Ok::<_, Infallible>(resp.map(|body| crate::finish::on_finish(body, done)))
+            }
+        })
+    }
+
+    /// Runs one round of HTTP (`conn`, which `graceful_shutdown` asks to finish) until
+    /// hyper ends it, the clock asks to park an idle
+    /// HTTP/1 connection, a client cancels too much, or the node drains.
+    async fn run<C, E>(
+        &self,
+        mut conn: Pin<&mut C>,
+        graceful_shutdown: impl Fn(Pin<&mut C>),
+        clock: &Clock,
+        shared: &Shared,
+        peer: SocketAddr,
+        h2: bool,
+    ) -> Round
+    where
+        C: std::future::Future<Output = Result<(), E>>,
+    {
+        let park = std::future::poll_fn(|_| {
+            if clock.park_wanted() {
+                std::task::Poll::Ready(())
+            } else {
+                // The clock wakes the task when it asks (see `Watched`).
+                std::task::Poll::Pending
+            }
+        });
+        tokio::select! {
+            _ = conn.as_mut() => Round::Over,
+            () = park => {
+                // hyper is idle: this closes its side at once, the socket untouched.
+                graceful_shutdown(conn.as_mut());
+                match conn.await {
+                    Ok(()) => Round::Parked,
+                    Err(_) => Round::Over,
+                }
+            }
+            _ = shared.abandoned.too_many.notified() => {
+                tracing::warn!(
+                    %peer,
+                    "closing a connection whose client cancelled most of its requests \
+                     before they were answered (an HTTP/2 rapid-reset attack?)"
+                );
+                Round::Over
+            }
+            _ = self.shutdown.wait() => {
+                // HTTP/1: the next answer says `Connection: close` (above) and
+                // hyper closes after it; closing between requests instead could
+                // meet a request already on the wire. A connection quiet for
+                // `REQUEST_GRACE` is closed. HTTP/2 has GOAWAY, which tells the
+                // client which streams were not taken, so it retries those.
+                if !h2 {
+                    loop {
+                        let before = shared.activity.load(Relaxed);
+                        tokio::select! {
+                            _ = conn.as_mut() => return Round::Over,
+                            _ = tokio::time::sleep(REQUEST_GRACE) => {}
+                        }
+                        let quiet = shared.activity.load(Relaxed) == before;
+                        if quiet && !clock.busy() {
+                            break;
+                        }
+                    }
+                }
+                clock.unparked();
+                graceful_shutdown(conn.as_mut());
+                let _ = conn.await;
+                Round::Over
+            }
+        }
+    }
+}
+
+/// The client's first bytes on a plain connection: enough to tell the HTTP/2 preface
+/// from an HTTP/1 request. `None`: the connection closed, or sent nothing in time.
+async fn first_bytes<T>(io: &mut Watched<T>) -> Option<Bytes>
+where
+    T: AsyncRead + AsyncWrite + crate::clock::ReadReady + Unpin,
+{
+    if !matches!(io.next_bytes().await, Ok(true)) {
+        return None;
+    }
+    let mut first = BytesMut::with_capacity(1024);
+    loop {
+        match io.read_buf(&mut first).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        if first.len() >= H2_PREFACE.len() || !H2_PREFACE.starts_with(&first) {
+            return Some(first.freeze());
+        }
+    }
+}
+
+/// Once the connection is over: if an answer was sent before its request's body was
+/// read, the socket lingers (see `linger`). `held`: the socket, if this task holds
+/// it; else hyper gave it back when it dropped it.
+async fn linger<IO>(
+    shared: &Shared,
+    returned: tokio::sync::oneshot::Receiver<IO>,
+    held: Option<Watched<Lent<IO>>>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    drop(held);
+    if shared.linger.load(Relaxed) {
+        if let Ok(Ok(io)) = tokio::time::timeout(Duration::from_millis(100), returned).await {
+            crate::linger::close(io).await;
+        }
+    }
+}
+
+/// Requests of one connection whose handler was dropped before it answered: an
+/// HTTP/2 client can reset streams as fast as it opens them, and each reset stream
+/// still costs the start of a handler while no longer counting against the
+/// concurrent-stream limit (CVE-2023-44487, in its slow form that hyper's own
+/// reset-before-accept limit does not see).
+#[derive(Default)]
+struct Abandoned {
+    answered: AtomicU64,
+    cancelled: AtomicU64,
+    /// Woken when the connection should be closed.
+    too_many: tokio::sync::Notify,
+}
+
+/// Cancelled requests a connection may have before its ratio counts: browsers cancel
+/// a few streams when a user navigates away, never hundreds.
+const CANCELLED_ALLOWANCE: u64 = 100;
+
+/// Accounts for one request until its handler answers; dropped unanswered, it keeps
+/// the connection's clock right and counts the cancellation.
+struct Pending {
+    clock: Arc<Clock>,
+    shared: Arc<Shared>,
+    answered: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let abandoned = &self.shared.abandoned;
+        if self.answered {
+            abandoned.answered.fetch_add(1, Relaxed);
+            return;
+        }
+        // The response will never be sent, so the clock must not wait for it.
+        self.clock.response_done();
+        let cancelled = abandoned.cancelled.fetch_add(1, Relaxed) + 1;
+        if cancelled > CANCELLED_ALLOWANCE && cancelled > abandoned.answered.load(Relaxed) {
+            abandoned.too_many.notify_one();
+        }
+    }
+}
