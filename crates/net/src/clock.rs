@@ -68,6 +68,8 @@ struct State {
     /// Parking was asked: reads give hyper nothing until the connection's task has
     /// taken the socket back.
     parking: bool,
+    /// Parking was switched off for good.
+    no_park: bool,
 }
 
 impl Clock {
@@ -90,6 +92,7 @@ impl Clock {
                 bodied: false,
                 park_at: None,
                 parking: false,
+                no_park: false,
             }),
             head,
             idle,
@@ -125,7 +128,7 @@ impl Clock {
             s.head_started = false;
             s.deadline = now + self.idle;
             s.park_at = match self.park_after {
-                Some(after) if !s.bodied && !s.h2 => Some(now + after),
+                Some(after) if !s.bodied && !s.h2 && !s.no_park => Some(now + after),
                 _ => None,
             };
             s.bodied = false;
@@ -139,12 +142,21 @@ impl Clock {
         s.parking && s.in_flight == 0 && !s.head_started
     }
 
-    /// The connection's task took the socket back (or gave parking up): reads go to
-    /// hyper again, and the next answer may park it again.
+    /// The connection's task took the socket back: reads go to hyper again, and the
+    /// next answer may park it again.
     pub fn unparked(&self) {
         let mut s = self.state.lock().expect("clock lock");
         s.parking = false;
         s.park_at = None;
+    }
+
+    /// The connection is not to be parked any more (it is closing once quiet): reads
+    /// go to hyper, now and after every answer.
+    pub fn stop_parking(&self) {
+        let mut s = self.state.lock().expect("clock lock");
+        s.parking = false;
+        s.park_at = None;
+        s.no_park = true;
     }
 }
 

@@ -14,7 +14,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,7 +22,7 @@ use std::time::Duration;
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::Metrics;
@@ -64,41 +64,65 @@ pub fn set_upgrade_headers(headers: &mut HeaderMap) {
 /// Put by the accept loop in every request's extensions. Kept by a tunnel for as
 /// long as it lives: the connection's task then waits for it before it gives the
 /// connection's place in the budget back, and a drain waits for it too.
-#[derive(Clone, Debug)]
-pub struct Hold {
-    _keep: mpsc::Sender<()>,
+///
+/// A count and a `Notify` behind one `Arc`: every connection has one, so it is kept
+/// small (a channel, which did the same job, cost half a KiB per connection).
+#[derive(Debug)]
+pub struct Hold(Arc<Holds>);
+
+#[derive(Debug)]
+struct Holds {
     /// The node's counters: open tunnels are a gauge there.
     metrics: Arc<Metrics>,
+    /// [`Hold`]s alive.
+    count: AtomicUsize,
+    /// Told when the last [`Hold`] goes.
+    released: Notify,
 }
 
 /// The accept loop's side of its connection's [`Hold`]s.
-pub struct Held(mpsc::Receiver<()>);
+pub struct Held(Arc<Holds>);
 
 impl Hold {
     /// A hold for one connection of a node counted in `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> (Hold, Held) {
-        let (keep, held) = mpsc::channel(1);
-        (
-            Hold {
-                _keep: keep,
-                metrics,
-            },
-            Held(held),
-        )
+        let holds = Arc::new(Holds {
+            metrics,
+            count: AtomicUsize::new(1),
+            released: Notify::new(),
+        });
+        (Hold(holds.clone()), Held(holds))
     }
 
     /// The node's counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+        &self.0.metrics
+    }
+}
+
+impl Clone for Hold {
+    fn clone(&self) -> Hold {
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+        Hold(self.0.clone())
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Stored as a permit if nobody waits yet.
+            self.0.released.notify_one();
+        }
     }
 }
 
 impl Held {
     /// Returns once every [`Hold`] of the connection is dropped: at once for a
     /// connection that opened no tunnel, when the tunnel ends otherwise.
-    pub async fn released(mut self) {
-        // Nobody sends: `None` means every sender is gone.
-        while self.0.recv().await.is_some() {}
+    pub async fn released(self) {
+        while self.0.count.load(Ordering::Acquire) > 0 {
+            self.0.released.notified().await;
+        }
     }
 }
 

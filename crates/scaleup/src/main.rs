@@ -224,6 +224,14 @@ enum DrillCommand {
     },
 }
 
+/// jemalloc, not glibc's allocator: measured on the load balancer (`bench/side-by-side`
+/// with the same binary and `LD_PRELOAD`), 5-30% more requests/s and a lower p99
+/// under keep-alive load, and 5.4 instead of 7.6 KiB per idle client connection
+/// (glibc's heap fragments as hyper's 8 KiB buffers come and go between small,
+/// long-lived connection state; jemalloc keeps sizes apart).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

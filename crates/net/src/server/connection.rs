@@ -237,7 +237,10 @@ impl<H: Handler> Conn<H> {
         let (io, returned) = Lent::new(stream);
         let mut io = Watched::new(io, clock.clone());
         let shared = Arc::new(Shared::default());
-        let Some(first) = first_bytes(&mut io).await else {
+        if !self.next_bytes(&mut io).await {
+            return;
+        }
+        let Some(first) = Box::pin(first_bytes(&mut io)).await else {
             return;
         };
         let h2 = first.starts_with(H2_PREFACE);
@@ -273,17 +276,24 @@ impl<H: Handler> Conn<H> {
             }
             // Parked: nothing but the socket and its clock until the client's next
             // bytes, the idle timeout, or the drain.
-            let next = tokio::select! {
-                next = io.next_bytes() => matches!(next, Ok(true)),
-                _ = self.shutdown.wait() => {
-                    matches!(tokio::time::timeout(REQUEST_GRACE, io.next_bytes()).await, Ok(Ok(true)))
-                }
-            };
-            if !next {
+            if !self.next_bytes(&mut io).await {
                 break Some(io);
             }
         };
         Box::pin(linger(&shared, returned, parked)).await;
+    }
+
+    /// Waits, holding no buffer, for the client's next bytes. `false`: the idle (or
+    /// first head) timeout passed first, or the node drains and none came within
+    /// [`REQUEST_GRACE`].
+    async fn next_bytes<T: crate::clock::ReadReady>(&self, io: &mut Watched<T>) -> bool {
+        tokio::select! {
+            next = io.next_bytes() => matches!(next, Ok(true)),
+            _ = self.shutdown.wait() => {
+                let next = tokio::time::timeout(REQUEST_GRACE, io.next_bytes()).await;
+                matches!(next, Ok(Ok(true)))
+            }
+        }
     }
 
     /// The service hyper calls for each request of the connection.
@@ -401,6 +411,9 @@ impl<H: Handler> Conn<H> {
                 Round::Over
             }
             _ = self.shutdown.wait() => {
+                // The connection closes once quiet: it is not parked any more (a
+                // parking clock would keep a request on the wire from hyper).
+                clock.stop_parking();
                 // HTTP/1: the next answer says `Connection: close` (above) and
                 // hyper closes after it; closing between requests instead could
                 // meet a request already on the wire. A connection quiet for
@@ -419,7 +432,6 @@ impl<H: Handler> Conn<H> {
                         }
                     }
                 }
-                clock.unparked();
                 graceful_shutdown(conn.as_mut());
                 let _ = conn.await;
                 Round::Over
