@@ -44,9 +44,11 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Connections {
     addr: SocketAddr,
-    /// Most recently used last: a warm connection is taken first, and the oldest
-    /// ones age out at the front.
-    idle: Mutex<Vec<Idle>>,
+    /// One list per serving thread (see `server::serve_with`): a thread takes and
+    /// gives back only its own connections, whose tasks run on its runtime, so a
+    /// request and its upstream exchange stay on one thread. Most recently used
+    /// last: a warm connection is taken first, and the oldest age out at the front.
+    idle: Box<[Mutex<Vec<Idle>>]>,
 }
 
 #[derive(Debug)]
@@ -102,9 +104,10 @@ pub enum Sent {
 impl Connections {
     /// No connections yet to `addr`.
     pub fn new(addr: SocketAddr) -> Connections {
+        let threads = crate::server::serving_threads();
         Connections {
             addr,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..threads).map(|_| Mutex::new(Vec::new())).collect(),
         }
     }
 
@@ -177,7 +180,7 @@ impl Connections {
     /// The most recently used idle connection that is still open; drops the closed
     /// and the expired ones on the way.
     fn take_idle(&self) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.mine().lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         // The oldest are at the front: drop those past their time in one go.
         let expired = idle
@@ -193,12 +196,17 @@ impl Connections {
         None
     }
 
+    /// This thread's idle list.
+    fn mine(&self) -> &Mutex<Vec<Idle>> {
+        &self.idle[crate::server::thread_index() % self.idle.len()]
+    }
+
     /// Takes a connection back after its answer ended.
     fn put_back(&self, sender: SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.mine().lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= MAX_IDLE {
             // The oldest goes: it is the least likely to be wanted soon.
             idle.remove(0);

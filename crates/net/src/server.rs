@@ -179,7 +179,79 @@ fn protocols(limits: &Limits) -> Protocols {
 
 /// Serves HTTP/1.1 and HTTP/2 on `listener`, opened as `transport` says, with
 /// `handler` until `shutdown`, then drains.
+///
+/// One thread per core, each with a runtime of its own, accepts from the listener
+/// and serves the connections it accepted from start to end, as nginx's workers
+/// and HAProxy's threads do: a connection's reads, its handler and its writes run
+/// on one thread, with no task moved or woken across threads on the way.
 pub async fn serve_with<H: Handler>(
+    listener: TcpListener,
+    transport: Transport,
+    limits: Limits,
+    handler: Arc<H>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let threads = serving_threads();
+    if threads <= 1 {
+        return serve_here(listener, transport, limits, handler, metrics, shutdown).await;
+    }
+    let listener = listener.into_std()?;
+    let mut ends = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let listener = listener.try_clone()?;
+        let (transport, limits, handler) = (transport.clone(), limits.clone(), handler.clone());
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        let (done, end) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("http-{i}"))
+            .spawn(move || {
+                THREAD_INDEX.set(i);
+                let served = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|runtime| {
+                        runtime.block_on(async move {
+                            let listener = TcpListener::from_std(listener)?;
+                            serve_here(listener, transport, limits, handler, metrics, shutdown)
+                                .await
+                        })
+                    });
+                let _ = done.send(served);
+            })?;
+        ends.push(end);
+    }
+    drop(listener);
+    let mut result = Ok(());
+    for end in ends {
+        match end.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => result = Err(std::io::Error::other("an HTTP serving thread panicked")),
+        }
+    }
+    result
+}
+
+/// How many threads serve each listener: one per core.
+pub fn serving_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+thread_local! {
+    /// Which of a listener's serving threads this is (0 on any other thread).
+    static THREAD_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Which serving thread this is: per-thread state (such as kept-alive upstream
+/// connections) is indexed by it.
+pub fn thread_index() -> usize {
+    THREAD_INDEX.get()
+}
+
+/// One thread's share of a listener: its accept loop and its connections, until
+/// `shutdown`, then the drain.
+async fn serve_here<H: Handler>(
     listener: TcpListener,
     transport: Transport,
     limits: Limits,
