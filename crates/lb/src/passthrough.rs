@@ -35,8 +35,21 @@ pub(crate) struct Relay {
 }
 
 /// Relays connections from `listener` until `shutdown`, then gives open ones
-/// `drain` to finish.
+/// `drain` to finish; on every serving thread (`net::server::on_serving_threads`).
 pub(crate) async fn serve(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    shutdown: Shutdown,
+    drain: Duration,
+) -> std::io::Result<()> {
+    net::server::on_serving_threads(listener, move |listener| {
+        serve_here(listener, relay.clone(), shutdown.clone(), drain)
+    })
+    .await
+}
+
+/// One serving thread's share of [`serve`].
+async fn serve_here(
     listener: TcpListener,
     relay: Arc<Relay>,
     shutdown: Shutdown,

@@ -178,12 +178,8 @@ fn protocols(limits: &Limits) -> Protocols {
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on `listener`, opened as `transport` says, with
-/// `handler` until `shutdown`, then drains.
-///
-/// One thread per core, each with a runtime of its own, accepts from the listener
-/// and serves the connections it accepted from start to end, as nginx's workers
-/// and HAProxy's threads do: a connection's reads, its handler and its writes run
-/// on one thread, with no task moved or woken across threads on the way.
+/// `handler` until `shutdown`, then drains; on every serving thread (see
+/// [`on_serving_threads`]).
 pub async fn serve_with<H: Handler>(
     listener: TcpListener,
     transport: Transport,
@@ -192,30 +188,53 @@ pub async fn serve_with<H: Handler>(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
+    on_serving_threads(listener, move |listener| {
+        serve_here(
+            listener,
+            transport.clone(),
+            limits.clone(),
+            handler.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+    })
+    .await
+}
+
+/// Runs `serve` on a clone of `listener` on each of [`serving_threads`] threads,
+/// each with a runtime of its own, and returns once every one has.
+///
+/// Each thread accepts from the shared socket and serves the connections it
+/// accepted from start to end, as nginx's workers and HAProxy's threads do: a
+/// connection's reads, its handler and its writes run on one thread, with no task
+/// moved or woken across threads on the way (with the kept-alive upstream
+/// connections kept per thread too, `keepalive`, a load balancer's request and its
+/// upstream exchange stay on one thread).
+pub async fn on_serving_threads<F, Fut>(listener: TcpListener, serve: F) -> std::io::Result<()>
+where
+    F: Fn(TcpListener) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = std::io::Result<()>>,
+{
     let threads = serving_threads();
     if threads <= 1 {
-        return serve_here(listener, transport, limits, handler, metrics, shutdown).await;
+        return serve(listener).await;
     }
     let listener = listener.into_std()?;
     let mut ends = Vec::with_capacity(threads);
     for i in 0..threads {
         let listener = listener.try_clone()?;
-        let (transport, limits, handler) = (transport.clone(), limits.clone(), handler.clone());
-        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        let serve = serve.clone();
         let (done, end) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
-            .name(format!("http-{i}"))
+            .name(format!("serve-{i}"))
             .spawn(move || {
                 THREAD_INDEX.set(i);
                 let served = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .and_then(|runtime| {
-                        runtime.block_on(async move {
-                            let listener = TcpListener::from_std(listener)?;
-                            serve_here(listener, transport, limits, handler, metrics, shutdown)
-                                .await
-                        })
+                        runtime
+                            .block_on(async move { serve(TcpListener::from_std(listener)?).await })
                     });
                 let _ = done.send(served);
             })?;
@@ -227,7 +246,7 @@ pub async fn serve_with<H: Handler>(
         match end.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => result = Err(e),
-            Err(_) => result = Err(std::io::Error::other("an HTTP serving thread panicked")),
+            Err(_) => result = Err(std::io::Error::other("a serving thread panicked")),
         }
     }
     result
