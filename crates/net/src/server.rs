@@ -220,15 +220,18 @@ where
         return serve(listener).await;
     }
     let listener = listener.into_std()?;
+    let balance = Balance::new(threads);
     let mut ends = Vec::with_capacity(threads);
     for i in 0..threads {
         let listener = listener.try_clone()?;
         let serve = serve.clone();
+        let balance = balance.clone();
         let (done, end) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name(format!("serve-{i}"))
             .spawn(move || {
                 THREAD_INDEX.set(i);
+                BALANCE.set(Some(balance));
                 let served = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -260,6 +263,8 @@ pub fn serving_threads() -> usize {
 thread_local! {
     /// Which of a listener's serving threads this is (0 on any other thread).
     static THREAD_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The connection counts of this thread's listener's serving threads.
+    static BALANCE: std::cell::RefCell<Option<Arc<Balance>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Which serving thread this is: per-thread state (such as kept-alive upstream
@@ -283,14 +288,14 @@ async fn serve_here<H: Handler>(
     let transport = Arc::new(transport);
     let mut acceptor = Acceptor::new(listener, limits.budget.clone(), shutdown.clone());
     let limits = Arc::new(limits);
-    while let Some((stream, peer, slot)) = acceptor.next().await {
+    while let Some((stream, peer, place)) = acceptor.next().await {
         let conn = Conn {
             handler: handler.clone(),
             protocols: protocols.clone(),
             limits: limits.clone(),
             shutdown: shutdown.clone(),
         };
-        conn.spawn(&tracker, stream, peer, &transport, &metrics, slot);
+        conn.spawn(&tracker, stream, peer, &transport, &metrics, place);
     }
     tracker.close();
     if tokio::time::timeout(limits.drain_timeout, tracker.wait())
@@ -320,6 +325,70 @@ pub struct Acceptor {
     budget: Arc<Budget>,
     shutdown: Shutdown,
     draining: bool,
+    /// This serving thread's share of the listener, if several serve it.
+    share: Option<(Arc<Balance>, usize)>,
+}
+
+/// How many connections each serving thread of a listener holds. The threads all
+/// wait on the one socket and the first awake takes what is there, so a burst of
+/// connections (a browser's, a benchmark's) could all land on one thread and stay
+/// there while the other idles; a thread holding more than its share lets the others
+/// take the next connection first (see [`Acceptor::next`]).
+pub struct Balance {
+    held: Box<[std::sync::atomic::AtomicUsize]>,
+}
+
+/// Connections a thread may hold over the least loaded thread before it lets the
+/// others accept first.
+const BALANCE_SLACK: usize = 1;
+
+/// The longest a thread over its share waits for another to take a connection
+/// before it takes it itself (the others may all be busy).
+const BALANCE_WAIT: Duration = Duration::from_millis(5);
+
+impl Balance {
+    fn new(threads: usize) -> Arc<Balance> {
+        Arc::new(Balance {
+            held: (0..threads).map(|_| Default::default()).collect(),
+        })
+    }
+
+    /// Whether thread `me` holds no more than its share.
+    fn fair(&self, me: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let least = self.held.iter().map(|h| h.load(Relaxed)).min().unwrap_or(0);
+        self.held[me].load(Relaxed) <= least + BALANCE_SLACK
+    }
+}
+
+/// One connection in its serving thread's count, for as long as it lives.
+pub struct Share(Arc<Balance>, usize);
+
+impl Share {
+    fn new(balance: &Arc<Balance>, me: usize) -> Share {
+        balance.held[me].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Share(balance.clone(), me)
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.0.held[self.1].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// An accepted connection's places: in the node's budget, and in its serving
+/// thread's count. Dropping it frees both.
+pub struct Place {
+    slot: Slot,
+    _share: Option<Share>,
+}
+
+impl Place {
+    /// Whether the budget was nearly spent when this connection came.
+    pub fn pressed(&self) -> bool {
+        self.slot.pressed()
+    }
 }
 
 /// `accept` failures (out of descriptors, say): one line a second at most.
@@ -335,12 +404,34 @@ impl Acceptor {
             budget,
             shutdown,
             draining: false,
+            share: BALANCE
+                .with_borrow(|b| b.clone())
+                .map(|b| (b, thread_index())),
         }
     }
 
-    /// The next connection and its place in the budget; `None` when the listener is
-    /// closed.
-    pub async fn next(&mut self) -> Option<(TcpStream, SocketAddr, Slot)> {
+    /// This connection's places, with `slot` its place in the budget.
+    fn place(&self, slot: Slot) -> Place {
+        Place {
+            slot,
+            _share: self.share.as_ref().map(|(b, me)| Share::new(b, *me)),
+        }
+    }
+
+    /// Waits (at most [`BALANCE_WAIT`]) while this thread holds more connections
+    /// than its share, so that another serving thread takes the next one.
+    async fn take_turn(&self) {
+        let Some((balance, me)) = &self.share else {
+            return;
+        };
+        let until = tokio::time::Instant::now() + BALANCE_WAIT;
+        while !balance.fair(*me) && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// The next connection and its places; `None` when the listener is closed.
+    pub async fn next(&mut self) -> Option<(TcpStream, SocketAddr, Place)> {
         let listener = self.listener.as_ref()?;
         let mut room = None;
         while !self.draining {
@@ -354,10 +445,11 @@ impl Acceptor {
                     }
                 },
             };
+            self.take_turn().await;
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => match self.budget.admit(permit, peer.ip()) {
-                        Ok(slot) => return Some((stream, peer, slot)),
+                        Ok(slot) => return Some((stream, peer, self.place(slot))),
                         Err(permit) => {
                             room = Some(permit);
                             refuse(stream, peer, &self.budget);
@@ -381,7 +473,7 @@ impl Acceptor {
         {
             let permit = self.budget.room().await;
             match self.budget.admit(permit, peer.ip()) {
-                Ok(slot) => return Some((stream, peer, slot)),
+                Ok(slot) => return Some((stream, peer, self.place(slot))),
                 Err(_) => refuse(stream, peer, &self.budget),
             }
         }

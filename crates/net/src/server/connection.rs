@@ -33,7 +33,6 @@ use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
 use super::{too_large, Handler, Limits, Transport};
-use crate::budget::Slot;
 use crate::clock::{Clock, Watched};
 use crate::linger::Lent;
 use crate::proxy_protocol::Replay;
@@ -106,21 +105,21 @@ impl<H: Handler> Conn<H> {
         peer: SocketAddr,
         transport: &Arc<Transport>,
         metrics: &Arc<Metrics>,
-        slot: Slot,
+        place: super::Place,
     ) {
         let _ = stream.set_nodelay(true);
         let transport = transport.clone();
         let metrics = metrics.clone();
         metrics.connection_opened();
         tracker.spawn(async move {
-            let pressed = slot.pressed();
+            let pressed = place.pressed();
             // A WebSocket tunnel outlives the connection's HTTP: it holds the
             // connection (its budget place, the drain's wait) until it ends.
             let (hold, held) = Hold::new(metrics.clone());
             self.open(stream, peer, &transport, pressed, hold).await;
             held.released().await;
             metrics.connection_closed();
-            drop(slot);
+            drop(place);
         });
     }
 
