@@ -103,6 +103,9 @@ pub struct Budget {
     exempt: arc_swap::ArcSwap<Trusted>,
     /// Connections closed at once because their address was over `per_client`.
     refused: AtomicU64,
+    /// Places held by acceptors waiting for their next connection ([`Room`]): free,
+    /// as far as the pressure on the budget goes.
+    waiting: AtomicUsize,
 }
 
 impl Budget {
@@ -122,6 +125,7 @@ impl Budget {
             clients: Mutex::new(HashMap::new()),
             exempt: arc_swap::ArcSwap::from_pointee(exempt),
             refused: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
         })
     }
 
@@ -202,7 +206,8 @@ impl Budget {
 
     /// Connections open now.
     pub fn in_use(&self) -> usize {
-        (self.capacity() + self.owed.load(Relaxed)).saturating_sub(self.permits.available_permits())
+        (self.capacity() + self.owed.load(Relaxed))
+            .saturating_sub(self.permits.available_permits() + self.waiting.load(Relaxed))
     }
 
     /// Connections closed because their address held too many already.
@@ -212,27 +217,32 @@ impl Budget {
 
     /// Waits for room for one more connection (before `accept`, so that over the
     /// budget new connections wait in the kernel's backlog, not in our memory).
-    pub async fn room(self: &Arc<Self>) -> OwnedSemaphorePermit {
+    pub async fn room(self: &Arc<Self>) -> Room {
         // The semaphore is never closed.
         match self.permits.clone().acquire_owned().await {
-            Ok(permit) => permit,
+            Ok(permit) => self.hold(permit),
             Err(_) => unreachable!("the budget's semaphore is never closed"),
         }
     }
 
     /// Room for one more connection now, if there is any (a listener draining its
     /// queue at shutdown must not wait).
-    pub fn room_now(self: &Arc<Self>) -> Option<OwnedSemaphorePermit> {
-        self.permits.clone().try_acquire_owned().ok()
+    pub fn room_now(self: &Arc<Self>) -> Option<Room> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        Some(self.hold(permit))
     }
 
-    /// Admits a connection from `client` into the room `permit` holds, or gives the
-    /// permit back when that address already holds `per_client` connections.
-    pub fn admit(
-        self: &Arc<Self>,
-        permit: OwnedSemaphorePermit,
-        client: IpAddr,
-    ) -> Result<Slot, OwnedSemaphorePermit> {
+    fn hold(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Room {
+        self.waiting.fetch_add(1, Relaxed);
+        Room {
+            permit: Some(permit),
+            budget: self.clone(),
+        }
+    }
+
+    /// Admits a connection from `client` into `room`, or gives the room back when
+    /// that address already holds `per_client` connections.
+    pub fn admit(self: &Arc<Self>, mut room: Room, client: IpAddr) -> Result<Slot, Room> {
         let client = client.to_canonical();
         let key = (!self.exempt.load().contains(client)).then(|| client_key(client));
         if let Some(key) = key {
@@ -241,12 +251,18 @@ impl Budget {
             if *count >= self.per_client.load(Relaxed) {
                 drop(clients);
                 self.refused.fetch_add(1, Relaxed);
-                return Err(permit);
+                return Err(room);
             }
             *count += 1;
         }
-        // Nearly spent: under a tenth left.
-        let pressed = self.permits.available_permits() < self.capacity() / 10;
+        let permit = room
+            .permit
+            .take()
+            .expect("a room holds its place until admitted");
+        let waiting = self.waiting.fetch_sub(1, Relaxed) - 1;
+        // Nearly spent: under a tenth left (the places other acceptors hold while
+        // they wait count as left).
+        let pressed = self.permits.available_permits() + waiting < self.capacity() / 10;
         Ok(Slot {
             budget: self.clone(),
             key,
@@ -272,6 +288,22 @@ fn client_key(ip: IpAddr) -> IpAddr {
             IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
         }
         v4 => v4,
+    }
+}
+
+/// A place an acceptor holds while it waits for its next connection (each serving
+/// thread of a listener holds one); dropping it frees the place.
+#[derive(Debug)]
+pub struct Room {
+    permit: Option<OwnedSemaphorePermit>,
+    budget: Arc<Budget>,
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        if self.permit.take().is_some() {
+            self.budget.waiting.fetch_sub(1, Relaxed);
+        }
     }
 }
 
