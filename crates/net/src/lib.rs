@@ -1,7 +1,8 @@
 //! `net`: what every HTTP role of scaleup shares.
 //!
-//! - [`server`]: the accept loop (HTTP/1.1 and HTTP/2, TLS, PROXY protocol, head
-//!   size and time limits with [`clock`], body limit, drain);
+//! - [`server`]: the accept loop, a thread per core (HTTP/1.1 and HTTP/2, TLS,
+//!   PROXY protocol, head size and time limits with [`clock`], idle connections
+//!   parked without hyper's buffers, body limit, drain);
 //! - [`budget`]: the connections a process may hold, sized from its open-file
 //!   limit, with a cap per client address;
 //! - [`tls`]: the site's certificate (or a self-signed one) and rustls settings;

@@ -5,6 +5,10 @@
 //!
 //! Malformed request lines and oversize heads are answered by hyper's parser itself
 //! (400, 431, 414) before a handler ever runs, so no role can forget them.
+//!
+//! Every listener is served by one thread per core ([`on_serving_threads`]), each
+//! with its own runtime and its fair share of the connections; one connection's life
+//! (and the parking of an idle one between requests) is in `server/connection.rs`.
 
 use std::future::Future;
 use std::net::SocketAddr;
