@@ -45,6 +45,9 @@ pub struct Clock {
     /// How long an idle HTTP/1 connection keeps hyper's buffers before it is parked;
     /// `None`: never parked (TLS, HTTP/2).
     park_after: Option<Duration>,
+    /// An answer finished since the timer was last set: the next flush sets it (an
+    /// atomic, so that the flushes between answers take no lock).
+    rearm: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -72,6 +75,17 @@ struct State {
     no_park: bool,
 }
 
+impl State {
+    /// When an idle connection's timer is due: the moment to park it (once asked
+    /// for, and while no new head has started), or else its deadline.
+    fn wake_at(&self) -> Instant {
+        match self.park_at {
+            Some(at) if !self.head_started => at.min(self.deadline),
+            _ => self.deadline,
+        }
+    }
+}
+
 impl Clock {
     /// A clock for a new connection: its first head must come within `head`; a
     /// kept-alive connection may then idle `idle` between requests, and is parked
@@ -97,6 +111,7 @@ impl Clock {
             head,
             idle,
             park_after,
+            rearm: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -132,6 +147,7 @@ impl Clock {
                 _ => None,
             };
             s.bodied = false;
+            self.rearm.store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -242,10 +258,7 @@ impl<T> Watched<T> {
             if s.in_flight > 0 || s.tunnel || s.parking {
                 return;
             }
-            match s.park_at {
-                Some(at) if !s.head_started => at.min(s.deadline),
-                _ => s.deadline,
-            }
+            s.wake_at()
         };
         if self.sleep.deadline() != wake_at {
             self.sleep.as_mut().reset(wake_at);
@@ -288,7 +301,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Watched<T> {
         if this.answering.is_some() {
             return this.poll_answer(cx);
         }
-        let (waiting, deadline, head_started, h2, park_at) = {
+        let (waiting, deadline, head_started, h2, park_at, wake_at) = {
             let s = this.clock.state.lock().expect("clock lock");
             if s.tunnel {
                 drop(s);
@@ -299,10 +312,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Watched<T> {
                 return Poll::Pending;
             }
             let park_at = s.park_at.filter(|_| !s.head_started);
-            (s.in_flight == 0, s.deadline, s.head_started, s.h2, park_at)
+            let wake_at = s.wake_at();
+            (
+                s.in_flight == 0,
+                s.deadline,
+                s.head_started,
+                s.h2,
+                park_at,
+                wake_at,
+            )
         };
         if waiting {
-            let wake_at = park_at.map_or(deadline, |at| at.min(deadline));
             if this.sleep.deadline() != wake_at {
                 this.sleep.as_mut().reset(wake_at);
             }
@@ -359,7 +379,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // hyper flushes after an answer's last bytes, and may not read again before
         // the client's next bytes: this is where the idle clock's timer is set.
-        self.arm(cx);
+        if self
+            .clock
+            .rearm
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.arm(cx);
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 

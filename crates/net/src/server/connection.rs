@@ -184,7 +184,7 @@ impl<H: Handler> Conn<H> {
                 let shared = Arc::new(Shared::default());
                 let service = self.service(&clock, &shared, hold, peer, true);
                 Box::pin(self.auto(io, service, &clock, &shared, peer, h2)).await;
-                linger(&shared, returned, None).await;
+                linger(&shared, returned).await;
             }
             Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
             Err(_) => tracing::debug!(%peer, "TLS handshake not finished within {head:?}"),
@@ -247,9 +247,9 @@ impl<H: Handler> Conn<H> {
         let mut service = self.service(&clock, &shared, hold, peer, false);
         if h2 {
             Box::pin(self.auto(io, service, &clock, &shared, peer, true)).await;
-            return linger(&shared, returned, None).await;
+            return linger(&shared, returned).await;
         }
-        let parked = loop {
+        loop {
             let conn = self
                 .protocols
                 .http1
@@ -260,10 +260,10 @@ impl<H: Handler> Conn<H> {
             // The round's future boxed too: a parked connection keeps only the wait.
             let round = Box::pin(self.run(conn.as_mut(), graceful, &clock, &shared, peer, false));
             let parts = match round.await {
-                Round::Over => break None,
+                Round::Over => break,
                 Round::Parked => match Pin::into_inner(conn).into_parts() {
                     Some(parts) => parts,
-                    None => break None,
+                    None => break,
                 },
             };
             clock.unparked();
@@ -276,10 +276,12 @@ impl<H: Handler> Conn<H> {
             // Parked: nothing but the socket and its clock until the client's next
             // bytes, the idle timeout, or the drain.
             if !self.next_bytes(&mut io).await {
-                break Some(io);
+                // Dropped, the socket goes back to `returned`.
+                drop(io);
+                break;
             }
-        };
-        Box::pin(linger(&shared, returned, parked)).await;
+        }
+        Box::pin(linger(&shared, returned)).await;
     }
 
     /// Waits, holding no buffer, for the client's next bytes. `false`: the idle (or
@@ -460,17 +462,13 @@ where
     }
 }
 
-/// Once the connection is over: if an answer was sent before its request's body was
-/// read, the socket lingers (see `linger`). `held`: the socket, if this task holds
-/// it; else hyper gave it back when it dropped it.
-async fn linger<IO>(
-    shared: &Shared,
-    returned: tokio::sync::oneshot::Receiver<IO>,
-    held: Option<Watched<Lent<IO>>>,
-) where
+/// Once the connection is over (the socket given back by whoever held it last,
+/// hyper or this task): if an answer was sent before its request's body was read,
+/// the socket lingers (see `linger`).
+async fn linger<IO>(shared: &Shared, returned: tokio::sync::oneshot::Receiver<IO>)
+where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    drop(held);
     if shared.linger.load(Relaxed) {
         if let Ok(Ok(io)) = tokio::time::timeout(Duration::from_millis(100), returned).await {
             crate::linger::close(io).await;
