@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::OptionFuture;
 use http::header::CONNECTION;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -98,6 +99,12 @@ enum Round {
 
 impl<H: Handler> Conn<H> {
     /// Serves the connection on a task of `tracker`.
+    ///
+    /// The task's future is what an idle connection costs, so it is kept to what a
+    /// parked connection needs (see [`Rounds`]): the opening (the PROXY header, TLS,
+    /// the first bytes) and every round of HTTP are boxed futures of their own, gone
+    /// when done, and the values the task keeps are captured once, by an async block
+    /// (an async fn keeps its arguments twice, as arguments and as locals).
     pub fn spawn(
         self,
         tracker: &TaskTracker,
@@ -111,12 +118,15 @@ impl<H: Handler> Conn<H> {
         let transport = transport.clone();
         let metrics = metrics.clone();
         metrics.connection_opened();
+        // A WebSocket tunnel outlives the connection's HTTP: it holds the connection
+        // (its budget place, the drain's wait) until it ends.
+        let (hold, held) = Hold::new(metrics.clone());
+        let opened = Box::pin(self.open(stream, peer, transport, place.pressed(), hold));
         tracker.spawn(async move {
-            let pressed = place.pressed();
-            // A WebSocket tunnel outlives the connection's HTTP: it holds the
-            // connection (its budget place, the drain's wait) until it ends.
-            let (hold, held) = Hold::new(metrics.clone());
-            self.open(stream, peer, &transport, pressed, hold).await;
+            // No binding holds the opened connection across the await below: it
+            // would keep its room twice in this future.
+            let served = OptionFuture::from(opened.await.map(Rounds::serve));
+            served.await;
             held.released().await;
             metrics.connection_closed();
             drop(place);
@@ -124,16 +134,18 @@ impl<H: Handler> Conn<H> {
     }
 
     /// The PROXY header and the TLS handshake (both within the head timeout), then
-    /// HTTP. `pressed`: the node's budget is nearly spent, so the client gets
+    /// HTTP: a TLS connection (or a cleartext HTTP/2 one) is served here to its end;
+    /// a plain HTTP/1 connection is returned, to be served in [`Rounds`].
+    /// `pressed`: the node's budget is nearly spent, so the client gets
     /// [`PRESSED_WAIT`] at most for its first request.
     async fn open(
         self,
         stream: TcpStream,
         peer: SocketAddr,
-        transport: &Transport,
+        transport: Arc<Transport>,
         pressed: bool,
         hold: Hold,
-    ) {
+    ) -> Option<Rounds<H, impl ConnService>> {
         let head = if pressed {
             self.limits.header_timeout.min(PRESSED_WAIT)
         } else {
@@ -151,17 +163,21 @@ impl<H: Handler> Conn<H> {
                 Ok(Ok(opened)) => opened,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, "connection refused: {e}");
-                    return;
+                    return None;
                 }
-                Err(_) => return,
+                Err(_) => return None,
             }
         };
-        // Each kind of connection's future is boxed on its own: inline, the task of
-        // every connection, plain or not and idle or not, would be as large as the
-        // largest (TLS, with rustls's state and HTTP/2's) one.
         match &transport.tls {
-            None => Box::pin(self.plain(stream, peer, head, hold)).await,
-            Some(tls) => Box::pin(self.tls(tls, stream, peer, head, hold)).await,
+            None => self.plain(stream, peer, head, hold).await,
+            Some(tls) => {
+                // Boxed (and bound before it is awaited, or the temporary would keep
+                // its room here): TLS's state is large, and plain connections do not
+                // need it.
+                let served = Box::pin(self.tls(tls, stream, peer, head, hold));
+                served.await;
+                None
+            }
         }
     }
 
@@ -202,11 +218,7 @@ impl<H: Handler> Conn<H> {
         h2: bool,
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
+        S: ConnService,
     {
         let conn = self
             .protocols
@@ -229,72 +241,41 @@ impl<H: Handler> Conn<H> {
         }
     }
 
-    /// Serves a plain connection: HTTP/2 if it opens with the preface, else HTTP/1 in
-    /// rounds, parked between them when idle.
-    async fn plain(self, stream: Replay<TcpStream>, peer: SocketAddr, head: Duration, hold: Hold) {
+    /// Opens a plain connection: serves it as HTTP/2 if it opens with the preface;
+    /// else it is HTTP/1, returned to be served in rounds.
+    async fn plain(
+        self,
+        stream: Replay<TcpStream>,
+        peer: SocketAddr,
+        head: Duration,
+        hold: Hold,
+    ) -> Option<Rounds<H, impl ConnService>> {
         let clock = Clock::new(head, self.idle(head), false, Some(PARK_AFTER));
         let (io, returned) = Lent::new(stream);
         let mut io = Watched::new(io, clock.clone());
         let shared = Arc::new(Shared::default());
-        if !self.next_bytes(&mut io).await {
-            return;
+        if !next_bytes(&self.shutdown, &mut io).await {
+            return None;
         }
-        let Some(first) = Box::pin(first_bytes(&mut io)).await else {
-            return;
-        };
+        let first = first_bytes(&mut io).await?;
         let h2 = first.starts_with(H2_PREFACE);
         io.replay(first);
-        let mut service = self.service(&clock, &shared, hold, peer, false);
+        let service = self.service(&clock, &shared, hold, peer, false);
         if h2 {
-            Box::pin(self.auto(io, service, &clock, &shared, peer, true)).await;
-            return linger(&shared, returned).await;
+            let served = Box::pin(self.auto(io, service, &clock, &shared, peer, true));
+            served.await;
+            linger(&shared, returned).await;
+            return None;
         }
-        loop {
-            let conn = self
-                .protocols
-                .http1
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades();
-            let mut conn = Box::pin(conn);
-            let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
-            // The round's future boxed too: a parked connection keeps only the wait.
-            let round = Box::pin(self.run(conn.as_mut(), graceful, &clock, &shared, peer, false));
-            let parts = match round.await {
-                Round::Over => break,
-                Round::Parked => match Pin::into_inner(conn).into_parts() {
-                    Some(parts) => parts,
-                    None => break,
-                },
-            };
-            clock.unparked();
-            io = parts.io.into_inner();
-            service = parts.service;
-            if !parts.read_buf.is_empty() {
-                // A copy: hyper's bytes are a view of its whole read buffer.
-                io.replay(Bytes::copy_from_slice(&parts.read_buf));
-            }
-            // Parked: nothing but the socket and its clock until the client's next
-            // bytes, the idle timeout, or the drain.
-            if !self.next_bytes(&mut io).await {
-                // Dropped, the socket goes back to `returned`.
-                drop(io);
-                break;
-            }
-        }
-        Box::pin(linger(&shared, returned)).await;
-    }
-
-    /// Waits, holding no buffer, for the client's next bytes. `false`: the idle (or
-    /// first head) timeout passed first, or the node drains and none came within
-    /// [`REQUEST_GRACE`].
-    async fn next_bytes<T: crate::clock::ReadReady>(&self, io: &mut Watched<T>) -> bool {
-        tokio::select! {
-            next = io.next_bytes() => matches!(next, Ok(true)),
-            _ = self.shutdown.wait() => {
-                let next = tokio::time::timeout(REQUEST_GRACE, io.next_bytes()).await;
-                matches!(next, Ok(Ok(true)))
-            }
-        }
+        Some(Rounds {
+            conn: self,
+            io,
+            service,
+            clock,
+            shared,
+            returned,
+            peer,
+        })
     }
 
     /// The service hyper calls for each request of the connection.
@@ -305,14 +286,7 @@ impl<H: Handler> Conn<H> {
         hold: Hold,
         peer: SocketAddr,
         secure: bool,
-    ) -> impl Service<
-        Request<Incoming>,
-        Response = Response<Body>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-           + Send
-           + 'static {
+    ) -> impl ConnService {
         let handler = self.handler.clone();
         let clock = clock.clone();
         let shared = shared.clone();
@@ -338,7 +312,13 @@ impl<H: Handler> Conn<H> {
                 let http1 = req.version() < Version::HTTP_2;
                 let mut resp = match too_large(&req, max_body) {
                     Some(refusal) => refusal,
-                    None => handler.handle(req, peer).await,
+                    None => {
+                        // Boxed (and bound first): hyper moves the service's future
+                        // after creating it, and a handler's future (the load
+                        // balancer's: 3.7 KiB) inline made each a 7.9 KiB copy.
+                        let handled = Box::pin(handler.handle(req, peer));
+                        handled.await
+                    }
                 };
                 // Draining: this answer is the connection's last, and says so (an
                 // HTTP/1 client can only learn it from the answer; a connection
@@ -437,6 +417,128 @@ impl<H: Handler> Conn<H> {
                 let _ = conn.await;
                 Round::Over
             }
+        }
+    }
+}
+
+/// What hyper's connections call for each request.
+trait ConnService:
+    Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> ConnService for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A plain connection's socket as hyper reads it: the clock's watch, lent (hyper
+/// gives it back when its side closes), with any bytes already read put back.
+type PlainIo = Watched<Lent<Replay<TcpStream>>>;
+
+/// A plain HTTP/1 connection served in rounds, and all it keeps while parked: its
+/// future is the connection task's whole state then (a round's hyper connection and
+/// the opening's state are boxed, and gone between rounds).
+struct Rounds<H, S> {
+    conn: Conn<H>,
+    io: PlainIo,
+    service: S,
+    clock: Arc<Clock>,
+    shared: Arc<Shared>,
+    returned: tokio::sync::oneshot::Receiver<Replay<TcpStream>>,
+    peer: SocketAddr,
+}
+
+impl<H: Handler, S: ConnService> Rounds<H, S> {
+    /// Serves rounds of HTTP/1 until the connection is over, parked between them.
+    fn serve(self) -> impl std::future::Future<Output = ()> {
+        // Taken apart here, and the parts moved into an async block: an async fn
+        // taking `self` (or the parts) would keep its arguments twice in its state,
+        // as arguments and as locals, for as long as the connection lives.
+        let Rounds {
+            conn: this,
+            mut io,
+            mut service,
+            clock,
+            shared,
+            returned,
+            peer,
+        } = self;
+        async move {
+            loop {
+                let conn = this
+                    .protocols
+                    .http1
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades();
+                let mut conn = Box::pin(conn);
+                let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
+                let round =
+                    Box::pin(this.run(conn.as_mut(), graceful, &clock, &shared, peer, false));
+                if let Round::Over = round.await {
+                    break;
+                }
+                (io, service) = match take_back(conn) {
+                    Some(parts) => parts,
+                    None => break,
+                };
+                clock.unparked();
+                // Parked: nothing but the socket and its clock until the client's
+                // next bytes, the idle timeout, or the drain.
+                if !next_bytes(&this.shutdown, &mut io).await {
+                    // Dropped, the socket goes back to `returned`.
+                    drop(io);
+                    break;
+                }
+            }
+            let lingering = Box::pin(linger(&shared, returned));
+            lingering.await;
+        }
+    }
+}
+
+/// The socket and the service back from a round's hyper connection closed idle, with
+/// the bytes hyper had read and not used put back in front. A function of its own:
+/// hyper's parts (its read buffer's view among them) stay out of the parked state.
+fn take_back<S>(
+    conn: Pin<Box<http1::UpgradeableConnection<TokioIo<PlainIo>, S>>>,
+) -> Option<(PlainIo, S)>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+{
+    let parts = Pin::into_inner(conn).into_parts()?;
+    let mut io = parts.io.into_inner();
+    if !parts.read_buf.is_empty() {
+        // A copy: hyper's bytes are a view of its whole read buffer.
+        io.replay(Bytes::copy_from_slice(&parts.read_buf));
+    }
+    Some((io, parts.service))
+}
+
+/// Waits, holding no buffer, for the client's next bytes. `false`: the idle (or first
+/// head) timeout passed first, or the node drains and none came within
+/// [`REQUEST_GRACE`].
+async fn next_bytes<T: crate::clock::ReadReady>(shutdown: &Shutdown, io: &mut Watched<T>) -> bool {
+    tokio::select! {
+        next = io.next_bytes() => matches!(next, Ok(true)),
+        _ = shutdown.wait() => {
+            // Boxed: only a draining connection needs the timer, not every parked one.
+            let next = Box::pin(tokio::time::timeout(REQUEST_GRACE, io.next_bytes()));
+            matches!(next.await, Ok(Ok(true)))
         }
     }
 }
