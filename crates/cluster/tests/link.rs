@@ -10,16 +10,8 @@ use cluster::{Cluster, Config, Takeover};
 
 const SECRET: &[u8] = b"link test secret";
 
-/// A loopback port free for both TCP and UDP (the heartbeat address uses both).
-fn free_port() -> u16 {
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+// Free for both TCP and UDP (the heartbeat address uses both).
+use testkit::free_port;
 
 fn member(name: &str, me: u16, peer_name: &str, peer: u16, interval: Duration) -> Config {
     Config {

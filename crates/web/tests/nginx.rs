@@ -7,7 +7,7 @@
 //! (502), as ours go to an app pool with no server (502).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,13 +22,7 @@ impl Drop for Nginx {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use testkit::free_port;
 
 fn nginx_binary() -> &'static str {
     ["/usr/sbin/nginx", "/usr/bin/nginx"]

@@ -29,13 +29,7 @@ pub fn mariadb_available() -> bool {
     found
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use testkit::free_port;
 
 pub fn server(name: &str, port: u16) -> Server {
     Server {

@@ -6,7 +6,7 @@ pub mod chromium;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -21,30 +21,10 @@ use nix::unistd::Pid;
 /// +21/+22 the heartbeats.
 pub const DEFAULT_SITE_PORTS: u16 = 23;
 
-/// A base port with `count` free ports after it on 127.0.0.1, picked at random so
-/// that tests running in parallel do not collide, and below the kernel's ephemeral
-/// range: a port in it can be taken at any moment by some connection's local end (a
-/// load balancer's kept-alive upstream connection did so, and lb1 restarted after a
-/// kill could not listen again for as long as that connection lived).
+/// A base port with `count` free ports after it on 127.0.0.1, at random (tests run in
+/// parallel) and below the kernel's ephemeral range (see `testkit`).
 pub fn free_base(count: u16) -> u16 {
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let span = ephemeral.saturating_sub(10_000 + count).max(1);
-    for _ in 0..200 {
-        let seed = std::process::id() as u64
-            ^ Instant::now().elapsed().as_nanos() as u64
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64;
-        let base = 10_000 + ((seed.wrapping_mul(6364136223846793005) >> 33) % span as u64) as u16;
-        if (base..base + count).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no {count} free ports in a row on 127.0.0.1");
+    testkit::free_ports(count)
 }
 
 /// The `scaleup` binary under test.
