@@ -5,8 +5,9 @@
 //! buffer (8 KiB each) for as long as its connection lives, so a connection that
 //! goes idle between requests is *parked*: once it has been quiet for
 //! [`PARK_AFTER`] (see [`crate::clock`]), hyper's side is closed while the socket
-//! stays open, and the task waits for the client's next bytes holding only the
-//! socket and its clock; those bytes start a new round on a new hyper connection.
+//! stays open, and the task waits for the client's next bytes holding only what the
+//! next round needs ([`Rounds`]: the socket, its clock, the service); those bytes
+//! start a new round on a new hyper connection.
 //! Only bytes hyper had read and not used (a pipelined request, at most) cross from
 //! one round to the next, through [`Watched::replay`]. TLS connections are not
 //! parked (rustls keeps its own buffers, and may hold a whole record already read),
