@@ -19,6 +19,7 @@
 //! - [`trace`]: W3C `traceparent`, checked and passed on;
 //! - [`admin`]: the `/healthz`, `/metrics`, `/status` listener of every node;
 //! - [`reload`]: how a running node is asked to re-read its site file.
+//! - [`sendfile`]: large files sent from the page cache by `sendfile(2)`, through hyper;
 //! - [`node`]: what every role's process runs: listeners, admin, reloads, drain;
 //! - [`handover`]: a node's listening sockets passed to its successor (`upgrade`).
 //!
@@ -45,6 +46,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod reuseport;
+pub mod sendfile;
 pub mod server;
 pub mod shutdown;
 pub mod timing;

@@ -141,6 +141,15 @@ impl<S> Replay<S> {
             inner,
         }
     }
+
+    /// The same stream, with `inner` wrapped by `f`.
+    pub fn map<T>(self, f: impl FnOnce(S) -> T) -> Replay<T> {
+        Replay {
+            prefix: self.prefix,
+            pos: self.pos,
+            inner: f(self.inner),
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {

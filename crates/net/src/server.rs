@@ -55,6 +55,14 @@ pub trait Handler: Send + Sync + 'static {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> impl Future<Output = Response<Body>> + Send;
+
+    /// Whether this handler's answers send files by `sendfile` (see
+    /// [`crate::sendfile`]): then each request on a plain HTTP/1 connection carries
+    /// the connection's [`crate::sendfile::Outbox`] in its extensions. A role that
+    /// sends no files keeps its connections without one.
+    fn sends_files(&self) -> bool {
+        false
+    }
 }
 
 /// Limits on what clients may do to a listener.
@@ -162,6 +170,9 @@ fn protocols(limits: &Limits) -> Protocols {
         // Our own clock answers a slow head with 408 (hyper would just close).
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
+        // Queued writes: a body's frames reach the socket uncopied, which files
+        // sent by `sendfile` depend on (see `crate::sendfile`).
+        .writev(true)
         .keep_alive(true);
     let mut auto = auto::Builder::new(TokioExecutor::new());
     // The same HTTP/1 settings, for TLS connections.

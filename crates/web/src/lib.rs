@@ -213,6 +213,11 @@ impl WebServer {
 }
 
 impl Handler for WebServer {
+    /// Large static files go out by `sendfile` on plain HTTP/1 connections.
+    fn sends_files(&self) -> bool {
+        true
+    }
+
     async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let start = Instant::now();
         let live = self.live.load_full();
@@ -253,7 +258,12 @@ impl Handler for WebServer {
         } else {
             match live
                 .files
-                .serve(req.method(), req.uri(), req.headers())
+                .serve(
+                    req.method(),
+                    req.uri(),
+                    req.headers(),
+                    req.extensions().get(),
+                )
                 .await
             {
                 Outcome::Response(mut resp) => {

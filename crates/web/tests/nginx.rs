@@ -1,6 +1,9 @@
 //! The web server against real nginx (Debian's `nginx-light`): the same document
-//! root, the same requests, compared on status and the headers that matter. Where we
-//! differ on purpose, the row says why.
+//! root, the same requests, compared on status, the headers that matter and, for a
+//! file sent as it is, every byte of the body. Where we differ on purpose, the row
+//! says why. Files over 256 KiB go out by `sendfile` on both sides (ours through
+//! stand-in frames, see `net::sendfile`): a stand-in's zeros or a range sent from the
+//! wrong offset shows here.
 //!
 //! nginx runs on a free loopback port with its own prefix, pid, log and temp paths;
 //! files it does not have go to an `@app` location whose upstream is a closed port
@@ -117,6 +120,7 @@ fn make_root(root: &Path) {
         "image.png",
         &[0x89, b'P', b'N', b'G', 13, 10, 26, 10, 0, 0, 0, 0],
     );
+    write("large.bin", &large());
     write("dir/index.html", b"<p>a directory index</p>\n");
     write("dir/page.html", b"<p>a page</p>\n");
     write(".hidden", b"secret\n");
@@ -156,6 +160,8 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 struct Answer {
     status: u16,
     headers: Vec<(String, String)>,
+    /// Everything after the head, as sent (the connection closes after it).
+    body: Vec<u8>,
 }
 
 impl Answer {
@@ -183,8 +189,10 @@ fn ask(addr: SocketAddr, method: &str, path: &str, extra: &[String]) -> Answer {
     stream.write_all(request.as_bytes()).unwrap();
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw);
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n");
+    let body = end.map(|at| raw[at + 4..].to_vec()).unwrap_or_default();
+    let text = String::from_utf8_lossy(&raw[..end.unwrap_or(raw.len())]);
+    let head = text.as_ref();
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -195,7 +203,11 @@ fn ask(addr: SocketAddr, method: &str, path: &str, extra: &[String]) -> Answer {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    Answer { status, headers }
+    Answer {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// How a row is compared.
@@ -225,6 +237,19 @@ const fn row(method: &'static str, path: &'static str, headers: &'static [&'stat
 
 const OLD: &str = "If-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT";
 const FUTURE: &str = "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT";
+
+/// A file larger than one `sendfile` stand-in (1 MiB), no two of its 4 KiB pages alike.
+fn large() -> Vec<u8> {
+    let mut x: u32 = 2_463_534_242;
+    (0..(1 << 20) + 300_001)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
 
 fn table() -> Vec<Row> {
     vec![
@@ -276,6 +301,12 @@ fn table() -> Vec<Row> {
         row("GET", "/app.js", &[]),
         row("HEAD", "/app.js", &["Accept-Encoding: gzip"]),
         row("GET", "/image.png", &["Accept-Encoding: gzip"]),
+        row("GET", "/large.bin", &[]),
+        row("HEAD", "/large.bin", &[]),
+        row("GET", "/large.bin", &["Accept-Encoding: gzip"]),
+        row("GET", "/large.bin", &["Range: bytes=1000-700000"]),
+        row("GET", "/large.bin", &["Range: bytes=-1100000"]),
+        row("GET", "/large.bin", &["Range: bytes=0-99,500000-900000"]),
         row("GET", "/../etc/passwd", &[]),
         row("GET", "/%2e%2e/etc/passwd", &[]),
         row("GET", "/dir/../../etc/passwd", &[]),
@@ -366,8 +397,54 @@ fn compared(a: &Answer) -> Vec<(&'static str, String)> {
     let as_is = a.get("transfer-encoding").is_none() && a.get("content-encoding").is_none();
     if file && as_is && !multipart {
         out.push(("content-length", format!("{:?}", a.get("content-length"))));
+        out.push(("body", digest(&a.body)));
     }
     out
+}
+
+/// A body as compared: its length and an FNV-1a hash.
+fn digest(body: &[u8]) -> String {
+    let hash = body.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{} bytes, fnv {hash:016x}", body.len())
+}
+
+/// Sends `requests` in one write on one kept-alive connection (pipelined) and reads
+/// their answers: status and body of each, framed by `Content-Length`.
+fn pipelined(addr: SocketAddr, requests: &[&str]) -> Vec<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let all: String = requests
+        .iter()
+        .map(|r| format!("{r}\r\nHost: localhost\r\n\r\n"))
+        .collect();
+    stream.write_all(all.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let mut answers = Vec::new();
+    let mut buf = vec![0; 1 << 16];
+    while answers.len() < requests.len() {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "{addr} closed after {} answers", answers.len());
+        raw.extend_from_slice(&buf[..n]);
+        // Take every complete answer at the front.
+        while let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let status = head[9..12].parse().unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if raw.len() < end + 4 + len {
+                break;
+            }
+            answers.push((status, raw[end + 4..end + 4 + len].to_vec()));
+            raw.drain(..end + 4 + len);
+        }
+    }
+    answers
 }
 
 fn varies(a: &Answer) -> bool {
@@ -433,6 +510,31 @@ async fn the_web_server_answers_like_nginx() {
                 .to_string()
         };
         let (our_etag, their_etag) = (etag_of(ours), etag_of(nginx));
+        // Pipelined on one connection: a large file, a range of it, and a small file
+        // right behind them, as the client sent them.
+        let large = large();
+        let requests = [
+            "GET /large.bin HTTP/1.1",
+            "GET /large.bin HTTP/1.1\r\nRange: bytes=5-1048580",
+            "GET /small.txt HTTP/1.1",
+        ];
+        let want = [
+            large.clone(),
+            large[5..1_048_581].to_vec(),
+            b"tiny\n".to_vec(),
+        ];
+        for (server, addr) in [("ours", ours), ("nginx", nginx)] {
+            let answers = pipelined(addr, &requests);
+            for ((status, body), want) in answers.iter().zip(&want) {
+                assert!([200, 206].contains(status), "{server}: {status}");
+                assert!(
+                    body == want,
+                    "{server}: {} bytes, not the file's {}",
+                    body.len(),
+                    want.len()
+                );
+            }
+        }
         let rows = table();
         assert!(rows.len() >= 30);
         let mut failures = Vec::new();

@@ -309,7 +309,7 @@ proptest! {
         headers.insert(RANGE, header);
         let (status, headers, body) = site.runtime.block_on(async {
             let Outcome::Response(response) =
-                site.files.serve(&Method::GET, &uri, &headers).await
+                site.files.serve(&Method::GET, &uri, &headers, None).await
             else {
                 panic!("{uri} exists");
             };

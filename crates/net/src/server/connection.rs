@@ -38,6 +38,7 @@ use super::{too_large, Handler, Limits, Transport};
 use crate::clock::{Clock, Watched};
 use crate::linger::Lent;
 use crate::proxy_protocol::Replay;
+use crate::sendfile::{FileOut, Outbox};
 use crate::tunnel::Hold;
 use crate::{Body, Metrics, Shutdown};
 
@@ -197,7 +198,7 @@ impl<H: Handler> Conn<H> {
                 let (io, returned) = Lent::new(stream);
                 let io = Watched::new(io, clock.clone());
                 let shared = Arc::new(Shared::default());
-                let service = self.service(&clock, &shared, hold, peer, true);
+                let service = self.service(&clock, &shared, hold, peer, true, None);
                 Box::pin(self.auto(io, service, &clock, &shared, peer, h2)).await;
                 linger(&shared, returned).await;
             }
@@ -250,6 +251,8 @@ impl<H: Handler> Conn<H> {
         hold: Hold,
     ) -> Option<Rounds<H, impl ConnService>> {
         let clock = Clock::new(head, self.idle(head), false, Some(PARK_AFTER));
+        let outbox = self.handler.sends_files().then(Outbox::default);
+        let stream = stream.map(|tcp| FileOut::new(tcp, outbox.clone()));
         let (io, returned) = Lent::new(stream);
         let mut io = Watched::new(io, clock.clone());
         let shared = Arc::new(Shared::default());
@@ -259,7 +262,9 @@ impl<H: Handler> Conn<H> {
         let first = first_bytes(&mut io).await?;
         let h2 = first.starts_with(H2_PREFACE);
         io.replay(first);
-        let service = self.service(&clock, &shared, hold, peer, false);
+        // Files go out by `sendfile` on HTTP/1 only: HTTP/2 frames them itself.
+        let outbox = if h2 { None } else { outbox };
+        let service = self.service(&clock, &shared, hold, peer, false, outbox);
         if h2 {
             let served = Box::pin(self.auto(io, service, &clock, &shared, peer, true));
             served.await;
@@ -277,7 +282,8 @@ impl<H: Handler> Conn<H> {
         })
     }
 
-    /// The service hyper calls for each request of the connection.
+    /// The service hyper calls for each request of the connection; `outbox`: the
+    /// socket's, for a handler that sends files (see [`crate::sendfile`]).
     fn service(
         &self,
         clock: &Arc<Clock>,
@@ -285,6 +291,7 @@ impl<H: Handler> Conn<H> {
         hold: Hold,
         peer: SocketAddr,
         secure: bool,
+        outbox: Option<Outbox>,
     ) -> impl ConnService {
         let handler = self.handler.clone();
         let clock = clock.clone();
@@ -298,6 +305,9 @@ impl<H: Handler> Conn<H> {
             let shared = shared.clone();
             let hold = hold.clone();
             let draining = draining.clone();
+            if let Some(outbox) = &outbox {
+                req.extensions_mut().insert(outbox.clone());
+            }
             shared.activity.fetch_add(1, Relaxed);
             async move {
                 clock.request_started(!req.body().is_end_stream());
@@ -443,8 +453,9 @@ impl<S> ConnService for S where
 }
 
 /// A plain connection's socket as hyper reads it: the clock's watch, lent (hyper
-/// gives it back when its side closes), with any bytes already read put back.
-type PlainIo = Watched<Lent<Replay<TcpStream>>>;
+/// gives it back when its side closes), with any bytes already read put back, and
+/// files sent by `sendfile`.
+type PlainIo = Watched<Lent<Replay<FileOut>>>;
 
 /// A plain HTTP/1 connection served in rounds, and all it keeps while parked: its
 /// future is the connection task's whole state then (a round's hyper connection and
@@ -455,7 +466,7 @@ struct Rounds<H, S> {
     service: S,
     clock: Arc<Clock>,
     shared: Arc<Shared>,
-    returned: tokio::sync::oneshot::Receiver<Replay<TcpStream>>,
+    returned: tokio::sync::oneshot::Receiver<Replay<FileOut>>,
     peer: SocketAddr,
 }
 

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -13,7 +14,9 @@ use http::{Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 
-use super::Content;
+use net::sendfile::{self, Outbox};
+
+use super::{Content, Request};
 
 /// Bodies up to this size (one [`CHUNK`]) are read into memory before the response is
 /// returned, so a read error still becomes a clean 500. Anything larger is streamed a
@@ -37,14 +40,15 @@ pub(super) enum Segment {
 /// A body made of `segments`, and its length.
 ///
 /// Small bodies are read now (a failed read can still become a 500); large ones are
-/// streamed from the open file in [`CHUNK`]-sized reads.
+/// streamed from the open file: sent by `sendfile` when the request came with its
+/// connection's [`Outbox`], else in [`CHUNK`]-sized reads.
 pub(super) fn file_body(
     content: Content,
     segments: Vec<Segment>,
-    head: bool,
+    req: &Request,
 ) -> io::Result<Payload> {
     let total = segments.iter().map(segment_len).sum();
-    if head {
+    if req.head {
         return Ok(Payload::empty(total));
     }
     let mut file = match content {
@@ -57,9 +61,11 @@ pub(super) fn file_body(
         return Ok(Payload::new(read_segments(&mut file, &segments)?, false));
     }
     let state = Streamer {
-        file,
+        file: Arc::new(file),
         segments: segments.into(),
         position: None,
+        outbox: req.outbox.clone(),
+        standing: 0,
     };
     let stream = futures_util::stream::try_unfold(state, Streamer::next)
         .map_ok(Frame::data)
@@ -150,12 +156,16 @@ fn shrank() -> io::Error {
 
 /// State of a streamed body: the file and what is left to send.
 struct Streamer {
-    /// The open file.
-    file: File,
+    /// The open file (shared with the outbox while it sends from it).
+    file: Arc<File>,
     /// What is left to send, in order; a partly sent slice is put back shortened.
     segments: VecDeque<Segment>,
     /// The file offset, when known, so consecutive reads need no seek.
     position: Option<u64>,
+    /// The connection's, when file slices go out by `sendfile` as stand-ins.
+    outbox: Option<Outbox>,
+    /// Stand-in bytes still to give for the slice last announced to the outbox.
+    standing: u64,
 }
 
 impl Streamer {
@@ -166,22 +176,40 @@ impl Streamer {
     /// read is a memcpy of some microseconds. tokio's `File` instead hands each read to
     /// the blocking pool and copies it twice (into its own buffer, then into ours);
     /// with this change 1 MiB downloads went from 0.45 to 0.66 of nginx's rate.
+    ///
+    /// With an outbox, a file slice is announced to it and given as stand-ins (see
+    /// [`net::sendfile`]): the socket sends it from the page cache, and nothing is
+    /// read here.
     async fn next(mut self) -> io::Result<Option<(Bytes, Self)>> {
-        let Some(segment) = self.segments.pop_front() else {
-            return Ok(None);
-        };
-        let (start, len) = match segment {
-            Segment::Bytes(bytes) => return Ok(Some((bytes, self))),
-            Segment::File { start, len } => (start, len),
-        };
+        while self.standing == 0 {
+            let Some(segment) = self.segments.pop_front() else {
+                return Ok(None);
+            };
+            let (start, len) = match segment {
+                Segment::Bytes(bytes) => return Ok(Some((bytes, self))),
+                Segment::File { start, len } => (start, len),
+            };
+            let Some(outbox) = &self.outbox else {
+                return self.read(start, len).map(|chunk| Some((chunk, self)));
+            };
+            outbox.announce(&self.file, start, len);
+            self.standing = len;
+        }
+        let n = self.standing.min(sendfile::STAND_IN_MAX as u64);
+        self.standing -= n;
+        Ok(Some((sendfile::stand_in(n as usize), self)))
+    }
+
+    /// Reads the next chunk of the file slice `start..start + len`; what is left of
+    /// it goes back to the front of the segments.
+    fn read(&mut self, start: u64, len: u64) -> io::Result<Bytes> {
+        let mut file = &*self.file;
         if self.position != Some(start) {
-            self.file.seek(SeekFrom::Start(start))?;
+            file.seek(SeekFrom::Start(start))?;
         }
         let want = len.min(CHUNK as u64);
         let mut buf = Vec::with_capacity(want as usize);
-        let read = Read::by_ref(&mut self.file)
-            .take(want)
-            .read_to_end(&mut buf)? as u64;
+        let read = file.take(want).read_to_end(&mut buf)? as u64;
         if read != want {
             return Err(shrank());
         }
@@ -192,7 +220,7 @@ impl Streamer {
                 len: len - read,
             });
         }
-        Ok(Some((buf.into(), self)))
+        Ok(buf.into())
     }
 }
 

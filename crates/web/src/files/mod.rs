@@ -37,6 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
+use net::sendfile::Outbox;
 
 use body::{file_body, respond, status_page, with_headers, Payload, Segment};
 use cache::{FileCache, Siblings};
@@ -152,8 +153,15 @@ impl StaticFiles {
     }
 
     /// What to do with this request: a finished response, or [`Outcome::NotFound`] so
-    /// the caller can proxy it to the application.
-    pub async fn serve(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Outcome {
+    /// the caller can proxy it to the application. `outbox`: the connection's, when
+    /// it can send a large file by `sendfile` (plain HTTP/1, see [`net::sendfile`]).
+    pub async fn serve(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        outbox: Option<&Outbox>,
+    ) -> Outcome {
         let head = match *method {
             Method::GET => false,
             Method::HEAD => true,
@@ -174,6 +182,7 @@ impl StaticFiles {
             range: single_header(headers, &header::RANGE),
             if_range: single_header(headers, &header::IF_RANGE),
             accept_encoding: list_header(headers, &header::ACCEPT_ENCODING),
+            outbox: outbox.cloned(),
         };
         // A small file resolved less than FILE_CACHE_TTL ago is answered from memory:
         // the same decisions, without the file-system work. Only on-the-fly
@@ -216,6 +225,8 @@ struct Request {
     if_range: Option<String>,
     /// Which content codings the client can decode.
     accept_encoding: Option<String>,
+    /// Where a streamed body's file ranges go by `sendfile`, if they can.
+    outbox: Option<Outbox>,
 }
 
 /// A file about to be served, with everything its headers need.
@@ -427,7 +438,7 @@ impl Inner {
                     start,
                     len: end - start + 1,
                 }];
-                let body = file_body(res.content, segments, req.head).at(&res.path)?;
+                let body = file_body(res.content, segments, req).at(&res.path)?;
                 return Ok(Outcome::Response(
                     body.respond(StatusCode::PARTIAL_CONTENT, headers),
                 ));
@@ -452,7 +463,7 @@ impl Inner {
                     header::CONTENT_TYPE,
                     ascii(format!("multipart/byteranges; boundary={boundary}")),
                 );
-                let body = file_body(res.content, segments, req.head).at(&res.path)?;
+                let body = file_body(res.content, segments, req).at(&res.path)?;
                 return Ok(Outcome::Response(
                     body.respond(StatusCode::PARTIAL_CONTENT, headers),
                 ));
@@ -467,7 +478,7 @@ impl Inner {
                     start: 0,
                     len: res.len,
                 }],
-                req.head,
+                req,
             )
             .at(&res.path)?,
             Coding::Precompressed {
@@ -476,7 +487,7 @@ impl Inner {
                 len,
             } => {
                 headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
-                file_body(content, vec![Segment::File { start: 0, len }], req.head).at(&res.path)?
+                file_body(content, vec![Segment::File { start: 0, len }], req).at(&res.path)?
             }
             Coding::Gzip => {
                 headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));

@@ -58,7 +58,9 @@ async fn outcome(
             HeaderValue::try_from(*value).unwrap(),
         );
     }
-    files.serve(&method, &uri.parse().unwrap(), &map).await
+    files
+        .serve(&method, &uri.parse().unwrap(), &map, None)
+        .await
 }
 
 async fn request(
@@ -676,7 +678,12 @@ async fn well_known_files_are_served_but_hidden_files_inside_are_not() {
         let files = files.clone();
         async move {
             match files
-                .serve(&Method::GET, &path.parse().unwrap(), &HeaderMap::new())
+                .serve(
+                    &Method::GET,
+                    &path.parse().unwrap(),
+                    &HeaderMap::new(),
+                    None,
+                )
                 .await
             {
                 Outcome::Response(resp) => resp.status(),
