@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -51,19 +51,18 @@ pub(super) fn file_body(
     if req.head {
         return Ok(Payload::empty(total));
     }
-    let mut file = match content {
+    let file = match content {
         Content::File(file) => file,
         Content::Memory(bytes) => {
             return Ok(Payload::new(memory_segments(&bytes, &segments)?, false))
         }
     };
     if total <= READ_NOW_MAX {
-        return Ok(Payload::new(read_segments(&mut file, &segments)?, false));
+        return Ok(Payload::new(read_segments(&file, &segments)?, false));
     }
     let state = Streamer {
-        file: Arc::new(file),
+        file,
         segments: segments.into(),
-        position: None,
         outbox: req.outbox.clone(),
         standing: 0,
     };
@@ -86,24 +85,13 @@ fn segment_len(segment: &Segment) -> u64 {
 /// Reads `segments` of `file` into one buffer. Errors if the file turned out shorter
 /// than its metadata said (it changed while being served): a short body under a longer
 /// `Content-Length` would hang or corrupt the client.
-pub(super) fn read_segments(file: &mut File, segments: &[Segment]) -> io::Result<Bytes> {
+pub(super) fn read_segments(file: &File, segments: &[Segment]) -> io::Result<Bytes> {
     let total: u64 = segments.iter().map(segment_len).sum();
     let mut buf = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-    // A freshly opened file is at offset 0; skip the seek for the common whole-file case.
-    let mut position = 0;
     for segment in segments {
         match segment {
             Segment::Bytes(bytes) => buf.extend_from_slice(bytes),
-            Segment::File { start, len } => {
-                if *start != position {
-                    file.seek(SeekFrom::Start(*start))?;
-                }
-                let read = Read::by_ref(file).take(*len).read_to_end(&mut buf)?;
-                if read as u64 != *len {
-                    return Err(shrank());
-                }
-                position = start + len;
-            }
+            Segment::File { start, len } => buf.extend_from_slice(&read_at(file, *start, *len)?),
         }
     }
     Ok(buf.into())
@@ -133,18 +121,23 @@ pub(super) fn memory_segments(bytes: &Bytes, segments: &[Segment]) -> io::Result
     Ok(buf.into())
 }
 
-/// The first `len` bytes of `file`, read without moving its offset; an error if the
-/// file is shorter now.
+/// The first `len` bytes of `file`; an error if the file is shorter now.
 pub(super) fn read_whole(file: &File, len: u64) -> io::Result<Bytes> {
+    read_at(file, 0, len).map(Bytes::from)
+}
+
+/// `len` bytes of `file` from `start`, read at that offset (the file's own position
+/// is shared, see [`Content`]); an error if the file is shorter now.
+fn read_at(file: &File, start: u64, len: u64) -> io::Result<Vec<u8>> {
     let mut buf = vec![0; usize::try_from(len).map_err(|_| shrank())?];
-    file.read_exact_at(&mut buf, 0).map_err(|e| {
+    file.read_exact_at(&mut buf, start).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             shrank()
         } else {
             e
         }
     })?;
-    Ok(buf.into())
+    Ok(buf)
 }
 
 fn shrank() -> io::Error {
@@ -156,12 +149,11 @@ fn shrank() -> io::Error {
 
 /// State of a streamed body: the file and what is left to send.
 struct Streamer {
-    /// The open file (shared with the outbox while it sends from it).
+    /// The open file (shared with the outbox while it sends from it, and with other
+    /// downloads when the open-file cache keeps it).
     file: Arc<File>,
     /// What is left to send, in order; a partly sent slice is put back shortened.
     segments: VecDeque<Segment>,
-    /// The file offset, when known, so consecutive reads need no seek.
-    position: Option<u64>,
     /// The connection's, when file slices go out by `sendfile` as stand-ins.
     outbox: Option<Outbox>,
     /// Stand-in bytes still to give for the slice last announced to the outbox.
@@ -203,17 +195,8 @@ impl Streamer {
     /// Reads the next chunk of the file slice `start..start + len`; what is left of
     /// it goes back to the front of the segments.
     fn read(&mut self, start: u64, len: u64) -> io::Result<Bytes> {
-        let mut file = &*self.file;
-        if self.position != Some(start) {
-            file.seek(SeekFrom::Start(start))?;
-        }
-        let want = len.min(CHUNK as u64);
-        let mut buf = Vec::with_capacity(want as usize);
-        let read = file.take(want).read_to_end(&mut buf)? as u64;
-        if read != want {
-            return Err(shrank());
-        }
-        self.position = Some(start + read);
+        let read = len.min(CHUNK as u64);
+        let buf = read_at(&self.file, start, read)?;
         if read < len {
             self.segments.push_front(Segment::File {
                 start: start + read,

@@ -1,6 +1,7 @@
 //! The open-file cache (nginx's `open_file_cache`): small files kept in memory with
-//! their validators and precompressed siblings, keyed by request path and answered
-//! from memory for `FILE_CACHE_TTL` after they were read.
+//! their validators and precompressed siblings, larger ones as an open descriptor
+//! with their validators, keyed by request path and answered without the file
+//! system for `FILE_CACHE_TTL` after they were found.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
@@ -25,6 +26,13 @@ const FILE_CACHE_BUDGET: usize = 32 << 20;
 /// grow the cache without limit either.
 const FILE_CACHE_ENTRY_OVERHEAD: usize = 256;
 
+/// What a kept descriptor is charged: the cache holds at most 256 of them, a small
+/// share of the node's descriptors (its connection budget is sized from the same
+/// limit). A stale entry keeps its descriptor until the path is looked up again or
+/// the cache starts over, so a deleted file's space may be held that long (as with
+/// nginx's `open_file_cache`).
+const DESCRIPTOR_COST: usize = FILE_CACHE_BUDGET / 256;
+
 /// How long a cached file is served without looking at the file system again: a
 /// file changed on disk is served stale for at most this long.
 pub(super) const FILE_CACHE_TTL: Duration = Duration::from_secs(1);
@@ -46,10 +54,10 @@ impl Siblings {
     }
 }
 
-/// A small file as it was found on disk at `checked`, ready to be served from memory.
+/// A file as it was found on disk at `checked`: a small one served from memory
+/// (`Content::Memory`, its siblings read), a larger one from its open descriptor.
 struct CachedFile {
     checked: Instant,
-    /// Always served from memory (`Content::Memory`), with its siblings read.
     resource: Resource,
 }
 
@@ -64,15 +72,15 @@ impl std::fmt::Debug for CachedFile {
 }
 
 impl Resource {
-    /// A copy sharing this resource's bytes; `None` for a file still on disk, which
-    /// cannot be shared.
-    fn share(&self) -> Option<Resource> {
-        let Content::Memory(bytes) = &self.content else {
-            return None;
+    /// A copy sharing this resource's bytes or descriptor.
+    fn share(&self) -> Resource {
+        let content = match &self.content {
+            Content::Memory(bytes) => Content::Memory(bytes.clone()),
+            Content::File(file) => Content::File(Arc::clone(file)),
         };
-        Some(Resource {
+        Resource {
             path: Arc::clone(&self.path),
-            content: Content::Memory(bytes.clone()),
+            content,
             len: self.len,
             modified_exact: self.modified_exact,
             modified: self.modified,
@@ -83,7 +91,7 @@ impl Resource {
             mime: self.mime,
             compressible: self.compressible,
             siblings: self.siblings.clone(),
-        })
+        }
     }
 }
 
@@ -97,7 +105,11 @@ impl CachedFile {
                 .map(Bytes::len)
                 .sum::<usize>()
         });
-        self.resource.len as usize + siblings + key.len() + FILE_CACHE_ENTRY_OVERHEAD
+        let body = match &self.resource.content {
+            Content::Memory(bytes) => bytes.len(),
+            Content::File(_) => DESCRIPTOR_COST,
+        };
+        body + siblings + key.len() + FILE_CACHE_ENTRY_OVERHEAD
     }
 }
 
@@ -139,17 +151,22 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&path.key())?;
-        entry.resource.share()
+        Some(entry.resource.share())
     }
 
     /// Reads a small file (and its precompressed siblings) into memory and caches it
     /// under the request path; returns the resource to serve this request from. A
+    /// larger file is cached as its open descriptor when it has no content coding to
+    /// choose (not compressible: images, media, archives, the large downloads); a
     /// file that cannot be cached is returned as it came, unread.
     pub(super) fn remember(&self, req: &Request, mut res: Resource) -> Resource {
         let Content::File(file) = &res.content else {
             return res;
         };
         if res.len > CACHE_FILE_MAX {
+            if !res.compressible {
+                self.keep(req, &res);
+            }
             return res;
         }
         // Positioned reads leave the file offset alone, so on failure the file is
@@ -180,14 +197,18 @@ impl Inner {
             return res;
         }
         res.siblings = Some(Arc::new(siblings));
+        self.keep(req, &res);
+        res
+    }
+
+    fn keep(&self, req: &Request, res: &Resource) {
         let entry = CachedFile {
             checked: Instant::now(),
-            resource: res.share().expect("the content was just read into memory"),
+            resource: res.share(),
         };
         self.file_cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(req.path.key(), Arc::new(entry));
-        res
     }
 }

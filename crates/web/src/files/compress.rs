@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 
 use bytes::Bytes;
 use flate2::{write::GzEncoder, Compression};
@@ -63,7 +63,7 @@ impl Inner {
                     .map(|bytes| (Content::Memory(bytes.clone()), bytes.len() as u64)),
                 None => self
                     .sibling(res, suffix)
-                    .map(|(file, len)| (Content::File(file), len)),
+                    .map(|(file, len)| (Content::File(Arc::new(file)), len)),
             };
             if let Some((content, len)) = found {
                 return Coding::Precompressed {

@@ -13,9 +13,10 @@
 //! than `READ_NOW_MAX` (one chunk) leave that call as a stream, read in `CHUNK`-sized
 //! pieces, so a large download never sits in memory whole.
 //!
-//! Small files skip even that hop while they are hot: like nginx's `open_file_cache`,
-//! a file of up to `CACHE_FILE_MAX` bytes is kept in memory after it was served, with
-//! its validators, header values and precompressed siblings, keyed by request path.
+//! Hot files skip even that hop: like nginx's `open_file_cache`, a file of up to
+//! `CACHE_FILE_MAX` bytes is kept in memory after it was served, with its validators,
+//! header values and precompressed siblings, keyed by request path; a larger one that
+//! is not compressible is kept as its open descriptor with its validators.
 //! For `FILE_CACHE_TTL` after it was read, requests for that path are answered from
 //! memory on the calling task, through the same decisions (preconditions, ranges,
 //! content coding); after that the next request takes the file-system path again and
@@ -184,7 +185,7 @@ impl StaticFiles {
             accept_encoding: list_header(headers, &header::ACCEPT_ENCODING),
             outbox: outbox.cloned(),
         };
-        // A small file resolved less than FILE_CACHE_TTL ago is answered from memory:
+        // A file resolved less than FILE_CACHE_TTL ago is answered from the cache:
         // the same decisions, without the file-system work. Only on-the-fly
         // compression that is not cached yet sends it the slow way.
         if let Some(resource) = self.inner.cached(&request.path) {
@@ -258,8 +259,12 @@ struct Resource {
 }
 
 /// Where a body comes from: an open file, or the bytes of a cached one.
+///
+/// The file is shared (a large file's descriptor is kept by the open-file cache and
+/// used by every download of it at once), so it is only ever read at an offset,
+/// never through its own position.
 enum Content {
-    File(File),
+    File(Arc<File>),
     Memory(Bytes),
 }
 
@@ -348,7 +353,7 @@ impl Inner {
             mime,
             compressible,
             path: path.into(),
-            content: Content::File(file),
+            content: Content::File(Arc::new(file)),
             siblings: None,
         };
         let resource = self.remember(req, resource);

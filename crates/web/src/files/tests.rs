@@ -530,6 +530,31 @@ async fn a_changed_file_is_served_within_a_second() {
 }
 
 #[tokio::test]
+async fn a_large_file_is_served_from_its_kept_descriptor_for_a_second() {
+    let (dir, files) = site();
+    let (_, _, body) = get(&files, "/big.bin", &[]).await;
+    assert!(body == big());
+    // Replaced on disk (a new file renamed over it, as deploys do): the kept
+    // descriptor still serves the old file, whole or in ranges, to several
+    // downloads at once (each reads at its own offsets).
+    let path = dir.path().join("big.bin");
+    fs::write(dir.path().join("big.bin.new"), b"new contents").unwrap();
+    fs::rename(dir.path().join("big.bin.new"), &path).unwrap();
+    let (whole, range) = tokio::join!(
+        get(&files, "/big.bin", &[]),
+        get(&files, "/big.bin", &[("range", "bytes=1000000-2999999")]),
+    );
+    assert!(whole.2 == big(), "the kept descriptor's file, whole");
+    assert_eq!(range.0, StatusCode::PARTIAL_CONTENT);
+    assert!(range.2 == big()[1_000_000..3_000_000]);
+    // After the cache's time the path is looked up again.
+    tokio::time::sleep(FILE_CACHE_TTL + Duration::from_millis(100)).await;
+    let (_, headers, body) = get(&files, "/big.bin", &[]).await;
+    assert_eq!(body, "new contents");
+    assert_eq!(content_length(&headers), 12);
+}
+
+#[tokio::test]
 async fn gzip_refused_or_not_worth_it_is_identity() {
     let (_dir, files) = site();
     for refusal in [
