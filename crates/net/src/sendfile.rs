@@ -15,6 +15,14 @@
 //! `Content-Length` check, a pipelined next answer, the access log's byte count), so
 //! nothing above the socket changes.
 //!
+//! The head written right before a file's first stand-in goes with `MSG_MORE`, so
+//! it leaves in the same segment as the file's first bytes (nginx's `tcp_nopush`).
+//! Sent alone (the socket has `TCP_NODELAY`), it was a small segment of its own, and
+//! the file's bytes then left paced by the client's ACKs, from the client's side of
+//! the loopback: wrk spent 520-600 µs of kernel time per 1 MiB answer instead of
+//! 230-260, and the machine served 2,400-2,800 downloads a second instead of
+//! 3,800-5,000.
+//!
 //! This relies on hyper handing the frames' `Bytes` to the socket uncopied, which its
 //! queued write strategy does; `writev(true)` on the HTTP/1 builder pins that
 //! strategy. Had it copied them, the stand-ins' zeros would go out: the web tests
@@ -29,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
+use rustix::net::{sendmsg, SendAncillaryBuffer, SendFlags};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -136,6 +145,28 @@ impl FileOut {
     }
 }
 
+impl FileOut {
+    /// Writes `bufs` with `MSG_MORE`: the kernel waits for what follows (the file's
+    /// bytes, sent next) before it sends a segment.
+    fn poll_write_more(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.tcp.poll_write_ready(cx))?;
+            let written = self.tcp.try_io(Interest::WRITABLE, || {
+                let mut control = SendAncillaryBuffer::default();
+                Ok(sendmsg(&self.tcp, bufs, &mut control, SendFlags::MORE)?)
+            });
+            match written {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                written => return Poll::Ready(written),
+            }
+        }
+    }
+}
+
 fn unannounced() -> io::Error {
     io::Error::other("stand-in bytes written with no file announced for them")
 }
@@ -179,7 +210,10 @@ impl AsyncWrite for FileOut {
         let plain = bufs.iter().take_while(|b| !is_stand_in(b)).count();
         match bufs.get(plain) {
             Some(stand_in) if plain == 0 => self.poll_send_file(cx, stand_in.len()),
-            _ => Pin::new(&mut self.tcp).poll_write_vectored(cx, &bufs[..plain]),
+            // A head right before a file: held back (`MSG_MORE`) to go out with the
+            // file's first bytes, as nginx's `tcp_nopush` does.
+            Some(_) => self.poll_write_more(cx, &bufs[..plain]),
+            None => Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs),
         }
     }
 
