@@ -143,9 +143,7 @@ impl FileOut {
             }
         }
     }
-}
 
-impl FileOut {
     /// Writes `bufs` with `MSG_MORE`: the kernel waits for what follows (the file's
     /// bytes, sent next) before it sends a segment.
     fn poll_write_more(
