@@ -114,14 +114,25 @@ pub async fn forward(
     // Held until a server took it: a request that found no connection is whole,
     // whatever its method, and goes to the next server.
     let mut unsent = Some(request);
+    // A request with a body gets its error page with `Connection: close`: the body
+    // may not have been read to its end (never sent, or cut off), and a client that
+    // sends it whole before reading would otherwise meet a reset that destroys the
+    // page; the connection lingers instead (see `linger`), as for a 413.
+    let refuse = |failure: Failure| {
+        let mut page = failure.page(policy.unreachable, &pool.name, request_id);
+        if fault.is_some() {
+            page.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        page
+    };
     let mut tried: Vec<usize> = Vec::new();
 
     loop {
         let Some((index, in_flight)) = pool.pick(peer.ip(), &tried) else {
-            let failure = Failure::NoServer {
+            return refuse(Failure::NoServer {
                 after_tries: !tried.is_empty(),
-            };
-            return failure.page(policy.unreachable, &pool.name, request_id);
+            });
         };
         let server = &pool.servers()[index];
         let Some(mut request) = unsent.take() else {
@@ -195,7 +206,7 @@ pub async fn forward(
         tried.push(index);
         let may_retry = unsent.is_some() && tried.len() <= policy.retries as usize;
         if !(failure.retry_elsewhere() && may_retry) {
-            return failure.page(policy.unreachable, &pool.name, request_id);
+            return refuse(failure);
         }
     }
 }

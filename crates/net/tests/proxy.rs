@@ -239,6 +239,63 @@ async fn a_refused_server_is_retried_elsewhere_and_taken_out_at_once() {
         .contains("503 Service Unavailable"));
 }
 
+/// With no server to take it, an upload sent whole before the client reads (a simple
+/// client, a form post) still gets its 503 page, not a reset: its body was never
+/// read, so the connection says `Connection: close` and lingers (as for a 413).
+#[tokio::test]
+async fn an_unread_upload_gets_its_error_page_not_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pool = Arc::new(Pool::new(
+        "app",
+        vec![("dead".into(), dead_addr())],
+        Algorithm::RoundRobin,
+        health(60_000),
+        timeouts(2000),
+    ));
+    pool.servers()[0].check_failed(1, "test", true);
+    let addr = front(pool, Limits::default()).await;
+    let body = vec![b'p'; 900 * 1024];
+    let mut chunked = Vec::new();
+    for piece in body.chunks(0x10000) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    for (what, framing, body) in [
+        (
+            "announced",
+            format!("Content-Length: {}", body.len()),
+            &body,
+        ),
+        (
+            "chunked",
+            "Transfer-Encoding: chunked".to_string(),
+            &chunked,
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n");
+        let sent = async {
+            stream.write_all(head.as_bytes()).await?;
+            stream.write_all(body).await
+        }
+        .await;
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 503"),
+            "{what}: sent {sent:?}, read {read:?}: {answer:.300}"
+        );
+        assert!(
+            answer.contains("connection: close"),
+            "{what}: {answer:.300}"
+        );
+    }
+}
+
 /// A request that found no connection was never seen by a server, so it goes to the
 /// next one whatever its method, body included: as HAProxy's `redispatch`.
 #[tokio::test]

@@ -88,6 +88,10 @@ async fn app_web_lb() -> (u16, tempfile::TempDir, Vec<Proc>) {
         Duration::from_secs(60),
     )
     .await;
+    // The home page is the app's, through web1 (+3): its app pool is up too (a web
+    // server started before app1 listened counts it down until its checks rise).
+    let web: SocketAddr = ([127, 0, 0, 1], base + 3).into();
+    wait_status(&format!("http://{web}/"), 200, Duration::from_secs(60)).await;
     (base, state, nodes)
 }
 
