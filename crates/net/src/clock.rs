@@ -15,6 +15,12 @@
 //! HTTP/2 connections (ALPN `h2`, or the cleartext preface) get only the idle rule:
 //! a 408 in HTTP/1 bytes would mean nothing inside HTTP/2 framing.
 //!
+//! Writes have a clock too (nginx's `send_timeout`, HAProxy's `timeout client` on
+//! the way out): a write that waits for the client to read, with not one byte taken
+//! for the head timeout, ends the connection. A client that asks for a large file
+//! and stops reading would otherwise hold its connection, its place in the budget
+//! and its file for ever (the kernel keeps probing a zero window).
+//!
 //! The clock also says when a plain HTTP/1 connection may be *parked*: hyper keeps
 //! 16 KiB of buffers per connection for as long as the connection lives, idle or
 //! not, so 10,000 idle clients would cost 160 MB. Once a connection has been idle
@@ -42,6 +48,8 @@ pub struct Clock {
     state: Mutex<State>,
     head: Duration,
     idle: Duration,
+    /// How long a write may wait for the client to take a byte.
+    send: Duration,
     /// How long an idle HTTP/1 connection keeps hyper's buffers before it is parked;
     /// `None`: never parked (TLS, HTTP/2).
     park_after: Option<Duration>,
@@ -89,10 +97,12 @@ impl State {
 impl Clock {
     /// A clock for a new connection: its first head must come within `head`; a
     /// kept-alive connection may then idle `idle` between requests, and is parked
-    /// after `park_after` of it (`None`: never).
+    /// after `park_after` of it (`None`: never); a write may wait `send` for the
+    /// client to read.
     pub fn new(
         head: Duration,
         idle: Duration,
+        send: Duration,
         h2: bool,
         park_after: Option<Duration>,
     ) -> Arc<Clock> {
@@ -110,6 +120,7 @@ impl Clock {
             }),
             head,
             idle,
+            send,
             park_after,
             rearm: std::sync::atomic::AtomicBool::new(false),
         })
@@ -202,6 +213,9 @@ pub struct Watched<T> {
     /// read but not used when its side of a parked connection closed, or the first
     /// bytes looked at for the HTTP/2 preface.
     replay: Bytes,
+    /// Set while a write waits for the client to read: when it fires, the
+    /// connection ends (see the module's note). A timer only while stalled.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> Watched<T> {
@@ -214,6 +228,7 @@ impl<T> Watched<T> {
             answering: None,
             sniffed: false,
             replay: Bytes::new(),
+            stall: None,
         }
     }
 
@@ -367,13 +382,41 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Watched<T> {
     }
 }
 
+impl<T> Watched<T> {
+    /// A write's outcome, through the send clock: a write that cannot go on starts
+    /// it (or finds it run out: the connection ends); one that wrote stops it.
+    fn sent(
+        &mut self,
+        written: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        if written.is_ready() {
+            self.stall = None;
+            return written;
+        }
+        let send = self.clock.send;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
+        if stall.as_mut().poll(cx).is_ready() {
+            self.stall = None;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {send:?}: connection closed"),
+            )));
+        }
+        Poll::Pending
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.sent(written, cx)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -402,7 +445,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.sent(written, cx)
     }
 
     fn is_write_vectored(&self) -> bool {

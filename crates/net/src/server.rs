@@ -72,7 +72,8 @@ pub struct Limits {
     /// limits, and per client address; further ones wait in the kernel's backlog.
     pub budget: Arc<Budget>,
     /// Time a client has to send a request head, and to start the next one on a
-    /// kept-alive connection.
+    /// kept-alive connection; also how long a write may wait for the client to take
+    /// a byte of an answer (nginx's `send_timeout`).
     pub header_timeout: Duration,
     /// Largest request head, in bytes (at least 8 KiB); larger heads get 431.
     pub max_header_bytes: usize,

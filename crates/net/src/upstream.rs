@@ -73,7 +73,8 @@ pub struct HealthCheck {
 pub struct Timeouts {
     /// Connecting to an upstream server.
     pub connect: Duration,
-    /// A client sending its request head, and an idle keep-alive client.
+    /// A client sending its request head, and one not reading an answer (a write
+    /// with no byte taken for this long ends the connection).
     pub client: Duration,
     /// An upstream server sending its response head.
     pub server: Duration,

@@ -3,7 +3,8 @@
 //! an idle keep-alive connection is closed, an announced oversize body gets 413, an
 //! HTTP/2 client cannot grow a header block forever with CONTINUATION frames, and a
 //! flood of streams opened and reset at once (rapid reset) ends its connection, and
-//! so does a client that opens and resets them a few at a time.
+//! so does a client that opens and resets them a few at a time; a client that stops
+//! reading an answer is let go at the timeout, and a slow reader is not.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -137,6 +138,83 @@ async fn an_idle_keep_alive_connection_is_closed_silently() {
         "no 408 for an idle connection"
     );
     assert!(took < Duration::from_secs(2), "closed after {took:?}");
+}
+
+/// An answer of `len` bytes, in 64 KiB frames.
+struct Large(usize);
+
+impl Handler for Large {
+    async fn handle(&self, _req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+        use http_body_util::BodyExt;
+        let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+        let frames = (0..self.0.div_ceil(chunk.len()))
+            .map(move |_| Ok::<_, net::BoxError>(http_body::Frame::data(chunk.clone())));
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let mut resp = Response::new(body.boxed_unsync());
+        resp.headers_mut().insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(self.0.div_ceil(64 * 1024) * 64 * 1024),
+        );
+        resp
+    }
+}
+
+/// Asks for the large answer and takes `read` bytes after every `pause`, until more
+/// than `len` bytes came (the answer is whole) or the server closes; how many came.
+fn download(addr: SocketAddr, len: usize, read: usize, pause: Duration) -> usize {
+    let limit = Duration::from_secs(30);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // A small window, so that the server's writes wait as soon as the client does.
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let started = Instant::now();
+    let mut got = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got <= len && started.elapsed() < limit {
+        std::thread::sleep(pause);
+        let mut burst = 0;
+        while burst < read && got + burst <= len {
+            match stream.read(&mut buf[..(read - burst).min(64 * 1024)]) {
+                Ok(0) | Err(_) => return got + burst,
+                Ok(n) => burst += n,
+            }
+        }
+        got += burst;
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_let_go_and_a_slow_reader_is_not() {
+    let limits = Limits {
+        header_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let len = 8 << 20;
+    let addr = start_with(limits, Large(len)).await;
+    // Reads nothing for 5 s, then everything it can: the server gave up once its
+    // writes had waited 2 s, with most of the answer unsent.
+    let stopped =
+        tokio::task::spawn_blocking(move || download(addr, len, 16 << 20, Duration::from_secs(5)));
+    // Takes 256 KiB every 50 ms: the kernel makes room for the server's writes in
+    // steps (a third of the send buffer at a time), each well within the timeout.
+    let slow = tokio::task::spawn_blocking(move || {
+        download(addr, len, 256 << 10, Duration::from_millis(50))
+    });
+    let (stopped, slow) = (stopped.await.unwrap(), slow.await.unwrap());
+    assert!(
+        stopped < len / 2,
+        "a stopped reader got {stopped} of {len} bytes"
+    );
+    assert!(
+        slow > len,
+        "a slow reader got {slow} bytes, not the whole answer"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

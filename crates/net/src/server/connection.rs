@@ -194,7 +194,8 @@ impl<H: Handler> Conn<H> {
         match handshake.await {
             Ok(Ok(stream)) => {
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let clock = Clock::new(head, self.idle(head), h2, None);
+                let send = self.limits.header_timeout;
+                let clock = Clock::new(head, self.idle(head), send, h2, None);
                 let (io, returned) = Lent::new(stream);
                 let io = Watched::new(io, clock.clone());
                 let shared = Arc::new(Shared::default());
@@ -250,7 +251,8 @@ impl<H: Handler> Conn<H> {
         head: Duration,
         hold: Hold,
     ) -> Option<Rounds<H, impl ConnService>> {
-        let clock = Clock::new(head, self.idle(head), false, Some(PARK_AFTER));
+        let send = self.limits.header_timeout;
+        let clock = Clock::new(head, self.idle(head), send, false, Some(PARK_AFTER));
         let outbox = self.handler.sends_files().then(Outbox::default);
         let stream = stream.map(|tcp| FileOut::new(tcp, outbox.clone()));
         let (io, returned) = Lent::new(stream);
