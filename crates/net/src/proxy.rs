@@ -114,13 +114,15 @@ pub async fn forward(
     // Held until a server took it: a request that found no connection is whole,
     // whatever its method, and goes to the next server.
     let mut unsent = Some(request);
-    // A request with a body gets its error page with `Connection: close`: the body
-    // may not have been read to its end (never sent, or cut off), and a client that
-    // sends it whole before reading would otherwise meet a reset that destroys the
-    // page; the connection lingers instead (see `linger`), as for a 413.
+    // An HTTP/1 request with a body gets its error page with `Connection: close`: the
+    // body may not have been read to its end (never sent, or cut off), and a client
+    // that sends it whole before reading would otherwise meet a reset that destroys
+    // the page; the connection lingers instead (see `linger`), as for a 413. (HTTP/2
+    // ends the stream alone.)
+    let http1 = parts.version < Version::HTTP_2;
     let refuse = |failure: Failure| {
         let mut page = failure.page(policy.unreachable, &pool.name, request_id);
-        if fault.is_some() {
+        if http1 && fault.is_some() {
             page.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
