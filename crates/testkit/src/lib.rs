@@ -18,11 +18,7 @@ const LOWEST: u16 = 10_000;
 /// The first of `count` consecutive loopback ports free now for TCP and UDP, below
 /// the kernel's ephemeral range. Panics if 200 tries find none.
 pub fn free_ports(count: u16) -> u16 {
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let span = ephemeral.saturating_sub(LOWEST + count).max(1);
+    let span = ephemeral_start().saturating_sub(LOWEST + count).max(1);
     for attempt in 0..200u64 {
         let seed = u64::from(std::process::id())
             ^ SystemTime::now()
@@ -41,6 +37,14 @@ pub fn free_ports(count: u16) -> u16 {
     panic!("no {count} free ports in a row on 127.0.0.1 below the ephemeral range");
 }
 
+/// The first port of the kernel's ephemeral range (Linux's default when unreadable).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+}
+
 /// One loopback port free now for TCP and UDP, below the kernel's ephemeral range.
 pub fn free_port() -> u16 {
     free_ports(1)
@@ -52,9 +56,7 @@ mod tests {
 
     #[test]
     fn ports_are_free_and_below_the_ephemeral_range() {
-        let ephemeral: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .map(|r| r.split_whitespace().next().unwrap().parse().unwrap())
-            .unwrap_or(32_768);
+        let ephemeral = ephemeral_start();
         for _ in 0..20 {
             let base = free_ports(5);
             assert!(base >= LOWEST && base + 5 <= ephemeral, "{base}");

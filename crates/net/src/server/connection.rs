@@ -194,8 +194,7 @@ impl<H: Handler> Conn<H> {
         match handshake.await {
             Ok(Ok(stream)) => {
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let send = self.limits.header_timeout;
-                let clock = Clock::new(head, self.idle(head), send, h2, None);
+                let clock = self.clock(head, h2, None);
                 let (io, returned) = Lent::new(stream);
                 let io = Watched::new(io, clock.clone());
                 let shared = Arc::new(Shared::default());
@@ -232,14 +231,16 @@ impl<H: Handler> Conn<H> {
             .await;
     }
 
-    /// The keep-alive timeout, shortened like the head timeout when the node's budget
-    /// is nearly spent.
-    fn idle(&self, head: Duration) -> Duration {
-        if head < self.limits.header_timeout {
+    /// The connection's clock, from the listener's limits: `head` for its first
+    /// request, the keep-alive timeout (shortened like `head` when the node's budget
+    /// is nearly spent), and the full client timeout for a write to wait.
+    fn clock(&self, head: Duration, h2: bool, park_after: Option<Duration>) -> Arc<Clock> {
+        let idle = if head < self.limits.header_timeout {
             self.limits.keepalive_timeout.min(head)
         } else {
             self.limits.keepalive_timeout
-        }
+        };
+        Clock::new(head, idle, self.limits.header_timeout, h2, park_after)
     }
 
     /// Opens a plain connection: serves it as HTTP/2 if it opens with the preface;
@@ -251,8 +252,7 @@ impl<H: Handler> Conn<H> {
         head: Duration,
         hold: Hold,
     ) -> Option<Rounds<H, impl ConnService>> {
-        let send = self.limits.header_timeout;
-        let clock = Clock::new(head, self.idle(head), send, false, Some(PARK_AFTER));
+        let clock = self.clock(head, false, Some(PARK_AFTER));
         let outbox = self.handler.sends_files().then(Outbox::default);
         let stream = stream.map(|tcp| FileOut::new(tcp, outbox.clone()));
         let (io, returned) = Lent::new(stream);
