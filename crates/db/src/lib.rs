@@ -41,6 +41,7 @@ use std::time::Duration;
 pub use error::DbError;
 /// Promotion, switchover, fencing and rejoin of MariaDB servers, for the decider.
 pub use mysql::failover;
+pub use mysql::MAX_CONNECTIONS;
 
 /// Which database to use and where it is.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -268,6 +268,51 @@ async fn reads_survive_a_dead_replica_and_a_dead_primary() {
     p.managed.stop().await;
 }
 
+/// Every pooled connection busy (writes held up by a table lock, as by a long
+/// transaction or a slow migration) is a busy server, not a dead one: the monitor checks
+/// on a connection of its own, so the primary stays up and every held write completes
+/// once the lock goes. Checked through the pool, the monitor waited behind the writes for
+/// its check timeout and marked the primary down, and every other write failed with 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_pool_is_a_busy_server_not_a_dead_one() {
+    if !mariadb_available() {
+        return;
+    }
+    let mut p = pair(Duration::from_secs(5)).await;
+    let db = Db::open(&Config::Mysql(p.config.clone())).await.unwrap();
+    let user = db.create_user("dave", "hash", 10).await.unwrap().value;
+    let mut lock = p.managed.primary().admin().await.unwrap();
+    sqlx::raw_sql("LOCK TABLES foobar.posts WRITE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let held: Vec<_> = (0..db::MAX_CONNECTIONS as i64)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move { db.create_post(user.id, &format!("held {i}"), 20 + i).await })
+        })
+        .collect();
+    // Longer than a check may take, several monitor rounds.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        held.iter().all(|w| !w.is_finished()),
+        "the table lock holds the writes"
+    );
+    let primary = stat(&db.stats(), "primary").clone();
+    assert!(
+        primary.healthy,
+        "a busy primary counts as down: {primary:?}"
+    );
+    sqlx::raw_sql("UNLOCK TABLES")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    for write in held {
+        write.await.unwrap().expect("a held write completes");
+    }
+    db.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_configuration_names_the_server_and_what_to_do() {
     if !mariadb_available() {

@@ -84,6 +84,18 @@ impl OnNoReplicaAck {
             OnNoReplicaAck::Fallback => FALLBACK_AFTER.as_millis() as u64,
         }
     }
+
+    /// `rpl_semi_sync_master_wait_no_slave`: whether a commit waits with no replica
+    /// connected to acknowledge it. Under `Fallback`, no: the wait could only end in the
+    /// fallback, [`FALLBACK_AFTER`] later, so the first write on a primary just promoted
+    /// with no followers (its old primary dead) took a second. Nothing is less durable:
+    /// with no replica connected, no write can be acknowledged by one either way.
+    fn wait_no_replica(self) -> &'static str {
+        match self {
+            OnNoReplicaAck::Wait => "ON",
+            OnNoReplicaAck::Fallback => "OFF",
+        }
+    }
 }
 
 /// One database server as the decider reaches it.
@@ -323,8 +335,10 @@ async fn semi_sync_primary(
         conn,
         &format!(
             "SET GLOBAL rpl_semi_sync_master_wait_point = AFTER_SYNC, \
-             rpl_semi_sync_master_timeout = {}, rpl_semi_sync_master_enabled = ON",
-            policy.timeout_ms()
+             rpl_semi_sync_master_timeout = {}, rpl_semi_sync_master_wait_no_slave = {}, \
+             rpl_semi_sync_master_enabled = ON",
+            policy.timeout_ms(),
+            policy.wait_no_replica()
         ),
     )
     .await

@@ -70,8 +70,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// instead: a replica that just died (or is saturated) should cost a read little.
 const REPLICA_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Connections per server; the application server's requests share them.
-const MAX_CONNECTIONS: u32 = 16;
+/// Pooled connections per MySQL/MariaDB server; the application server's requests share
+/// them (the monitor has one of its own beside them).
+pub const MAX_CONNECTIONS: u32 = 16;
 
 /// Where MariaDB and MySQL speak differently about GTIDs and replication.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +144,12 @@ struct Member {
     name: String,
     address: String,
     pool: MySqlPool,
+    /// The monitor's own connection, apart from the pool: a check must not wait behind
+    /// requests for a pooled connection (a busy server would look dead), and reconnecting
+    /// is one attempt, so a refused connection says "down" at once where the pool would
+    /// retry until its timeout (and a failover would be learned a second late). Taken for
+    /// a check and put back after it: only one round runs at a time.
+    check: Mutex<Option<MySqlConnection>>,
     /// Set by the monitor (and by a failed query, which is quicker to notice).
     up: AtomicBool,
     /// `@@read_only` is 0 there, as the monitor or the last write's check saw it; for
@@ -658,6 +665,10 @@ impl Engine for Mysql {
             }
         }
         for member in &self.shared.members {
+            let check = member.check.lock().expect("check lock").take();
+            if let Some(conn) = check {
+                let _ = conn.close().await;
+            }
             member.pool.close().await;
         }
     }
@@ -695,6 +706,7 @@ fn member(server: &Server, pool: MySqlPool) -> Member {
         name: server.name.clone(),
         address: server.address(),
         pool,
+        check: Mutex::new(None),
         up: AtomicBool::new(true),
         writable: AtomicBool::new(false),
         health: Mutex::new(Health::default()),

@@ -1,6 +1,6 @@
-//! The monitor: checks every server every [`MONITOR_INTERVAL`], marks it up or down,
-//! records how far each replica is behind and whether each server is writable, and moves
-//! the primary role after a promotion.
+//! The monitor: checks every server every [`MONITOR_INTERVAL`], on a connection of its
+//! own to each, marks it up or down, records how far each replica is behind and whether
+//! each server is writable, and moves the primary role after a promotion.
 
 use super::*;
 
@@ -34,20 +34,21 @@ pub(super) async fn monitor(shared: Arc<Shared>, mut stop: watch::Receiver<bool>
 /// (`None`: it replicates from nobody).
 type Answer = Result<(bool, Option<ReplicaStatus>), String>;
 
-/// One round: every server checked at once, then the primary role moved if the current
+/// One round: every server checked at once; the primary role moved if the current
 /// primary is gone or read-only and exactly one other server is a writable non-replica
-/// (a promotion happened). Two or more such servers are two primaries: the role stays
-/// where it is and an error is logged, because guessing could split the data.
+/// (a promotion happened); then each server judged in the role it has after that move.
+/// Judged before it, the server just promoted would be "writable beside the primary" and
+/// marked down for a moment, leaving reads no replica to go to.
 pub(super) async fn check_all(shared: &Shared) {
-    let primary = shared.primary.load(Relaxed);
     let answers: Vec<Answer> = futures_util::future::join_all(
         shared
             .members
             .iter()
             .enumerate()
-            .map(|(i, m)| ask(shared.flavor, m, i == primary)),
+            .map(|(i, m)| ask(shared.flavor, m, i == shared.primary.load(Relaxed))),
     )
     .await;
+    let primary = choose_primary(shared, &answers);
     for (i, (member, answer)) in shared.members.iter().zip(&answers).enumerate() {
         match answer {
             Err(problem) => member.mark_down(problem.clone()),
@@ -61,55 +62,74 @@ pub(super) async fn check_all(shared: &Shared) {
             }
         }
     }
-    let current_ok = matches!(answers[primary], Ok((true, None)));
-    if !current_ok {
-        let candidates: Vec<usize> = answers
-            .iter()
-            .enumerate()
-            .filter(|(i, a)| *i != primary && matches!(a, Ok((true, None))))
-            .map(|(i, _)| i)
-            .collect();
-        match candidates.as_slice() {
-            [] => {}
-            [one] => {
-                shared.members[*one].mark_up();
-                shared.set_primary(*one);
-            }
-            many => {
-                // Said once, not every round, while it lasts.
-                if !shared.split_seen.swap(true, Relaxed) {
-                    tracing::error!(
-                        servers = ?many.iter().map(|&i| &shared.members[i].name).collect::<Vec<_>>(),
-                        "more than one database server is writable and replicates from \
-                         nobody; writes stay off them until all but one are fenced \
-                         (SET GLOBAL read_only=1)"
-                    );
-                }
-                return;
-            }
-        }
-    }
-    shared.split_seen.store(false, Relaxed);
+    shared.set_primary(primary);
 }
 
-/// Asks one server whether it is writable and what its replica status is. The primary
-/// may refuse its replica status (a user without `REPLICATION CLIENT`, enough for a site
-/// with no replicas): it then counts as replicating from nobody, not as down.
+/// Which server is the primary after this round's answers: the current one while it is
+/// writable and replicates from nobody; else the one other server that is, if exactly one
+/// is. Two or more such servers are two primaries: the role stays where it is and an
+/// error is logged, because guessing could split the data.
+fn choose_primary(shared: &Shared, answers: &[Answer]) -> usize {
+    let primary = shared.primary.load(Relaxed);
+    let is_primary_like = |a: &Answer| matches!(a, Ok((true, None)));
+    if is_primary_like(&answers[primary]) {
+        shared.split_seen.store(false, Relaxed);
+        return primary;
+    }
+    let candidates: Vec<usize> = (0..answers.len())
+        .filter(|&i| i != primary && is_primary_like(&answers[i]))
+        .collect();
+    match candidates.as_slice() {
+        [] => {
+            shared.split_seen.store(false, Relaxed);
+            primary
+        }
+        [one] => {
+            shared.split_seen.store(false, Relaxed);
+            *one
+        }
+        many => {
+            // Said once, not every round, while it lasts.
+            if !shared.split_seen.swap(true, Relaxed) {
+                tracing::error!(
+                    servers = ?many.iter().map(|&i| &shared.members[i].name).collect::<Vec<_>>(),
+                    "more than one database server is writable and replicates from \
+                     nobody; writes stay off them until all but one are fenced \
+                     (SET GLOBAL read_only=1)"
+                );
+            }
+            primary
+        }
+    }
+}
+
+/// Asks one server whether it is writable and what its replica status is, on the
+/// monitor's own connection to it ([`Member::check`]). The primary may refuse its replica
+/// status (a user without `REPLICATION CLIENT`, enough for a site with no replicas): it
+/// then counts as replicating from nobody, not as down.
 async fn ask(flavor: Flavor, member: &Member, is_primary: bool) -> Answer {
+    let kept = member.check.lock().expect("check lock").take();
     let answer = tokio::time::timeout(CHECK_TIMEOUT, async {
-        let mut conn = member.pool.acquire().await?;
+        let mut conn = match kept {
+            Some(conn) => conn,
+            None => MySqlConnection::connect_with(&member.pool.connect_options()).await?,
+        };
         let read_only: i64 = sqlx::query_scalar("SELECT CAST(@@GLOBAL.read_only AS SIGNED)")
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut conn)
             .await?;
         let status = match replica_status(flavor, &mut conn).await {
             Err(sqlx::Error::Database(_)) if is_primary => None,
             other => other?,
         };
-        Ok::<_, sqlx::Error>((read_only == 0, status))
+        Ok::<_, sqlx::Error>((conn, read_only == 0, status))
     })
     .await;
     match answer {
-        Ok(Ok(answer)) => Ok(answer),
+        Ok(Ok((conn, writable, status))) => {
+            *member.check.lock().expect("check lock") = Some(conn);
+            Ok((writable, status))
+        }
+        // The connection is dropped with the failed check: the next one reconnects.
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
     }
