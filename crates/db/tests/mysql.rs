@@ -272,7 +272,8 @@ async fn reads_survive_a_dead_replica_and_a_dead_primary() {
 /// transaction or a slow migration) is a busy server, not a dead one: the monitor checks
 /// on a connection of its own, so the primary stays up and every held write completes
 /// once the lock goes. Checked through the pool, the monitor waited behind the writes for
-/// its check timeout and marked the primary down, and every other write failed with 503.
+/// its check timeout and marked the primary down, and every other write failed with 503;
+/// a write that found no free connection did the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_pool_is_a_busy_server_not_a_dead_one() {
     if !mariadb_available() {
@@ -302,6 +303,18 @@ async fn a_saturated_pool_is_a_busy_server_not_a_dead_one() {
     assert!(
         primary.healthy,
         "a busy primary counts as down: {primary:?}"
+    );
+    // One write more finds no free connection: that visitor gets "unavailable" (503)
+    // after the pool's wait, and the primary stays up for everyone else.
+    let err = db
+        .create_post(user.id, "one too many", 99)
+        .await
+        .expect_err("no connection comes free while the lock holds");
+    assert!(matches!(err, DbError::Unavailable { .. }), "{err}");
+    let primary = stat(&db.stats(), "primary").clone();
+    assert!(
+        primary.healthy,
+        "a busy pool marked the primary down: {primary:?}"
     );
     sqlx::raw_sql("UNLOCK TABLES")
         .execute(&mut lock)

@@ -217,11 +217,14 @@ impl Shared {
 }
 
 /// Marks `primary` down when the error says it is unreachable, and names it in the error.
+/// Not when no pooled connection came free in time: that is a busy server, and marking
+/// it down would fail every other write at once until the monitor (which checks on a
+/// connection of its own) found it up again.
 fn primary_failed(primary: &Member, doing: &'static str, e: sqlx::Error) -> DbError {
     if is_read_only(&e) {
         // Up, but demoted or fenced: the next write waits for the new primary.
         primary.writable.store(false, Relaxed);
-    } else if is_unavailable(&e) {
+    } else if is_unavailable(&e) && !matches!(e, sqlx::Error::PoolTimedOut) {
         primary.mark_down(e.to_string());
     }
     match classify(doing)(e) {
