@@ -348,7 +348,7 @@ async fn semi_sync_primary(
 ///
 /// 0. refused while any replica still receives from `failed` ([`receiving_from`]): it is
 ///    alive, and promoting would make two primaries;
-/// 1. `failed` is fenced if it still answers (best effort: it is presumed dead);
+/// 1. `failed` is fenced if it still answers (best effort: it is presumed dead), while
 /// 2. every reachable replica applies its relay log up to what it received
 ///    (`MASTER_GTID_WAIT` on its `Gtid_IO_Pos`, at most `catch_up_timeout`);
 /// 3. the replica whose position covers the others' is chosen (with several GTID domains
@@ -382,11 +382,11 @@ pub async fn promote(topology: &Topology, failed: &str) -> Result<Promotion, DbE
              within slave_net_timeout); to move a live primary, use a switchover",
         ));
     }
-    if let Ok(Ok(())) = tokio::time::timeout(CONNECT_TIMEOUT, fence(old)).await {
-        tracing::warn!(server = %old.name, "the failed primary still answered; it is fenced");
-    }
-    let mut left_out = Vec::new();
-    let mut ready = Vec::new();
+    let fenced = async {
+        if let Ok(Ok(())) = tokio::time::timeout(CONNECT_TIMEOUT, fence(old)).await {
+            tracing::warn!(server = %old.name, "the failed primary still answered; it is fenced");
+        }
+    };
     // All at once: the slowest replica's relay log, not their sum, bounds the wait.
     let drained = futures_util::future::join_all(
         topology
@@ -394,8 +394,13 @@ pub async fn promote(topology: &Topology, failed: &str) -> Result<Promotion, DbE
             .iter()
             .filter(|n| n.name != failed)
             .map(|node| async move { (node, drain_relay_log(topology, node).await) }),
-    )
-    .await;
+    );
+    // The fence is tried while the replicas drain: a host that drops packets (no refusal,
+    // no "unreachable") costs the fence its whole connect timeout, which came before the
+    // drain. Both end before anything is made writable.
+    let ((), drained) = tokio::join!(fenced, drained);
+    let mut left_out = Vec::new();
+    let mut ready = Vec::new();
     let mut received_more = Vec::new();
     for (node, result) in drained {
         match result {
