@@ -177,6 +177,12 @@ impl Clock {
         s.park_at = None;
     }
 
+    /// When the wait for the next head ends: for a parked connection, when it closes
+    /// if the client sends nothing.
+    pub fn deadline(&self) -> Instant {
+        self.state.lock().expect("clock lock").deadline
+    }
+
     /// The connection is not to be parked any more (it is closing once quiet): reads
     /// go to hyper, now and after every answer.
     pub fn stop_parking(&self) {
@@ -230,6 +236,17 @@ impl<T> Watched<T> {
             replay: Bytes::new(),
             stall: None,
         }
+    }
+
+    /// The connection's first bytes were looked at already (in an earlier round): a
+    /// later request starting with `PRI ` is no HTTP/2 preface.
+    pub fn skip_sniff(&mut self) {
+        self.sniffed = true;
+    }
+
+    /// Whether bytes put back wait to be read again (a pipelined request).
+    pub fn has_replay(&self) -> bool {
+        !self.replay.is_empty()
     }
 
     /// Puts `bytes` back in front of what is still to be read.

@@ -143,6 +143,15 @@ impl<S> Replay<S> {
     }
 
     /// The same stream, with `inner` wrapped by `f`.
+    /// The inner stream, once every byte of the prefix was read again; else `Err`
+    /// with the replay as it was.
+    pub fn into_inner(self) -> Result<S, Replay<S>> {
+        if self.pos < self.prefix.len() {
+            return Err(self);
+        }
+        Ok(self.inner)
+    }
+
     pub fn map<T>(self, f: impl FnOnce(S) -> T) -> Replay<T> {
         Replay {
             prefix: self.prefix,

@@ -107,6 +107,12 @@ impl FileOut {
         FileOut { tcp, outbox }
     }
 
+    /// The socket, for a connection parked between rounds (its outbox is empty then:
+    /// every announced file was sent with its answer).
+    pub fn into_tcp(self) -> TcpStream {
+        self.tcp
+    }
+
     /// Sends up to `want` bytes of the first announced file.
     fn poll_send_file(&self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         let Some(outbox) = &self.outbox else {

@@ -1,69 +1,131 @@
 //! Graceful shutdown, as one signal every task can wait on.
 //!
 //! A node stops in two steps: listeners stop accepting, then open connections finish
-//! the request they are on (bounded by a drain timeout). A `watch` channel carries
-//! the signal because every task, now or later, sees the current value on subscribing.
+//! the request they are on (bounded by a drain timeout). A flag and a [`Notify`]
+//! carry the signal: a waiter registers with the `Notify` before it reads the flag, so
+//! a signal sent between the two is not missed, and a task that subscribes later sees
+//! the flag. Every parked connection waits on it, and this waiter is less than half
+//! the size of a `watch` channel's.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
-/// The side that says "stop".
+#[derive(Debug, Default)]
+struct Signal {
+    fired: AtomicBool,
+    notify: Notify,
+}
+
+/// The side that says "stop". Dropped, it says it too: nobody is left to say it.
 #[derive(Debug)]
 pub struct Trigger {
-    tx: watch::Sender<bool>,
-    fired: Arc<AtomicBool>,
+    signal: Arc<Signal>,
 }
 
 /// The side that waits for "stop". Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Shutdown {
-    rx: watch::Receiver<bool>,
-    /// The same news as a plain flag: [`Shutdown::is_triggered`] is asked on every
-    /// request of a draining-aware listener, and an atomic load costs no lock.
-    fired: Arc<AtomicBool>,
+    signal: Arc<Signal>,
 }
 
 /// A new pair: call [`Trigger::fire`] to stop everything holding a [`Shutdown`].
 pub fn channel() -> (Trigger, Shutdown) {
-    let (tx, rx) = watch::channel(false);
-    let fired = Arc::new(AtomicBool::new(false));
+    let signal = Arc::new(Signal::default());
     (
         Trigger {
-            tx,
-            fired: fired.clone(),
+            signal: signal.clone(),
         },
-        Shutdown { rx, fired },
+        Shutdown { signal },
     )
 }
 
 impl Trigger {
     /// Tells every holder of the paired [`Shutdown`] to stop.
     pub fn fire(&self) {
-        self.fired.store(true, Ordering::Release);
-        self.tx.send_replace(true);
+        self.signal.fired.store(true, Ordering::Release);
+        self.signal.notify.notify_waiters();
     }
 
     /// A new waiter on this trigger.
     pub fn subscribe(&self) -> Shutdown {
         Shutdown {
-            rx: self.tx.subscribe(),
-            fired: self.fired.clone(),
+            signal: self.signal.clone(),
         }
+    }
+}
+
+impl Drop for Trigger {
+    fn drop(&mut self) {
+        self.fire();
     }
 }
 
 impl Shutdown {
     /// Resolves once shutdown was asked for (at once if it already was).
     pub async fn wait(&self) {
-        let mut rx = self.rx.clone();
-        // An error means the trigger is gone, which also means: stop.
-        let _ = rx.wait_for(|stop| *stop).await;
+        let notified = self.signal.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered first: a `fire` after the flag is read still wakes this one.
+        notified.as_mut().enable();
+        if self.is_triggered() {
+            return;
+        }
+        notified.await;
     }
 
     /// Whether shutdown was asked for.
     pub fn is_triggered(&self) -> bool {
-        self.fired.load(Ordering::Acquire)
+        self.signal.fired.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn stops(shutdown: &Shutdown) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), shutdown.wait())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn every_waiter_stops_on_fire_now_or_later() {
+        let (trigger, shutdown) = channel();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let s = trigger.subscribe();
+                tokio::spawn(async move { stops(&s).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(!shutdown.is_triggered());
+        trigger.fire();
+        for waiter in waiters {
+            assert!(waiter.await.unwrap(), "a waiter registered before the fire");
+        }
+        assert!(shutdown.is_triggered());
+        assert!(stops(&shutdown).await, "a waiter after the fire");
+        assert!(
+            stops(&trigger.subscribe()).await,
+            "a subscriber after the fire"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_trigger_stops_its_waiters() {
+        let (trigger, shutdown) = channel();
+        let waiter = tokio::spawn({
+            let s = shutdown.clone();
+            async move { stops(&s).await }
+        });
+        tokio::task::yield_now().await;
+        drop(trigger);
+        assert!(waiter.await.unwrap());
+        assert!(shutdown.is_triggered());
     }
 }

@@ -5,11 +5,11 @@
 //! buffer (8 KiB each) for as long as its connection lives, so a connection that
 //! goes idle between requests is *parked*: once it has been quiet for
 //! [`PARK_AFTER`] (see [`crate::clock`]), hyper's side is closed while the socket
-//! stays open, and the task waits for the client's next bytes holding only what the
-//! next round needs ([`Rounds`]: the socket, its clock, the service); those bytes
-//! start a new round on a new hyper connection.
-//! Only bytes hyper had read and not used (a pipelined request, at most) cross from
-//! one round to the next, through [`Watched::replay`]. TLS connections are not
+//! stays open, and the task waits for the client's next bytes holding only the bare
+//! socket and its idle deadline ([`Parked`]); those bytes start a new round, with a
+//! new clock, service and hyper connection ([`PlainRound`]). Bytes hyper had read and
+//! not used (a pipelined request, at most) start the next round at once, through
+//! [`Watched::replay`], without parking. TLS connections are not
 //! parked (rustls keeps its own buffers, and may hold a whole record already read),
 //! nor HTTP/2 ones (their idle state is hyper's to keep).
 
@@ -79,6 +79,17 @@ pub(super) struct Conn<H> {
     pub shutdown: Shutdown,
 }
 
+impl<H> Clone for Conn<H> {
+    fn clone(&self) -> Self {
+        Conn {
+            handler: self.handler.clone(),
+            protocols: self.protocols.clone(),
+            limits: self.limits.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
 /// What a connection's requests tell its task.
 #[derive(Default)]
 struct Shared {
@@ -103,10 +114,11 @@ impl<H: Handler> Conn<H> {
     /// Serves the connection on a task of `tracker`.
     ///
     /// The task's future is what an idle connection costs, so it is kept to what a
-    /// parked connection needs (see [`Rounds`]): the opening (the PROXY header, TLS,
-    /// the first bytes) and every round of HTTP are boxed futures of their own, gone
-    /// when done, and the values the task keeps are captured once, by an async block
-    /// (an async fn keeps its arguments twice, as arguments and as locals).
+    /// parked connection needs ([`Parked`]): the opening (the PROXY header, TLS, the
+    /// first bytes) and the rounds of HTTP between two parkings are boxed futures of
+    /// their own, gone when done, and the values the task keeps are captured once, by
+    /// an async block (an async fn keeps its arguments twice, as arguments and as
+    /// locals).
     pub fn spawn(
         self,
         tracker: &TaskTracker,
@@ -123,13 +135,33 @@ impl<H: Handler> Conn<H> {
         // A WebSocket tunnel outlives the connection's HTTP: it holds the connection
         // (its budget place, the drain's wait) until it ends.
         let (hold, held) = Hold::new(metrics.clone());
-        let opened = Box::pin(self.open(stream, peer, transport, place.pressed(), hold));
+        let head = if place.pressed() {
+            self.limits.header_timeout.min(PRESSED_WAIT)
+        } else {
+            self.limits.header_timeout
+        };
+        let opened = Box::pin(
+            self.clone()
+                .open(stream, peer, transport, head, hold.clone()),
+        );
+        let this = self;
         tracker.spawn(async move {
-            // No binding holds the opened connection across the await below:
-            // `if let Some(rounds) = opened.await { rounds.serve().await }` kept it
-            // and its future twice in this one (1,568 bytes, not 896).
-            let served = OptionFuture::from(opened.await.map(Rounds::serve));
-            served.await;
+            // No binding holds the opened round across the awaits below: `if let
+            // Some(round) = opened.await { ... }` would keep it (and hyper's parts of
+            // it) in this future for as long as the connection lives.
+            let first = opened
+                .await
+                .map(|round| Box::pin(this.rounds(round, &hold, peer)));
+            let mut parked = OptionFuture::from(first).await.flatten();
+            while let Some(Parked { tcp, deadline }) = parked.take() {
+                if !parked_wait(&this.shutdown, &tcp, deadline).await {
+                    break;
+                }
+                let round = this.round(tcp, head);
+                parked = Box::pin(this.rounds(round, &hold, peer)).await;
+            }
+            // The task's own hold goes first: the wait is for a tunnel's.
+            drop(hold);
             held.released().await;
             metrics.connection_closed();
             drop(place);
@@ -138,22 +170,17 @@ impl<H: Handler> Conn<H> {
 
     /// The PROXY header and the TLS handshake (both within the head timeout), then
     /// HTTP: a TLS connection (or a cleartext HTTP/2 one) is served here to its end;
-    /// a plain HTTP/1 connection is returned, to be served in [`Rounds`].
-    /// `pressed`: the node's budget is nearly spent, so the client gets
-    /// [`PRESSED_WAIT`] at most for its first request.
+    /// a plain HTTP/1 connection's first round is returned, to be served in
+    /// [`Conn::rounds`]. `head`: how long the client has for its first request
+    /// ([`PRESSED_WAIT`] at most when the node's budget is nearly spent).
     async fn open(
         self,
         stream: TcpStream,
         peer: SocketAddr,
         transport: Arc<Transport>,
-        pressed: bool,
+        head: Duration,
         hold: Hold,
-    ) -> Option<Rounds<H, impl ConnService>> {
-        let head = if pressed {
-            self.limits.header_timeout.min(PRESSED_WAIT)
-        } else {
-            self.limits.header_timeout
-        };
+    ) -> Option<PlainRound> {
         let (peer, stream) = if transport.proxy_from.is_empty() {
             (peer, Replay::new(Vec::new(), stream))
         } else {
@@ -244,44 +271,113 @@ impl<H: Handler> Conn<H> {
     }
 
     /// Opens a plain connection: serves it as HTTP/2 if it opens with the preface;
-    /// else it is HTTP/1, returned to be served in rounds.
+    /// else it is HTTP/1, and its first round is returned.
     async fn plain(
         self,
         stream: Replay<TcpStream>,
         peer: SocketAddr,
         head: Duration,
         hold: Hold,
-    ) -> Option<Rounds<H, impl ConnService>> {
-        let clock = self.clock(head, false, Some(PARK_AFTER));
+    ) -> Option<PlainRound> {
         let outbox = self.handler.sends_files().then(Outbox::default);
         let stream = stream.map(|tcp| FileOut::new(tcp, outbox.clone()));
-        let (io, returned) = Lent::new(stream);
-        let mut io = Watched::new(io, clock.clone());
-        let shared = Arc::new(Shared::default());
-        if !next_bytes(&self.shutdown, &mut io).await {
+        let mut round = self.round_on(stream, head, outbox);
+        if !next_bytes(&self.shutdown, &mut round.io).await {
             return None;
         }
-        let first = first_bytes(&mut io).await?;
+        let first = first_bytes(&mut round.io).await?;
         let h2 = first.starts_with(H2_PREFACE);
-        io.replay(first);
-        // Files go out by `sendfile` on HTTP/1 only: HTTP/2 frames them itself.
-        let outbox = if h2 { None } else { outbox };
-        let service = self.service(&clock, &shared, hold, peer, false, outbox);
-        if h2 {
-            let served = Box::pin(self.auto(io, service, &clock, &shared, peer, true));
-            served.await;
-            linger(&shared, returned).await;
-            return None;
+        round.io.replay(first);
+        if !h2 {
+            return Some(round);
         }
-        Some(Rounds {
-            conn: self,
+        // Files go out by `sendfile` on HTTP/1 only: HTTP/2 frames them itself.
+        let PlainRound {
             io,
-            service,
+            returned,
             clock,
             shared,
+            outbox: _,
+        } = round;
+        let service = self.service(&clock, &shared, hold, peer, false, None);
+        let served = Box::pin(self.auto(io, service, &clock, &shared, peer, true));
+        served.await;
+        linger(&shared, returned).await;
+        None
+    }
+
+    /// A new round on a parked connection's socket, whose client has sent bytes.
+    fn round(&self, tcp: TcpStream, head: Duration) -> PlainRound {
+        let outbox = self.handler.sends_files().then(Outbox::default);
+        let stream = Replay::new(Vec::new(), FileOut::new(tcp, outbox.clone()));
+        let mut round = self.round_on(stream, head, outbox);
+        // Only a connection's first bytes can be the HTTP/2 preface.
+        round.io.skip_sniff();
+        round
+    }
+
+    /// What hyper reads and writes for one round on `stream`, and what the round's
+    /// requests share: a new clock (`head` for the request to come), the socket lent.
+    fn round_on(
+        &self,
+        stream: Replay<FileOut>,
+        head: Duration,
+        outbox: Option<Outbox>,
+    ) -> PlainRound {
+        let clock = self.clock(head, false, Some(PARK_AFTER));
+        let (io, returned) = Lent::new(stream);
+        PlainRound {
+            io: Watched::new(io, clock.clone()),
             returned,
-            peer,
-        })
+            clock,
+            shared: Arc::new(Shared::default()),
+            outbox,
+        }
+    }
+
+    /// Serves rounds of HTTP/1 on a plain connection until it is over (`None`) or
+    /// parked: then hyper's side, the clock and the service are gone, and what is
+    /// left to wait for the client's next bytes is returned.
+    async fn rounds(&self, round: PlainRound, hold: &Hold, peer: SocketAddr) -> Option<Parked> {
+        let PlainRound {
+            mut io,
+            returned,
+            clock,
+            shared,
+            outbox,
+        } = round;
+        let mut service = self.service(&clock, &shared, hold.clone(), peer, false, outbox);
+        loop {
+            let conn = self
+                .protocols
+                .http1
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            let mut conn = Box::pin(conn);
+            let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
+            let round = Box::pin(self.run(conn.as_mut(), graceful, &clock, &shared, peer, false));
+            if let Round::Parked = round.await {
+                if let Some(parts) = take_back(conn) {
+                    (io, service) = parts;
+                    clock.unparked();
+                    if io.has_replay() {
+                        // A pipelined request hyper had read: its round starts now.
+                        continue;
+                    }
+                    drop((io, service));
+                    // The socket, back from hyper's side through the lent channel.
+                    let stream = returned.await.ok()?;
+                    let tcp = stream.into_inner().ok()?.into_tcp();
+                    return Some(Parked {
+                        tcp,
+                        deadline: clock.deadline(),
+                    });
+                }
+            }
+            break;
+        }
+        linger(&shared, returned).await;
+        None
     }
 
     /// The service hyper calls for each request of the connection; `outbox`: the
@@ -459,63 +555,37 @@ impl<S> ConnService for S where
 /// files sent by `sendfile`.
 type PlainIo = Watched<Lent<Replay<FileOut>>>;
 
-/// A plain HTTP/1 connection served in rounds, and all it keeps while parked: its
-/// future is the connection task's whole state then (a round's hyper connection and
-/// the opening's state are boxed, and gone between rounds).
-struct Rounds<H, S> {
-    conn: Conn<H>,
+/// One round of a plain HTTP/1 connection: the socket as hyper reads it, with its
+/// clock, what the round's requests share, and the channel that gives the socket back
+/// when hyper drops it. Built anew after each parking.
+struct PlainRound {
     io: PlainIo,
-    service: S,
+    returned: tokio::sync::oneshot::Receiver<Replay<FileOut>>,
     clock: Arc<Clock>,
     shared: Arc<Shared>,
-    returned: tokio::sync::oneshot::Receiver<Replay<FileOut>>,
-    peer: SocketAddr,
+    /// The socket's, for a handler that sends files (see [`crate::sendfile`]).
+    outbox: Option<Outbox>,
 }
 
-impl<H: Handler, S: ConnService> Rounds<H, S> {
-    /// Serves rounds of HTTP/1 until the connection is over, parked between them.
-    fn serve(self) -> impl std::future::Future<Output = ()> {
-        // Taken apart here, and the parts moved into an async block: an async fn
-        // taking `self` (or the parts) would keep its arguments twice in its state,
-        // as arguments and as locals, for as long as the connection lives.
-        let Rounds {
-            conn: this,
-            mut io,
-            mut service,
-            clock,
-            shared,
-            returned,
-            peer,
-        } = self;
-        async move {
-            loop {
-                let conn = this
-                    .protocols
-                    .http1
-                    .serve_connection(TokioIo::new(io), service)
-                    .with_upgrades();
-                let mut conn = Box::pin(conn);
-                let graceful = |c: Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
-                let round =
-                    Box::pin(this.run(conn.as_mut(), graceful, &clock, &shared, peer, false));
-                if let Round::Over = round.await {
-                    break;
-                }
-                (io, service) = match take_back(conn) {
-                    Some(parts) => parts,
-                    None => break,
-                };
-                clock.unparked();
-                // Parked: nothing but the socket and its clock until the client's
-                // next bytes, the idle timeout, or the drain.
-                if !next_bytes(&this.shutdown, &mut io).await {
-                    // Dropped, the socket goes back to `returned`.
-                    drop(io);
-                    break;
-                }
-            }
-            let lingering = Box::pin(linger(&shared, returned));
-            lingering.await;
+/// A parked connection: all its task keeps between rounds besides the connection's
+/// own (the budget place, the hold): the socket, and when it is closed if the client
+/// sends nothing.
+struct Parked {
+    tcp: TcpStream,
+    deadline: tokio::time::Instant,
+}
+
+/// Waits on a parked connection, holding no buffer, for the client's next bytes.
+/// `false`: `deadline` (the idle timeout) passed first, or the node drains and none
+/// came within [`REQUEST_GRACE`].
+async fn parked_wait(shutdown: &Shutdown, tcp: &TcpStream, deadline: tokio::time::Instant) -> bool {
+    let ready = || std::future::poll_fn(|cx| tcp.poll_read_ready(cx));
+    tokio::select! {
+        next = tokio::time::timeout_at(deadline, ready()) => matches!(next, Ok(Ok(()))),
+        _ = shutdown.wait() => {
+            // Boxed: only a draining connection needs this timer, not every parked one.
+            let next = Box::pin(tokio::time::timeout(REQUEST_GRACE, ready()));
+            matches!(next.await, Ok(Ok(())))
         }
     }
 }
