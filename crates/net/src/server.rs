@@ -304,14 +304,14 @@ async fn serve_here<H: Handler>(
     let transport = Arc::new(transport);
     let mut acceptor = Acceptor::new(listener, limits.budget.clone(), shutdown.clone());
     let limits = Arc::new(limits);
+    let conn = Arc::new(Conn {
+        handler: handler.clone(),
+        protocols: protocols.clone(),
+        limits: limits.clone(),
+        shutdown: shutdown.clone(),
+    });
     while let Some((stream, peer, place)) = acceptor.next().await {
-        let conn = Conn {
-            handler: handler.clone(),
-            protocols: protocols.clone(),
-            limits: limits.clone(),
-            shutdown: shutdown.clone(),
-        };
-        conn.spawn(&tracker, stream, peer, &transport, &metrics, place);
+        Conn::spawn(&conn, &tracker, stream, peer, &transport, &metrics, place);
     }
     tracker.close();
     if tokio::time::timeout(limits.drain_timeout, tracker.wait())

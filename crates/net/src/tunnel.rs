@@ -117,6 +117,17 @@ impl Drop for Hold {
 }
 
 impl Held {
+    /// One more hold on the connection, for its next round of HTTP.
+    pub fn hold(&self) -> Hold {
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+        Hold(self.0.clone())
+    }
+
+    /// The node's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.0.metrics
+    }
+
     /// Returns once every [`Hold`] of the connection is dropped: at once for a
     /// connection that opened no tunnel, when the tunnel ends otherwise.
     pub async fn released(self) {

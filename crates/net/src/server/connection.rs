@@ -14,6 +14,7 @@
 //! nor HTTP/2 ones (their idle state is hyper's to keep).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -71,23 +72,12 @@ const PRESSED_WAIT: Duration = Duration::from_secs(3);
 /// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What one connection's task needs.
+/// What every connection of a listener's serving thread needs, shared.
 pub(super) struct Conn<H> {
     pub handler: Arc<H>,
     pub protocols: Arc<Protocols>,
     pub limits: Arc<Limits>,
     pub shutdown: Shutdown,
-}
-
-impl<H> Clone for Conn<H> {
-    fn clone(&self) -> Self {
-        Conn {
-            handler: self.handler.clone(),
-            protocols: self.protocols.clone(),
-            limits: self.limits.clone(),
-            shutdown: self.shutdown.clone(),
-        }
-    }
 }
 
 /// What a connection's requests tell its task.
@@ -120,7 +110,7 @@ impl<H: Handler> Conn<H> {
     /// an async block (an async fn keeps its arguments twice, as arguments and as
     /// locals).
     pub fn spawn(
-        self,
+        self: &Arc<Self>,
         tracker: &TaskTracker,
         stream: TcpStream,
         peer: SocketAddr,
@@ -130,38 +120,29 @@ impl<H: Handler> Conn<H> {
     ) {
         let _ = stream.set_nodelay(true);
         let transport = transport.clone();
-        let metrics = metrics.clone();
         metrics.connection_opened();
         // A WebSocket tunnel outlives the connection's HTTP: it holds the connection
         // (its budget place, the drain's wait) until it ends.
         let (hold, held) = Hold::new(metrics.clone());
-        let head = if place.pressed() {
-            self.limits.header_timeout.min(PRESSED_WAIT)
-        } else {
-            self.limits.header_timeout
-        };
-        let opened = Box::pin(
-            self.clone()
-                .open(stream, peer, transport, head, hold.clone()),
-        );
-        let this = self;
+        let head = self.head(place.pressed());
+        let opened = Box::pin(self.clone().open(stream, peer, transport, head, hold));
+        let this = self.clone();
         tracker.spawn(async move {
             // No binding holds the opened round across the awaits below: `if let
             // Some(round) = opened.await { ... }` would keep it (and hyper's parts of
             // it) in this future for as long as the connection lives.
             let first = opened
                 .await
-                .map(|round| Box::pin(this.rounds(round, &hold, peer)));
+                .map(|round| Box::pin(this.rounds(round, held.hold(), peer)));
             let mut parked = OptionFuture::from(first).await.flatten();
             while let Some(Parked { tcp, deadline }) = parked.take() {
                 if !parked_wait(&this.shutdown, &tcp, deadline).await {
                     break;
                 }
-                let round = this.round(tcp, head);
-                parked = Box::pin(this.rounds(round, &hold, peer)).await;
+                let round = this.round(tcp, this.head(place.pressed()));
+                parked = Box::pin(this.rounds(round, held.hold(), peer)).await;
             }
-            // The task's own hold goes first: the wait is for a tunnel's.
-            drop(hold);
+            let metrics = held.metrics().clone();
             held.released().await;
             metrics.connection_closed();
             drop(place);
@@ -174,7 +155,7 @@ impl<H: Handler> Conn<H> {
     /// [`Conn::rounds`]. `head`: how long the client has for its first request
     /// ([`PRESSED_WAIT`] at most when the node's budget is nearly spent).
     async fn open(
-        self,
+        self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
         transport: Arc<Transport>,
@@ -210,7 +191,7 @@ impl<H: Handler> Conn<H> {
 
     /// The TLS handshake (within the head timeout), then HTTP/1.1 or HTTP/2 by ALPN.
     async fn tls(
-        self,
+        self: Arc<Self>,
         tls: &tokio_rustls::TlsAcceptor,
         stream: Replay<TcpStream>,
         peer: SocketAddr,
@@ -258,6 +239,17 @@ impl<H: Handler> Conn<H> {
             .await;
     }
 
+    /// How long a client has for a request once its connection is open or its
+    /// bytes came: [`PRESSED_WAIT`] at most when the node's budget was nearly spent
+    /// as the connection came.
+    fn head(&self, pressed: bool) -> Duration {
+        if pressed {
+            self.limits.header_timeout.min(PRESSED_WAIT)
+        } else {
+            self.limits.header_timeout
+        }
+    }
+
     /// The connection's clock, from the listener's limits: `head` for its first
     /// request, the keep-alive timeout (shortened like `head` when the node's budget
     /// is nearly spent), and the full client timeout for a write to wait.
@@ -273,7 +265,7 @@ impl<H: Handler> Conn<H> {
     /// Opens a plain connection: serves it as HTTP/2 if it opens with the preface;
     /// else it is HTTP/1, and its first round is returned.
     async fn plain(
-        self,
+        self: Arc<Self>,
         stream: Replay<TcpStream>,
         peer: SocketAddr,
         head: Duration,
@@ -338,7 +330,7 @@ impl<H: Handler> Conn<H> {
     /// Serves rounds of HTTP/1 on a plain connection until it is over (`None`) or
     /// parked: then hyper's side, the clock and the service are gone, and what is
     /// left to wait for the client's next bytes is returned.
-    async fn rounds(&self, round: PlainRound, hold: &Hold, peer: SocketAddr) -> Option<Parked> {
+    async fn rounds(&self, round: PlainRound, hold: Hold, peer: SocketAddr) -> Option<Parked> {
         let PlainRound {
             mut io,
             returned,
@@ -346,7 +338,7 @@ impl<H: Handler> Conn<H> {
             shared,
             outbox,
         } = round;
-        let mut service = self.service(&clock, &shared, hold.clone(), peer, false, outbox);
+        let mut service = self.service(&clock, &shared, hold, peer, false, outbox);
         loop {
             let conn = self
                 .protocols
@@ -577,17 +569,29 @@ struct Parked {
 
 /// Waits on a parked connection, holding no buffer, for the client's next bytes.
 /// `false`: `deadline` (the idle timeout) passed first, or the node drains and none
-/// came within [`REQUEST_GRACE`].
+/// came within [`REQUEST_GRACE`]. One timer and one drain waiter, polled by hand: every
+/// idle connection keeps this future, and `select!` with a second timer for the drain
+/// made it half as large again.
 async fn parked_wait(shutdown: &Shutdown, tcp: &TcpStream, deadline: tokio::time::Instant) -> bool {
-    let ready = || std::future::poll_fn(|cx| tcp.poll_read_ready(cx));
-    tokio::select! {
-        next = tokio::time::timeout_at(deadline, ready()) => matches!(next, Ok(Ok(()))),
-        _ = shutdown.wait() => {
-            // Boxed: only a draining connection needs this timer, not every parked one.
-            let next = Box::pin(tokio::time::timeout(REQUEST_GRACE, ready()));
-            matches!(next.await, Ok(Ok(())))
+    let mut sleep = std::pin::pin!(tokio::time::sleep_until(deadline));
+    let mut drained = std::pin::pin!(shutdown.notified());
+    let mut draining = false;
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(ready) = tcp.poll_read_ready(cx) {
+            return std::task::Poll::Ready(ready.is_ok());
         }
-    }
+        if !draining
+            && (shutdown.registered(drained.as_mut()) || drained.as_mut().poll(cx).is_ready())
+        {
+            draining = true;
+            let grace = tokio::time::Instant::now() + REQUEST_GRACE;
+            if grace < sleep.deadline() {
+                sleep.as_mut().reset(grace);
+            }
+        }
+        sleep.as_mut().poll(cx).map(|()| false)
+    })
+    .await
 }
 
 /// The socket and the service back from a round's hyper connection closed idle, with
