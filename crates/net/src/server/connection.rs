@@ -358,6 +358,8 @@ impl<H: Handler> Conn<H> {
                     }
                     drop((io, service));
                     // The socket, back from hyper's side through the lent channel.
+                    // The clock parks only after a read found the socket empty, so
+                    // what the PROXY header's read left over was all read by then.
                     let stream = returned.await.ok()?;
                     let tcp = stream.into_inner().ok()?.into_tcp();
                     return Some(Parked {
