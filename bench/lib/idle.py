@@ -3,11 +3,12 @@
 
 Usage: idle.py PORT COUNT PID [PID ...]
 
-Opens COUNT connections to 127.0.0.1:PORT from many loopback source addresses (200
-per address, under any per-client cap), sends one `GET /healthz` on each and reads
-its answer, keeps them all open and idle, and prints one line: the summed resident
-memory of PIDs before and after, and the difference per connection in KiB. Bounded:
-COUNT connections, one request each; everything is closed at exit.
+Opens COUNT connections to 127.0.0.1:PORT, each from a loopback source address of
+its own (127.0.X.Y, 200 to a /24: as many clients, under any per-client cap, each
+counted in a server's per-address table if it keeps one), sends one `GET /healthz`
+on each and reads its answer, keeps them all open and idle, and prints one line: the
+summed resident memory of PIDs before and after, and the difference per connection
+in KiB. Bounded: COUNT connections, one request each; everything is closed at exit.
 """
 
 import socket
