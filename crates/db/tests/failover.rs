@@ -253,8 +253,17 @@ async fn semi_sync_waits_for_a_replica_or_falls_back_as_the_site_says() {
         .expect("the write completes once the replica is back")
         .unwrap()
         .unwrap();
+    // Acknowledged means in the replica's relay log (AFTER_SYNC), not yet applied:
+    // the replica shows it once its SQL thread has run it.
     let mut replica = s.admin("replica1").await;
-    assert!(post_ids(&mut replica).await.contains(&post.value.id));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !post_ids(&mut replica).await.contains(&post.value.id) {
+        assert!(
+            Instant::now() < deadline,
+            "the acknowledged write is not applied on the replica 10 s later"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // "fallback": with no replica connected, a write does not wait for one (the wait
     // could only end in the fallback): the primary goes on without an acknowledgement.
