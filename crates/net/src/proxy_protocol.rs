@@ -142,7 +142,6 @@ impl<S> Replay<S> {
         }
     }
 
-    /// The same stream, with `inner` wrapped by `f`.
     /// The inner stream, once every byte of the prefix was read again; else `Err`
     /// with the replay as it was.
     pub fn into_inner(self) -> Result<S, Replay<S>> {
@@ -152,6 +151,7 @@ impl<S> Replay<S> {
         Ok(self.inner)
     }
 
+    /// The same stream, with `inner` wrapped by `f`.
     pub fn map<T>(self, f: impl FnOnce(S) -> T) -> Replay<T> {
         Replay {
             prefix: self.prefix,

@@ -100,10 +100,16 @@ impl Hold {
     }
 }
 
+impl Holds {
+    fn hold(self: &Arc<Self>) -> Hold {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Hold(self.clone())
+    }
+}
+
 impl Clone for Hold {
     fn clone(&self) -> Hold {
-        self.0.count.fetch_add(1, Ordering::Relaxed);
-        Hold(self.0.clone())
+        self.0.hold()
     }
 }
 
@@ -119,8 +125,7 @@ impl Drop for Hold {
 impl Held {
     /// One more hold on the connection, for its next round of HTTP.
     pub fn hold(&self) -> Hold {
-        self.0.count.fetch_add(1, Ordering::Relaxed);
-        Hold(self.0.clone())
+        self.0.hold()
     }
 
     /// The node's counters.

@@ -136,7 +136,7 @@ impl<H: Handler> Conn<H> {
                 .map(|round| Box::pin(this.rounds(round, held.hold(), peer)));
             let mut parked = OptionFuture::from(first).await.flatten();
             while let Some(Parked { tcp, deadline }) = parked.take() {
-                if !parked_wait(&this.shutdown, &tcp, deadline).await {
+                if !next_bytes(&this.shutdown, &tcp, deadline).await {
                     break;
                 }
                 let round = this.round(tcp, this.head(place.pressed()));
@@ -271,12 +271,13 @@ impl<H: Handler> Conn<H> {
         head: Duration,
         hold: Hold,
     ) -> Option<PlainRound> {
+        let deadline = tokio::time::Instant::now() + head;
+        if !next_bytes(&self.shutdown, &stream, deadline).await {
+            return None;
+        }
         let outbox = self.handler.sends_files().then(Outbox::default);
         let stream = stream.map(|tcp| FileOut::new(tcp, outbox.clone()));
         let mut round = self.round_on(stream, head, outbox);
-        if !next_bytes(&self.shutdown, &mut round.io).await {
-            return None;
-        }
         let first = first_bytes(&mut round.io).await?;
         let h2 = first.starts_with(H2_PREFACE);
         round.io.replay(first);
@@ -569,17 +570,21 @@ struct Parked {
     deadline: tokio::time::Instant,
 }
 
-/// Waits on a parked connection, holding no buffer, for the client's next bytes.
-/// `false`: `deadline` (the idle timeout) passed first, or the node drains and none
-/// came within [`REQUEST_GRACE`]. One timer and one drain waiter, polled by hand: every
-/// idle connection keeps this future, and `select!` with a second timer for the drain
-/// made it half as large again.
-async fn parked_wait(shutdown: &Shutdown, tcp: &TcpStream, deadline: tokio::time::Instant) -> bool {
+/// Waits, holding no buffer, for the client's first bytes or a parked connection's
+/// next ones. `false`: `deadline` (the first head's or the idle timeout) passed first,
+/// or the node drains and none came within [`REQUEST_GRACE`]. One timer and one drain
+/// waiter, polled by hand: every idle connection keeps this future, and `select!` with
+/// a second timer for the drain made it half as large again.
+async fn next_bytes<T: crate::clock::ReadReady>(
+    shutdown: &Shutdown,
+    io: &T,
+    deadline: tokio::time::Instant,
+) -> bool {
     let mut sleep = std::pin::pin!(tokio::time::sleep_until(deadline));
     let mut drained = std::pin::pin!(shutdown.notified());
     let mut draining = false;
     std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(ready) = tcp.poll_read_ready(cx) {
+        if let std::task::Poll::Ready(ready) = io.poll_read_ready(cx) {
             return std::task::Poll::Ready(ready.is_ok());
         }
         if !draining
@@ -612,20 +617,6 @@ where
         io.replay(Bytes::copy_from_slice(&parts.read_buf));
     }
     Some((io, parts.service))
-}
-
-/// Waits, holding no buffer, for the client's next bytes. `false`: the idle (or first
-/// head) timeout passed first, or the node drains and none came within
-/// [`REQUEST_GRACE`].
-async fn next_bytes<T: crate::clock::ReadReady>(shutdown: &Shutdown, io: &mut Watched<T>) -> bool {
-    tokio::select! {
-        next = io.next_bytes() => matches!(next, Ok(true)),
-        _ = shutdown.wait() => {
-            // Boxed: only a draining connection needs the timer, not every parked one.
-            let next = Box::pin(tokio::time::timeout(REQUEST_GRACE, io.next_bytes()));
-            matches!(next.await, Ok(Ok(true)))
-        }
-    }
 }
 
 /// The client's first bytes on a plain connection: enough to tell the HTTP/2 preface
