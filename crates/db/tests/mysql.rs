@@ -167,6 +167,56 @@ async fn replica_serves_reads_and_read_your_writes_falls_back_under_lag() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_the_schema_serves_no_reads_until_it_has_it() {
+    if !mariadb_available() {
+        return;
+    }
+    // A replica that is replicating and not behind in seconds, but has not yet applied
+    // the migrations: its SQL thread waits on a global read lock held here.
+    let mut p = pair(Duration::from_secs(60)).await;
+    let mut lock = p.managed.replica(0).admin().await.unwrap();
+    sqlx::raw_sql("FLUSH TABLES WITH READ LOCK")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let db = Db::open(&Config::Mysql(p.config.clone())).await.unwrap();
+    let stats = db.stats();
+    assert!(!stat(&stats, "replica1").usable, "{stats:?}");
+    assert!(
+        stat(&stats, "replica1")
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.contains("has not yet applied the schema")),
+        "{stats:?}"
+    );
+    // Reads go to the primary instead of failing on a missing table.
+    let alice = db.create_user("alice", "hash", 10).await.unwrap();
+    db.create_post(alice.value.id, "before the replica has the tables", 11)
+        .await
+        .unwrap();
+    let timeline = db.timeline(None, 10, None).await.unwrap();
+    assert_eq!(timeline[0].body, "before the replica has the tables");
+    assert_eq!(stat(&db.stats(), "replica1").reads, 0);
+
+    // The lock goes: the replica applies the schema and the writes, and reads use it.
+    sqlx::raw_sql("UNLOCK TABLES")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    eventually(10, "the replica has the schema", || {
+        stat(&db.stats(), "replica1").usable
+    })
+    .await;
+    let timeline = db.timeline(None, 10, None).await.unwrap();
+    assert_eq!(timeline.len(), 1);
+    assert_eq!(stat(&db.stats(), "replica1").reads, 1);
+
+    lock.close().await.unwrap();
+    db.close().await;
+    p.managed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_survive_a_dead_replica_and_a_dead_primary() {
     if !mariadb_available() {
         return;

@@ -65,8 +65,24 @@ async fn managed_mariadb_reads_from_the_replica_survives_a_dead_primary_and_a_re
         .unwrap();
     assert_eq!(resp.status(), 201);
 
-    // Timeline reads (another visitor: no cookies) are answered by the replica.
+    // Timeline reads (another visitor: no cookies) are answered by the replica once it
+    // has the schema and the post: replication applies them a moment after the primary
+    // acknowledged them (10 s at most here).
     let reader = https_client(state.path()).build().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = json_of(&reader, &format!("{admin}/status")).await;
+        let usable = status["database"]["servers"][1]["usable"] == true;
+        let timeline = page(&reader, &format!("{lb1}/api/timeline")).await;
+        if usable && timeline.contains("stored on the primary") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica is not usable or lacks the post after 10 s: {status}\n{timeline}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let before = reads_of(&reader, &admin, "replica1").await;
     for _ in 0..5 {
         let timeline = page(&reader, &format!("{lb1}/api/timeline")).await;

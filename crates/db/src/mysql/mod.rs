@@ -7,7 +7,8 @@
 //!   server never takes a write.
 //! - Reads go to the next usable replica (round robin). A replica is usable while the
 //!   monitor (a background task, every [`MONITOR_INTERVAL`]) finds it answering,
-//!   replicating, and no more than `max_replica_lag` behind. With no usable replica, reads
+//!   replicating, no more than `max_replica_lag` behind, and with the schema (it has
+//!   applied the primary's position right after the migrations). With no usable replica, reads
 //!   go to the primary.
 //! - Read-your-writes: a read that carries a position first asks the replica to wait for
 //!   it (`MASTER_GTID_WAIT` on MariaDB, `WAIT_FOR_EXECUTED_GTID_SET` on MySQL) for at most
@@ -70,6 +71,11 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// instead: a replica that just died (or is saturated) should cost a read little.
 const REPLICA_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How long start-up waits for each replica to apply the migrations just run on the
+/// primary (usually milliseconds). A replica that takes longer is skipped by reads until
+/// the monitor sees that it has them ([`Member::has_schema`]).
+const SCHEMA_WAIT: Duration = Duration::from_secs(2);
+
 /// Pooled connections per MySQL/MariaDB server; the application server's requests share
 /// them (the monitor has one of its own beside them).
 pub const MAX_CONNECTIONS: u32 = 16;
@@ -100,6 +106,24 @@ impl Flavor {
         match self {
             Flavor::MariaDb => "SELECT CAST(MASTER_GTID_WAIT(?, ?) AS SIGNED)",
             Flavor::MySql => "SELECT CAST(WAIT_FOR_EXECUTED_GTID_SET(?, ?) AS SIGNED)",
+        }
+    }
+
+    /// The primary's position: every GTID it has written. Read after the migrations, it is
+    /// the point a replica must reach before it has the schema the queries need.
+    fn position_sql(self) -> &'static str {
+        match self {
+            Flavor::MariaDb => "SELECT CAST(@@GLOBAL.gtid_binlog_pos AS CHAR)",
+            Flavor::MySql => "SELECT CAST(@@GLOBAL.gtid_executed AS CHAR)",
+        }
+    }
+
+    /// 1 when a replica has applied a position, else 0, without waiting. MariaDB has no
+    /// set comparison, so it asks `MASTER_GTID_WAIT` with a timeout of 0 (0: applied).
+    fn applied_sql(self) -> &'static str {
+        match self {
+            Flavor::MariaDb => "SELECT CAST(MASTER_GTID_WAIT(?, 0) = 0 AS SIGNED)",
+            Flavor::MySql => "SELECT CAST(GTID_SUBSET(?, @@GLOBAL.gtid_executed) AS SIGNED)",
         }
     }
 
@@ -152,6 +176,10 @@ struct Member {
     check: Mutex<Option<MySqlConnection>>,
     /// Set by the monitor (and by a failed query, which is quicker to notice).
     up: AtomicBool,
+    /// It has applied the primary's position after the migrations ([`Shared::schema`]):
+    /// until then its tables may be missing or old, so reads skip it. Set once by the
+    /// monitor (a schema is never unapplied), and at once for the primary.
+    has_schema: AtomicBool,
     /// `@@read_only` is 0 there, as the monitor or the last write's check saw it; for
     /// `/status` (the write path asks the server itself).
     writable: AtomicBool,
@@ -212,6 +240,10 @@ struct Shared {
     /// The monitor has logged that two servers could be the primary, and will not again
     /// until that ends.
     split_seen: AtomicBool,
+    /// The primary's position right after the migrations ran: a replica reached it once
+    /// it has the schema (the replicas receive the migrations through replication, so a
+    /// replica checked right after start-up may not have created the tables yet).
+    schema: String,
     max_lag: Duration,
     wait_timeout: Duration,
 }
@@ -345,6 +377,14 @@ impl Mysql {
                 doing: "applying migrations on the primary",
                 cause: format!("{}: {e}", servers[primary].address()),
             })?;
+        members[primary].has_schema.store(true, Relaxed);
+        let schema: String = sqlx::query_scalar(flavor.position_sql())
+            .fetch_one(&members[primary].pool)
+            .await
+            .map_err(|e| DbError::Other {
+                doing: "reading the primary's position after the migrations",
+                cause: format!("{}: {e}", servers[primary].address()),
+            })?;
 
         for (i, (server, probe)) in servers.iter().zip(&probes).enumerate() {
             if i == primary {
@@ -379,6 +419,8 @@ impl Mysql {
             }
         }
 
+        schema_applied(flavor, &members, primary, &schema).await;
+
         let shared = Arc::new(Shared {
             flavor,
             members,
@@ -386,6 +428,7 @@ impl Mysql {
             generation: watch::Sender::new(0),
             next: AtomicUsize::new(0),
             split_seen: AtomicBool::new(false),
+            schema,
             max_lag: config.max_replica_lag,
             wait_timeout: config.read_your_writes_timeout,
         });
@@ -541,6 +584,33 @@ fn find_primary(
     }
 }
 
+/// Waits (at most [`SCHEMA_WAIT`], all at once) for every replica that is up to apply
+/// `schema`, the primary's position after the migrations, and marks those that did. The
+/// monitor asks the others every round; reads skip them until they have it.
+async fn schema_applied(flavor: Flavor, members: &[Member], primary: usize, schema: &str) {
+    let waits = members
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| *i != primary && m.is_up());
+    futures_util::future::join_all(waits.map(|(_, m)| async move {
+        let waited: Result<i64, sqlx::Error> = sqlx::query_scalar(flavor.wait_sql())
+            .bind(schema)
+            .bind(SCHEMA_WAIT.as_secs_f64())
+            .fetch_one(&m.pool)
+            .await;
+        match waited {
+            Ok(0) => m.has_schema.store(true, Relaxed),
+            Ok(_) => tracing::warn!(server = %m.name, address = %m.address,
+                "replica has not applied the migrations within {SCHEMA_WAIT:?}; reads skip \
+                 it until it has"),
+            Err(e) => tracing::warn!(server = %m.name, address = %m.address, error = %e,
+                "could not ask the replica whether it has the migrations; reads skip it \
+                 until the monitor can"),
+        }
+    }))
+    .await;
+}
+
 fn two_primaries(servers: &[&Server], writable: &[usize]) -> DbError {
     let names: Vec<String> = writable
         .iter()
@@ -688,7 +758,8 @@ impl Engine for Mysql {
                     address: m.address.clone(),
                     role: if is_primary { "primary" } else { "replica" },
                     healthy,
-                    usable: healthy && (is_primary || s.lag_ok(health.lag)),
+                    usable: healthy
+                        && (is_primary || (m.has_schema.load(Relaxed) && s.lag_ok(health.lag))),
                     writable: healthy && m.writable.load(Relaxed),
                     lag: if is_primary { None } else { health.lag },
                     reads: m.reads.load(Relaxed),
@@ -708,6 +779,7 @@ fn member(server: &Server, pool: MySqlPool) -> Member {
         pool,
         check: Mutex::new(None),
         up: AtomicBool::new(true),
+        has_schema: AtomicBool::new(false),
         writable: AtomicBool::new(false),
         health: Mutex::new(Health::default()),
         reads: AtomicU64::new(0),

@@ -45,7 +45,7 @@ pub(super) async fn check_all(shared: &Shared) {
             .members
             .iter()
             .enumerate()
-            .map(|(i, m)| ask(shared.flavor, m, i == shared.primary.load(Relaxed))),
+            .map(|(i, m)| ask(shared, m, i == shared.primary.load(Relaxed))),
     )
     .await;
     let primary = choose_primary(shared, &answers);
@@ -106,8 +106,10 @@ fn choose_primary(shared: &Shared, answers: &[Answer]) -> usize {
 /// Asks one server whether it is writable and what its replica status is, on the
 /// monitor's own connection to it ([`Member::check`]). The primary may refuse its replica
 /// status (a user without `REPLICATION CLIENT`, enough for a site with no replicas): it
-/// then counts as replicating from nobody, not as down.
-async fn ask(flavor: Flavor, member: &Member, is_primary: bool) -> Answer {
+/// then counts as replicating from nobody, not as down. A server not yet known to have
+/// the schema is also asked whether it has applied it ([`Shared::schema`]).
+async fn ask(shared: &Shared, member: &Member, is_primary: bool) -> Answer {
+    let flavor = shared.flavor;
     let kept = member.check.lock().expect("check lock").take();
     let answer = tokio::time::timeout(CHECK_TIMEOUT, async {
         let mut conn = match kept {
@@ -121,6 +123,15 @@ async fn ask(flavor: Flavor, member: &Member, is_primary: bool) -> Answer {
             Err(sqlx::Error::Database(_)) if is_primary => None,
             other => other?,
         };
+        if !member.has_schema.load(Relaxed) {
+            let applied: i64 = sqlx::query_scalar(flavor.applied_sql())
+                .bind(&shared.schema)
+                .fetch_one(&mut conn)
+                .await?;
+            if applied == 1 {
+                member.has_schema.store(true, Relaxed);
+            }
+        }
         Ok::<_, sqlx::Error>((conn, read_only == 0, status))
     })
     .await;
@@ -174,7 +185,13 @@ fn check_replica(
         // Unknown lag: count it from when the data was last known current.
         _ => health.lag = health.current_at.map(|at| now - at),
     }
-    health.problem = if !status.sql_running {
+    health.problem = if !replica.has_schema.load(Relaxed) {
+        Some(format!(
+            "has not yet applied the schema (the primary's migrations, at {}); reads \
+             skip it until it has",
+            shared.schema
+        ))
+    } else if !status.sql_running {
         Some(format!(
             "SQL thread stopped: not applying the primary's writes {}",
             status.error

@@ -11,8 +11,9 @@ use super::*;
 const WRITE_PAUSE: Duration = Duration::from_secs(2);
 
 impl Shared {
-    /// The next replica reads may use: up and not too far behind; or, while the primary is
-    /// down, any replica that is up (stale data beats no data). Never the primary.
+    /// The next replica reads may use: up, with the schema, and not too far behind; or,
+    /// while the primary is down, any replica that is up with the schema (stale data beats
+    /// no data, missing tables do not). Never the primary.
     fn pick_replica(&self, primary_up: bool) -> Option<&Member> {
         let primary = self.primary.load(Relaxed);
         let n = self.members.len();
@@ -21,7 +22,9 @@ impl Shared {
             .map(|i| (start + i) % n)
             .filter(|&i| i != primary)
             .map(|i| &self.members[i])
-            .find(|r| r.is_up() && (!primary_up || self.lag_ok(r.lag())))
+            .find(|r| {
+                r.is_up() && r.has_schema.load(Relaxed) && (!primary_up || self.lag_ok(r.lag()))
+            })
     }
 
     pub(super) async fn read<T>(
