@@ -6,8 +6,6 @@
 //! or this node's own shortage of descriptors must never count against a server,
 //! or a hostile client (or a descriptor flood) could take healthy servers out.
 
-use std::error::Error as _;
-
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::keepalive::ConnectError;
@@ -60,7 +58,10 @@ impl Failure {
     /// `client_body` says what the client's body did meanwhile (it is checked first:
     /// when the client broke the exchange, whatever the server then saw is not the
     /// server's fault).
-    pub fn of_exchange(e: &hyper::Error, client_body: Option<Failure>) -> Failure {
+    pub fn of_exchange(
+        e: &(dyn std::error::Error + 'static),
+        client_body: Option<Failure>,
+    ) -> Failure {
         if let Some(fault) = client_body {
             return fault;
         }
@@ -138,9 +139,9 @@ impl Failure {
     }
 }
 
-/// The operating system's error under a client error, if there is one.
-fn io_cause(e: &hyper::Error) -> Option<&std::io::Error> {
-    let mut source = e.source();
+/// The operating system's error in an error's chain, if there is one.
+fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut source = Some(e);
     while let Some(err) = source {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             return Some(io);

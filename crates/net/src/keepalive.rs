@@ -1,4 +1,6 @@
-//! Keep-alive connections to one upstream server, on hyper's connection API.
+//! Keep-alive connections to one upstream server: bare sockets for the requests
+//! [`crate::wire`] sends itself (no body, no upgrade: most of them), and hyper's
+//! connection API for the rest.
 //!
 //! Why not hyper-util's pooled client: a proxy needs the connection *before* it
 //! gives up the request. Getting a connection is where a server that is down shows
@@ -28,7 +30,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::Body;
+use crate::wire::{Wire, WireBody};
+use crate::{Body, BoxError};
 
 /// Most idle connections kept per server: enough for a burst of 64+ clients each
 /// holding one while a request is in flight, bounded so a spike does not keep
@@ -44,17 +47,53 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Connections {
     addr: SocketAddr,
-    /// One list per serving thread (see `server::serve_with`): a thread takes and
-    /// gives back only its own connections, whose tasks run on its runtime, so a
-    /// request and its upstream exchange stay on one thread. Most recently used
-    /// last: a warm connection is taken first, and the oldest age out at the front.
-    idle: Box<[Mutex<Vec<Idle>>]>,
+    /// One pair of lists per serving thread (see `server::serve_with`): a thread
+    /// takes and gives back only its own connections, whose sockets (and hyper's
+    /// tasks) are on its runtime, so a request and its upstream exchange stay on one
+    /// thread. Most recently used last: a warm connection is taken first, and the
+    /// oldest age out at the front.
+    idle: Box<[Mutex<Lists>]>,
+}
+
+#[derive(Debug, Default)]
+struct Lists {
+    hyper: Vec<Idle<SendRequest<Body>>>,
+    wire: Vec<Idle<Wire>>,
 }
 
 #[derive(Debug)]
-struct Idle {
-    sender: SendRequest<Body>,
+struct Idle<C> {
+    conn: C,
     since: Instant,
+}
+
+/// The most recently used connection of `list` that `open` finds open; drops the
+/// expired ones (at the front, the oldest) and the closed ones on the way.
+fn take_open<C>(list: &mut Vec<Idle<C>>, open: impl Fn(&C) -> bool) -> Option<C> {
+    let now = Instant::now();
+    let expired = list
+        .iter()
+        .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
+        .count();
+    list.drain(..expired);
+    while let Some(Idle { conn, .. }) = list.pop() {
+        if open(&conn) {
+            return Some(conn);
+        }
+    }
+    None
+}
+
+/// Puts `conn` at the back of `list`, making room by dropping the oldest.
+fn keep<C>(list: &mut Vec<Idle<C>>, conn: C) {
+    if list.len() >= MAX_IDLE {
+        // The oldest goes: it is the least likely to be wanted soon.
+        list.remove(0);
+    }
+    list.push(Idle {
+        conn,
+        since: Instant::now(),
+    });
 }
 
 /// Why a connection could not be had.
@@ -107,7 +146,7 @@ impl Connections {
         let threads = crate::server::serving_threads();
         Connections {
             addr,
-            idle: (0..threads).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: (0..threads).map(|_| Mutex::default()).collect(),
         }
     }
 
@@ -125,14 +164,7 @@ impl Connections {
 
     /// A new connection, never one from the idle list.
     pub async fn connect(&self, connect_timeout: Duration) -> Result<Conn, ConnectError> {
-        let stream =
-            match tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return Err(ConnectError::Io(e)),
-                Err(_) => return Err(ConnectError::Timeout),
-            };
-        // Requests and answers are small writes: no waiting for an ACK to batch them.
-        let _ = stream.set_nodelay(true);
+        let stream = self.connect_tcp(connect_timeout).await?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -150,6 +182,40 @@ impl Connections {
         })
     }
 
+    /// A socket to the server, connected within `connect_timeout`.
+    async fn connect_tcp(&self, connect_timeout: Duration) -> Result<TcpStream, ConnectError> {
+        let stream =
+            match tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(ConnectError::Io(e)),
+                Err(_) => return Err(ConnectError::Timeout),
+            };
+        // Requests and answers are small writes: no waiting for an ACK to batch them.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// The most recently used idle socket for [`crate::wire`]. `checked`: only one
+    /// seen open now (one non-blocking read): for a request that must not be sent
+    /// twice. Unchecked, a socket the server closed meanwhile is found out by the
+    /// request itself ([`crate::wire::WireError::ClosedEarly`]), which then goes again
+    /// on a fresh one: safe only for a method that may be repeated.
+    pub fn take_wire(&self, checked: bool) -> Option<Wire> {
+        let mut lists = self.mine().lock().unwrap_or_else(|e| e.into_inner());
+        take_open(&mut lists.wire, |w| !checked || !w.is_closed())
+    }
+
+    /// A new socket for [`crate::wire`].
+    pub async fn connect_wire(&self, connect_timeout: Duration) -> Result<Wire, ConnectError> {
+        Ok(Wire::new(self.connect_tcp(connect_timeout).await?))
+    }
+
+    /// Takes a socket back after its answer ended (see [`crate::wire::WireBody`]).
+    pub(crate) fn put_back_wire(&self, wire: Wire) {
+        let mut lists = self.mine().lock().unwrap_or_else(|e| e.into_inner());
+        keep(&mut lists.wire, wire);
+    }
+
     /// Sends `req` on `conn`. The response's body puts the connection back in this
     /// list when it ends (for a `101`, the connection belongs to the upgrade and is
     /// not put back).
@@ -164,11 +230,11 @@ impl Connections {
                 let (head, body) = resp.into_parts();
                 let home = (head.status != http::StatusCode::SWITCHING_PROTOCOLS)
                     .then(|| (conn.sender, Arc::clone(self)));
-                let mut body = PooledBody { inner: body, home };
+                let mut body = HyperBody { inner: body, home };
                 if body.inner.is_end_stream() {
                     body.give_back();
                 }
-                Sent::Answer(Response::from_parts(head, body))
+                Sent::Answer(Response::from_parts(head, PooledBody::Hyper(body)))
             }
             Err(mut e) => match e.take_message() {
                 Some(req) => Sent::NotSent(req),
@@ -180,24 +246,12 @@ impl Connections {
     /// The most recently used idle connection that is still open; drops the closed
     /// and the expired ones on the way.
     fn take_idle(&self) -> Option<SendRequest<Body>> {
-        let mut idle = self.mine().lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        // The oldest are at the front: drop those past their time in one go.
-        let expired = idle
-            .iter()
-            .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
-            .count();
-        idle.drain(..expired);
-        while let Some(Idle { sender, .. }) = idle.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
+        let mut lists = self.mine().lock().unwrap_or_else(|e| e.into_inner());
+        take_open(&mut lists.hyper, |sender| !sender.is_closed())
     }
 
-    /// This thread's idle list.
-    fn mine(&self) -> &Mutex<Vec<Idle>> {
+    /// This thread's idle lists.
+    fn mine(&self) -> &Mutex<Lists> {
         &self.idle[crate::server::thread_index() % self.idle.len()]
     }
 
@@ -206,40 +260,77 @@ impl Connections {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.mine().lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() >= MAX_IDLE {
-            // The oldest goes: it is the least likely to be wanted soon.
-            idle.remove(0);
-        }
-        idle.push(Idle {
-            sender,
-            since: Instant::now(),
-        });
+        let mut lists = self.mine().lock().unwrap_or_else(|e| e.into_inner());
+        keep(&mut lists.hyper, sender);
     }
 }
 
 /// A response body from a pooled connection: when it ends, the connection goes back
 /// to its server's idle list; dropped before its end, the connection is closed (it
 /// still carries the rest of this answer).
-pub struct PooledBody {
-    inner: Incoming,
-    home: Option<(SendRequest<Body>, Arc<Connections>)>,
+pub enum PooledBody {
+    /// Read by hyper's client.
+    Hyper(HyperBody),
+    /// Read from the socket itself ([`crate::wire`]).
+    Wire(WireBody),
 }
 
 impl PooledBody {
-    fn give_back(&mut self) {
-        if let Some((sender, home)) = self.home.take() {
-            home.put_back(sender);
+    /// The response as hyper gave it, for [`hyper::upgrade::on`] (a `101`'s body is
+    /// empty, and its connection is never put back). `None` for a [`crate::wire`]
+    /// answer, which never carries an upgrade.
+    pub fn into_incoming(self) -> Option<Incoming> {
+        match self {
+            PooledBody::Hyper(body) => Some(body.inner),
+            PooledBody::Wire(_) => None,
         }
     }
 }
 
 impl http_body::Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            PooledBody::Hyper(body) => body.poll_frame(cx).map_err(Into::into),
+            PooledBody::Wire(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            PooledBody::Hyper(body) => body.inner.is_end_stream(),
+            PooledBody::Wire(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            PooledBody::Hyper(body) => body.inner.size_hint(),
+            PooledBody::Wire(body) => body.size_hint(),
+        }
+    }
+}
+
+/// An answer's body read by hyper, and the connection to give back at its end.
+pub struct HyperBody {
+    inner: Incoming,
+    home: Option<(SendRequest<Body>, Arc<Connections>)>,
+}
+
+impl HyperBody {
+    fn give_back(&mut self) {
+        if let Some((sender, home)) = self.home.take() {
+            home.put_back(sender);
+        }
+    }
+
+    fn poll_frame(
+        &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
@@ -250,23 +341,6 @@ impl http_body::Body for PooledBody {
             _ => {}
         }
         polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// Lets hyper's upgrade machinery find the connection of a `101` answer.
-impl PooledBody {
-    /// The response as hyper gave it, for [`hyper::upgrade::on`] (a `101`'s body is
-    /// empty, and its connection is never put back).
-    pub fn into_incoming(self) -> Incoming {
-        self.inner
     }
 }
 

@@ -54,6 +54,7 @@ pub mod tls;
 pub mod trace;
 pub mod tunnel;
 pub mod upstream;
+pub mod wire;
 
 pub use body::{empty, full, Body, BoxError};
 pub use metrics::Metrics;

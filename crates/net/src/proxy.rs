@@ -35,6 +35,7 @@ use crate::headers::strip_hop_by_hop;
 use crate::keepalive::{ConnectError, Connections, PooledBody, Sent};
 use crate::tunnel;
 use crate::upstream::{InFlight, Pool};
+use crate::wire::{self, WireError};
 use crate::{Body, BoxError};
 
 /// How a hop forwards: the parts of proxy behaviour that differ between roles.
@@ -153,14 +154,15 @@ pub async fn forward(
         .await;
         let (failure, reason) = match sent {
             Ok(Exchange::Answer(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                let resp = resp.map(PooledBody::into_incoming);
-                let to_websocket = resp
-                    .headers()
+                let (head, body) = resp.into_parts();
+                let to_websocket = head
+                    .headers
                     .get(UPGRADE)
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-                match websocket.take() {
-                    Some(client) if to_websocket => {
+                match (websocket.take(), body.into_incoming()) {
+                    (Some(client), Some(body)) if to_websocket => {
                         let hold = parts.extensions.remove::<tunnel::Hold>();
+                        let resp = Response::from_parts(head, body);
                         return open_tunnel(resp, client, pool.timeouts.tunnel, in_flight, hold);
                     }
                     // A switch nobody asked for, or to another protocol.
@@ -177,9 +179,7 @@ pub async fn forward(
                 // The server counts the request in flight until its answer has been
                 // sent to the end (or the client went away): `leastconn` weighs a long
                 // download, and `drain` waits for it.
-                let body = crate::finish::on_finish(body.map_err(Into::into).boxed_unsync(), {
-                    move |_| drop(in_flight)
-                });
+                let body = crate::finish::on_finish(body.boxed_unsync(), move |_| drop(in_flight));
                 return Response::from_parts(head, body);
             }
             Ok(Exchange::NoConnection(e, request)) => {
@@ -188,7 +188,7 @@ pub async fn forward(
             }
             Ok(Exchange::Failed(e)) => {
                 let client_body = fault.as_ref().and_then(|f| f.get().copied());
-                (Failure::of_exchange(&e, client_body), root_cause(&e))
+                (Failure::of_exchange(&*e, client_body), root_cause(&*e))
             }
             Err(_) => (Failure::Timeout, "response timeout".to_string()),
         };
@@ -220,20 +220,24 @@ enum Exchange {
     /// No connection could be had: the request, unsent, comes back.
     NoConnection(ConnectError, Request<Body>),
     /// The exchange broke after the request (or part of it) went out.
-    Failed(hyper::Error),
+    Failed(BoxError),
 }
 
 /// Sends `request` on a kept-alive connection to the server, or on a fresh one when
 /// the kept-alive one turns out closed (the server saw nothing, so any method may
-/// go again).
+/// go again). A request without a body or upgrade goes out by [`wire`]; the others
+/// by hyper's client.
 async fn exchange(conns: &Arc<Connections>, connect: Duration, request: Request<Body>) -> Exchange {
+    if wire::fits(&request) {
+        return exchange_wire(conns, connect, request).await;
+    }
     let conn = match conns.get(connect).await {
         Ok(conn) => conn,
         Err(e) => return Exchange::NoConnection(e, request),
     };
     let request = match conns.send(conn, request).await {
         Sent::Answer(resp) => return Exchange::Answer(resp),
-        Sent::Failed(e) => return Exchange::Failed(e),
+        Sent::Failed(e) => return Exchange::Failed(e.into()),
         Sent::NotSent(request) => request,
     };
     let conn = match conns.connect(connect).await {
@@ -242,8 +246,42 @@ async fn exchange(conns: &Arc<Connections>, connect: Duration, request: Request<
     };
     match conns.send(conn, request).await {
         Sent::Answer(resp) => Exchange::Answer(resp),
-        Sent::Failed(e) => Exchange::Failed(e),
+        Sent::Failed(e) => Exchange::Failed(e.into()),
         Sent::NotSent(request) => Exchange::NoConnection(ConnectError::Closed, request),
+    }
+}
+
+/// [`exchange`] for a request [`wire`] can send. A kept-alive socket the server
+/// closed while it was idle shows as [`WireError::ClosedEarly`]: a request whose
+/// method may be repeated (RFC 9110 §9.2.2) then goes again on a fresh socket, as
+/// browsers and nginx do; any other request is only sent on a socket seen open
+/// just before. On a fresh socket, the same early close sends a repeatable request
+/// to another server.
+async fn exchange_wire(
+    conns: &Arc<Connections>,
+    connect: Duration,
+    request: Request<Body>,
+) -> Exchange {
+    let head = wire::encode(&request);
+    let method = request.method();
+    let repeatable = method.is_idempotent();
+    if let Some(kept) = conns.take_wire(!repeatable) {
+        match wire::send(kept, &head, method, conns).await {
+            Ok(resp) => return Exchange::Answer(resp.map(PooledBody::Wire)),
+            Err(WireError::ClosedEarly(_)) if repeatable => {}
+            Err(e) => return Exchange::Failed(e.into()),
+        }
+    }
+    let fresh = match conns.connect_wire(connect).await {
+        Ok(fresh) => fresh,
+        Err(e) => return Exchange::NoConnection(e, request),
+    };
+    match wire::send(fresh, &head, method, conns).await {
+        Ok(resp) => Exchange::Answer(resp.map(PooledBody::Wire)),
+        Err(WireError::ClosedEarly(_)) if repeatable => {
+            Exchange::NoConnection(ConnectError::Closed, request)
+        }
+        Err(e) => Exchange::Failed(e.into()),
     }
 }
 
