@@ -383,3 +383,73 @@ impl http_body::Body for ClientBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers one request per connection and then closes it, as a
+    /// server whose keep-alive timeout has just passed does. Counts its connections.
+    async fn one_answer_per_connection() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, SeqCst);
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut buf = [0; 1024];
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn request(method: http::Method) -> Request<Body> {
+        let mut req = Request::new(crate::empty());
+        *req.method_mut() = method;
+        *req.uri_mut() = Uri::from_static("/");
+        req.headers_mut()
+            .insert(HOST, HeaderValue::from_static("x"));
+        req
+    }
+
+    #[tokio::test]
+    async fn a_kept_socket_the_server_closed_costs_no_request() {
+        let (addr, accepted) = one_answer_per_connection().await;
+        let conns = Arc::new(Connections::new(addr));
+        for (i, method) in [http::Method::GET, http::Method::GET, http::Method::POST]
+            .into_iter()
+            .enumerate()
+        {
+            // The socket of the previous answer is kept (its answer did not say
+            // `close`), and closed by the server by now.
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            match exchange(&conns, Duration::from_secs(1), request(method.clone())).await {
+                Exchange::Answer(resp) => {
+                    let body = resp.into_body().collect().await.unwrap().to_bytes();
+                    assert_eq!(&body[..], b"ok", "{method}");
+                }
+                Exchange::NoConnection(e, _) => panic!("{method}: {e}"),
+                Exchange::Failed(e) => panic!("{method}: {e}"),
+            }
+        }
+        // A GET tried the dead socket first, then a fresh one; the POST (which must
+        // not go twice) saw the dead socket closed before sending and took a fresh
+        // one: one connection per request.
+        assert_eq!(accepted.load(SeqCst), 3);
+    }
+}

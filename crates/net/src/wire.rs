@@ -72,10 +72,13 @@ impl Wire {
     }
 
     /// Whether the server closed this idle connection (or sent bytes nobody asked
-    /// for), found without waiting: a read that would block means it is open.
+    /// for), found without waiting: a peek that would block means it is open. The
+    /// peek asks the socket itself, not the runtime's last readiness, which may not
+    /// have seen a close that just came.
     pub fn is_closed(&self) -> bool {
-        let mut probe = [0u8; 1];
-        !matches!(self.tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        let mut probe = [std::mem::MaybeUninit::uninit(); 1];
+        !matches!(socket2::SockRef::from(&self.tcp).peek(&mut probe),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// The socket, for what outlives HTTP on it.
