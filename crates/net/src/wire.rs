@@ -139,9 +139,7 @@ pub async fn send(
     }
     let mut buf = BytesMut::with_capacity(READ_FIRST);
     loop {
-        let parsed = parse_head(&buf)?;
-        if let Some((used, head)) = parsed {
-            buf.advance(used);
+        if let Some(head) = parse_head(&mut buf)? {
             // An interim answer (103 Early Hints, a stray 100): the real one follows.
             if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
@@ -178,8 +176,9 @@ struct Head {
     headers: HeaderMap,
 }
 
-/// The head at the start of `buf` and its length, or `None` while it is incomplete.
-fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, WireError> {
+/// The head at the start of `buf`, taken out of it, or `None` while it is
+/// incomplete. The field values are slices of the head's bytes, not copies.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, WireError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -201,22 +200,31 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head)>, WireError> {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // Each name, and where its value is in the head.
+    let at = buf.as_ptr() as usize;
+    let mut named = Vec::with_capacity(parsed.headers.len());
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| WireError::Malformed("bad header name"))?;
-        let value = HeaderValue::from_bytes(field.value)
+        // (An empty value's slice may point anywhere: it is empty wherever it is.)
+        let start = match field.value.is_empty() {
+            true => 0,
+            false => field.value.as_ptr() as usize - at,
+        };
+        named.push((name, start..start + field.value.len()));
+    }
+    let head = buf.split_to(used).freeze();
+    let mut headers = HeaderMap::with_capacity(named.len());
+    for (name, value) in named {
+        let value = HeaderValue::from_maybe_shared(head.slice(value))
             .map_err(|_| WireError::Malformed("bad header value"))?;
         headers.append(name, value);
     }
-    Ok(Some((
-        used,
-        Head {
-            status,
-            version,
-            headers,
-        },
-    )))
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+    }))
 }
 
 /// The response for `head`, its body framed as RFC 9112 §6.3 says.
@@ -574,6 +582,7 @@ impl std::fmt::Debug for WireBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Body as _;
     use http_body_util::BodyExt;
     use std::net::SocketAddr;
     use tokio::io::AsyncReadExt;
@@ -665,7 +674,7 @@ mod tests {
         for piece in [1, 3, 1000] {
             let addr = server(
                 vec![
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                    b"HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 5\r\n\r\nhello",
                     b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nX-Trailer: t\r\n\r\n",
                     b"HTTP/1.1 204 No Content\r\n\r\n",
                     b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
@@ -700,6 +709,31 @@ mod tests {
                 (200, &b"until the close"[..], false)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn header_fields_come_through_as_sent() {
+        let addr = server(
+            vec![b"HTTP/1.1 201 Created\r\nX-Empty:\r\nX-A: one\r\nx-a: two, three\r\nServer: s\r\nContent-Length: 0\r\n\r\n"],
+            7,
+        )
+        .await;
+        let home = Arc::new(Connections::new(addr));
+        let req = get(Method::GET);
+        let wire = home
+            .connect_wire(std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
+        let resp = send(wire, &encode(&req), req.method(), &home)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let h = resp.headers();
+        assert_eq!(h["x-empty"], "");
+        let a: Vec<_> = h.get_all("x-a").iter().collect();
+        assert_eq!(a, ["one", "two, three"]);
+        assert_eq!(h["server"], "s");
+        assert!(resp.body().is_end_stream());
     }
 
     #[tokio::test]
