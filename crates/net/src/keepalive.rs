@@ -195,14 +195,15 @@ impl Connections {
         Ok(stream)
     }
 
-    /// The most recently used idle socket for [`crate::wire`]. `checked`: only one
-    /// seen open now (one non-blocking read): for a request that must not be sent
-    /// twice. Unchecked, a socket the server closed meanwhile is found out by the
-    /// request itself ([`crate::wire::WireError::ClosedEarly`]), which then goes again
-    /// on a fresh one: safe only for a method that may be repeated.
-    pub fn take_wire(&self, checked: bool) -> Option<Wire> {
+    /// The most recently used idle socket for [`crate::wire`] that the runtime has
+    /// not seen closed or sent bytes on. `exact`: only one a peek finds open now, for
+    /// a request that must not be sent twice. Otherwise a socket the server closed
+    /// just now is found out by the request itself
+    /// ([`crate::wire::WireError::ClosedEarly`]), which then goes again on a fresh
+    /// one: only for a method that may be repeated.
+    pub fn take_wire(&self, exact: bool) -> Option<Wire> {
         let mut lists = self.mine().lock().unwrap_or_else(|e| e.into_inner());
-        take_open(&mut lists.wire, |w| !checked || !w.is_closed())
+        take_open(&mut lists.wire, |w| !w.is_closed(exact))
     }
 
     /// A new socket for [`crate::wire`].

@@ -71,14 +71,19 @@ impl Wire {
         Wire { tcp }
     }
 
-    /// Whether the server closed this idle connection (or sent bytes nobody asked
-    /// for), found without waiting: a peek that would block means it is open. The
-    /// peek asks the socket itself, not the runtime's last readiness, which may not
-    /// have seen a close that just came.
-    pub fn is_closed(&self) -> bool {
-        let mut probe = [std::mem::MaybeUninit::uninit(); 1];
-        !matches!(socket2::SockRef::from(&self.tcp).peek(&mut probe),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    /// Whether the server closed this idle connection or sent bytes nobody asked for
+    /// (which would be taken for the next answer: never used then), found without
+    /// waiting. `exact`: a peek at the socket itself, one system call. Otherwise the
+    /// runtime's readiness decides, which costs no call while nothing came since the
+    /// last answer's short read, but may not yet have seen a close that just came.
+    pub fn is_closed(&self, exact: bool) -> bool {
+        let would_block = if exact {
+            let mut probe = [std::mem::MaybeUninit::uninit(); 1];
+            socket2::SockRef::from(&self.tcp).peek(&mut probe)
+        } else {
+            self.tcp.try_read(&mut [0u8; 1])
+        };
+        !matches!(would_block, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// The socket, for what outlives HTTP on it.
@@ -800,6 +805,31 @@ mod tests {
         let home = Arc::new(Connections::new(addr));
         let err = ask(&home, Method::GET).await.unwrap_err();
         assert!(err.to_string().contains("larger than 64 KiB"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bytes_after_an_answer_end_the_socket_they_came_on() {
+        // The first answer, then (a write later, once the socket is back in the idle
+        // list) a second one nobody asked for: the next request must not take it.
+        let first: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let stray: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil";
+        let addr = server(vec![[first, stray].concat().leak()], first.len()).await;
+        let home = Arc::new(Connections::new(addr));
+        let req = get(Method::GET);
+        let wire = home
+            .connect_wire(std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
+        let resp = send(wire, &encode(&req), req.method(), &home)
+            .await
+            .unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        assert!(
+            home.take_wire(false).is_none(),
+            "the stray answer's socket was kept"
+        );
     }
 
     #[tokio::test]
