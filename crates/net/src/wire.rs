@@ -641,6 +641,16 @@ mod tests {
         req
     }
 
+    /// A GET on a new socket to `home`'s server: its answer, body unread.
+    async fn fresh_get(home: &Arc<Connections>) -> Response<WireBody> {
+        let req = get(Method::GET);
+        let wire = home
+            .connect_wire(std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
+        send(wire, &encode(&req), req.method(), home).await.unwrap()
+    }
+
     /// Sends one request on a kept socket (or a new one), returns status, body, and
     /// whether the socket went back to the idle list.
     async fn ask(
@@ -724,14 +734,7 @@ mod tests {
         )
         .await;
         let home = Arc::new(Connections::new(addr));
-        let req = get(Method::GET);
-        let wire = home
-            .connect_wire(std::time::Duration::from_secs(1))
-            .await
-            .unwrap();
-        let resp = send(wire, &encode(&req), req.method(), &home)
-            .await
-            .unwrap();
+        let resp = fresh_get(&home).await;
         assert_eq!(resp.status(), 201);
         let h = resp.headers();
         assert_eq!(h["x-empty"], "");
@@ -815,14 +818,7 @@ mod tests {
         let stray: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil";
         let addr = server(vec![[first, stray].concat().leak()], first.len()).await;
         let home = Arc::new(Connections::new(addr));
-        let req = get(Method::GET);
-        let wire = home
-            .connect_wire(std::time::Duration::from_secs(1))
-            .await
-            .unwrap();
-        let resp = send(wire, &encode(&req), req.method(), &home)
-            .await
-            .unwrap();
+        let resp = fresh_get(&home).await;
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"ok");
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
