@@ -84,8 +84,16 @@ fn take_open<C>(list: &mut Vec<Idle<C>>, open: impl Fn(&C) -> bool) -> Option<C>
     None
 }
 
-/// Puts `conn` at the back of `list`, making room by dropping the oldest.
+/// Puts `conn` at the back of `list`, making room by dropping the oldest, and drops
+/// the expired ones (so a server's closed sockets wait at most [`IDLE_TIMEOUT`] for
+/// a take to find them).
 fn keep<C>(list: &mut Vec<Idle<C>>, conn: C) {
+    let now = Instant::now();
+    let expired = list
+        .iter()
+        .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
+        .count();
+    list.drain(..expired);
     if list.len() >= MAX_IDLE {
         // The oldest goes: it is the least likely to be wanted soon.
         list.remove(0);
@@ -195,15 +203,12 @@ impl Connections {
         Ok(stream)
     }
 
-    /// The most recently used idle socket for [`crate::wire`] that the runtime has
-    /// not seen closed or sent bytes on. `exact`: only one a peek finds open now, for
-    /// a request that must not be sent twice. Otherwise a socket the server closed
-    /// just now is found out by the request itself
-    /// ([`crate::wire::WireError::ClosedEarly`]), which then goes again on a fresh
-    /// one: only for a method that may be repeated.
-    pub fn take_wire(&self, exact: bool) -> Option<Wire> {
+    /// The most recently used idle socket for [`crate::wire`] that is open and has
+    /// no bytes nobody asked for ([`Wire::is_closed`]). A server may still close it
+    /// just as the request goes out ([`crate::wire::WireError::ClosedEarly`]).
+    pub fn take_wire(&self) -> Option<Wire> {
         let mut lists = self.mine().lock().unwrap_or_else(|e| e.into_inner());
-        take_open(&mut lists.wire, |w| !w.is_closed(exact))
+        take_open(&mut lists.wire, |w| !w.is_closed())
     }
 
     /// A new socket for [`crate::wire`].

@@ -251,12 +251,13 @@ async fn exchange(conns: &Arc<Connections>, connect: Duration, request: Request<
     }
 }
 
-/// [`exchange`] for a request [`wire`] can send. A kept-alive socket the server
-/// closed while it was idle shows as [`WireError::ClosedEarly`]: a request whose
-/// method may be repeated (RFC 9110 §9.2.2) then goes again on a fresh socket, as
-/// browsers and nginx do; any other request is only sent on a socket seen open
-/// just before. On a fresh socket, the same early close sends a repeatable request
-/// to another server.
+/// [`exchange`] for a request [`wire`] can send. A kept socket the server closed
+/// just as the request went out shows as [`WireError::ClosedEarly`]: a request whose
+/// method may be repeated (RFC 9110 §9.2.2) then goes again on a fresh socket to the
+/// same server, once, as browsers and nginx do; any other request gets the failure
+/// (a 502 blamed on the server: it closed a socket a peek had just found open). On a
+/// fresh socket the same early close is a failure too, never a reason to try another
+/// server: the server may have taken the request and died on it.
 async fn exchange_wire(
     conns: &Arc<Connections>,
     connect: Duration,
@@ -264,11 +265,10 @@ async fn exchange_wire(
 ) -> Exchange {
     let head = wire::encode(&request);
     let method = request.method();
-    let repeatable = method.is_idempotent();
-    if let Some(kept) = conns.take_wire(!repeatable) {
+    if let Some(kept) = conns.take_wire() {
         match wire::send(kept, &head, method, conns).await {
             Ok(resp) => return Exchange::Answer(resp.map(PooledBody::Wire)),
-            Err(WireError::ClosedEarly(_)) if repeatable => {}
+            Err(WireError::ClosedEarly(_)) if method.is_idempotent() => {}
             Err(e) => return Exchange::Failed(e.into()),
         }
     }
@@ -278,9 +278,6 @@ async fn exchange_wire(
     };
     match wire::send(fresh, &head, method, conns).await {
         Ok(resp) => Exchange::Answer(resp.map(PooledBody::Wire)),
-        Err(WireError::ClosedEarly(_)) if repeatable => {
-            Exchange::NoConnection(ConnectError::Closed, request)
-        }
         Err(e) => Exchange::Failed(e.into()),
     }
 }
@@ -447,9 +444,63 @@ mod tests {
                 Exchange::Failed(e) => panic!("{method}: {e}"),
             }
         }
-        // A GET tried the dead socket first, then a fresh one; the POST (which must
-        // not go twice) saw the dead socket closed before sending and took a fresh
-        // one: one connection per request.
+        // Each request found the kept socket closed (the peek) and took a fresh one.
         assert_eq!(accepted.load(SeqCst), 3);
+    }
+
+    /// A server that answers the first request on each connection and closes the
+    /// connection on the second one without answering: the race where a server
+    /// closes a kept socket just as a request goes out on it.
+    async fn closes_on_the_second_request() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, SeqCst);
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    for heads in 1.. {
+                        while got.windows(4).filter(|w| *w == b"\r\n\r\n").count() < heads {
+                            let mut buf = [0; 1024];
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        if heads == 2 {
+                            return;
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        let _ = s.write_all(answer).await;
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_kept_socket_closed_under_a_request_repeats_only_a_repeatable_one() {
+        let (addr, accepted) = closes_on_the_second_request().await;
+        let conns = Arc::new(Connections::new(addr));
+        let mut outcomes = Vec::new();
+        for method in [http::Method::GET, http::Method::GET, http::Method::POST] {
+            let outcome = match exchange(&conns, Duration::from_secs(1), request(method)).await {
+                Exchange::Answer(resp) => {
+                    let body = resp.into_body().collect().await.unwrap().to_bytes();
+                    String::from_utf8(body.to_vec()).unwrap()
+                }
+                Exchange::NoConnection(e, _) => format!("no connection: {e}"),
+                Exchange::Failed(e) => format!("failed: {e}"),
+            };
+            outcomes.push(outcome);
+        }
+        // The second GET met the close on the kept socket and went again on a fresh
+        // one; the POST met it too, and was not sent twice.
+        assert_eq!(outcomes[..2], ["ok", "ok"]);
+        assert!(outcomes[2].contains("closed by the server"), "{outcomes:?}");
+        assert_eq!(accepted.load(SeqCst), 2);
     }
 }

@@ -35,6 +35,9 @@ use crate::{Body, BoxError};
 /// Most response head bytes accepted (HAProxy's `tune.bufsize` default is 16 KiB).
 const MAX_HEAD: usize = 64 * 1024;
 
+/// Most interim (1xx) answers skipped before the final one.
+const MAX_INTERIM: usize = 8;
+
 /// Most header fields in a response head.
 const MAX_HEADERS: usize = 100;
 
@@ -52,9 +55,11 @@ pub struct Wire {
 /// Why an exchange on a [`Wire`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    /// The server closed the connection (or reset it) before sending a byte of the
-    /// answer. On a reused connection this is a server that closed it while idle, just
-    /// as the request went out: it saw nothing.
+    /// The server closed the connection (or reset it) before sending a byte of any
+    /// answer. On a kept socket that is most often a server that closed it while idle
+    /// just as the request went out, and saw nothing; but it may also be one that
+    /// took the request and died on it, so only a request that may be repeated is
+    /// sent again (on a fresh socket to the same server, once: see `proxy`).
     #[error("connection closed by the server before any answer")]
     ClosedEarly(#[source] Option<io::Error>),
     /// Reading or writing failed.
@@ -72,18 +77,15 @@ impl Wire {
     }
 
     /// Whether the server closed this idle connection or sent bytes nobody asked for
-    /// (which would be taken for the next answer: never used then), found without
-    /// waiting. `exact`: a peek at the socket itself, one system call. Otherwise the
-    /// runtime's readiness decides, which costs no call while nothing came since the
-    /// last answer's short read, but may not yet have seen a close that just came.
-    pub fn is_closed(&self, exact: bool) -> bool {
-        let would_block = if exact {
-            let mut probe = [std::mem::MaybeUninit::uninit(); 1];
-            socket2::SockRef::from(&self.tcp).peek(&mut probe)
-        } else {
-            self.tcp.try_read(&mut [0u8; 1])
-        };
-        !matches!(would_block, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    /// (which would be taken for the next answer: such a socket is never used),
+    /// found without waiting by a peek at the socket itself. One system call: the
+    /// runtime's readiness would cost none, but may not yet have seen bytes that just
+    /// came (the body of an answer to `HEAD` a server sends anyway), and those bytes
+    /// would be the next request's answer.
+    pub fn is_closed(&self) -> bool {
+        let mut probe = [std::mem::MaybeUninit::uninit(); 1];
+        !matches!(socket2::SockRef::from(&self.tcp).peek(&mut probe),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// The socket, for what outlives HTTP on it.
@@ -143,10 +145,15 @@ pub async fn send(
         });
     }
     let mut buf = BytesMut::with_capacity(READ_FIRST);
+    let mut interim = 0;
     loop {
         if let Some(head) = parse_head(&mut buf)? {
             // An interim answer (103 Early Hints, a stray 100): the real one follows.
             if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                interim += 1;
+                if interim > MAX_INTERIM {
+                    return Err(WireError::Malformed("too many interim (1xx) answers"));
+                }
                 continue;
             }
             return answer(wire, buf, head, method, home);
@@ -159,13 +166,15 @@ pub async fn send(
         }
         let got = match tokio::io::AsyncReadExt::read_buf(&mut wire.tcp, &mut buf).await {
             Ok(got) => got,
-            Err(e) if buf.is_empty() && e.kind() == io::ErrorKind::ConnectionReset => {
+            Err(e)
+                if interim == 0 && buf.is_empty() && e.kind() == io::ErrorKind::ConnectionReset =>
+            {
                 return Err(WireError::ClosedEarly(Some(e)))
             }
             Err(e) => return Err(WireError::Io(e)),
         };
         if got == 0 {
-            return Err(if buf.is_empty() {
+            return Err(if interim == 0 && buf.is_empty() {
                 WireError::ClosedEarly(None)
             } else {
                 WireError::Malformed("connection closed in the middle of the response head")
@@ -243,7 +252,7 @@ fn answer(
     let Head {
         status,
         version,
-        headers,
+        mut headers,
     } = head;
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(WireError::Malformed(
@@ -260,13 +269,14 @@ fn answer(
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::Length(0)
-    } else if let Some(codings) = last_field(&headers, &TRANSFER_ENCODING) {
-        if headers.contains_key(CONTENT_LENGTH) {
-            // Both: the transfer coding wins, and the connection cannot be trusted
-            // with another request (RFC 9112 §6.3, item 3).
+    } else if let Some(chunked) = last_field(&headers, &TRANSFER_ENCODING).map(ends_chunked) {
+        if headers.remove(CONTENT_LENGTH).is_some() {
+            // Both: the transfer coding wins, the length is not passed on, and the
+            // connection cannot be trusted with another request (RFC 9112 §6.3,
+            // item 3).
             reusable = false;
         }
-        if ends_chunked(codings) {
+        if chunked {
             Framing::Chunked(Chunk::Size)
         } else {
             reusable = false;
@@ -472,15 +482,15 @@ impl WireBody {
                 let Some(line) = self.line()? else {
                     return Ok(None);
                 };
-                let digits = line.split(|&b| b == b';').next().unwrap_or_default();
-                let digits = digits.trim_ascii();
-                if digits.is_empty() || digits.len() > 15 {
+                // Hex digits, then optional whitespace and extensions (RFC 9112 §7.1).
+                let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+                let rest = line[digits..].trim_ascii_start();
+                if digits == 0 || digits > 15 || !(rest.is_empty() || rest[0] == b';') {
                     return Err(WireError::Malformed("bad chunk size"));
                 }
-                let size = std::str::from_utf8(digits)
-                    .ok()
-                    .and_then(|s| u64::from_str_radix(s, 16).ok())
-                    .ok_or(WireError::Malformed("bad chunk size"))?;
+                let size = line[..digits].iter().fold(0u64, |n, &b| {
+                    n * 16 + u64::from((b as char).to_digit(16).unwrap_or_default())
+                });
                 self.framing = Framing::Chunked(if size == 0 {
                     Chunk::Trailers
                 } else {
@@ -658,7 +668,7 @@ mod tests {
         method: Method,
     ) -> Result<(StatusCode, Bytes, bool), BoxError> {
         let req = get(method);
-        let wire = match home.take_wire(false) {
+        let wire = match home.take_wire() {
             Some(wire) => wire,
             None => home
                 .connect_wire(std::time::Duration::from_secs(1))
@@ -668,7 +678,7 @@ mod tests {
         let resp = send(wire, &encode(&req), req.method(), home).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
-        let kept = match home.take_wire(true) {
+        let kept = match home.take_wire() {
             Some(wire) => {
                 home.put_back_wire(wire);
                 true
@@ -745,6 +755,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_length_beside_a_transfer_coding_is_not_passed_on() {
+        let addr = server(
+            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
+            1000,
+        )
+        .await;
+        let home = Arc::new(Connections::new(addr));
+        let resp = fresh_get(&home).await;
+        assert!(!resp.headers().contains_key(CONTENT_LENGTH));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+
+    #[tokio::test]
     async fn a_socket_is_kept_only_when_the_answer_allows_it() {
         let addr = server(
             vec![
@@ -765,7 +789,7 @@ mod tests {
 
     #[tokio::test]
     async fn broken_answers_are_errors_not_guesses() {
-        let cases: [(&'static [u8], &str); 7] = [
+        let cases: [(&'static [u8], &str); 9] = [
             (b"SSH-2.0-OpenSSH\r\n\r\n", "not an HTTP/1 response head"),
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
@@ -790,6 +814,14 @@ mod tests {
             (
                 b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
                 "asked for no upgrade",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
+                "bad chunk size",
+            ),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n",
+                "too many interim",
             ),
         ];
         for (answer, expected) in cases {
@@ -823,7 +855,7 @@ mod tests {
         assert_eq!(&body[..], b"ok");
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         assert!(
-            home.take_wire(false).is_none(),
+            home.take_wire().is_none(),
             "the stray answer's socket was kept"
         );
     }

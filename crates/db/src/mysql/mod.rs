@@ -177,8 +177,10 @@ struct Member {
     /// Set by the monitor (and by a failed query, which is quicker to notice).
     up: AtomicBool,
     /// It has applied the primary's position after the migrations ([`Shared::schema`]):
-    /// until then its tables may be missing or old, so reads skip it. Set once by the
-    /// monitor (a schema is never unapplied), and at once for the primary.
+    /// until then its tables may be missing or old, so reads skip it. Set at once for
+    /// the primary, by start-up's wait for the replicas that catch up within
+    /// [`SCHEMA_WAIT`], and by the monitor for the later ones; never unset (a schema
+    /// is never unapplied).
     has_schema: AtomicBool,
     /// `@@read_only` is 0 there, as the monitor or the last write's check saw it; for
     /// `/status` (the write path asks the server itself).
