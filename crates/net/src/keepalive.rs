@@ -38,6 +38,12 @@ use crate::{Body, BoxError};
 /// descriptors for ever.
 const MAX_IDLE: usize = 256;
 
+/// How often a thread's idle sockets are looked at for ones the server closed (each
+/// put back checks whether it is time). Nothing reads an idle [`Wire`], so a socket
+/// the server closed would otherwise keep its descriptor, in `CLOSE_WAIT`, until a
+/// request finds it or it expires; hyper's connection task closes its own at once.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// How long an idle connection is kept. Below the keep-alive timeout of our own
 /// servers (the default `timeouts.keepalive` is longer), so the pool rarely offers
 /// a connection the server is closing.
@@ -59,6 +65,8 @@ pub struct Connections {
 struct Lists {
     hyper: Vec<Idle<SendRequest<Body>>>,
     wire: Vec<Idle<Wire>>,
+    /// When the idle sockets were last looked at ([`SWEEP_EVERY`]).
+    swept: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -219,7 +227,26 @@ impl Connections {
     /// Takes a socket back after its answer ended (see [`crate::wire::WireBody`]).
     pub(crate) fn put_back_wire(&self, wire: Wire) {
         let mut lists = self.mine().lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if lists
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY)
+        {
+            // A peek per idle socket, once a second at most: drops the closed ones.
+            lists.wire.retain(|idle| !idle.conn.is_closed());
+            lists.swept = Some(now);
+        }
         keep(&mut lists.wire, wire);
+    }
+
+    /// Idle sockets this thread keeps for [`crate::wire`].
+    #[cfg(test)]
+    pub(crate) fn idle_wires(&self) -> usize {
+        self.mine()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wire
+            .len()
     }
 
     /// Sends `req` on `conn`. The response's body puts the connection back in this

@@ -861,6 +861,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn idle_sockets_the_server_closed_are_let_go_within_a_second_or_so() {
+        // Each connection gets one answer and stays open until `close`.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close, closing) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut closing = closing.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    s.write_all(answer).await.unwrap();
+                    let _ = closing.wait_for(|c| *c).await;
+                });
+            }
+        });
+        // Three answers on three sockets at once: three kept.
+        let home = Arc::new(Connections::new(addr));
+        let answers = futures_util::future::join_all((0..3).map(|_| fresh_get(&home))).await;
+        for resp in answers {
+            resp.into_body().collect().await.unwrap();
+        }
+        assert_eq!(home.idle_wires(), 3);
+        // The server closes them while idle; a second on, the next socket put back
+        // has the three closed ones dropped (no request took them).
+        close.send(true).unwrap();
+        tokio::time::sleep(crate::keepalive::SWEEP_EVERY).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        fresh_get(&home).await.into_body().collect().await.unwrap();
+        assert_eq!(home.idle_wires(), 1);
+    }
+
+    #[tokio::test]
     async fn a_socket_closed_before_any_answer_says_so() {
         // The server takes the request and hangs up: the caller may send a repeatable
         // request again, and knows nothing was answered.
