@@ -5,7 +5,11 @@
 //! A request goes to another server only while nothing of it was sent (as HAProxy's
 //! `retry-on conn-failure` with `redispatch`): then any method is safe to send
 //! again, and nothing has to be kept aside for it. Once a server has seen a request,
-//! its failure is answered, never replayed.
+//! its failure is answered, never replayed elsewhere. One exception, on the same
+//! server: a kept socket closed just as a request went out, before any byte of an
+//! answer, most often means the server closed it idle and saw nothing, so a request
+//! whose method may be repeated goes again, once, on a fresh socket (as browsers
+//! and nginx do; see [`exchange_wire`]).
 //!
 //! A failure is blamed where it happened: a client whose body breaks the limit or
 //! the chunked framing gets 413 or 400 and no server is marked for it; a connect that
