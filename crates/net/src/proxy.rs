@@ -9,7 +9,7 @@
 //! server: a kept socket closed just as a request went out, before any byte of an
 //! answer, most often means the server closed it idle and saw nothing, so a request
 //! whose method may be repeated goes again, once, on a fresh socket (as browsers
-//! and nginx do; see [`exchange_wire`]).
+//! and nginx do; see `exchange_wire`).
 //!
 //! A failure is blamed where it happened: a client whose body breaks the limit or
 //! the chunked framing gets 413 or 400 and no server is marked for it; a connect that
