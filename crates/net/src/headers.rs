@@ -272,6 +272,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
+/// Whether the `Connection` header lists `option` (`close`, `upgrade`...), in any
+/// of its fields, case-insensitively.
+pub fn connection_has(headers: &HeaderMap, option: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|o| o.trim_ascii().eq_ignore_ascii_case(option.as_bytes()))
+    })
+}
+
 /// Refuses what no hop should pass on: `CONNECT` (405: this is not a forward
 /// proxy), and an HTTP/1.1 request with no `Host` or with two (400: RFC 9112 §3.2;
 /// two hops could each pick another one). HTTP/2 names the host in `:authority`.

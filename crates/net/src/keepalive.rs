@@ -75,15 +75,21 @@ struct Idle<C> {
     since: Instant,
 }
 
-/// The most recently used connection of `list` that `open` finds open; drops the
-/// expired ones (at the front, the oldest) and the closed ones on the way.
-fn take_open<C>(list: &mut Vec<Idle<C>>, open: impl Fn(&C) -> bool) -> Option<C> {
+/// Drops the connections idle for longer than [`IDLE_TIMEOUT`]: the oldest, at the
+/// front, in one go.
+fn drop_expired<C>(list: &mut Vec<Idle<C>>) {
     let now = Instant::now();
     let expired = list
         .iter()
         .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
         .count();
     list.drain(..expired);
+}
+
+/// The most recently used connection of `list` that `open` finds open; drops the
+/// expired ones (at the front, the oldest) and the closed ones on the way.
+fn take_open<C>(list: &mut Vec<Idle<C>>, open: impl Fn(&C) -> bool) -> Option<C> {
+    drop_expired(list);
     while let Some(Idle { conn, .. }) = list.pop() {
         if open(&conn) {
             return Some(conn);
@@ -96,12 +102,7 @@ fn take_open<C>(list: &mut Vec<Idle<C>>, open: impl Fn(&C) -> bool) -> Option<C>
 /// the expired ones (so a server's closed sockets wait at most [`IDLE_TIMEOUT`] for
 /// a take to find them).
 fn keep<C>(list: &mut Vec<Idle<C>>, conn: C) {
-    let now = Instant::now();
-    let expired = list
-        .iter()
-        .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
-        .count();
-    list.drain(..expired);
+    drop_expired(list);
     if list.len() >= MAX_IDLE {
         // The oldest goes: it is the least likely to be wanted soon.
         list.remove(0);

@@ -391,9 +391,12 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A server that answers one request per connection and then closes it, as a
-    /// server whose keep-alive timeout has just passed does. Counts its connections.
-    async fn one_answer_per_connection() -> (SocketAddr, Arc<AtomicUsize>) {
+    /// A server that answers the first request on each connection with `ok`, then
+    /// closes the connection: at once (as a server whose keep-alive timeout has just
+    /// passed does), or, `on_the_next`, when the next request comes, without
+    /// answering it (the race where a server closes a kept socket just as a request
+    /// goes out on it). Counts its connections.
+    async fn one_answer_per_connection(on_the_next: bool) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -401,20 +404,33 @@ mod tests {
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
                 count.fetch_add(1, SeqCst);
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let mut buf = [0; 1024];
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    if !read_heads(&mut s, &mut got, 1).await {
+                        return;
                     }
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    let _ = s.write_all(answer).await;
+                    if on_the_next {
+                        read_heads(&mut s, &mut got, 2).await;
+                    }
+                });
             }
         });
         (addr, accepted)
+    }
+
+    /// Reads from `s` into `got` until it holds `heads` request heads; false when
+    /// the client went first.
+    async fn read_heads(s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, heads: usize) -> bool {
+        while got.windows(4).filter(|w| *w == b"\r\n\r\n").count() < heads {
+            let mut buf = [0; 1024];
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
     }
 
     fn request(method: http::Method) -> Request<Body> {
@@ -426,9 +442,21 @@ mod tests {
         req
     }
 
+    /// What became of `method` sent through `exchange`: the answer's body, or why not.
+    async fn outcome(conns: &Arc<Connections>, method: http::Method) -> String {
+        match exchange(conns, Duration::from_secs(1), request(method)).await {
+            Exchange::Answer(resp) => {
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                String::from_utf8(body.to_vec()).unwrap()
+            }
+            Exchange::NoConnection(e, _) => format!("no connection: {e}"),
+            Exchange::Failed(e) => format!("failed: {e}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_kept_socket_the_server_closed_costs_no_request() {
-        let (addr, accepted) = one_answer_per_connection().await;
+        let (addr, accepted) = one_answer_per_connection(false).await;
         let conns = Arc::new(Connections::new(addr));
         for (i, method) in [http::Method::GET, http::Method::GET, http::Method::POST]
             .into_iter()
@@ -439,67 +467,19 @@ mod tests {
             if i > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            match exchange(&conns, Duration::from_secs(1), request(method.clone())).await {
-                Exchange::Answer(resp) => {
-                    let body = resp.into_body().collect().await.unwrap().to_bytes();
-                    assert_eq!(&body[..], b"ok", "{method}");
-                }
-                Exchange::NoConnection(e, _) => panic!("{method}: {e}"),
-                Exchange::Failed(e) => panic!("{method}: {e}"),
-            }
+            assert_eq!(outcome(&conns, method.clone()).await, "ok", "{method}");
         }
         // Each request found the kept socket closed (the peek) and took a fresh one.
         assert_eq!(accepted.load(SeqCst), 3);
     }
 
-    /// A server that answers the first request on each connection and closes the
-    /// connection on the second one without answering: the race where a server
-    /// closes a kept socket just as a request goes out on it.
-    async fn closes_on_the_second_request() -> (SocketAddr, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                count.fetch_add(1, SeqCst);
-                tokio::spawn(async move {
-                    let mut got = Vec::new();
-                    for heads in 1.. {
-                        while got.windows(4).filter(|w| *w == b"\r\n\r\n").count() < heads {
-                            let mut buf = [0; 1024];
-                            match s.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => got.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        if heads == 2 {
-                            return;
-                        }
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        let _ = s.write_all(answer).await;
-                    }
-                });
-            }
-        });
-        (addr, accepted)
-    }
-
     #[tokio::test]
     async fn a_kept_socket_closed_under_a_request_repeats_only_a_repeatable_one() {
-        let (addr, accepted) = closes_on_the_second_request().await;
+        let (addr, accepted) = one_answer_per_connection(true).await;
         let conns = Arc::new(Connections::new(addr));
         let mut outcomes = Vec::new();
         for method in [http::Method::GET, http::Method::GET, http::Method::POST] {
-            let outcome = match exchange(&conns, Duration::from_secs(1), request(method)).await {
-                Exchange::Answer(resp) => {
-                    let body = resp.into_body().collect().await.unwrap().to_bytes();
-                    String::from_utf8(body.to_vec()).unwrap()
-                }
-                Exchange::NoConnection(e, _) => format!("no connection: {e}"),
-                Exchange::Failed(e) => format!("failed: {e}"),
-            };
-            outcomes.push(outcome);
+            outcomes.push(outcome(&conns, method).await);
         }
         // The second GET met the close on the kept socket and went again on a fresh
         // one; the POST met it too, and was not sent twice.

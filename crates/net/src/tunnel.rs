@@ -38,13 +38,7 @@ pub fn asks_websocket(headers: &HeaderMap) -> bool {
     let websocket = upgrade
         .to_str()
         .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
-    websocket
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|option| option.trim().eq_ignore_ascii_case("upgrade"))
+    websocket && crate::headers::connection_has(headers, "upgrade")
 }
 
 /// Whether a request may open a WebSocket tunnel through this hop: `GET` over

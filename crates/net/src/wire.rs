@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
@@ -259,11 +259,8 @@ fn answer(
             "101 Switching Protocols to a request that asked for no upgrade",
         ));
     }
-    let says_close = headers
-        .get_all(CONNECTION)
-        .iter()
-        .any(|v| has_token(v.as_bytes(), b"close"));
-    let mut reusable = version == Version::HTTP_11 && !says_close;
+    let mut reusable =
+        version == Version::HTTP_11 && !crate::headers::connection_has(&headers, "close");
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -340,13 +337,6 @@ fn ends_chunked(codings: &[u8]) -> bool {
         .rsplit(|&b| b == b',')
         .next()
         .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-/// Whether a comma-separated header value holds `token` (case-insensitive).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// How the rest of the body is delimited.

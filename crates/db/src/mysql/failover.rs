@@ -29,6 +29,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 use sqlx::{Connection, Row};
 
 pub use super::gtid::{Gtid, GtidList};
+use super::Flavor;
 use crate::DbError;
 
 /// How long connecting to a server for administration may take before it counts as
@@ -829,15 +830,9 @@ async fn gtid_wait(
     pos: &str,
 ) -> Result<(), DbError> {
     let limit = topology.catch_up_timeout;
-    let waited: Result<i64, sqlx::Error> =
-        sqlx::query_scalar("SELECT CAST(MASTER_GTID_WAIT(?, ?) AS SIGNED)")
-            .bind(pos)
-            .bind(limit.as_secs_f64())
-            .fetch_one(conn)
-            .await;
-    match waited {
-        Ok(0) => Ok(()),
-        Ok(_) => Err(node.error(
+    match Flavor::MariaDb.applied_within(conn, pos, limit).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(node.error(
             format!("did not apply up to {pos} within {limit:?}"),
             "check its replication (SHOW SLAVE STATUS: Last_SQL_Error) and retry",
         )),

@@ -109,6 +109,22 @@ impl Flavor {
         }
     }
 
+    /// Whether a replica applies `gtid` (a position or set) within `limit`, asked on
+    /// `conn` with [`Flavor::wait_sql`]: `Ok(false)` when the time ran out.
+    async fn applied_within<'c>(
+        self,
+        conn: impl sqlx::Executor<'c, Database = sqlx::MySql>,
+        gtid: &str,
+        limit: Duration,
+    ) -> Result<bool, sqlx::Error> {
+        let answer: i64 = sqlx::query_scalar(self.wait_sql())
+            .bind(gtid)
+            .bind(limit.as_secs_f64())
+            .fetch_one(conn)
+            .await?;
+        Ok(answer == 0)
+    }
+
     /// The primary's position: every GTID it has written. Read after the migrations, it is
     /// the point a replica must reach before it has the schema the queries need.
     fn position_sql(self) -> &'static str {
@@ -595,14 +611,9 @@ async fn schema_applied(flavor: Flavor, members: &[Member], primary: usize, sche
         .enumerate()
         .filter(|(i, m)| *i != primary && m.is_up());
     futures_util::future::join_all(waits.map(|(_, m)| async move {
-        let waited: Result<i64, sqlx::Error> = sqlx::query_scalar(flavor.wait_sql())
-            .bind(schema)
-            .bind(SCHEMA_WAIT.as_secs_f64())
-            .fetch_one(&m.pool)
-            .await;
-        match waited {
-            Ok(0) => m.has_schema.store(true, Relaxed),
-            Ok(_) => tracing::warn!(server = %m.name, address = %m.address,
+        match flavor.applied_within(&m.pool, schema, SCHEMA_WAIT).await {
+            Ok(true) => m.has_schema.store(true, Relaxed),
+            Ok(false) => tracing::warn!(server = %m.name, address = %m.address,
                 "replica has not applied the migrations within {SCHEMA_WAIT:?}; reads skip \
                  it until it has"),
             Err(e) => tracing::warn!(server = %m.name, address = %m.address, error = %e,

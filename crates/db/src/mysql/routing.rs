@@ -89,14 +89,12 @@ impl Shared {
     /// Asks a replica to wait until it has applied `gtid`, at most `wait_timeout`. False
     /// when it has not (or cannot say): the caller goes to the primary.
     async fn wait(&self, conn: &mut MySqlConnection, gtid: &str) -> bool {
-        let answer: Result<i64, sqlx::Error> = sqlx::query_scalar(self.flavor.wait_sql())
-            .bind(gtid)
-            .bind(self.wait_timeout.as_secs_f64())
-            .fetch_one(conn)
-            .await;
-        match answer {
-            Ok(0) => true,
-            Ok(_) => false,
+        match self
+            .flavor
+            .applied_within(conn, gtid, self.wait_timeout)
+            .await
+        {
+            Ok(applied) => applied,
             Err(e) => {
                 tracing::warn!(error = %e, gtid, "waiting for a GTID on a replica failed");
                 false
