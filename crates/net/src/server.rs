@@ -24,8 +24,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 mod connection;
+mod idle;
 
-use connection::{Conn, Protocols};
+use connection::{Conn, Protocols, REQUEST_GRACE};
+use idle::Waiting;
 
 use crate::budget::{Budget, LogEvery, Slot};
 use crate::{Body, Metrics, Shutdown};
@@ -309,15 +311,19 @@ async fn serve_here<H: Handler>(
         protocols: protocols.clone(),
         limits: limits.clone(),
         shutdown: shutdown.clone(),
+        waiting: Waiting::new(shutdown.clone(), REQUEST_GRACE),
     });
+    let sweeper = {
+        let conn = conn.clone();
+        tokio::spawn(async move { conn.waiting.sweep().await })
+    };
     while let Some((stream, peer, place)) = acceptor.next().await {
         Conn::spawn(&conn, &tracker, stream, peer, &transport, &metrics, place);
     }
     tracker.close();
-    if tokio::time::timeout(limits.drain_timeout, tracker.wait())
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(limits.drain_timeout, tracker.wait()).await;
+    sweeper.abort();
+    if drained.is_err() {
         tracing::warn!(
             "{} connections still open after the {:?} drain; closing them",
             tracker.len(),

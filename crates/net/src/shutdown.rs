@@ -10,7 +10,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
@@ -67,23 +66,12 @@ impl Shutdown {
     /// Resolves once shutdown was asked for (at once if it already was).
     pub async fn wait(&self) {
         let mut notified = std::pin::pin!(self.signal.notify.notified());
-        if !self.registered(notified.as_mut()) {
+        // Registered before the flag is read, so that a signal sent in between
+        // still wakes it.
+        notified.as_mut().enable();
+        if !self.is_triggered() {
             notified.await;
         }
-    }
-
-    /// The bare wait, for a caller that keeps many (a parked connection): poll it
-    /// after [`Shutdown::registered`] said `false`.
-    pub(crate) fn notified(&self) -> Notified<'_> {
-        self.signal.notify.notified()
-    }
-
-    /// Registers `notified` (from [`Shutdown::notified`]) for the signal, then says
-    /// whether it was sent already: registered first, so that a signal sent after the
-    /// flag is read still wakes it.
-    pub(crate) fn registered(&self, notified: std::pin::Pin<&mut Notified<'_>>) -> bool {
-        notified.enable();
-        self.is_triggered()
     }
 
     /// Whether shutdown was asked for.

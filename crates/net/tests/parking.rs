@@ -2,7 +2,8 @@
 //! socket kept): over real sockets, a client that pauses past the park delay is
 //! served on the same connection, a request split across a park is whole, a body
 //! after a park is read, a slow head after a park still gets 408, the idle timeout
-//! still closes a parked connection, and a drain closes parked connections.
+//! still closes a parked connection, a drain closes parked connections, and the
+//! client a PROXY header names is every request's, before a park and after.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -95,6 +96,40 @@ async fn a_client_pausing_between_requests_is_served_on_the_same_connection() {
             assert!(text.ends_with(&format!("/r{i} {port} 0\n")), "{text}");
             std::thread::sleep(PAUSE);
         }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_header_names_the_client_of_every_request_parked_or_not() {
+    let listener = net::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_trigger, shutdown) = net::shutdown::channel();
+    let transport = net::server::Transport {
+        tls: None,
+        proxy_from: vec!["127.0.0.1".parse().unwrap()],
+    };
+    tokio::spawn(net::server::serve_with(
+        listener,
+        transport,
+        limits(),
+        Arc::new(Echo),
+        Arc::new(Metrics::default()),
+        shutdown,
+    ));
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let client: SocketAddr = "10.1.2.3:4567".parse().unwrap();
+        let mut bytes = net::proxy_protocol::header(client, addr).unwrap();
+        bytes.extend_from_slice(&get("/first"));
+        stream.write_all(&bytes).unwrap();
+        let text = answer(&mut stream);
+        assert!(text.ends_with("/first 4567 0\n"), "{text}");
+        std::thread::sleep(PAUSE);
+        stream.write_all(&get("/after-a-park")).unwrap();
+        let text = answer(&mut stream);
+        assert!(text.ends_with("/after-a-park 4567 0\n"), "{text}");
     })
     .await
     .unwrap();

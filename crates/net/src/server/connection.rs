@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 
+use super::idle::Waiting;
 use super::{too_large, Handler, Limits, Transport};
 use crate::clock::{Clock, Watched};
 use crate::linger::Lent;
@@ -62,7 +63,7 @@ const PARK_AFTER: Duration = Duration::from_millis(20);
 /// once the node drains, to send its next request: it is served, with `Connection:
 /// close`, not closed under a client that may be sending it (a busy client sends
 /// within milliseconds; an idle one is closed after this).
-const REQUEST_GRACE: Duration = Duration::from_secs(1);
+pub(super) const REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// The wait for a first request (and between requests) on a connection accepted
 /// while the node's budget was nearly spent: long enough for a real client on a slow
@@ -78,6 +79,8 @@ pub(super) struct Conn<H> {
     pub protocols: Arc<Protocols>,
     pub limits: Arc<Limits>,
     pub shutdown: Shutdown,
+    /// The deadlines of this thread's connections waiting for a client's bytes.
+    pub waiting: Waiting,
 }
 
 /// What a connection's requests tell its task.
@@ -133,14 +136,24 @@ impl<H: Handler> Conn<H> {
             // it) in this future for as long as the connection lives.
             let first = opened
                 .await
-                .map(|round| Box::pin(this.rounds(round, held.hold(), peer)));
-            let mut parked = OptionFuture::from(first).await.flatten();
-            while let Some(Parked { tcp, deadline }) = parked.take() {
-                if !next_bytes(&this.shutdown, &tcp, deadline).await {
-                    break;
+                .map(|round| Box::pin(this.rounds(round, held.hold())));
+            // A block, and no `take()`: what is parked is moved into its wait, and
+            // nothing of it is left in the future while the last wait below runs.
+            {
+                let mut parked = OptionFuture::from(first).await.flatten();
+                while let Some(Parked {
+                    tcp,
+                    deadline,
+                    peer,
+                }) = parked
+                {
+                    parked = if next_bytes(&this.waiting, &tcp, deadline).await {
+                        let round = this.round(tcp, this.head(place.pressed()), peer);
+                        Box::pin(this.rounds(round, held.hold())).await
+                    } else {
+                        None
+                    };
                 }
-                let round = this.round(tcp, this.head(place.pressed()));
-                parked = Box::pin(this.rounds(round, held.hold(), peer)).await;
             }
             let metrics = held.metrics().clone();
             held.released().await;
@@ -272,12 +285,12 @@ impl<H: Handler> Conn<H> {
         hold: Hold,
     ) -> Option<PlainRound> {
         let deadline = tokio::time::Instant::now() + head;
-        if !next_bytes(&self.shutdown, &stream, deadline).await {
+        if !next_bytes(&self.waiting, &stream, deadline).await {
             return None;
         }
         let outbox = self.handler.sends_files().then(Outbox::default);
         let stream = stream.map(|tcp| FileOut::new(tcp, outbox.clone()));
-        let mut round = self.round_on(stream, head, outbox);
+        let mut round = self.round_on(stream, head, outbox, peer);
         let first = first_bytes(&mut round.io).await?;
         let h2 = first.starts_with(H2_PREFACE);
         round.io.replay(first);
@@ -291,6 +304,7 @@ impl<H: Handler> Conn<H> {
             clock,
             shared,
             outbox: _,
+            peer,
         } = round;
         let service = self.service(&clock, &shared, hold, peer, false, None);
         let served = Box::pin(self.auto(io, service, &clock, &shared, peer, true));
@@ -300,22 +314,24 @@ impl<H: Handler> Conn<H> {
     }
 
     /// A new round on a parked connection's socket, whose client has sent bytes.
-    fn round(&self, tcp: TcpStream, head: Duration) -> PlainRound {
+    fn round(&self, tcp: TcpStream, head: Duration, peer: SocketAddr) -> PlainRound {
         let outbox = self.handler.sends_files().then(Outbox::default);
         let stream = Replay::new(Vec::new(), FileOut::new(tcp, outbox.clone()));
-        let mut round = self.round_on(stream, head, outbox);
+        let mut round = self.round_on(stream, head, outbox, peer);
         // Only a connection's first bytes can be the HTTP/2 preface.
         round.io.skip_sniff();
         round
     }
 
     /// What hyper reads and writes for one round on `stream`, and what the round's
-    /// requests share: a new clock (`head` for the request to come), the socket lent.
+    /// requests share: a new clock (`head` for the request to come), the socket lent,
+    /// the client (`peer`: the PROXY header's, if one came).
     fn round_on(
         &self,
         stream: Replay<FileOut>,
         head: Duration,
         outbox: Option<Outbox>,
+        peer: SocketAddr,
     ) -> PlainRound {
         let clock = self.clock(head, false, Some(PARK_AFTER));
         let (io, returned) = Lent::new(stream);
@@ -325,19 +341,21 @@ impl<H: Handler> Conn<H> {
             clock,
             shared: Arc::new(Shared::default()),
             outbox,
+            peer,
         }
     }
 
     /// Serves rounds of HTTP/1 on a plain connection until it is over (`None`) or
     /// parked: then hyper's side, the clock and the service are gone, and what is
     /// left to wait for the client's next bytes is returned.
-    async fn rounds(&self, round: PlainRound, hold: Hold, peer: SocketAddr) -> Option<Parked> {
+    async fn rounds(&self, round: PlainRound, hold: Hold) -> Option<Parked> {
         let PlainRound {
             mut io,
             returned,
             clock,
             shared,
             outbox,
+            peer,
         } = round;
         let mut service = self.service(&clock, &shared, hold, peer, false, outbox);
         loop {
@@ -366,6 +384,7 @@ impl<H: Handler> Conn<H> {
                     return Some(Parked {
                         tcp,
                         deadline: clock.deadline(),
+                        peer,
                     });
                 }
             }
@@ -560,45 +579,37 @@ struct PlainRound {
     shared: Arc<Shared>,
     /// The socket's, for a handler that sends files (see [`crate::sendfile`]).
     outbox: Option<Outbox>,
+    /// The client: the PROXY header's, if one came.
+    peer: SocketAddr,
 }
 
 /// A parked connection: all its task keeps between rounds besides the connection's
-/// own (the budget place, the hold): the socket, and when it is closed if the client
-/// sends nothing.
+/// own (the budget place, the hold): the socket, when it is closed if the client
+/// sends nothing, and the client (the PROXY header's, if one came).
 struct Parked {
     tcp: TcpStream,
     deadline: tokio::time::Instant,
+    peer: SocketAddr,
 }
 
 /// Waits, holding no buffer, for the client's first bytes or a parked connection's
 /// next ones. `false`: `deadline` (the first head's or the idle timeout) passed first,
-/// or the node drains and none came within [`REQUEST_GRACE`]. One timer and one drain
-/// waiter, polled by hand: every idle connection keeps this future, and `select!` with
-/// a second timer for the drain made it half as large again.
-async fn next_bytes<T: crate::clock::ReadReady>(
-    shutdown: &Shutdown,
-    io: &T,
+/// or the node drains and none came within [`REQUEST_GRACE`]. The deadline is an
+/// entry in the thread's [`Waiting`] list, not a timer of its own: every idle
+/// connection keeps this future, so it is a bare `poll_fn` (an async fn would keep
+/// its arguments, the deadline among them, for as long as it waits).
+fn next_bytes<'a, T: crate::clock::ReadReady>(
+    waiting: &'a Waiting,
+    io: &'a T,
     deadline: tokio::time::Instant,
-) -> bool {
-    let mut sleep = std::pin::pin!(tokio::time::sleep_until(deadline));
-    let mut drained = std::pin::pin!(shutdown.notified());
-    let mut draining = false;
-    std::future::poll_fn(|cx| {
+) -> impl Future<Output = bool> + 'a {
+    let wait = waiting.enter(deadline);
+    std::future::poll_fn(move |cx| {
         if let std::task::Poll::Ready(ready) = io.poll_read_ready(cx) {
             return std::task::Poll::Ready(ready.is_ok());
         }
-        if !draining
-            && (shutdown.registered(drained.as_mut()) || drained.as_mut().poll(cx).is_ready())
-        {
-            draining = true;
-            let grace = tokio::time::Instant::now() + REQUEST_GRACE;
-            if grace < sleep.deadline() {
-                sleep.as_mut().reset(grace);
-            }
-        }
-        sleep.as_mut().poll(cx).map(|()| false)
+        wait.poll_expired(cx).map(|()| false)
     })
-    .await
 }
 
 /// The socket and the service back from a round's hyper connection closed idle, with
