@@ -122,17 +122,15 @@ impl Held {
         self.0.hold()
     }
 
-    /// The node's counters.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.0.metrics
-    }
-
     /// Returns once every [`Hold`] of the connection is dropped: at once for a
-    /// connection that opened no tunnel, when the tunnel ends otherwise.
-    pub async fn released(self) {
+    /// connection that opened no tunnel, when the tunnel ends otherwise. With the
+    /// node's counters, which the connection's task would otherwise keep aside for
+    /// the whole wait.
+    pub async fn released(self) -> Arc<Metrics> {
         while self.0.count.load(Ordering::Acquire) > 0 {
             self.0.released.notified().await;
         }
+        self.0.metrics.clone()
     }
 }
 

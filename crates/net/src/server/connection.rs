@@ -137,27 +137,23 @@ impl<H: Handler> Conn<H> {
             let first = opened
                 .await
                 .map(|round| Box::pin(this.rounds(round, held.hold())));
-            // A block, and no `take()`: what is parked is moved into its wait, and
-            // nothing of it is left in the future while the last wait below runs.
+            // The parked connection is waited on where it lies, not moved out of
+            // `parked` first (a moved-from binding keeps its room in the future);
+            // and in a block, so that none of it is kept while the last wait runs.
             {
                 let mut parked = OptionFuture::from(first).await.flatten();
-                while let Some(Parked {
-                    tcp,
-                    deadline,
-                    peer,
-                }) = parked
-                {
-                    parked = if next_bytes(&this.waiting, &tcp, deadline).await {
-                        let round = this.round(tcp, this.head(place.pressed()), peer);
-                        Box::pin(this.rounds(round, held.hold())).await
-                    } else {
-                        None
+                while let Some(Parked { tcp, deadline, .. }) = &parked {
+                    if !next_bytes(&this.waiting, tcp, *deadline).await {
+                        break;
+                    }
+                    let Some(Parked { tcp, peer, .. }) = parked.take() else {
+                        break;
                     };
+                    let round = this.round(tcp, this.head(place.pressed()), peer);
+                    parked = Box::pin(this.rounds(round, held.hold())).await;
                 }
             }
-            let metrics = held.metrics().clone();
-            held.released().await;
-            metrics.connection_closed();
+            held.released().await.connection_closed();
             drop(place);
         });
     }
