@@ -28,7 +28,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use crate::server::{serve, Handler, Limits};
+use crate::server::{Handler, Limits};
 use crate::upstream::Pool;
 use crate::{Body, Metrics, Shutdown};
 
@@ -379,8 +379,11 @@ pub async fn serve_admin<R: Report>(
         budget: crate::budget::Budget::new(ADMIN_CONNECTIONS, ADMIN_PER_CLIENT),
         ..Limits::default()
     };
-    serve(
+    // On the node's own runtime: a runtime and two threads per core for an
+    // operator's few requests cost memory and gain nothing.
+    crate::server::serve_here(
         listener,
+        crate::server::Transport::default(),
         limits,
         Arc::new(Admin(report)),
         Arc::new(Metrics::default()),

@@ -292,8 +292,9 @@ pub fn thread_index() -> usize {
 }
 
 /// One thread's share of a listener: its accept loop and its connections, until
-/// `shutdown`, then the drain.
-async fn serve_here<H: Handler>(
+/// `shutdown`, then the drain. On its own, a listener served by the caller's runtime
+/// alone: the admin listener's few connections need no threads of their own.
+pub(crate) async fn serve_here<H: Handler>(
     listener: TcpListener,
     transport: Transport,
     limits: Limits,

@@ -228,7 +228,9 @@ enum DrillCommand {
 /// with the same binary and `LD_PRELOAD`), 5-30% more requests/s and a lower p99
 /// under keep-alive load, and 5.4 instead of 7.6 KiB per idle client connection
 /// (glibc's heap fragments as hyper's 8 KiB buffers come and go between small,
-/// long-lived connection state; jemalloc keeps sizes apart).
+/// long-lived connection state; jemalloc keeps sizes apart). One arena
+/// (`.cargo/config.toml`): the serving threads' caches make its lock rare, and the
+/// arenas a default jemalloc makes per core each kept their own partly used pages.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
