@@ -46,7 +46,7 @@ def main():
         socks.append(s)
     time.sleep(1)
     after = rss_kib(pids)
-    print(f"{before} {after} {(after - before) / count:.1f}")
+    print(f"{before} {after} {(after - before) / count:.2f}")
     for s in socks:
         s.close()
 
