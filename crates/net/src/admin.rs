@@ -379,8 +379,8 @@ pub async fn serve_admin<R: Report>(
         budget: crate::budget::Budget::new(ADMIN_CONNECTIONS, ADMIN_PER_CLIENT),
         ..Limits::default()
     };
-    // On the node's own runtime: a runtime and two threads per core for an
-    // operator's few requests cost memory and gain nothing.
+    // On the node's own runtime: a runtime and a thread per core of its own, for an
+    // operator's few requests, cost memory and gain nothing.
     crate::server::serve_here(
         listener,
         crate::server::Transport::default(),

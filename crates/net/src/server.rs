@@ -7,8 +7,10 @@
 //! (400, 431, 414) before a handler ever runs, so no role can forget them.
 //!
 //! Every listener is served by one thread per core ([`on_serving_threads`]), each
-//! with its own runtime and its fair share of the connections; one connection's life
-//! (and the parking of an idle one between requests) is in `server/connection.rs`.
+//! with its own runtime and its fair share of the connections (the admin listener
+//! alone is served by the node's own runtime); one connection's life (and the
+//! parking of an idle one between requests) is in `server/connection.rs`, the
+//! deadlines of its waits in `server/idle.rs`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -314,17 +316,26 @@ pub(crate) async fn serve_here<H: Handler>(
         shutdown: shutdown.clone(),
         waiting: Waiting::new(shutdown.clone(), REQUEST_GRACE),
     });
-    let sweeper = {
-        let conn = conn.clone();
-        tokio::spawn(async move { conn.waiting.sweep().await })
-    };
+    // The waits' sweeper lasts as long as the connections: on the caller's runtime
+    // (the admin listener's) they may outlive this function after a drain timeout.
+    let closing = Closing(tracker.clone());
+    tokio::spawn({
+        let (conn, tracker) = (conn.clone(), tracker.clone());
+        async move {
+            tokio::select! {
+                () = conn.waiting.sweep() => {}
+                () = tracker.wait() => {}
+            }
+        }
+    });
     while let Some((stream, peer, place)) = acceptor.next().await {
         Conn::spawn(&conn, &tracker, stream, peer, &transport, &metrics, place);
     }
-    tracker.close();
-    let drained = tokio::time::timeout(limits.drain_timeout, tracker.wait()).await;
-    sweeper.abort();
-    if drained.is_err() {
+    drop(closing);
+    if tokio::time::timeout(limits.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             "{} connections still open after the {:?} drain; closing them",
             tracker.len(),
@@ -332,6 +343,16 @@ pub(crate) async fn serve_here<H: Handler>(
         );
     }
     Ok(())
+}
+
+/// Closes a listener's task tracker when dropped: once closed and empty, its
+/// connections' sweeper ends too, even if the accept loop was dropped midway.
+struct Closing(TaskTracker);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// A listener's connections, one at a time, within a [`Budget`] (shared with the

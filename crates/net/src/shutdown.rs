@@ -4,8 +4,8 @@
 //! the request they are on (bounded by a drain timeout). A flag and a [`Notify`]
 //! carry the signal: a waiter registers with the `Notify` before it reads the flag, so
 //! a signal sent between the two is not missed, and a task that subscribes later sees
-//! the flag. Every parked connection waits on it, and this waiter is 96 bytes where a
-//! `watch` channel's was 176.
+//! the flag. (Connections waiting for a client's bytes do not wait on it each: their
+//! list's sweeper does, see `server/idle.rs`.)
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

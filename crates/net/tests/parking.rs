@@ -29,7 +29,7 @@ impl Handler for Echo {
     }
 }
 
-/// Past the server's park delay (50 ms), with room for a loaded machine.
+/// Past the server's park delay (20 ms), with room for a loaded machine.
 const PAUSE: Duration = Duration::from_millis(250);
 
 fn limits() -> Limits {

@@ -1,22 +1,26 @@
-//! The deadlines of a serving thread's waiting connections, in one list swept by one
-//! timer.
+//! The deadlines of a listener's waiting connections on one serving thread, in one
+//! list swept by one timer.
 //!
 //! Between requests a plain HTTP/1 connection is parked (see `connection.rs`): its
 //! task holds the bare socket and waits for the client's next bytes or its idle
 //! deadline. A `tokio::time::Sleep` per waiting connection (112 bytes, plus a drain
 //! waiter of 64) was the largest part of what an idle client cost; here a waiting
 //! connection holds one index into its thread's [`Waiting`] list (24 bytes an entry:
-//! the deadline in milliseconds and the task's waker), and one task per serving
-//! thread sleeps until the earliest deadline, wakes the connections whose time is
-//! up, and, once the node drains, shortens every wait to the drain's grace, as
-//! HAProxy and nginx keep their idle connections' timeouts in one timer tree per
-//! thread.
+//! the deadline in milliseconds and the task's waker), and one task per list
+//! sleeps until the earliest deadline, wakes the connections whose time is up, and,
+//! once the node drains, shortens every wait to the drain's grace, as HAProxy and
+//! nginx keep their idle connections' timeouts in one timer tree per thread. (The
+//! admin listener, served by the node's own runtime, has one list for all of it: the
+//! lock makes that correct, its few connections make it cheap.)
 //!
 //! A removed entry does not move the sweeper's wake-up: it wakes at a deadline that
 //! may have gone, finds nothing due, and sleeps until the next. Sweeps are at least
-//! [`SWEEP_GAP`] apart, so deadlines spread over time cost at most that many scans
-//! a second, each a pass over the list.
+//! [`SWEEP_GAP`] apart, so deadlines spread over time cost at most 20 passes over
+//! the list a second; freed entries are used again lowest first, so the waiting ones
+//! stay at the front and the list shrinks from its end as they go.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -26,13 +30,18 @@ use tokio::time::Instant;
 
 use crate::Shutdown;
 
-/// The least time between two sweeps: a deadline is met within this much.
-const SWEEP_GAP: Duration = Duration::from_millis(10);
+/// The least time between two sweeps: a deadline is met within this much (the
+/// timeouts it serves are seconds long).
+const SWEEP_GAP: Duration = Duration::from_millis(50);
 
 /// `due` of an entry whose deadline has passed (the sweeper woke its task).
 const EXPIRED: u64 = 0;
 /// `due` of a free entry.
 const FREE: u64 = u64::MAX;
+
+/// Entries an emptied list keeps room for: a quiet thread whose one connection parks
+/// and wakes does not allocate each time.
+const KEPT: usize = 16;
 
 /// The waiting connections of one serving thread, with their deadlines.
 pub(super) struct Waiting {
@@ -50,8 +59,8 @@ pub(super) struct Waiting {
 #[derive(Default)]
 struct List {
     entries: Vec<Entry>,
-    /// Indexes of free entries.
-    free: Vec<u32>,
+    /// Indexes of free entries, lowest first (some may be past the end: stale).
+    free: BinaryHeap<Reverse<u32>>,
     /// When the sweeper wakes next, in ms from the epoch: no entry is due before.
     wake: Option<u64>,
 }
@@ -86,14 +95,17 @@ impl Waiting {
     /// draining): poll it with [`Wait::poll_expired`].
     pub fn enter(&self, deadline: Instant) -> Wait<'_> {
         let mut due = self.ms(deadline);
+        let mut list = self.lock();
+        // Read under the lock, which orders it with the sweeper's `shorten`: either
+        // this entry is in the list when the drain shortens it, or it sees the drain.
         if self.shutdown.is_triggered() {
             due = due.min(self.ms(Instant::now() + self.grace));
         }
-        let mut list = self.lock();
         let entry = Entry { due, waker: None };
         // Free indexes past the end are stale: their entries went with the tail.
         let len = list.entries.len();
-        let reused = std::iter::from_fn(|| list.free.pop()).find(|&i| (i as usize) < len);
+        let reused = std::iter::from_fn(|| list.free.pop().map(|Reverse(i)| i))
+            .find(|&i| (i as usize) < len);
         let index = match reused {
             Some(index) => {
                 list.entries[index as usize] = entry;
@@ -116,9 +128,9 @@ impl Waiting {
         }
     }
 
-    /// Sweeps the list until the node has drained and its serving thread ends (the
-    /// caller drops this then): wakes the waits whose deadline passed, and once
-    /// shutdown is asked shortens every wait to the grace.
+    /// Sweeps the list for as long as it is polled (until the listener's last
+    /// connection is gone): wakes the waits whose deadline passed, and once shutdown
+    /// is asked shortens every wait to the grace.
     pub async fn sweep(&self) {
         let mut draining = false;
         let mut last = Instant::now();
@@ -139,7 +151,9 @@ impl Waiting {
                 }
             }
             last = Instant::now();
-            self.expire(self.ms(last));
+            // Now rounded down, deadlines up: a wait never ends early.
+            let since = last.saturating_duration_since(self.epoch);
+            self.expire(u64::try_from(since.as_millis()).unwrap_or(FREE - 1));
         }
     }
 
@@ -179,7 +193,7 @@ impl Waiting {
     /// `at` in whole milliseconds from the epoch, rounded up: a wait never ends early.
     fn ms(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.epoch);
-        let ms = since.as_millis() + u128::from(!since.subsec_nanos().is_multiple_of(1_000_000));
+        let ms = since.as_nanos().div_ceil(1_000_000);
         u64::try_from(ms)
             .unwrap_or(FREE - 1)
             .clamp(EXPIRED + 1, FREE - 1)
@@ -216,17 +230,20 @@ impl Drop for Wait<'_> {
             due: FREE,
             waker: None,
         };
-        list.free.push(self.index);
+        list.free.push(Reverse(self.index));
         // Trailing free entries go, so that a burst of waits leaves no long list.
         while list.entries.last().is_some_and(|e| e.due == FREE) {
             list.entries.pop();
         }
         if list.entries.is_empty() {
-            // Nothing waits: what a burst of waits grew goes back.
-            *list = List::default();
+            // Nothing waits: most of what a burst of waits grew goes back.
+            list.entries.shrink_to(KEPT);
+            list.free.clear();
+            list.free.shrink_to(KEPT);
+            list.wake = None;
         } else if list.free.len() > list.entries.len() {
             let len = list.entries.len();
-            list.free.retain(|&i| (i as usize) < len);
+            list.free.retain(|&Reverse(i)| (i as usize) < len);
         }
     }
 }
@@ -295,29 +312,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_free_entry_is_used_again_and_an_empty_list_lets_its_room_go() {
-        let waiting = Waiting::new(crate::shutdown::channel().1, Duration::from_secs(1));
+    async fn free_entries_are_used_again_lowest_first_and_an_empty_list_shrinks() {
+        let (_trigger, shutdown) = crate::shutdown::channel();
+        let waiting = Waiting::new(shutdown, Duration::from_secs(1));
         let later = Instant::now() + Duration::from_secs(10);
-        let a = waiting.enter(later);
-        let b = waiting.enter(later);
-        let c = waiting.enter(later);
-        assert_eq!((a.index, b.index, c.index), (0, 1, 2));
-        drop(b);
-        let d = waiting.enter(later);
-        assert_eq!(d.index, 1, "the freed entry");
-        drop(c);
-        assert_eq!(waiting.lock().entries.len(), 2, "a free tail goes");
-        let e = waiting.enter(later);
-        assert_eq!(e.index, 2, "a stale free index is not used");
-        drop((a, d, e));
+        let mut waits: Vec<_> = (0..100).map(|_| Some(waiting.enter(later))).collect();
+        assert_eq!(waits[99].as_ref().unwrap().index, 99);
+        waits[70] = None;
+        waits[10] = None;
+        waits[40] = None;
+        let again = waiting.enter(later);
+        assert_eq!(again.index, 10, "the lowest freed entry");
+        waits[10] = Some(again);
+        // Every entry from 30 up goes: the tail's free entries go with them.
+        waits.truncate(30);
+        assert_eq!(waiting.lock().entries.len(), 30, "a free tail goes");
+        let next = waiting.enter(later);
+        assert_eq!(next.index, 30, "stale free indexes (40, 70) are not used");
+        drop(next);
+        // A burst of 1,000 waits, then all gone: the list keeps little room.
+        let burst: Vec<_> = (0..1000).map(|_| waiting.enter(later)).collect();
+        drop(burst);
+        drop(waits);
         let list = waiting.lock();
-        assert!(list.entries.is_empty() && list.entries.capacity() == 0);
-        assert!(list.free.is_empty() && list.wake.is_none());
+        assert!(list.entries.is_empty() && list.entries.capacity() <= KEPT);
+        assert!(list.free.is_empty() && list.free.capacity() <= KEPT);
+        assert!(list.wake.is_none());
     }
 
     #[test]
     fn deadlines_round_up_to_the_millisecond() {
-        let waiting = Waiting::new(crate::shutdown::channel().1, Duration::from_secs(1));
+        let (_trigger, shutdown) = crate::shutdown::channel();
+        let waiting = Waiting::new(shutdown, Duration::from_secs(1));
         let at = waiting.epoch + Duration::from_micros(2_001);
         assert_eq!(waiting.ms(at), 3);
         assert_eq!(waiting.ms(waiting.epoch + Duration::from_millis(2)), 2);
