@@ -75,10 +75,9 @@ struct Idle<C> {
     since: Instant,
 }
 
-/// Drops the connections idle for longer than [`IDLE_TIMEOUT`]: the oldest, at the
-/// front, in one go.
-fn drop_expired<C>(list: &mut Vec<Idle<C>>) {
-    let now = Instant::now();
+/// Drops the connections idle for longer than [`IDLE_TIMEOUT`] at `now`: the
+/// oldest, at the front, in one go.
+fn drop_expired<C>(list: &mut Vec<Idle<C>>, now: Instant) {
     let expired = list
         .iter()
         .take_while(|i| now.duration_since(i.since) > IDLE_TIMEOUT)
@@ -89,7 +88,7 @@ fn drop_expired<C>(list: &mut Vec<Idle<C>>) {
 /// The most recently used connection of `list` that `open` finds open; drops the
 /// expired ones (at the front, the oldest) and the closed ones on the way.
 fn take_open<C>(list: &mut Vec<Idle<C>>, open: impl Fn(&C) -> bool) -> Option<C> {
-    drop_expired(list);
+    drop_expired(list, Instant::now());
     while let Some(Idle { conn, .. }) = list.pop() {
         if open(&conn) {
             return Some(conn);
@@ -98,19 +97,16 @@ fn take_open<C>(list: &mut Vec<Idle<C>>, open: impl Fn(&C) -> bool) -> Option<C>
     None
 }
 
-/// Puts `conn` at the back of `list`, making room by dropping the oldest, and drops
-/// the expired ones (so a server's closed sockets wait at most [`IDLE_TIMEOUT`] for
-/// a take to find them).
-fn keep<C>(list: &mut Vec<Idle<C>>, conn: C) {
-    drop_expired(list);
+/// Puts `conn` at the back of `list` as idle since `now`, making room by dropping
+/// the oldest, and drops the expired ones (so a server's closed sockets wait at most
+/// [`IDLE_TIMEOUT`] for a take to find them).
+fn keep<C>(list: &mut Vec<Idle<C>>, conn: C, now: Instant) {
+    drop_expired(list, now);
     if list.len() >= MAX_IDLE {
         // The oldest goes: it is the least likely to be wanted soon.
         list.remove(0);
     }
-    list.push(Idle {
-        conn,
-        since: Instant::now(),
-    });
+    list.push(Idle { conn, since: now });
 }
 
 /// Why a connection could not be had.
@@ -216,8 +212,7 @@ impl Connections {
     /// no bytes nobody asked for ([`Wire::is_closed`]). A server may still close it
     /// just as the request goes out ([`crate::wire::WireError::ClosedEarly`]).
     pub fn take_wire(&self) -> Option<Wire> {
-        let mut lists = self.mine().lock().unwrap_or_else(|e| e.into_inner());
-        take_open(&mut lists.wire, |w| !w.is_closed())
+        take_open(&mut self.mine().wire, |w| !w.is_closed())
     }
 
     /// A new socket for [`crate::wire`].
@@ -227,7 +222,7 @@ impl Connections {
 
     /// Takes a socket back after its answer ended (see [`crate::wire::WireBody`]).
     pub(crate) fn put_back_wire(&self, wire: Wire) {
-        let mut lists = self.mine().lock().unwrap_or_else(|e| e.into_inner());
+        let mut lists = self.mine();
         let now = Instant::now();
         if lists
             .swept
@@ -237,17 +232,13 @@ impl Connections {
             lists.wire.retain(|idle| !idle.conn.is_closed());
             lists.swept = Some(now);
         }
-        keep(&mut lists.wire, wire);
+        keep(&mut lists.wire, wire, now);
     }
 
     /// Idle sockets this thread keeps for [`crate::wire`].
     #[cfg(test)]
     pub(crate) fn idle_wires(&self) -> usize {
-        self.mine()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .wire
-            .len()
+        self.mine().wire.len()
     }
 
     /// Sends `req` on `conn`. The response's body puts the connection back in this
@@ -280,13 +271,14 @@ impl Connections {
     /// The most recently used idle connection that is still open; drops the closed
     /// and the expired ones on the way.
     fn take_idle(&self) -> Option<SendRequest<Body>> {
-        let mut lists = self.mine().lock().unwrap_or_else(|e| e.into_inner());
-        take_open(&mut lists.hyper, |sender| !sender.is_closed())
+        take_open(&mut self.mine().hyper, |sender| !sender.is_closed())
     }
 
-    /// This thread's idle lists.
-    fn mine(&self) -> &Mutex<Lists> {
-        &self.idle[crate::server::thread_index() % self.idle.len()]
+    /// This thread's idle lists, locked.
+    fn mine(&self) -> std::sync::MutexGuard<'_, Lists> {
+        let mine = &self.idle[crate::server::thread_index() % self.idle.len()];
+        // Every holder leaves the lists whole, even one that panics.
+        mine.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes a connection back after its answer ended.
@@ -294,8 +286,7 @@ impl Connections {
         if sender.is_closed() {
             return;
         }
-        let mut lists = self.mine().lock().unwrap_or_else(|e| e.into_inner());
-        keep(&mut lists.hyper, sender);
+        keep(&mut self.mine().hyper, sender, Instant::now());
     }
 }
 

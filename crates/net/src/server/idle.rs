@@ -72,6 +72,13 @@ struct Entry {
     waker: Option<Waker>,
 }
 
+impl Entry {
+    /// Whether a connection waits on it: neither free nor expired.
+    fn waits(&self) -> bool {
+        self.due != FREE && self.due != EXPIRED
+    }
+}
+
 /// One connection's place in its thread's [`Waiting`] list: freed when dropped.
 pub(super) struct Wait<'a> {
     waiting: &'a Waiting,
@@ -161,10 +168,7 @@ impl Waiting {
     fn expire(&self, now: u64) {
         let mut list = self.lock();
         let mut next = None::<u64>;
-        for entry in &mut list.entries {
-            if entry.due == FREE || entry.due == EXPIRED {
-                continue;
-            }
+        for entry in list.entries.iter_mut().filter(|e| e.waits()) {
             if entry.due <= now {
                 entry.due = EXPIRED;
                 if let Some(waker) = entry.waker.take() {
@@ -180,10 +184,8 @@ impl Waiting {
     /// Brings every deadline to `cap` (ms) at the latest.
     fn shorten(&self, cap: u64) {
         let mut list = self.lock();
-        for entry in &mut list.entries {
-            if entry.due != FREE && entry.due != EXPIRED {
-                entry.due = entry.due.min(cap);
-            }
+        for entry in list.entries.iter_mut().filter(|e| e.waits()) {
+            entry.due = entry.due.min(cap);
         }
         if !list.entries.is_empty() {
             list.wake = Some(list.wake.map_or(cap, |wake| wake.min(cap)));
