@@ -290,16 +290,29 @@ fn json_string(out: &mut String, value: Option<&str>) {
 /// waits on nothing, so senders wake nobody; a line reaches the file at most this late.
 pub const BATCH_WAIT: Duration = Duration::from_millis(5);
 
+/// Blocks for the first line of a burst, then gathers lines every [`BATCH_WAIT`]
+/// without blocking for as long as they keep coming, and blocks again only after a
+/// gathering found none. Blocked, the writer must be woken by the next sender, under
+/// the channel's lock: going back to block after every batch made the serving
+/// threads take turns at that lock a hundred times a second under load, and a thread
+/// preempted while holding it stalled the other's requests.
 fn write_lines(rx: mpsc::Receiver<String>, sink: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     while let Ok(line) = rx.recv() {
         let _ = out.write_all(line.as_bytes());
-        std::thread::sleep(BATCH_WAIT);
-        while let Ok(more) = rx.try_recv() {
-            let _ = out.write_all(more.as_bytes());
-        }
-        if let Err(e) = out.flush() {
-            eprintln!("access log: cannot write: {e}");
+        loop {
+            std::thread::sleep(BATCH_WAIT);
+            let mut gathered = 0usize;
+            while let Ok(more) = rx.try_recv() {
+                let _ = out.write_all(more.as_bytes());
+                gathered += 1;
+            }
+            if let Err(e) = out.flush() {
+                eprintln!("access log: cannot write: {e}");
+            }
+            if gathered == 0 {
+                break;
+            }
         }
     }
 }

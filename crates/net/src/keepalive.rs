@@ -228,7 +228,7 @@ impl Connections {
             .swept
             .is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY)
         {
-            // A peek per idle socket, once a second at most: drops the closed ones.
+            // A look at each idle socket, once a second at most: drops the closed ones.
             lists.wire.retain(|idle| !idle.conn.is_closed());
             lists.swept = Some(now);
         }

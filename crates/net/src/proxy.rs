@@ -259,7 +259,7 @@ async fn exchange(conns: &Arc<Connections>, connect: Duration, request: Request<
 /// just as the request went out shows as [`WireError::ClosedEarly`]: a request whose
 /// method may be repeated (RFC 9110 §9.2.2) then goes again on a fresh socket to the
 /// same server, once, as browsers and nginx do; any other request gets the failure
-/// (a 502 blamed on the server: it closed a socket a peek had just found open). On a
+/// (a 502 blamed on the server: it closed a socket just found open). On a
 /// fresh socket the same early close is a failure too, never a reason to try another
 /// server: the server may have taken the request and died on it.
 async fn exchange_wire(

@@ -309,12 +309,24 @@ pub(crate) async fn serve_here<H: Handler>(
     let transport = Arc::new(transport);
     let mut acceptor = Acceptor::new(listener, limits.budget.clone(), shutdown.clone());
     let limits = Arc::new(limits);
+    // The connections wait on this thread's own copy of the signal (see
+    // `Shutdown::relay`), relayed for as long as they last.
+    let (here, relay) = shutdown.relay();
+    tokio::spawn({
+        let tracker = tracker.clone();
+        async move {
+            tokio::select! {
+                () = relay => {}
+                () = tracker.wait() => {}
+            }
+        }
+    });
     let conn = Arc::new(Conn {
         handler: handler.clone(),
         protocols: protocols.clone(),
         limits: limits.clone(),
-        shutdown: shutdown.clone(),
-        waiting: Waiting::new(shutdown.clone(), REQUEST_GRACE),
+        shutdown: here.clone(),
+        waiting: Waiting::new(here, REQUEST_GRACE),
     });
     // The waits' sweeper lasts as long as the connections: on the caller's runtime
     // (the admin listener's) they may outlive this function after a drain timeout.

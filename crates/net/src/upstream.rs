@@ -309,13 +309,28 @@ trait Select: Send + Sync {
 /// nginx's smooth weighted round robin: each pick adds every server's weight to its
 /// running score, takes the highest and subtracts the total from it. Weights 3:1 give
 /// `a a b a`, not `a a a b`: no server gets a burst.
+///
+/// Each serving thread keeps scores of its own, as each nginx worker does: one
+/// shared lock taken on every request was one a thread could be preempted holding,
+/// stalling the other thread's requests for the rest of its time slice. Every
+/// thread's sequence is smooth, and so is their sum to within a server per thread.
 struct SmoothRoundRobin {
-    scores: Mutex<Vec<i64>>,
+    scores: Box<[Mutex<Vec<i64>>]>,
+}
+
+impl SmoothRoundRobin {
+    fn new(servers: usize) -> SmoothRoundRobin {
+        let threads = crate::server::serving_threads();
+        SmoothRoundRobin {
+            scores: (0..threads).map(|_| Mutex::new(vec![0; servers])).collect(),
+        }
+    }
 }
 
 impl Select for SmoothRoundRobin {
     fn select(&self, weights: &[u64], _: &[Arc<Upstream>], _: IpAddr) -> Option<usize> {
-        let mut scores = self.scores.lock().expect("poisoned");
+        let mine = &self.scores[crate::server::thread_index() % self.scores.len()];
+        let mut scores = mine.lock().expect("poisoned");
         let mut total: i64 = 0;
         let mut best: Option<usize> = None;
         for (i, &w) in weights.iter().enumerate() {
@@ -419,9 +434,7 @@ impl Pool {
             .map(|s| Arc::new(Upstream::new(s.into())))
             .collect();
         let selector: Box<dyn Select> = match algorithm {
-            Algorithm::RoundRobin => Box::new(SmoothRoundRobin {
-                scores: Mutex::new(vec![0; servers.len()]),
-            }),
+            Algorithm::RoundRobin => Box::new(SmoothRoundRobin::new(servers.len())),
             Algorithm::LeastConn => Box::new(LeastConn {
                 cursor: AtomicUsize::new(0),
             }),

@@ -78,6 +78,7 @@ pub(super) struct Conn<H> {
     pub handler: Arc<H>,
     pub protocols: Arc<Protocols>,
     pub limits: Arc<Limits>,
+    /// This thread's copy of the node's shutdown signal (see `Shutdown::relay`).
     pub shutdown: Shutdown,
     /// The deadlines of this thread's connections waiting for a client's bytes.
     pub waiting: Waiting,
