@@ -15,17 +15,24 @@
 //! {"time":"2026-11-23T11:46:51.120Z","remote_addr":"127.0.0.1","method":"GET","uri":"/","protocol":"HTTP/1.1","status":200,"bytes":512,"referer":null,"user_agent":"curl/8.0","request_id":"5f0c…","trace_id":null,"request_time":0.002140}
 //! ```
 //!
-//! Requests never wait on the disk: lines go through a bounded channel to a writer
-//! thread that writes them in batches, at most [`BATCH_WAIT`] late. When the disk
-//! cannot keep up and the channel is full, a line is dropped and counted
-//! ([`AccessLog::dropped`], `scaleup_access_log_dropped_total`) rather than held in
-//! memory without end or made to slow the request down.
+//! Requests never wait on the disk: each serving thread appends its lines to a
+//! buffer of its own, and a writer thread swaps the buffers out and writes them in
+//! batches, at most [`BATCH_WAIT`] late. When the disk cannot keep up and a buffer
+//! is full ([`BUFFERED`]), a line is dropped and counted ([`AccessLog::dropped`],
+//! `scaleup_access_log_dropped_total`) rather than held in memory without end or
+//! made to slow the request down.
+//!
+//! Why buffers per thread rather than a channel of lines: a line is formatted
+//! straight into its buffer (no allocation per line, none freed by another thread),
+//! the buffers hold only the lines of the current batch (a bounded channel's ring of
+//! 16k slots is all touched, 384 KiB, once the traffic has gone round it), and the
+//! serving threads share nothing but a flag read per line (see [`Lines::push`]).
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::uri::PathAndQuery;
@@ -45,17 +52,47 @@ pub enum LogFormat {
 /// Where access-log lines go. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
-    tx: mpsc::SyncSender<String>,
-    dropped: Arc<AtomicU64>,
+    queue: Arc<Queue>,
     /// How lines are written: nginx's combined format, or JSON.
     format: LogFormat,
     /// The file it appends to (`None`: standard output).
     path: Option<PathBuf>,
 }
 
-/// Lines waiting for the writer at most: a few seconds of a busy node's traffic,
-/// a few MiB of memory.
-const QUEUE: usize = 16 * 1024;
+/// The bytes of lines a serving thread's buffer holds at most while the writer is
+/// behind: at 30k requests/s on one thread, a disk stalled for a tenth of a second.
+pub const BUFFERED: usize = 1 << 20;
+
+/// The lines waiting for the writer, shared with it.
+#[derive(Debug)]
+struct Lines {
+    /// One buffer per serving thread (see [`crate::server::thread_index`]): a line
+    /// goes into its own thread's, whose lock only the writer's swap contends for.
+    buffers: Box<[Mutex<String>]>,
+    /// Bytes a buffer may hold before lines are dropped.
+    limit: usize,
+    dropped: AtomicU64,
+    /// The writer is blocked until a line comes (see [`Lines::push`]).
+    asleep: AtomicBool,
+    /// Every [`AccessLog`] is gone: the writer writes what is left and ends.
+    closed: AtomicBool,
+    /// The writer's thread, to wake it.
+    writer: OnceLock<std::thread::Thread>,
+}
+
+/// The senders' side of the writer: dropped with the last clone of its log, it tells
+/// the writer to finish.
+#[derive(Debug)]
+struct Queue(Arc<Lines>);
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.0.closed.store(true, SeqCst);
+        if let Some(writer) = self.0.writer.get() {
+            writer.unpark();
+        }
+    }
+}
 
 impl AccessLog {
     /// Appends to the file at `path` (created with its folder), or to standard
@@ -82,18 +119,29 @@ impl AccessLog {
         };
         Ok(AccessLog {
             path: path.map(Path::to_path_buf),
-            ..Self::with_queue(sink, QUEUE)?
+            ..Self::with_limit(sink, BUFFERED)?
         })
     }
 
-    fn with_queue(sink: Box<dyn Write + Send>, queue: usize) -> std::io::Result<AccessLog> {
-        let (tx, rx) = mpsc::sync_channel::<String>(queue);
+    fn with_limit(sink: Box<dyn Write + Send>, limit: usize) -> std::io::Result<AccessLog> {
+        let lines = Arc::new(Lines {
+            buffers: (0..crate::server::serving_threads())
+                .map(|_| Mutex::default())
+                .collect(),
+            limit,
+            dropped: AtomicU64::new(0),
+            asleep: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            writer: OnceLock::new(),
+        });
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(rx, sink))?;
+            .spawn({
+                let lines = lines.clone();
+                move || write_lines(&lines, sink)
+            })?;
         Ok(AccessLog {
-            tx,
-            dropped: Arc::new(AtomicU64::new(0)),
+            queue: Arc::new(Queue(lines)),
             format: LogFormat::Combined,
             path: None,
         })
@@ -116,7 +164,7 @@ impl AccessLog {
 
     /// Lines dropped because the writer could not keep up.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Relaxed)
+        self.queue.0.dropped.load(Relaxed)
     }
 
     /// Notes what the log line needs from the request, before the request moves on.
@@ -169,14 +217,26 @@ impl Entry {
     pub fn finish(self, status: u16, bytes: u64, request_id: Option<&HeaderValue>) {
         let elapsed = self.started.elapsed();
         let request_id = request_id.and_then(|v| v.to_str().ok());
-        let line = match self.log.format {
-            LogFormat::Combined => self.combined(status, bytes, request_id, elapsed),
-            LogFormat::Json => self.json(status, bytes, request_id, elapsed),
-        };
-        // The request succeeded either way: a full queue (the disk is slower than
-        // the traffic) or a dead writer costs the line, counted, not the request.
-        if self.log.tx.try_send(line).is_err() {
-            self.log.dropped.fetch_add(1, Relaxed);
+        // The request succeeded either way: a full buffer (the disk is slower than
+        // the traffic) costs the line, counted, not the request.
+        self.log
+            .queue
+            .0
+            .push(|line| self.write_line(line, status, bytes, request_id, elapsed));
+    }
+
+    /// Appends the line to `line`.
+    fn write_line(
+        &self,
+        line: &mut String,
+        status: u16,
+        bytes: u64,
+        request_id: Option<&str>,
+        elapsed: Duration,
+    ) {
+        match self.log.format {
+            LogFormat::Combined => self.combined(line, status, bytes, request_id, elapsed),
+            LogFormat::Json => self.json(line, status, bytes, request_id, elapsed),
         }
     }
 }
@@ -194,64 +254,68 @@ impl Entry {
 
     fn combined(
         &self,
+        line: &mut String,
         status: u16,
         bytes: u64,
         request_id: Option<&str>,
         elapsed: Duration,
-    ) -> String {
+    ) {
         use std::fmt::Write as _;
-        let mut line = String::with_capacity(256);
         let _ = write!(line, "{} - - [", self.peer.ip());
-        push_log_time(&mut line, self.at);
+        push_log_time(line, self.at);
         let _ = write!(line, "] \"{} ", self.method);
-        push_quote_safe(&mut line, self.target());
+        push_quote_safe(line, self.target());
         let _ = write!(line, " {}\" {status} {bytes} \"", version_str(self.version));
         for (i, header) in [&self.referer, &self.user_agent].into_iter().enumerate() {
             if i > 0 {
                 line.push_str("\" \"");
             }
             match header.as_ref().and_then(|v| v.to_str().ok()) {
-                Some(value) => push_quote_safe(&mut line, value),
+                Some(value) => push_quote_safe(line, value),
                 None => line.push('-'),
             }
         }
         let _ = write!(line, "\" rid={} rt=", request_id.unwrap_or("-"));
-        push_seconds(&mut line, elapsed);
+        push_seconds(line, elapsed);
         if let Some(trace) = self.trace_id() {
             line.push_str(" trace=");
             line.push_str(trace);
         }
         line.push('\n');
-        line
     }
 
     /// One JSON object: strings escaped as JSON requires (quotes, backslashes,
     /// control characters), absent values `null`.
-    fn json(&self, status: u16, bytes: u64, request_id: Option<&str>, elapsed: Duration) -> String {
+    fn json(
+        &self,
+        line: &mut String,
+        status: u16,
+        bytes: u64,
+        request_id: Option<&str>,
+        elapsed: Duration,
+    ) {
         use std::fmt::Write as _;
-        let mut line = String::with_capacity(320);
         line.push_str("{\"time\":");
-        json_string(&mut line, Some(&iso_time(self.at)));
+        json_string(line, Some(&iso_time(self.at)));
         line.push_str(",\"remote_addr\":");
-        json_string(&mut line, Some(&self.peer.ip().to_string()));
+        json_string(line, Some(&self.peer.ip().to_string()));
         line.push_str(",\"method\":");
-        json_string(&mut line, Some(self.method.as_str()));
+        json_string(line, Some(self.method.as_str()));
         line.push_str(",\"uri\":");
-        json_string(&mut line, Some(self.target()));
+        json_string(line, Some(self.target()));
         line.push_str(",\"protocol\":");
-        json_string(&mut line, Some(version_str(self.version)));
+        json_string(line, Some(version_str(self.version)));
         let _ = write!(line, ",\"status\":{status},\"bytes\":{bytes},\"referer\":");
-        json_string(&mut line, header_text(&self.referer));
+        json_string(line, header_text(&self.referer));
         line.push_str(",\"user_agent\":");
-        json_string(&mut line, header_text(&self.user_agent));
+        json_string(line, header_text(&self.user_agent));
         line.push_str(",\"request_id\":");
-        json_string(&mut line, request_id);
+        json_string(line, request_id);
         line.push_str(",\"trace_id\":");
-        json_string(&mut line, self.trace_id());
+        json_string(line, self.trace_id());
         line.push_str(",\"request_time\":");
-        push_seconds(&mut line, elapsed);
+        push_seconds(line, elapsed);
         line.push_str("}\n");
-        line
     }
 }
 
@@ -290,29 +354,91 @@ fn json_string(out: &mut String, value: Option<&str>) {
 /// waits on nothing, so senders wake nobody; a line reaches the file at most this late.
 pub const BATCH_WAIT: Duration = Duration::from_millis(5);
 
-/// Blocks for the first line of a burst, then gathers lines every [`BATCH_WAIT`]
-/// without blocking for as long as they keep coming, and blocks again only after a
-/// gathering found none. Blocked, the writer must be woken by the next sender, under
-/// the channel's lock: going back to block after every batch made the serving
-/// threads take turns at that lock a hundred times a second under load, and a thread
-/// preempted while holding it stalled the other's requests.
-fn write_lines(rx: mpsc::Receiver<String>, sink: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
-    while let Ok(line) = rx.recv() {
-        let _ = out.write_all(line.as_bytes());
-        loop {
-            std::thread::sleep(BATCH_WAIT);
-            let mut gathered = 0usize;
-            while let Ok(more) = rx.try_recv() {
-                let _ = out.write_all(more.as_bytes());
-                gathered += 1;
+impl Lines {
+    /// Appends one line, written by `write`, to the calling thread's buffer, or
+    /// drops and counts it when that buffer is full; wakes the writer if it sleeps.
+    ///
+    /// The only thing the serving threads share here is the `asleep` flag, read once
+    /// a line and written only when the writer blocks or is woken: once at the start
+    /// of a burst, not once a batch (a writer that blocked after each batch had to
+    /// be woken under a lock the serving threads took turns at, a hundred times a
+    /// second under load, and a thread preempted holding it stalled the other's
+    /// requests).
+    fn push(&self, write: impl FnOnce(&mut String)) {
+        let mine = &self.buffers[crate::server::thread_index() % self.buffers.len()];
+        {
+            let mut buffer = mine.lock().unwrap_or_else(|e| e.into_inner());
+            if buffer.len() >= self.limit {
+                drop(buffer);
+                self.dropped.fetch_add(1, Relaxed);
+                return;
             }
-            if let Err(e) = out.flush() {
+            write(&mut buffer);
+        }
+        if self.asleep.load(SeqCst) && self.asleep.swap(false, SeqCst) {
+            if let Some(writer) = self.writer.get() {
+                writer.unpark();
+            }
+        }
+    }
+
+    /// Whether no buffer holds a line.
+    fn empty(&self) -> bool {
+        let empty = |b: &Mutex<String>| b.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+        self.buffers.iter().all(empty)
+    }
+
+    /// Blocks the writer until a line comes or the log is closed. The flag is set
+    /// before the buffers are looked at, and a sender reads it after its line is
+    /// in: either the writer sees the line, or the sender sees the flag and wakes it.
+    fn sleep(&self) {
+        self.asleep.store(true, SeqCst);
+        while self.asleep.load(SeqCst) && !self.closed.load(SeqCst) && self.empty() {
+            std::thread::park();
+        }
+        self.asleep.store(false, SeqCst);
+    }
+}
+
+/// A gathering's buffer keeps its room for the next (no allocation per batch), up
+/// to this; one grown by a stalled disk is shrunk back to it.
+const KEPT: usize = 256 * 1024;
+
+/// The writer thread: every [`BATCH_WAIT`], swaps each thread's buffer for an empty
+/// one and writes what it held; after a gathering that found nothing, sleeps until
+/// a line comes. Ends once the log is closed and written out.
+fn write_lines(lines: &Lines, mut sink: Box<dyn Write + Send>) {
+    let _ = lines.writer.set(std::thread::current());
+    let mut spare = String::new();
+    loop {
+        std::thread::sleep(BATCH_WAIT);
+        let closed = lines.closed.load(SeqCst);
+        let mut gathered = false;
+        for buffer in lines.buffers.iter() {
+            std::mem::swap(
+                &mut *buffer.lock().unwrap_or_else(|e| e.into_inner()),
+                &mut spare,
+            );
+            if spare.is_empty() {
+                continue;
+            }
+            gathered = true;
+            if let Err(e) = sink.write_all(spare.as_bytes()) {
                 eprintln!("access log: cannot write: {e}");
             }
-            if gathered == 0 {
-                break;
+            spare.clear();
+            spare.shrink_to(KEPT);
+        }
+        if gathered {
+            if let Err(e) = sink.flush() {
+                eprintln!("access log: cannot write: {e}");
             }
+        }
+        if closed {
+            return;
+        }
+        if !gathered {
+            lines.sleep();
         }
     }
 }
@@ -510,7 +636,7 @@ mod tests {
     /// A sink that says when it is written to, then blocks until told to go on:
     /// the disk that cannot keep up.
     struct Stuck {
-        entered: mpsc::Sender<()>,
+        entered: std::sync::mpsc::Sender<()>,
         gate: Arc<std::sync::Barrier>,
     }
 
@@ -525,33 +651,77 @@ mod tests {
         }
     }
 
+    fn entry(log: &AccessLog) -> Entry {
+        let peer: SocketAddr = "10.1.2.3:4444".parse().unwrap();
+        log.begin(
+            &Method::GET,
+            &"/".parse().unwrap(),
+            Version::HTTP_11,
+            &HeaderMap::new(),
+            peer,
+        )
+    }
+
     #[test]
     fn a_slow_disk_drops_and_counts_lines_instead_of_growing() {
         let gate = Arc::new(std::sync::Barrier::new(2));
-        let (entered, writing) = mpsc::channel();
+        let (entered, writing) = std::sync::mpsc::channel();
         let sink = Stuck {
             entered,
             gate: gate.clone(),
         };
-        let log = AccessLog::with_queue(Box::new(sink), 8).unwrap();
-        let peer: SocketAddr = "10.1.2.3:4444".parse().unwrap();
-        let line = || {
-            log.begin(
-                &Method::GET,
-                &"/".parse().unwrap(),
-                Version::HTTP_11,
-                &HeaderMap::new(),
-                peer,
-            )
-            .finish(200, 1, None)
-        };
-        line();
+        // Room for eight lines (all the same length: the time taken is written to
+        // the microsecond, with as many digits below a second).
+        let mut one = String::new();
+        let sizing = AccessLog::with_limit(Box::new(std::io::sink()), 0).unwrap();
+        entry(&sizing).write_line(&mut one, 200, 1, None, Duration::from_micros(7));
+        let log = AccessLog::with_limit(Box::new(sink), 8 * one.len()).unwrap();
+        entry(&log).finish(200, 1, None);
         writing.recv().unwrap();
-        // The writer is stuck on the disk: eight lines queue, the rest are dropped.
+        // The writer is stuck on the disk: eight lines wait, the rest are dropped.
         for _ in 0..100 {
-            line();
+            entry(&log).finish(200, 1, None);
         }
         assert_eq!(log.dropped(), 92);
         gate.wait();
+    }
+
+    /// Waits up to a second for the file at `path` to hold `lines` lines.
+    fn wait_for_lines(path: &Path, lines: usize) -> String {
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.lines().count() >= lines {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        text
+    }
+
+    #[test]
+    fn a_line_after_a_quiet_spell_wakes_the_writer_and_a_closed_log_is_written_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::open(Some(&path)).unwrap();
+        entry(&log).finish(200, 1, None);
+        assert_eq!(wait_for_lines(&path, 1).lines().count(), 1);
+        // Quiet for longer than a few batches: the writer is asleep, and the next
+        // line must wake it (it would otherwise wait for ever).
+        std::thread::sleep(BATCH_WAIT * 10);
+        assert!(
+            log.queue.0.asleep.load(SeqCst),
+            "the writer sleeps when idle"
+        );
+        entry(&log).finish(201, 2, None);
+        assert_eq!(wait_for_lines(&path, 2).lines().count(), 2);
+        // Lines still buffered when the last handle goes are written, then the
+        // writer ends.
+        for _ in 0..50 {
+            entry(&log).finish(202, 3, None);
+        }
+        drop(log);
+        let text = wait_for_lines(&path, 52);
+        assert_eq!(text.lines().filter(|l| l.contains(" 202 3 ")).count(), 50);
     }
 }

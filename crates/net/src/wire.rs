@@ -42,8 +42,11 @@ const MAX_INTERIM: usize = 8;
 const MAX_HEADERS: usize = 100;
 
 /// The read buffer's first size for an answer, and the most a single read asks for
-/// (a large body is read in pieces of up to this, handed on as they come).
-const READ_FIRST: usize = 4 * 1024;
+/// (a large body is read in pieces of up to this, handed on as they come). The first
+/// holds most answers' heads with a small body, two to a page of memory: one buffer
+/// lives for each request in flight. A read that comes back short of the room it
+/// had also tells the runtime the socket is drained (see [`Wire::is_closed`]).
+const READ_FIRST: usize = 2 * 1024;
 const READ_MOST: usize = 64 * 1024;
 
 /// A socket to an upstream server, between requests or carrying one.
