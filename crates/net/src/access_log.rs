@@ -23,7 +23,7 @@
 //! made to slow the request down.
 //!
 //! Why buffers per thread rather than a channel of lines: a line is formatted
-//! straight into its buffer (no allocation per line, none freed by another thread),
+//! straight into its buffer (no `String` per line, none freed by another thread),
 //! the buffers hold only the lines of the current batch (a bounded channel's ring of
 //! 16k slots is all touched, 384 KiB, once the traffic has gone round it), and the
 //! serving threads share nothing but a flag read per line (see [`Lines::push`]).
@@ -37,6 +37,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Uri, Version};
+
+use crate::per_thread::PerThread;
 
 /// How access-log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,9 +68,9 @@ pub const BUFFERED: usize = 1 << 20;
 /// The lines waiting for the writer, shared with it.
 #[derive(Debug)]
 struct Lines {
-    /// One buffer per serving thread (see [`crate::server::thread_index`]): a line
-    /// goes into its own thread's, whose lock only the writer's swap contends for.
-    buffers: Box<[Mutex<String>]>,
+    /// One buffer per serving thread: a line goes into its own thread's, whose lock
+    /// the writer's swap contends for once a batch.
+    buffers: PerThread<Mutex<String>>,
     /// Bytes a buffer may hold before lines are dropped.
     limit: usize,
     dropped: AtomicU64,
@@ -125,9 +127,7 @@ impl AccessLog {
 
     fn with_limit(sink: Box<dyn Write + Send>, limit: usize) -> std::io::Result<AccessLog> {
         let lines = Arc::new(Lines {
-            buffers: (0..crate::server::serving_threads())
-                .map(|_| Mutex::default())
-                .collect(),
+            buffers: PerThread::new(Mutex::default),
             limit,
             dropped: AtomicU64::new(0),
             asleep: AtomicBool::new(false),
@@ -348,10 +348,11 @@ fn json_string(out: &mut String, value: Option<&str>) {
     out.push('"');
 }
 
-/// How long the writer lets lines gather after the first of a batch. Writing each line
-/// as it came meant a wakeup of this thread and a `write` per request: a tenth of the
-/// load balancer's CPU at 30k requests/s (perf, by thread). While the writer sleeps it
-/// waits on nothing, so senders wake nobody; a line reaches the file at most this late.
+/// How long the writer lets lines gather between two writes. Writing each line as it
+/// came meant a wakeup of this thread and a `write` per request: a tenth of the load
+/// balancer's CPU at 30k requests/s (perf, by thread). While lines keep coming the
+/// writer only sleeps this long, so senders wake nobody; a line reaches the file at
+/// most this late.
 pub const BATCH_WAIT: Duration = Duration::from_millis(5);
 
 impl Lines {
@@ -360,14 +361,12 @@ impl Lines {
     ///
     /// The only thing the serving threads share here is the `asleep` flag, read once
     /// a line and written only when the writer blocks or is woken: once at the start
-    /// of a burst, not once a batch (a writer that blocked after each batch had to
-    /// be woken under a lock the serving threads took turns at, a hundred times a
-    /// second under load, and a thread preempted holding it stalled the other's
-    /// requests).
+    /// of a burst, not once a batch (a channel's writer that blocked after each batch
+    /// had to be woken under a lock the serving threads took turns at, a hundred
+    /// times a second under load: see `per_thread`).
     fn push(&self, write: impl FnOnce(&mut String)) {
-        let mine = &self.buffers[crate::server::thread_index() % self.buffers.len()];
         {
-            let mut buffer = mine.lock().unwrap_or_else(|e| e.into_inner());
+            let mut buffer = locked(self.buffers.mine());
             if buffer.len() >= self.limit {
                 drop(buffer);
                 self.dropped.fetch_add(1, Relaxed);
@@ -384,8 +383,7 @@ impl Lines {
 
     /// Whether no buffer holds a line.
     fn empty(&self) -> bool {
-        let empty = |b: &Mutex<String>| b.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
-        self.buffers.iter().all(empty)
+        self.buffers.iter().all(|b| locked(b).is_empty())
     }
 
     /// Blocks the writer until a line comes or the log is closed. The flag is set
@@ -398,6 +396,11 @@ impl Lines {
         }
         self.asleep.store(false, SeqCst);
     }
+}
+
+/// A buffer, locked: whoever held it last left it whole, even if it panicked.
+fn locked(buffer: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
+    buffer.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A gathering's buffer keeps its room for the next (no allocation per batch), up
@@ -415,10 +418,7 @@ fn write_lines(lines: &Lines, mut sink: Box<dyn Write + Send>) {
         let closed = lines.closed.load(SeqCst);
         let mut gathered = false;
         for buffer in lines.buffers.iter() {
-            std::mem::swap(
-                &mut *buffer.lock().unwrap_or_else(|e| e.into_inner()),
-                &mut spare,
-            );
+            std::mem::swap(&mut *locked(buffer), &mut spare);
             if spare.is_empty() {
                 continue;
             }
@@ -700,7 +700,7 @@ mod tests {
     }
 
     #[test]
-    fn a_line_after_a_quiet_spell_wakes_the_writer_and_a_closed_log_is_written_out() {
+    fn a_line_after_a_quiet_spell_wakes_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
         let log = AccessLog::open(Some(&path)).unwrap();
@@ -715,13 +715,50 @@ mod tests {
         );
         entry(&log).finish(201, 2, None);
         assert_eq!(wait_for_lines(&path, 2).lines().count(), 2);
-        // Lines still buffered when the last handle goes are written, then the
-        // writer ends.
+    }
+
+    /// A sink that keeps what it is given and says when it is dropped: the writer
+    /// thread, which owns it, has ended.
+    struct Kept {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        ended: std::sync::mpsc::Sender<()>,
+    }
+
+    impl Write for Kept {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.bytes.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Drop for Kept {
+        fn drop(&mut self) {
+            let _ = self.ended.send(());
+        }
+    }
+
+    #[test]
+    fn a_closed_log_is_written_out_and_its_writer_ends() {
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let (ended, writer_ended) = std::sync::mpsc::channel();
+        let sink = Kept {
+            bytes: bytes.clone(),
+            ended,
+        };
+        let log = AccessLog::with_limit(Box::new(sink), BUFFERED).unwrap();
+        // Still in the buffers (the writer gathers every 5 ms) when the last handle
+        // goes: written all the same, and then the writer ends.
         for _ in 0..50 {
             entry(&log).finish(202, 3, None);
         }
         drop(log);
-        let text = wait_for_lines(&path, 52);
+        writer_ended
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the writer ends once its log is closed");
+        let text = String::from_utf8(bytes.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().filter(|l| l.contains(" 202 3 ")).count(), 50);
     }
 }

@@ -30,6 +30,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::per_thread::PerThread;
 use crate::wire::{Wire, WireBody};
 use crate::{Body, BoxError};
 
@@ -58,7 +59,7 @@ pub struct Connections {
     /// tasks) are on its runtime, so a request and its upstream exchange stay on one
     /// thread. Most recently used last: a warm connection is taken first, and the
     /// oldest age out at the front.
-    idle: Box<[Mutex<Lists>]>,
+    idle: PerThread<Mutex<Lists>>,
 }
 
 #[derive(Debug, Default)]
@@ -156,10 +157,9 @@ pub enum Sent {
 impl Connections {
     /// No connections yet to `addr`.
     pub fn new(addr: SocketAddr) -> Connections {
-        let threads = crate::server::serving_threads();
         Connections {
             addr,
-            idle: (0..threads).map(|_| Mutex::default()).collect(),
+            idle: PerThread::new(Mutex::default),
         }
     }
 
@@ -209,10 +209,19 @@ impl Connections {
     }
 
     /// The most recently used idle socket for [`crate::wire`] that is open and has
-    /// no bytes nobody asked for ([`Wire::is_closed`]). A server may still close it
-    /// just as the request goes out ([`crate::wire::WireError::ClosedEarly`]).
-    pub fn take_wire(&self) -> Option<Wire> {
-        take_open(&mut self.mine().wire, |w| !w.is_closed())
+    /// no bytes nobody asked for, as far as the runtime knows ([`Wire::is_closed`]),
+    /// or asked of each socket by a peek (`certain`, for a request that may not be
+    /// repeated: [`Wire::is_closed_now`]). A server may still close it just as the
+    /// request goes out ([`crate::wire::WireError::ClosedEarly`]).
+    pub fn take_wire(&self, certain: bool) -> Option<Wire> {
+        let open = |w: &Wire| {
+            if certain {
+                !w.is_closed_now()
+            } else {
+                !w.is_closed()
+            }
+        };
+        take_open(&mut self.mine().wire, open)
     }
 
     /// A new socket for [`crate::wire`].
@@ -276,7 +285,7 @@ impl Connections {
 
     /// This thread's idle lists, locked.
     fn mine(&self) -> std::sync::MutexGuard<'_, Lists> {
-        let mine = &self.idle[crate::server::thread_index() % self.idle.len()];
+        let mine = self.idle.mine();
         // Every holder leaves the lists whole, even one that panics.
         mine.lock().unwrap_or_else(|e| e.into_inner())
     }

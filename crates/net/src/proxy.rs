@@ -269,7 +269,7 @@ async fn exchange_wire(
 ) -> Exchange {
     let head = wire::encode(&request);
     let method = request.method();
-    if let Some(kept) = conns.take_wire() {
+    if let Some(kept) = conns.take_wire(!method.is_idempotent()) {
         match wire::send(kept, &head, method, conns).await {
             Ok(resp) => return Exchange::Answer(resp.map(PooledBody::Wire)),
             Err(WireError::ClosedEarly(_)) if method.is_idempotent() => {}
@@ -469,7 +469,7 @@ mod tests {
             }
             assert_eq!(outcome(&conns, method.clone()).await, "ok", "{method}");
         }
-        // Each request found the kept socket closed (the peek) and took a fresh one.
+        // Each request found the kept socket closed and took a fresh one.
         assert_eq!(accepted.load(SeqCst), 3);
     }
 

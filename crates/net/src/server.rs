@@ -293,6 +293,12 @@ pub fn thread_index() -> usize {
     THREAD_INDEX.get()
 }
 
+/// Makes the calling thread serving thread `i`, for tests of per-thread state.
+#[cfg(test)]
+pub(crate) fn set_thread_index(i: usize) {
+    THREAD_INDEX.set(i);
+}
+
 /// One thread's share of a listener: its accept loop and its connections, until
 /// `shutdown`, then the drain. On its own, a listener served by the caller's runtime
 /// alone: the admin listener's few connections need no threads of their own.
@@ -307,11 +313,11 @@ pub(crate) async fn serve_here<H: Handler>(
     let tracker = TaskTracker::new();
     let protocols = Arc::new(protocols(&limits));
     let transport = Arc::new(transport);
-    let mut acceptor = Acceptor::new(listener, limits.budget.clone(), shutdown.clone());
-    let limits = Arc::new(limits);
-    // The connections wait on this thread's own copy of the signal (see
-    // `Shutdown::relay`), relayed for as long as they last.
+    // The accept loop and the connections wait on this thread's own copy of the
+    // signal (see `Shutdown::relay`), relayed for as long as they last.
     let (here, relay) = shutdown.relay();
+    let mut acceptor = Acceptor::new(listener, limits.budget.clone(), here.clone());
+    let limits = Arc::new(limits);
     tokio::spawn({
         let tracker = tracker.clone();
         async move {

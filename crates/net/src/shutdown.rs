@@ -81,7 +81,9 @@ impl Shutdown {
     }
 
     /// A signal of its own for the waiters of one thread, and the future that fires
-    /// it when this one fires (to be run on that thread).
+    /// it when this one fires (to be run on that thread). The future owns the new
+    /// signal's trigger, so dropped unfinished it fires the signal too: no waiter is
+    /// left waiting on a relay that is gone.
     ///
     /// Each poll of a waiter that a [`Notify`] has not woken yet takes the
     /// `Notify`'s lock, and a busy connection's task polls its shutdown waiter on
@@ -90,7 +92,7 @@ impl Shutdown {
     /// and a thread preempted while holding it stalled the other thread's
     /// connections for the rest of a time slice: the load balancer's slowest
     /// requests under load (p99.9 8-10 ms where HAProxy had 5.5). One signal per
-    /// thread is one lock per thread, never contended.
+    /// serving thread is a lock only that thread's tasks take.
     pub fn relay(&self) -> (Shutdown, impl Future<Output = ()> + Send + 'static) {
         let (trigger, here) = channel();
         let node = self.clone();

@@ -27,6 +27,7 @@ use http::Request;
 use hyper_util::rt::TokioIo;
 
 use crate::keepalive::Connections;
+use crate::per_thread::PerThread;
 use crate::Shutdown;
 
 /// How a pool member is picked (one [`Select`] impl each).
@@ -310,30 +311,37 @@ trait Select: Send + Sync {
 /// running score, takes the highest and subtracts the total from it. Weights 3:1 give
 /// `a a b a`, not `a a a b`: no server gets a burst.
 ///
-/// Each serving thread keeps scores of its own, as each nginx worker does: one
-/// shared lock taken on every request was one a thread could be preempted holding,
-/// stalling the other thread's requests for the rest of its time slice. Every
-/// thread's sequence is smooth, and so is their sum to within a server per thread.
+/// Each serving thread keeps scores of its own, as each nginx worker does (a lock
+/// shared by the threads on every request is one a thread can be preempted holding:
+/// see `per_thread`), and breaks ties starting from a server of its own, so that
+/// the threads' first picks (and those after a reload) do not all go to the first
+/// server. Every thread's sequence is smooth, and so is their sum to within a
+/// server per thread.
 struct SmoothRoundRobin {
-    scores: Box<[Mutex<Vec<i64>>]>,
+    scores: PerThread<Mutex<Vec<i64>>>,
 }
 
 impl SmoothRoundRobin {
     fn new(servers: usize) -> SmoothRoundRobin {
-        let threads = crate::server::serving_threads();
         SmoothRoundRobin {
-            scores: (0..threads).map(|_| Mutex::new(vec![0; servers])).collect(),
+            // At least 128 bytes each: two threads' scores never share a cache line.
+            scores: PerThread::new(|| {
+                let mut scores = Vec::with_capacity(servers.max(16));
+                scores.resize(servers, 0);
+                Mutex::new(scores)
+            }),
         }
     }
 }
 
 impl Select for SmoothRoundRobin {
     fn select(&self, weights: &[u64], _: &[Arc<Upstream>], _: IpAddr) -> Option<usize> {
-        let mine = &self.scores[crate::server::thread_index() % self.scores.len()];
-        let mut scores = mine.lock().expect("poisoned");
+        let mut scores = self.scores.mine().lock().expect("poisoned");
+        let first = crate::server::thread_index() % weights.len().max(1);
         let mut total: i64 = 0;
         let mut best: Option<usize> = None;
-        for (i, &w) in weights.iter().enumerate() {
+        for i in (first..weights.len()).chain(0..first) {
+            let w = weights[i];
             if w == 0 {
                 continue;
             }
@@ -874,6 +882,26 @@ mod tests {
         (0..count)
             .map(|_| pool.pick(CLIENT, &[]).expect("a server").0)
             .collect()
+    }
+
+    #[test]
+    fn each_serving_thread_starts_its_round_robin_at_a_server_of_its_own() {
+        // Scores are kept per thread: were ties broken the same way on each, the
+        // first connection of every thread would go to the first server.
+        let pool = pool(Algorithm::RoundRobin, &[1, 1], Duration::ZERO);
+        let firsts: Vec<usize> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..2)
+                .map(|t| {
+                    let pool = &pool;
+                    scope.spawn(move || {
+                        crate::server::set_thread_index(t);
+                        picks(pool, 1)[0]
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(firsts, [0, 1]);
     }
 
     #[test]

@@ -80,25 +80,39 @@ impl Wire {
     }
 
     /// Whether the server closed this idle connection or sent bytes nobody asked for
-    /// (which would be taken for the next answer: such a socket is never used).
+    /// (which would be taken for the next answer: such a socket is never used), as
+    /// far as the runtime knows: no system call unless it finds the socket readable.
     ///
-    /// The runtime's readiness answers first, with no system call: its last read
-    /// came back short (the socket drained), which clears it, so a socket still not
-    /// readable has had neither bytes nor a close since, as far as the runtime's
-    /// last look at its events goes. Only a socket it found readable is asked by a
-    /// peek. That is what nginx and HAProxy do with their idle upstream connections;
-    /// a peek on every reuse cost a fifth of the proxied request's system calls.
-    /// Bytes or a close that reach the kernel after the runtime's last look are seen
-    /// no later than they would have been just after a peek: in the answer's read,
-    /// as an early close (retried when the request may be) or a broken answer.
+    /// tokio clears a socket's readiness when a read comes back short of the room it
+    /// had (the socket drained), as an answer's last read does. A socket still not
+    /// readable has had neither bytes nor a close since, up to the runtime's last
+    /// look at its events, and only one found readable is asked by a peek. nginx and
+    /// HAProxy check their idle upstream connections by their event loop too; a peek
+    /// on every reuse was a fifth of a proxied request's system calls. What this
+    /// misses is what came after that look (the runtime looks again at most 61 tasks
+    /// later): a close then shows in the answer's read as an early close, and the
+    /// request goes again if it may; bytes then (a body a server sends late after an
+    /// answer to `HEAD`) would be read as the next answer. A request that may not be
+    /// repeated asks [`Wire::is_closed_now`] instead.
     pub fn is_closed(&self) -> bool {
         // `try_io` calls the peek only on a readable socket, and clears the
         // readiness when the peek finds nothing, so the next look is free again.
-        let mut probe = [std::mem::MaybeUninit::uninit(); 1];
-        let peeked = self.tcp.try_io(tokio::io::Interest::READABLE, || {
-            socket2::SockRef::from(&self.tcp).peek(&mut probe)
-        });
+        let peeked = self
+            .tcp
+            .try_io(tokio::io::Interest::READABLE, || self.peek());
         !matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// [`Wire::is_closed`] asked of the socket itself, by a peek: one system call,
+    /// and nothing missed but what comes while the request is on its way.
+    pub fn is_closed_now(&self) -> bool {
+        !matches!(self.peek(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// A look at the socket's next byte, left there.
+    fn peek(&self) -> io::Result<usize> {
+        let mut probe = [std::mem::MaybeUninit::uninit(); 1];
+        socket2::SockRef::from(&self.tcp).peek(&mut probe)
     }
 
     /// The socket, for what outlives HTTP on it.
@@ -671,7 +685,7 @@ mod tests {
         method: Method,
     ) -> Result<(StatusCode, Bytes, bool), BoxError> {
         let req = get(method);
-        let wire = match home.take_wire() {
+        let wire = match home.take_wire(false) {
             Some(wire) => wire,
             None => home
                 .connect_wire(std::time::Duration::from_secs(1))
@@ -681,7 +695,7 @@ mod tests {
         let resp = send(wire, &encode(&req), req.method(), home).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
-        let kept = match home.take_wire() {
+        let kept = match home.take_wire(false) {
             Some(wire) => {
                 home.put_back_wire(wire);
                 true
@@ -858,8 +872,42 @@ mod tests {
         assert_eq!(&body[..], b"ok");
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
         assert!(
-            home.take_wire().is_none(),
+            home.take_wire(false).is_none(),
             "the stray answer's socket was kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_may_not_be_repeated_asks_the_socket_itself() {
+        // A server on a thread of its own: the first answer, then (when told) bytes
+        // nobody asked for. Waited for without an `.await`, they reach the socket
+        // while the runtime takes no look at its events, so its readiness cannot
+        // know of them: only a peek finds them.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stray, send_stray) = std::sync::mpsc::channel::<()>();
+        let (sent, stray_sent) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0; 1024];
+            let _ = s.read(&mut buf).unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .unwrap();
+            send_stray.recv().unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+                .unwrap();
+            sent.send(()).unwrap();
+            let _ = s.read(&mut buf);
+        });
+        let home = Arc::new(Connections::new(addr));
+        fresh_get(&home).await.into_body().collect().await.unwrap();
+        stray.send(()).unwrap();
+        stray_sent.recv().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(
+            home.take_wire(true).is_none(),
+            "a socket with bytes nobody asked for was taken for a POST"
         );
     }
 

@@ -462,7 +462,7 @@ pub async fn spread(base: u16, state: &Path, mark: &str, count: usize) -> (usize
         let resp = client.get(&url).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{url}");
     }
-    // Lines reach the logs through a queue: wait until all are written.
+    // Lines reach the logs through a writer thread, in batches: wait until all are written.
     let tag = format!("?{mark}-");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
