@@ -3,8 +3,8 @@
 //! - [`server`]: the accept loop, a thread per core (HTTP/1.1 and HTTP/2, TLS,
 //!   PROXY protocol, head size and time limits with [`clock`], idle connections
 //!   parked without hyper's buffers, body limit, drain);
-//! - [`per_thread`]: state kept once per serving thread, so its threads share no
-//!   lock on the way of a request;
+//! - [`per_thread`]: state kept once per serving thread (kept-alive connections,
+//!   the access log's buffers), so its threads do not take turns at one lock;
 //! - [`budget`]: the connections a process may hold, sized from its open-file
 //!   limit, with a cap per client address;
 //! - [`tls`]: the site's certificate (or a self-signed one) and rustls settings;

@@ -293,12 +293,6 @@ pub fn thread_index() -> usize {
     THREAD_INDEX.get()
 }
 
-/// Makes the calling thread serving thread `i`, for tests of per-thread state.
-#[cfg(test)]
-pub(crate) fn set_thread_index(i: usize) {
-    THREAD_INDEX.set(i);
-}
-
 /// One thread's share of a listener: its accept loop and its connections, until
 /// `shutdown`, then the drain. On its own, a listener served by the caller's runtime
 /// alone: the admin listener's few connections need no threads of their own.
