@@ -162,7 +162,8 @@ impl AccessLog {
         Ok(AccessLog::open(path)?.with_format(format))
     }
 
-    /// Lines dropped because the writer could not keep up.
+    /// Lines dropped because the writer could not keep up, or the file refused them
+    /// (a full disk).
     pub fn dropped(&self) -> u64 {
         self.queue.0.dropped.load(Relaxed)
     }
@@ -423,8 +424,9 @@ fn write_lines(lines: &Lines, mut sink: Box<dyn Write + Send>) {
                 continue;
             }
             gathered = true;
-            if let Err(e) = sink.write_all(spare.as_bytes()) {
-                eprintln!("access log: cannot write: {e}");
+            if let Err((e, lost)) = write_out(&mut sink, spare.as_bytes()) {
+                lines.dropped.fetch_add(lost, Relaxed);
+                eprintln!("access log: cannot write ({lost} line(s) lost): {e}");
             }
             spare.clear();
             spare.shrink_to(KEPT);
@@ -441,6 +443,33 @@ fn write_lines(lines: &Lines, mut sink: Box<dyn Write + Send>) {
             lines.sleep();
         }
     }
+}
+
+/// Writes `batch` to `sink`; when the sink fails, how many of its lines did not get
+/// there whole (counted with the dropped ones: a full disk loses lines as surely as
+/// a slow one).
+fn write_out(sink: &mut dyn Write, batch: &[u8]) -> Result<(), (std::io::Error, u64)> {
+    let mut written = 0;
+    while written < batch.len() {
+        match sink.write(&batch[written..]) {
+            Ok(0) => {
+                let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                return Err((e, lines_from(batch, written)));
+            }
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((e, lines_from(batch, written))),
+        }
+    }
+    Ok(())
+}
+
+/// The lines of `batch` not whole in its first `written` bytes.
+fn lines_from(batch: &[u8], written: usize) -> u64 {
+    // A line cut midway counts: its end did not get there.
+    let whole = batch[..written].iter().filter(|&&b| b == b'\n').count();
+    let all = batch.iter().filter(|&&b| b == b'\n').count();
+    (all - whole) as u64
 }
 
 /// `$request_time`: seconds, with microsecond resolution (nginx has milliseconds;
@@ -738,6 +767,46 @@ mod tests {
         fn drop(&mut self) {
             let _ = self.ended.send(());
         }
+    }
+
+    /// A disk that takes the first `room` bytes and then is full.
+    struct Full {
+        room: usize,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::other("no space left on device"));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_a_full_disk_did_not_take_are_counted_as_dropped() {
+        let mut one = String::new();
+        let sizing = AccessLog::with_limit(Box::new(std::io::sink()), 0).unwrap();
+        entry(&sizing).write_line(&mut one, 200, 1, None, Duration::from_micros(7));
+        // Room for two lines and half of a third: eight lines, six lost (the cut one
+        // with them).
+        let room = 2 * one.len() + one.len() / 2;
+        let log = AccessLog::with_limit(Box::new(Full { room }), BUFFERED).unwrap();
+        for _ in 0..8 {
+            entry(&log).finish(200, 1, None);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while log.dropped() < 6 {
+            assert!(Instant::now() < deadline, "dropped {}", log.dropped());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(BATCH_WAIT * 4);
+        assert_eq!(log.dropped(), 6);
     }
 
     #[test]
