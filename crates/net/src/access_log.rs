@@ -216,30 +216,35 @@ pub struct Entry {
 impl Entry {
     /// Writes the line: the response's status, the bytes its body sent, the id.
     pub fn finish(self, status: u16, bytes: u64, request_id: Option<&HeaderValue>) {
-        let elapsed = self.started.elapsed();
-        let request_id = request_id.and_then(|v| v.to_str().ok());
+        let answer = Answer {
+            status,
+            bytes,
+            request_id: request_id.and_then(|v| v.to_str().ok()),
+            elapsed: self.started.elapsed(),
+        };
         // The request succeeded either way: a full buffer (the disk is slower than
         // the traffic) costs the line, counted, not the request.
-        self.log
-            .queue
-            .0
-            .push(|line| self.write_line(line, status, bytes, request_id, elapsed));
+        self.log.queue.0.push(|line| self.write_line(line, &answer));
     }
 
     /// Appends the line to `line`.
-    fn write_line(
-        &self,
-        line: &mut String,
-        status: u16,
-        bytes: u64,
-        request_id: Option<&str>,
-        elapsed: Duration,
-    ) {
+    fn write_line(&self, line: &mut String, answer: &Answer) {
         match self.log.format {
-            LogFormat::Combined => self.combined(line, status, bytes, request_id, elapsed),
-            LogFormat::Json => self.json(line, status, bytes, request_id, elapsed),
+            LogFormat::Combined => self.combined(line, answer),
+            LogFormat::Json => self.json(line, answer),
         }
     }
+}
+
+/// What a line says of the answer.
+#[derive(Debug, Clone, Copy)]
+struct Answer<'a> {
+    status: u16,
+    /// Bytes its body sent.
+    bytes: u64,
+    request_id: Option<&'a str>,
+    /// From the request's arrival to the answer's end.
+    elapsed: Duration,
 }
 
 impl Entry {
@@ -253,15 +258,14 @@ impl Entry {
             .and_then(|v| crate::trace::trace_id(v.as_bytes()))
     }
 
-    fn combined(
-        &self,
-        line: &mut String,
-        status: u16,
-        bytes: u64,
-        request_id: Option<&str>,
-        elapsed: Duration,
-    ) {
+    fn combined(&self, line: &mut String, answer: &Answer) {
         use std::fmt::Write as _;
+        let Answer {
+            status,
+            bytes,
+            request_id,
+            elapsed,
+        } = *answer;
         let _ = write!(line, "{} - - [", self.peer.ip());
         push_log_time(line, self.at);
         let _ = write!(line, "] \"{} ", self.method);
@@ -287,15 +291,14 @@ impl Entry {
 
     /// One JSON object: strings escaped as JSON requires (quotes, backslashes,
     /// control characters), absent values `null`.
-    fn json(
-        &self,
-        line: &mut String,
-        status: u16,
-        bytes: u64,
-        request_id: Option<&str>,
-        elapsed: Duration,
-    ) {
+    fn json(&self, line: &mut String, answer: &Answer) {
         use std::fmt::Write as _;
+        let Answer {
+            status,
+            bytes,
+            request_id,
+            elapsed,
+        } = *answer;
         line.push_str("{\"time\":");
         json_string(line, Some(&iso_time(self.at)));
         line.push_str(",\"remote_addr\":");
@@ -703,7 +706,13 @@ mod tests {
         // the microsecond, with as many digits below a second).
         let mut one = String::new();
         let sizing = AccessLog::with_limit(Box::new(std::io::sink()), 0).unwrap();
-        entry(&sizing).write_line(&mut one, 200, 1, None, Duration::from_micros(7));
+        let answer = Answer {
+            status: 200,
+            bytes: 1,
+            request_id: None,
+            elapsed: Duration::from_micros(7),
+        };
+        entry(&sizing).write_line(&mut one, &answer);
         let log = AccessLog::with_limit(Box::new(sink), 8 * one.len()).unwrap();
         entry(&log).finish(200, 1, None);
         writing.recv().unwrap();
@@ -792,7 +801,13 @@ mod tests {
     fn lines_a_full_disk_did_not_take_are_counted_as_dropped() {
         let mut one = String::new();
         let sizing = AccessLog::with_limit(Box::new(std::io::sink()), 0).unwrap();
-        entry(&sizing).write_line(&mut one, 200, 1, None, Duration::from_micros(7));
+        let answer = Answer {
+            status: 200,
+            bytes: 1,
+            request_id: None,
+            elapsed: Duration::from_micros(7),
+        };
+        entry(&sizing).write_line(&mut one, &answer);
         // Room for two lines and half of a third: eight lines, six lost (the cut one
         // with them).
         let room = 2 * one.len() + one.len() / 2;

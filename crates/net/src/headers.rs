@@ -259,13 +259,7 @@ const HOP_BY_HOP: [&str; 9] = [
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let doomed: Vec<HeaderName> = {
         // The names `Connection` lists, split once (a client chooses how many).
-        let listed: Vec<&[u8]> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|name| !name.is_empty())
-            .collect();
+        let listed: Vec<&[u8]> = connection_options(headers).collect();
         let is_listed = |name: &HeaderName| {
             !NEVER_HOP_BY_HOP.contains(name)
                 && listed
@@ -298,11 +292,17 @@ fn remove_all(headers: &mut HeaderMap, names: Vec<HeaderName>) {
 /// Whether the `Connection` header lists `option` (`close`, `upgrade`...), in any
 /// of its fields, case-insensitively.
 pub fn connection_has(headers: &HeaderMap, option: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|o| o.trim_ascii().eq_ignore_ascii_case(option.as_bytes()))
-    })
+    connection_options(headers).any(|o| o.eq_ignore_ascii_case(option.as_bytes()))
+}
+
+/// The options of every `Connection` field, trimmed, empty ones left out.
+fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|option| !option.is_empty())
 }
 
 /// Refuses what no hop should pass on: `CONNECT` (405: this is not a forward

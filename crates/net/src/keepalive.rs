@@ -214,14 +214,12 @@ impl Connections {
     /// repeated: [`Wire::is_closed_now`]). A server may still close it just as the
     /// request goes out ([`crate::wire::WireError::ClosedEarly`]).
     pub fn take_wire(&self, certain: bool) -> Option<Wire> {
-        let open = |w: &Wire| {
-            if certain {
-                !w.is_closed_now()
-            } else {
-                !w.is_closed()
-            }
+        let closed = if certain {
+            Wire::is_closed_now
+        } else {
+            Wire::is_closed
         };
-        take_open(&mut self.mine().wire, open)
+        take_open(&mut self.mine().wire, |w| !closed(w))
     }
 
     /// A new socket for [`crate::wire`].

@@ -308,19 +308,10 @@ pub(crate) async fn serve_here<H: Handler>(
     let protocols = Arc::new(protocols(&limits));
     let transport = Arc::new(transport);
     // The accept loop and the connections wait on this thread's own copy of the
-    // signal (see `Shutdown::relay`), relayed for as long as they last.
+    // signal (see `Shutdown::relay`).
     let (here, relay) = shutdown.relay();
     let mut acceptor = Acceptor::new(listener, limits.budget.clone(), here.clone());
     let limits = Arc::new(limits);
-    tokio::spawn({
-        let tracker = tracker.clone();
-        async move {
-            tokio::select! {
-                () = relay => {}
-                () = tracker.wait() => {}
-            }
-        }
-    });
     let conn = Arc::new(Conn {
         handler: handler.clone(),
         protocols: protocols.clone(),
@@ -328,14 +319,18 @@ pub(crate) async fn serve_here<H: Handler>(
         shutdown: here.clone(),
         waiting: Waiting::new(here, REQUEST_GRACE),
     });
-    // The waits' sweeper lasts as long as the connections: on the caller's runtime
-    // (the admin listener's) they may outlive this function after a drain timeout.
+    // The signal's relay and the waits' sweeper last as long as the connections: on
+    // the caller's runtime (the admin listener's) they may outlive this function
+    // after a drain timeout.
     let closing = Closing(tracker.clone());
     tokio::spawn({
         let (conn, tracker) = (conn.clone(), tracker.clone());
         async move {
+            let beside = async {
+                tokio::join!(relay, conn.waiting.sweep());
+            };
             tokio::select! {
-                () = conn.waiting.sweep() => {}
+                () = beside => {}
                 () = tracker.wait() => {}
             }
         }

@@ -97,16 +97,16 @@ impl Wire {
     pub fn is_closed(&self) -> bool {
         // `try_io` calls the peek only on a readable socket, and clears the
         // readiness when the peek finds nothing, so the next look is free again.
-        let peeked = self
-            .tcp
-            .try_io(tokio::io::Interest::READABLE, || self.peek());
-        !matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        closed_if(
+            self.tcp
+                .try_io(tokio::io::Interest::READABLE, || self.peek()),
+        )
     }
 
     /// [`Wire::is_closed`] asked of the socket itself, by a peek: one system call,
     /// and nothing missed but what comes while the request is on its way.
     pub fn is_closed_now(&self) -> bool {
-        !matches!(self.peek(), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        closed_if(self.peek())
     }
 
     /// A look at the socket's next byte, left there.
@@ -119,6 +119,12 @@ impl Wire {
     pub fn into_tcp(self) -> TcpStream {
         self.tcp
     }
+}
+
+/// What a peek at an idle socket says: anything but "nothing to read yet" (a byte,
+/// the end, an error) means the socket is not to be used.
+fn closed_if(peeked: io::Result<usize>) -> bool {
+    !matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Whether `req` can go out on a [`Wire`]: no body, no upgrade, and a target in
