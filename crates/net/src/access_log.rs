@@ -694,6 +694,21 @@ mod tests {
         )
     }
 
+    /// The line `entry(..).finish(200, 1, None)` writes (every such line has its
+    /// length: the time taken is written to the microsecond).
+    fn one_line() -> String {
+        let mut one = String::new();
+        let sizing = AccessLog::with_limit(Box::new(std::io::sink()), 0).unwrap();
+        let answer = Answer {
+            status: 200,
+            bytes: 1,
+            request_id: None,
+            elapsed: Duration::from_micros(7),
+        };
+        entry(&sizing).write_line(&mut one, &answer);
+        one
+    }
+
     #[test]
     fn a_slow_disk_drops_and_counts_lines_instead_of_growing() {
         let gate = Arc::new(std::sync::Barrier::new(2));
@@ -704,15 +719,7 @@ mod tests {
         };
         // Room for eight lines (all the same length: the time taken is written to
         // the microsecond, with as many digits below a second).
-        let mut one = String::new();
-        let sizing = AccessLog::with_limit(Box::new(std::io::sink()), 0).unwrap();
-        let answer = Answer {
-            status: 200,
-            bytes: 1,
-            request_id: None,
-            elapsed: Duration::from_micros(7),
-        };
-        entry(&sizing).write_line(&mut one, &answer);
+        let one = one_line();
         let log = AccessLog::with_limit(Box::new(sink), 8 * one.len()).unwrap();
         entry(&log).finish(200, 1, None);
         writing.recv().unwrap();
@@ -799,15 +806,7 @@ mod tests {
 
     #[test]
     fn lines_a_full_disk_did_not_take_are_counted_as_dropped() {
-        let mut one = String::new();
-        let sizing = AccessLog::with_limit(Box::new(std::io::sink()), 0).unwrap();
-        let answer = Answer {
-            status: 200,
-            bytes: 1,
-            request_id: None,
-            elapsed: Duration::from_micros(7),
-        };
-        entry(&sizing).write_line(&mut one, &answer);
+        let one = one_line();
         // Room for two lines and half of a third: eight lines, six lost (the cut one
         // with them).
         let room = 2 * one.len() + one.len() / 2;
