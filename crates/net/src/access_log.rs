@@ -260,17 +260,17 @@ impl Entry {
 
     fn combined(&self, line: &mut String, answer: &Answer) {
         use std::fmt::Write as _;
-        let Answer {
-            status,
-            bytes,
-            request_id,
-            elapsed,
-        } = *answer;
         let _ = write!(line, "{} - - [", self.peer.ip());
         push_log_time(line, self.at);
         let _ = write!(line, "] \"{} ", self.method);
         push_quote_safe(line, self.target());
-        let _ = write!(line, " {}\" {status} {bytes} \"", version_str(self.version));
+        let _ = write!(
+            line,
+            " {}\" {} {} \"",
+            version_str(self.version),
+            answer.status,
+            answer.bytes
+        );
         for (i, header) in [&self.referer, &self.user_agent].into_iter().enumerate() {
             if i > 0 {
                 line.push_str("\" \"");
@@ -280,8 +280,8 @@ impl Entry {
                 None => line.push('-'),
             }
         }
-        let _ = write!(line, "\" rid={} rt=", request_id.unwrap_or("-"));
-        push_seconds(line, elapsed);
+        let _ = write!(line, "\" rid={} rt=", answer.request_id.unwrap_or("-"));
+        push_seconds(line, answer.elapsed);
         if let Some(trace) = self.trace_id() {
             line.push_str(" trace=");
             line.push_str(trace);
@@ -293,12 +293,6 @@ impl Entry {
     /// control characters), absent values `null`.
     fn json(&self, line: &mut String, answer: &Answer) {
         use std::fmt::Write as _;
-        let Answer {
-            status,
-            bytes,
-            request_id,
-            elapsed,
-        } = *answer;
         line.push_str("{\"time\":");
         json_string(line, Some(&iso_time(self.at)));
         line.push_str(",\"remote_addr\":");
@@ -309,16 +303,20 @@ impl Entry {
         json_string(line, Some(self.target()));
         line.push_str(",\"protocol\":");
         json_string(line, Some(version_str(self.version)));
-        let _ = write!(line, ",\"status\":{status},\"bytes\":{bytes},\"referer\":");
+        let _ = write!(
+            line,
+            ",\"status\":{},\"bytes\":{},\"referer\":",
+            answer.status, answer.bytes
+        );
         json_string(line, header_text(&self.referer));
         line.push_str(",\"user_agent\":");
         json_string(line, header_text(&self.user_agent));
         line.push_str(",\"request_id\":");
-        json_string(line, request_id);
+        json_string(line, answer.request_id);
         line.push_str(",\"trace_id\":");
         json_string(line, self.trace_id());
         line.push_str(",\"request_time\":");
-        push_seconds(line, elapsed);
+        push_seconds(line, answer.elapsed);
         line.push_str("}\n");
     }
 }
